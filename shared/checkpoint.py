@@ -1,0 +1,201 @@
+"""The checkpoint format shared by both backends (DESIGN 3.4), in NumPy and JSON only.
+
+A checkpoint is a directory written atomically (a temporary sibling, then a rename):
+  config.json             the resolved RunConfig
+  model.safetensors       latent weights under canonical names
+  optimizer.safetensors   optional: optimizer state under '<param>.<slot>' names
+  optimizer.json          optional: optimizer step counts and hyperparameters
+  trainer_state.json      optional: step, tokens seen, data position, seeds, metrics
+  manifest.json           sha256 and size of every file, and who wrote it
+Nothing is unpickled. Loading verifies the manifest and says exactly what is wrong.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from shared.config import RunConfig
+from shared.naming import parameter_shapes
+
+FORMAT = "ternary-checkpoint"
+VERSION = 1
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, damaged, partial or does not match its config."""
+
+
+def check_tensor_set(expected: dict[str, tuple[int, ...]], got: dict[str, tuple[int, ...]],
+                     where: str) -> None:
+    """Strict match of names and shapes; lists every problem at once (SEEDS S10)."""
+    missing = [n for n in expected if n not in got]
+    unexpected = [n for n in got if n not in expected]
+    misshapen = [f"{n}: expected {tuple(expected[n])}, found {tuple(got[n])}"
+                 for n in expected if n in got and tuple(got[n]) != tuple(expected[n])]
+    if missing or unexpected or misshapen:
+        lines = [f"{where} does not match the model's config:"]
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshapen)):
+            if items:
+                lines.append(f"  {title} ({len(items)}): " + ", ".join(items))
+        raise CheckpointError("\n".join(lines))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _git_commit() -> str | None:
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                           capture_output=True, text=True, timeout=5)
+        return r.stdout.strip() or None if r.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_checkpoint(path: str | Path, config: RunConfig, weights: dict[str, np.ndarray], *,
+                     writer: dict[str, Any], optimizer_state: dict[str, np.ndarray] | None = None,
+                     optimizer_meta: dict[str, Any] | None = None,
+                     trainer_state: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint directory atomically; an existing checkpoint at `path` is replaced."""
+    path = Path(path)
+    check_tensor_set(parameter_shapes(config.model), {k: v.shape for k, v in weights.items()},
+                     "weights to save")
+    if path.exists() and not (path.is_dir() and ((path / "manifest.json").exists() or not any(path.iterdir()))):
+        raise CheckpointError(f"{path} exists and is not a checkpoint; refusing to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        _write_json(tmp / "config.json", config.to_dict())
+        save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(tmp / MODEL_FILE),
+                  metadata={"format": FORMAT})
+        if optimizer_state is not None:
+            save_file({k: np.ascontiguousarray(v) for k, v in optimizer_state.items()},
+                      str(tmp / OPTIMIZER_FILE), metadata={"format": FORMAT})
+            _write_json(tmp / "optimizer.json", optimizer_meta or {})
+        if trainer_state is not None:
+            _write_json(tmp / "trainer_state.json", trainer_state)
+        files = {}
+        for f in sorted(tmp.iterdir()):
+            _fsync(f)
+            files[f.name] = {"sha256": _sha256(f), "bytes": f.stat().st_size}
+        _write_json(tmp / "manifest.json", {
+            "format": FORMAT, "version": VERSION, "files": files,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "writer": {**writer, "numpy": np.__version__, "python": platform.python_version(),
+                       "git_commit": _git_commit()},
+        })
+        _fsync(tmp / "manifest.json")
+        if path.exists():  # swap: old aside, new in, old removed; never a moment with neither
+            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(path)
+    except BaseException:  # includes KeyboardInterrupt: leave nothing half-written behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def verify_manifest(path: str | Path) -> dict[str, Any]:
+    """Check that every file in the manifest is present with its size and sha256; return the manifest."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a checkpoint directory" +
+                              (" (it does not exist)" if not path.exists() else ""))
+    mf = path / "manifest.json"
+    if not mf.exists():
+        raise CheckpointError(f"{path}: no manifest.json; this is not a checkpoint, or a partial one "
+                              "whose write did not finish")
+    try:
+        manifest = json.loads(mf.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{mf}: damaged manifest ({e})") from None
+    if manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{mf}: format {manifest.get('format')!r} is not {FORMAT!r}")
+    if manifest.get("version", 0) > VERSION:
+        raise CheckpointError(f"{mf}: format version {manifest['version']} is newer than this "
+                              f"tool reads ({VERSION}); upgrade ternary")
+    for name, meta in manifest.get("files", {}).items():
+        f = path / name
+        if not f.exists():
+            raise CheckpointError(f"{path}: {name} is listed in the manifest but missing")
+        if f.stat().st_size != meta["bytes"]:
+            raise CheckpointError(f"{path}: {name} has {f.stat().st_size} bytes, the manifest says "
+                                  f"{meta['bytes']} (truncated or replaced)")
+        if _sha256(f) != meta["sha256"]:
+            raise CheckpointError(f"{path}: {name} fails its sha256 checksum (the file is damaged "
+                                  "or was changed after saving)")
+    for required in ("config.json", MODEL_FILE):
+        if required not in manifest.get("files", {}):
+            raise CheckpointError(f"{path}: manifest does not list {required}")
+    return manifest
+
+
+def read_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    return RunConfig.from_json((path / "config.json").read_text(), where=str(path / "config.json"))
+
+
+def read_safetensors(file: Path) -> dict[str, np.ndarray]:
+    try:
+        with safe_open(str(file), framework="np") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"{file}: cannot read safetensors ({e})") from None
+
+
+def read_checkpoint(path: str | Path) -> tuple[RunConfig, dict[str, np.ndarray]]:
+    """Verify and read a checkpoint: (config, latent weights as float32 arrays), strictly checked."""
+    path = Path(path)
+    verify_manifest(path)
+    config = read_config(path)
+    weights = read_safetensors(path / MODEL_FILE)
+    check_tensor_set(parameter_shapes(config.model), {k: v.shape for k, v in weights.items()},
+                     f"{path / MODEL_FILE}")
+    return config, weights
+
+
+def read_optimizer(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+    path = Path(path)
+    if not (path / OPTIMIZER_FILE).exists():
+        return None
+    return read_safetensors(path / OPTIMIZER_FILE), json.loads((path / "optimizer.json").read_text())
+
+
+def read_trainer_state(path: str | Path) -> dict[str, Any] | None:
+    f = Path(path) / "trainer_state.json"
+    return json.loads(f.read_text()) if f.exists() else None

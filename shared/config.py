@@ -1,0 +1,330 @@
+"""Run configuration: one set of dataclasses for both backends.
+
+Model fields use Hugging Face `config.json` key names, so a Qwen3 `config.json` is a valid model
+config. Files are TOML (run configs) or JSON (checkpoints); overrides are `section.key=value`.
+Every error names the offending key and, for typos, the closest valid key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+import tomli_w
+
+
+class ConfigError(ValueError):
+    """A config value, key or combination that cannot be used."""
+
+
+# Ternary targets: which weights are projected to {-1, 0, +1} * scale.
+TERNARY_TARGETS = ("attn", "mlp", "embed", "lm_head")
+HIDDEN_ACTS = ("silu", "relu2")  # silu = SwiGLU (gate/up/down); relu2 = down(relu(up(x))^2)
+
+# Keys that Hugging Face writes into a Qwen3/Llama config.json and that do not change the math
+# we implement; accepted on input so a stock config.json loads, never written back by us.
+HF_INERT_KEYS = frozenset({
+    "architectures", "attention_dropout", "bos_token_id", "eos_token_id", "pad_token_id",
+    "max_window_layers", "torch_dtype", "dtype", "transformers_version", "use_cache",
+    "sliding_window", "pretraining_tp", "_name_or_path",
+})
+# Hugging Face keys whose non-default values we do not implement; anything else is an error.
+HF_UNSUPPORTED_VALUES = {
+    "attention_bias": False,
+    "rope_scaling": None,
+    "use_sliding_window": False,
+    "mlp_bias": False,
+}
+
+
+@dataclass
+class ModelConfig:
+    """Decoder-only transformer shape. Names are Hugging Face's (Qwen3)."""
+    model_type: str = "qwen3"
+    vocab_size: int = 1024
+    hidden_size: int = 256
+    intermediate_size: int = 768
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int | None = None  # None: hidden_size // num_attention_heads (resolved on validate)
+    max_position_embeddings: int = 2048
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = True
+    hidden_act: str = "silu"
+    qk_norm: bool = True  # Qwen3 RMSNorm on q and k per head; not a Hugging Face key (always on there)
+    final_logit_softcapping: float | None = None  # Gemma-2 key name: logits = c * tanh(logits / c)
+    initializer_range: float = 0.02
+
+
+@dataclass
+class TernaryConfig:
+    """BitNet b1.58-style projection (DESIGN 3.2)."""
+    enabled: bool = True
+    group_size: int = 128  # 0 = one scale per tensor
+    targets: list[str] = field(default_factory=lambda: ["attn", "mlp"])
+    activation_bits: int | None = None  # None or 8 (per-token absmax)
+    warmup_steps: int = 0  # lambda rises 0 -> 1 over these steps; 0 = fully ternary from step 0
+    eps: float = 1e-5
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 200
+    batch_size: int = 8
+    seq_len: int = 256
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    optimizer: str = "adamw"
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"  # "synthetic" (embedded corpus) or a directory of shards
+    tokenizer: str | None = None
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    ternary: TernaryConfig = field(default_factory=TernaryConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    # ---- (de)serialisation ------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "config") -> "RunConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"{where}: expected a table of sections, got {type(d).__name__}")
+        _check_keys(d, _SECTIONS, where)
+        kwargs = {}
+        for name, section_cls in _SECTIONS.items():
+            if name in d:
+                kwargs[name] = _build(section_cls, d[name], f"{where}: {name}")
+        return cls(**kwargs).validate()
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(_drop_none(self.to_dict()))
+
+    def save_toml(self, path: str | Path) -> None:
+        _atomic_write_text(Path(path), self.to_toml())
+
+    @classmethod
+    def load_toml(cls, path: str | Path) -> "RunConfig":
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        return cls.from_dict(data, where=str(path))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "config.json") -> "RunConfig":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{where}: not valid JSON: {e}") from None
+        return cls.from_dict(data, where=where)
+
+    # ---- overrides --------------------------------------------------------------------------
+    def with_overrides(self, assignments: list[str]) -> "RunConfig":
+        """Apply `section.key=value` strings; values are TOML literals (bare words are strings)."""
+        d = self.to_dict()
+        m = self.model
+        derived_head_dim = m.head_dim == m.hidden_size // m.num_attention_heads
+        for a in assignments:
+            if "=" not in a:
+                raise ConfigError(f"override {a!r}: expected section.key=value, e.g. train.lr=3e-4")
+            dotted, raw = a.split("=", 1)
+            parts = dotted.strip().split(".")
+            if len(parts) != 2:
+                raise ConfigError(f"override {a!r}: key must be section.key, e.g. model.hidden_size")
+            section, key = parts
+            _check_keys({section: None}, _SECTIONS, "override")
+            section_fields = {f.name for f in dataclasses.fields(_SECTIONS[section])}
+            _check_keys({key: None}, section_fields, f"override {section}")
+            d[section][key] = _parse_literal(raw.strip())
+            if section == "model" and key in ("hidden_size", "num_attention_heads") and derived_head_dim:
+                d["model"]["head_dim"] = None  # re-derive, unless head_dim itself is set
+            if section == "model" and key == "head_dim":
+                derived_head_dim = False
+        return RunConfig.from_dict(d, where="config with overrides")
+
+    # ---- validation -------------------------------------------------------------------------
+    def validate(self) -> "RunConfig":
+        m, t = self.model, self.ternary
+        if m.model_type not in ("qwen3", "llama", "ternary"):
+            raise ConfigError(f"model.model_type: unsupported architecture {m.model_type!r}; "
+                              "supported: qwen3, llama, ternary")
+        for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                  "num_attention_heads", "num_key_value_heads", "max_position_embeddings"):
+            if getattr(m, k) <= 0:
+                raise ConfigError(f"model.{k} must be positive, got {getattr(m, k)}")
+        if m.head_dim is None:
+            if m.hidden_size % m.num_attention_heads:
+                raise ConfigError(
+                    f"model.num_attention_heads={m.num_attention_heads} does not divide "
+                    f"model.hidden_size={m.hidden_size} (set model.head_dim explicitly, or change either)")
+            m.head_dim = m.hidden_size // m.num_attention_heads
+        if m.head_dim <= 0 or m.head_dim % 2:
+            raise ConfigError(f"model.head_dim must be a positive even number (RoPE rotates pairs), got {m.head_dim}")
+        if m.num_attention_heads % m.num_key_value_heads:
+            raise ConfigError(f"model.num_key_value_heads={m.num_key_value_heads} must divide "
+                              f"model.num_attention_heads={m.num_attention_heads} (grouped-query attention)")
+        if m.hidden_act not in HIDDEN_ACTS:
+            raise ConfigError(f"model.hidden_act: {m.hidden_act!r} is not supported; choose one of "
+                              f"{', '.join(HIDDEN_ACTS)}{_suggest(m.hidden_act, HIDDEN_ACTS)}")
+        if m.final_logit_softcapping is not None and m.final_logit_softcapping <= 0:
+            raise ConfigError("model.final_logit_softcapping must be positive (or absent for no cap)")
+        if m.rope_theta <= 0 or m.rms_norm_eps <= 0:
+            raise ConfigError("model.rope_theta and model.rms_norm_eps must be positive")
+
+        for tgt in t.targets:
+            if tgt not in TERNARY_TARGETS:
+                raise ConfigError(f"ternary.targets: unknown target {tgt!r}; valid: "
+                                  f"{', '.join(TERNARY_TARGETS)}{_suggest(tgt, TERNARY_TARGETS)}")
+        if m.tie_word_embeddings and (("embed" in t.targets) != ("lm_head" in t.targets)):
+            raise ConfigError("ternary.targets: with model.tie_word_embeddings the embedding is the LM "
+                              "head, so list both 'embed' and 'lm_head' or neither")
+        if t.group_size < 0:
+            raise ConfigError(f"ternary.group_size must be >= 0 (0 = per tensor), got {t.group_size}")
+        if t.activation_bits not in (None, 8):
+            raise ConfigError(f"ternary.activation_bits must be 8 or absent, got {t.activation_bits}")
+        if t.warmup_steps < 0:
+            raise ConfigError("ternary.warmup_steps must be >= 0")
+        if t.eps <= 0:
+            raise ConfigError("ternary.eps must be positive")
+        if t.enabled and t.group_size:
+            from shared.naming import ternary_input_dims
+            for name, in_dim in ternary_input_dims(self).items():
+                if in_dim % t.group_size:
+                    raise ConfigError(
+                        f"ternary.group_size={t.group_size} does not divide the input dimension "
+                        f"{in_dim} of {name}; choose a divisor of {in_dim} or 0 (per tensor)")
+        if self.train.steps < 0 or self.train.batch_size <= 0 or self.train.seq_len <= 0:
+            raise ConfigError("train.steps must be >= 0, train.batch_size and train.seq_len positive")
+        return self
+
+
+def model_config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfig:
+    """Read a Hugging Face Qwen3/Llama config.json dict into a ModelConfig (strictly)."""
+    hf = dict(hf)
+    fields_ = {f.name for f in dataclasses.fields(ModelConfig)}
+    _check_keys(hf, fields_ | HF_INERT_KEYS | set(HF_UNSUPPORTED_VALUES) | {"rope_parameters", "layer_types"}, where)
+    for k, ok in HF_UNSUPPORTED_VALUES.items():
+        if hf.get(k) is not None and hf[k] != ok:
+            raise ConfigError(f"{where}: {k}={hf[k]!r} is not supported (only {ok!r})")
+    if hf.get("model_type", "qwen3") not in ("qwen3", "llama", "ternary"):
+        raise ConfigError(f"{where}: model_type {hf['model_type']!r} is not supported; supported: qwen3, llama")
+    # transformers >= 5 writes rope_parameters = {rope_type, rope_theta} instead of rope_theta.
+    rope = hf.pop("rope_parameters", None)
+    if rope is not None:
+        if rope.get("rope_type", "default") != "default":
+            raise ConfigError(f"{where}: rope_parameters.rope_type={rope['rope_type']!r} is not supported "
+                              "(only 'default')")
+        hf.setdefault("rope_theta", rope.get("rope_theta", 10000.0))
+    if any(t != "full_attention" for t in hf.get("layer_types") or []):
+        raise ConfigError(f"{where}: layer_types other than full_attention are not supported")
+    kept = {k: v for k, v in hf.items() if k in fields_}
+    if hf.get("model_type") == "llama":
+        kept.setdefault("qk_norm", False)
+    return _build(ModelConfig, kept, where)
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+_SECTIONS = {"model": ModelConfig, "ternary": TernaryConfig, "train": TrainConfig, "data": DataConfig}
+
+
+def _suggest(key: str, valid) -> str:
+    close = difflib.get_close_matches(str(key), list(valid), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_keys(d: dict, valid, where: str) -> None:
+    for k in d:
+        if k not in valid:
+            raise ConfigError(f"{where}: unknown key {k!r}{_suggest(k, valid)}; "
+                              f"valid keys: {', '.join(sorted(valid))}")
+
+
+def _build(cls, d: Any, where: str):
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    _check_keys(d, names, where)
+    return cls(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in d.items()})
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check `value` against a field's type hint; ints are accepted for floats."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], where) for v in value]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {hint}")  # pragma: no cover
+
+
+def _parse_literal(raw: str) -> Any:
+    if raw.lower() in ("none", "null"):
+        return None
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        if "," in raw:
+            return [_parse_literal(p.strip()) for p in raw.split(",") if p.strip()]
+        return raw  # a bare word is a string: hidden_act=relu2
+
+
+def _drop_none(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _drop_none(v) for k, v in d.items() if v is not None}
+    return d
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -1,0 +1,63 @@
+"""Named configurations, one table. Looked up by exact name; each entry says where its numbers come from."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from shared.config import ConfigError, RunConfig, _suggest
+
+
+@dataclass(frozen=True)
+class Preset:
+    note: str
+    overrides: dict[str, dict[str, Any]]
+
+
+def _qwen3(hidden, inter, layers, heads, kv, tie, note) -> Preset:
+    return Preset(note, {
+        "model": dict(model_type="qwen3", vocab_size=151936, hidden_size=hidden, intermediate_size=inter,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
+                      head_dim=128, max_position_embeddings=40960, rope_theta=1000000.0,
+                      rms_norm_eps=1e-6, tie_word_embeddings=tie, hidden_act="silu", qk_norm=True),
+        "ternary": dict(group_size=128, targets=["attn", "mlp"]),
+        "train": dict(lr=1e-4, seq_len=512, batch_size=2),
+    })
+
+
+PRESETS: dict[str, Preset] = {
+    "smoke": Preset(
+        "Tiny model sized so `ternary train --preset smoke` finishes in about two minutes on a "
+        "2-core laptop CPU (the SEEDS MLX smoke shape, narrowed).",
+        {"model": dict(vocab_size=512, hidden_size=128, intermediate_size=512, num_hidden_layers=4,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512),
+         "ternary": dict(group_size=64),
+         "train": dict(steps=300, batch_size=16, seq_len=128, lr=3e-3)}),
+    "mac-ablation": Preset(
+        "Parameter-golf baseline shape (9 layers x 512, 8/4 heads, relu^2 MLP 2x, vocab 1024, "
+        "tied embeddings, logit soft-cap 30) made ternary: minutes per run on an M-series Mac.",
+        {"model": dict(vocab_size=1024, hidden_size=512, intermediate_size=1024, num_hidden_layers=9,
+                       num_attention_heads=8, num_key_value_heads=4, hidden_act="relu2",
+                       final_logit_softcapping=30.0, max_position_embeddings=1024),
+         "ternary": dict(group_size=128),
+         "train": dict(steps=2000, batch_size=8, seq_len=1024, lr=2e-3)}),
+    "pg-ternary": Preset(
+        "Parameter-golf 16 MB ternary record shape (1.157 bpb): 10 layers, width 768, 8/4 heads, "
+        "relu^2 MLP 4x, vocab 8192, group 128, tied embeddings, soft-cap 30.",
+        {"model": dict(vocab_size=8192, hidden_size=768, intermediate_size=3072, num_hidden_layers=10,
+                       num_attention_heads=8, num_key_value_heads=4, hidden_act="relu2",
+                       final_logit_softcapping=30.0, max_position_embeddings=1024),
+         "ternary": dict(group_size=128),
+         "train": dict(seq_len=1024, batch_size=64, lr=4e-3)}),
+    "qwen3-0.6b": _qwen3(1024, 3072, 28, 16, 8, True, "Qwen/Qwen3-0.6B config.json"),
+    "qwen3-1.7b": _qwen3(2048, 6144, 28, 16, 8, True, "Qwen/Qwen3-1.7B config.json"),
+    "qwen3-4b": _qwen3(2560, 9728, 36, 32, 8, True, "Qwen/Qwen3-4B config.json"),
+    "qwen3-8b": _qwen3(4096, 12288, 36, 32, 8, False, "Qwen/Qwen3-8B config.json"),
+}
+
+
+def get_preset(name: str) -> RunConfig:
+    """The resolved RunConfig of a preset (exact name)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}{_suggest(name, PRESETS)}; "
+                          f"available: {', '.join(PRESETS)}")
+    return RunConfig.from_dict(PRESETS[name].overrides, where=f"preset {name}")

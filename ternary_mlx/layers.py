@@ -1,0 +1,114 @@
+"""Ternary building blocks in MLX (mirrors ternary_cuda/layers.py; math in shared/ternary.py)."""
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from shared.ternary import EPS
+
+
+# ---- the projection (DESIGN 3.2), step for step as the NumPy reference ----------------------
+def pairwise_sum_last(x: mx.array) -> mx.array:
+    """Fixed-order pairwise sum over the last axis (see shared/ternary.py for why)."""
+    n = x.shape[-1]
+    p = 1 << max(0, (n - 1).bit_length())
+    if p != n:
+        x = mx.concatenate([x, mx.zeros(x.shape[:-1] + (p - n,), x.dtype)], axis=-1)
+    while x.shape[-1] > 1:
+        h = x.shape[-1] // 2
+        x = x[..., :h] + x[..., h:]
+    return x[..., 0]
+
+
+def _grouped(w: mx.array, group_size: int) -> mx.array:
+    out, inp = w.shape
+    if group_size == 0:
+        return w.reshape(1, 1, out * inp)
+    return w.reshape(out, inp // group_size, group_size)
+
+
+def group_absmean(w: mx.array, group_size: int, eps: float = EPS) -> mx.array:
+    g = mx.abs(_grouped(w.astype(mx.float32), group_size))
+    mean = pairwise_sum_last(g) / mx.array(g.shape[-1], mx.float32)
+    return mx.maximum(mean, mx.array(eps, mx.float32))
+
+
+def ternarize(w: mx.array, group_size: int, eps: float = EPS) -> tuple[mx.array, mx.array]:
+    """(codes int8 of w's shape, scales float32 (out, in // G) or (1, 1))."""
+    s = group_absmean(w, group_size, eps)
+    g = _grouped(w.astype(mx.float32), group_size)
+    q = mx.clip(mx.round(g / s[..., None]), -1, 1)  # mx.round rounds half to even
+    return q.astype(mx.int8).reshape(w.shape), s
+
+
+@mx.custom_function
+def straight_through(x: mx.array, x_used: mx.array) -> mx.array:
+    """Forward: exactly x_used. Backward: the gradient goes to x unchanged (STE)."""
+    return x_used
+
+
+@straight_through.vjp
+def _straight_through_vjp(primals, cotangent, output):
+    return cotangent, mx.zeros_like(primals[1])
+
+
+def ternary_weight(w: mx.array, group_size: int, eps: float = EPS, lam: float = 1.0) -> mx.array:
+    """W_used = W + lam * (q * s - W) (exactly q * s at lam = 1), gradient straight through to W."""
+    w32 = w.astype(mx.float32)
+    codes, s = ternarize(w32, group_size, eps)
+    wt = (_grouped(codes.astype(mx.float32), group_size) * s[..., None]).reshape(w.shape)
+    if lam < 1.0:
+        wt = w32 + lam * (wt - w32)
+    return straight_through(w32, mx.stop_gradient(wt)).astype(w.dtype)
+
+
+def quantize_activations(x: mx.array, bits: int = 8, eps: float = EPS) -> mx.array:
+    """Per-token absmax fake quantization with a straight-through gradient."""
+    qmax = float(2 ** (bits - 1) - 1)
+    x32 = x.astype(mx.float32)
+    scale = qmax / mx.maximum(mx.abs(x32).max(axis=-1, keepdims=True), mx.array(eps, mx.float32))
+    xq = mx.clip(mx.round(x32 * scale), -qmax - 1, qmax) / scale
+    return straight_through(x32, mx.stop_gradient(xq)).astype(x.dtype)
+
+
+# ---- modules ----------------------------------------------------------------------------------
+class TernaryLinear(nn.Module):
+    """y = x @ W_used.T with W (out, in) latent; plain linear when `ternary` is False."""
+
+    def __init__(self, in_features: int, out_features: int, ternary: bool = True,
+                 group_size: int = 128, eps: float = EPS, activation_bits: int | None = None):
+        super().__init__()
+        self.weight = mx.zeros((out_features, in_features))
+        self.ternary, self.group_size, self.eps = ternary, group_size, eps
+        self.activation_bits = activation_bits
+        self.quant_lambda = 1.0
+
+    def effective_weight(self) -> mx.array:
+        if not self.ternary:
+            return self.weight
+        return ternary_weight(self.weight, self.group_size, self.eps, self.quant_lambda)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if self.ternary and self.activation_bits:
+            x = quantize_activations(x, self.activation_bits, self.eps)
+        return x @ self.effective_weight().T
+
+
+class TernaryEmbedding(TernaryLinear):
+    """Token embedding (vocab, hidden); `as_linear` is the tied LM head on the same effective weight."""
+
+    def __call__(self, ids: mx.array) -> mx.array:
+        return self.effective_weight()[ids]
+
+    def as_linear(self, x: mx.array) -> mx.array:
+        return TernaryLinear.__call__(self, x)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dims: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = mx.ones((dims,))
+        self.eps = eps
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return mx.fast.rms_norm(x, self.weight, self.eps)
