@@ -1,0 +1,123 @@
+"""Ternary building blocks in PyTorch (mirrors ternary_mlx/layers.py; math in shared/ternary.py)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from shared.ternary import EPS
+
+
+# ---- the projection (DESIGN 3.2), step for step as the NumPy reference ----------------------
+def pairwise_sum_last(x: torch.Tensor) -> torch.Tensor:
+    """Fixed-order pairwise sum over the last axis (see shared/ternary.py for why)."""
+    n = x.shape[-1]
+    p = 1 << max(0, (n - 1).bit_length())
+    if p != n:
+        x = F.pad(x, (0, p - n))
+    while x.shape[-1] > 1:
+        h = x.shape[-1] // 2
+        x = x[..., :h] + x[..., h:]
+    return x[..., 0]
+
+
+def _grouped(w: torch.Tensor, group_size: int) -> torch.Tensor:
+    out, inp = w.shape
+    if group_size == 0:
+        return w.reshape(1, 1, out * inp)
+    return w.reshape(out, inp // group_size, group_size)
+
+
+def group_absmean(w: torch.Tensor, group_size: int, eps: float = EPS) -> torch.Tensor:
+    g = torch.abs(_grouped(w.float(), group_size))
+    mean = pairwise_sum_last(g) / torch.tensor(g.shape[-1], dtype=torch.float32, device=g.device)
+    return torch.clamp_min(mean, eps)
+
+
+def ternarize(w: torch.Tensor, group_size: int, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes int8 of w's shape, scales float32 (out, in // G) or (1, 1))."""
+    s = group_absmean(w, group_size, eps)
+    g = _grouped(w.float(), group_size)
+    q = torch.clamp(torch.round(g / s[..., None]), -1, 1)  # torch.round rounds half to even
+    return q.to(torch.int8).reshape(w.shape), s
+
+
+class _StraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, x_used):
+        return x_used
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def straight_through(x: torch.Tensor, x_used: torch.Tensor) -> torch.Tensor:
+    """Forward: exactly x_used. Backward: the gradient goes to x unchanged (STE)."""
+    return _StraightThrough.apply(x, x_used)
+
+
+def ternary_weight(w: torch.Tensor, group_size: int, eps: float = EPS, lam: float = 1.0) -> torch.Tensor:
+    """W_used = W + lam * (q * s - W) (exactly q * s at lam = 1), gradient straight through to W."""
+    w32 = w.float()
+    with torch.no_grad():
+        codes, s = ternarize(w32, group_size, eps)
+        wt = (_grouped(codes.float(), group_size) * s[..., None]).reshape(w.shape)
+        if lam < 1.0:
+            wt = w32 + lam * (wt - w32)
+    return straight_through(w32, wt).to(w.dtype)
+
+
+def quantize_activations(x: torch.Tensor, bits: int = 8, eps: float = EPS) -> torch.Tensor:
+    """Per-token absmax fake quantization with a straight-through gradient."""
+    qmax = float(2 ** (bits - 1) - 1)
+    x32 = x.float()
+    with torch.no_grad():
+        scale = qmax / torch.clamp_min(x32.abs().amax(dim=-1, keepdim=True), eps)
+        xq = torch.clamp(torch.round(x32 * scale), -qmax - 1, qmax) / scale
+    return straight_through(x32, xq).to(x.dtype)
+
+
+# ---- modules ----------------------------------------------------------------------------------
+class TernaryLinear(nn.Module):
+    """y = x @ W_used.T with W (out, in) latent; plain linear when `ternary` is False."""
+
+    def __init__(self, in_features: int, out_features: int, ternary: bool = True,
+                 group_size: int = 128, eps: float = EPS, activation_bits: int | None = None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros((out_features, in_features)))
+        self.ternary, self.group_size, self.eps = ternary, group_size, eps
+        self.activation_bits = activation_bits
+        self.quant_lambda = 1.0
+
+    def effective_weight(self) -> torch.Tensor:
+        if not self.ternary:
+            return self.weight
+        return ternary_weight(self.weight, self.group_size, self.eps, self.quant_lambda)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.ternary and self.activation_bits:
+            x = quantize_activations(x, self.activation_bits, self.eps)
+        return F.linear(x, self.effective_weight())
+
+
+class TernaryEmbedding(TernaryLinear):
+    """Token embedding (vocab, hidden); `as_linear` is the tied LM head on the same effective weight."""
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.effective_weight())
+
+    def as_linear(self, x: torch.Tensor) -> torch.Tensor:
+        return TernaryLinear.forward(self, x)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dims: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones((dims,)))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)

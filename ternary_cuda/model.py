@@ -1,0 +1,163 @@
+"""The ternary decoder-only transformer in PyTorch (mirrors ternary_mlx/model.py).
+
+Qwen3 layout with Hugging Face names: pre-norm blocks with residuals, grouped-query attention with
+optional per-head q/k RMSNorm and non-interleaved RoPE, SwiGLU or relu^2 MLP, tied or untied head,
+optional logit soft-cap. With `ternary.enabled = false` it is exactly Qwen3ForCausalLM.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from shared.checkpoint import check_tensor_set
+from shared.config import RunConfig
+from shared.data_checks import check_token_ids
+from shared.init import init_weights
+from shared.naming import parameter_shapes
+from ternary_cuda.layers import RMSNorm, TernaryEmbedding, TernaryLinear
+
+
+def _linear(cfg: RunConfig, target: str, d_in: int, d_out: int) -> TernaryLinear:
+    t = cfg.ternary
+    return TernaryLinear(d_in, d_out, t.enabled and target in t.targets, t.group_size, t.eps,
+                         t.activation_bits)
+
+
+def rope(x: torch.Tensor, theta: float) -> torch.Tensor:
+    """Hugging Face RoPE on (B, heads, T, head_dim): rotate the two halves (not interleaved pairs)."""
+    T, D = x.shape[-2], x.shape[-1]
+    inv_freq = 1.0 / (theta ** (torch.arange(0, D, 2, dtype=torch.float32, device=x.device) / D))
+    freqs = torch.outer(torch.arange(T, dtype=torch.float32, device=x.device), inv_freq)
+    cos, sin = freqs.cos().to(x.dtype), freqs.sin().to(x.dtype)  # (T, D/2)
+    x1, x2 = x[..., : D // 2], x[..., D // 2:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: RunConfig):
+        super().__init__()
+        m = cfg.model
+        self.n_heads, self.n_kv_heads, self.head_dim = m.num_attention_heads, m.num_key_value_heads, m.head_dim
+        self.rope_theta = m.rope_theta
+        self.q_proj = _linear(cfg, "attn", m.hidden_size, self.n_heads * self.head_dim)
+        self.k_proj = _linear(cfg, "attn", m.hidden_size, self.n_kv_heads * self.head_dim)
+        self.v_proj = _linear(cfg, "attn", m.hidden_size, self.n_kv_heads * self.head_dim)
+        self.o_proj = _linear(cfg, "attn", self.n_heads * self.head_dim, m.hidden_size)
+        if m.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, m.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, m.rms_norm_eps)
+        self.qk_norm = m.qk_norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).reshape(B, T, self.n_heads, self.head_dim)
+        k = self.k_proj(x).reshape(B, T, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(x).reshape(B, T, self.n_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = (a.transpose(1, 2) for a in (q, k, v))  # (B, heads, T, head_dim)
+        q, k = rope(q, self.rope_theta), rope(k, self.rope_theta)
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.head_dim ** -0.5,
+                                           enable_gqa=self.n_heads != self.n_kv_heads)
+        return self.o_proj(o.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: RunConfig):
+        super().__init__()
+        m = cfg.model
+        self.act = m.hidden_act
+        if self.act == "silu":
+            self.gate_proj = _linear(cfg, "mlp", m.hidden_size, m.intermediate_size)
+        self.up_proj = _linear(cfg, "mlp", m.hidden_size, m.intermediate_size)
+        self.down_proj = _linear(cfg, "mlp", m.intermediate_size, m.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act == "silu":
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(torch.square(F.relu(self.up_proj(x))))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: RunConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.model.hidden_size, cfg.model.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.model.hidden_size, cfg.model.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x + self.self_attn(self.input_layernorm(x))  # residuals around pre-normed blocks (S1, S2)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: RunConfig):
+        super().__init__()
+        m, t = cfg.model, cfg.ternary
+        self.embed_tokens = TernaryEmbedding(m.hidden_size, m.vocab_size, t.enabled and "embed" in t.targets,
+                                             t.group_size, t.eps, t.activation_bits)
+        self.layers = nn.ModuleList([DecoderLayer(cfg) for _ in range(m.num_hidden_layers)])
+        self.norm = RMSNorm(m.hidden_size, m.rms_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            x = layer(x)
+        return self.norm(x)
+
+
+class Model(nn.Module):
+    """model(input_ids (B, T) int) -> logits (B, T, vocab) float32.
+
+    Built from `weights` (canonical names, strictly checked) or, without them, from the shared
+    NumPy initialisation with `seed`, so both backends start from identical weights.
+    """
+
+    def __init__(self, config: RunConfig, weights: dict[str, np.ndarray] | None = None, seed: int = 0,
+                 device: str | torch.device = "cpu"):
+        super().__init__()
+        m = config.model
+        self.config = config
+        with torch.device("meta"):  # no memory until the real weights are assigned
+            self.model = Decoder(config)
+            if not m.tie_word_embeddings:
+                self.lm_head = _linear(config, "lm_head", m.hidden_size, m.vocab_size)
+        self.tied, self.softcap = m.tie_word_embeddings, m.final_logit_softcapping
+        self.check_ids = True  # trainers that validate ids on the host switch this off (no device sync)
+        self.load_numpy(weights if weights is not None else init_weights(m, seed), device)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.check_ids:
+            check_token_ids(input_ids.detach().cpu().numpy(), self.config.model.vocab_size)
+        h = self.model(input_ids)
+        logits = self.model.embed_tokens.as_linear(h) if self.tied else self.lm_head(h)
+        if self.softcap:
+            logits = self.softcap * torch.tanh(logits / self.softcap)
+        return logits
+
+    def set_quant_lambda(self, lam: float) -> None:
+        """Gradual quantization: every ternary weight uses W + lam * (W_t - W)."""
+        for mod in self.modules():
+            if isinstance(mod, TernaryLinear):
+                mod.quant_lambda = float(lam)
+
+    def ternary_modules(self) -> dict[str, TernaryLinear]:
+        """Canonical weight name -> module, for the weights that are ternary."""
+        return {f"{n}.weight": mod for n, mod in self.named_modules()
+                if isinstance(mod, TernaryLinear) and mod.ternary}
+
+    # ---- weights as NumPy, canonical names --------------------------------------------------
+    def numpy_weights(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().float().cpu().numpy() for k, v in self.named_parameters()}
+
+    def load_numpy(self, weights: dict[str, np.ndarray], device: str | torch.device | None = None) -> None:
+        """Strict: every expected tensor present, nothing extra, every shape matching (S10)."""
+        check_tensor_set(parameter_shapes(self.config.model), {k: tuple(v.shape) for k, v in weights.items()},
+                         "weights")
+        if device is None:
+            device = next(self.parameters()).device
+        state = {k: torch.tensor(np.asarray(v, np.float32), device=device) for k, v in weights.items()}
+        self.load_state_dict(state, strict=True, assign=True)
