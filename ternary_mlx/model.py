@@ -25,6 +25,11 @@ def _linear(cfg: RunConfig, target: str, d_in: int, d_out: int) -> TernaryLinear
                          t.activation_bits)
 
 
+def rope(x: mx.array, theta: float) -> mx.array:
+    """Hugging Face RoPE on (B, heads, T, head_dim): rotate the two halves (not interleaved pairs)."""
+    return mx.fast.rope(x, x.shape[-1], traditional=False, base=theta, scale=1.0, offset=0)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: RunConfig):
         super().__init__()
@@ -48,9 +53,7 @@ class Attention(nn.Module):
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))  # (B, heads, T, head_dim)
-        # Hugging Face RoPE: rotate the two halves of each head (not interleaved pairs).
-        q = mx.fast.rope(q, self.head_dim, traditional=False, base=self.rope_theta, scale=1.0, offset=0)
-        k = mx.fast.rope(k, self.head_dim, traditional=False, base=self.rope_theta, scale=1.0, offset=0)
+        q, k = rope(q, self.rope_theta), rope(k, self.rope_theta)
         o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.head_dim ** -0.5, mask="causal")
         return self.o_proj(o.transpose(0, 2, 1, 3).reshape(B, T, -1))
 
@@ -109,7 +112,7 @@ class Model(nn.Module):
 
     def __init__(self, config: RunConfig, weights: dict[str, np.ndarray] | None = None, seed: int = 0):
         super().__init__()
-        m, t = config.model, config.ternary
+        m = config.model
         self.config = config
         self.model = Decoder(config)
         if not m.tie_word_embeddings:

@@ -1,0 +1,19 @@
+"""Next-token cross-entropy in PyTorch (mirrors ternary_mlx/loss.py)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from shared.data_checks import check_token_ids
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy in nats, float32; logits (B, T, V), targets (B, T) aligned per position."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="mean")
+
+
+def next_token_loss(model, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Loss of `model` on inputs whose targets come from shared.batching.inputs_and_targets."""
+    if model.check_ids:  # targets out of range are an error, never clamped or ignored (S13)
+        check_token_ids(targets.detach().cpu().numpy(), model.config.model.vocab_size, "targets")
+    return cross_entropy(model(input_ids), targets)

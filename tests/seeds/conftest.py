@@ -1,0 +1,1 @@
+from tests.backends import backend  # noqa: F401  (fixture)
