@@ -1,0 +1,55 @@
+"""MLX-specific checks: parameter tree against the spec's names, compile, lambda warm-up."""
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+
+from shared.config import RunConfig
+from shared.naming import parameter_shapes, ternary_parameters
+from ternary_mlx.loss import next_token_loss
+from ternary_mlx.model import Model
+
+CONFIGS = [
+    [],
+    ["model.tie_word_embeddings=false", "model.hidden_act=relu2", "model.qk_norm=false"],
+    ["model.head_dim=32", "ternary.targets=[\"attn\",\"mlp\",\"embed\",\"lm_head\"]"],
+]
+BASE = ["model.vocab_size=128", "model.hidden_size=64", "model.intermediate_size=128",
+        "model.num_hidden_layers=2", "ternary.group_size=32"]
+
+
+@pytest.mark.parametrize("extra", CONFIGS)
+def test_parameter_tree_matches_the_spec(extra):
+    cfg = RunConfig().with_overrides(BASE + extra)
+    model = Model(cfg)
+    got = {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}
+    assert got == parameter_shapes(cfg.model)
+    assert sorted(model.ternary_modules()) == sorted(ternary_parameters(cfg))
+
+
+def test_compiled_loss_and_grad_equal_eager():
+    cfg = RunConfig().with_overrides(BASE)
+    model = Model(cfg, seed=1)
+    model.check_ids = False  # compiled code cannot read values back to the host
+    ids = mx.array(np.random.default_rng(0).integers(0, 128, (2, 17)))
+    x, y = ids[:, :-1], ids[:, 1:]
+    f = nn.value_and_grad(model, lambda a, b: next_token_loss(model, a, b))
+    loss, grads = f(x, y)
+    closs, cgrads = mx.compile(f)(x, y)
+    assert abs(float(loss) - float(closs)) < 1e-6
+    for (k, g), (_, cg) in zip(tree_flatten(grads), tree_flatten(cgrads)):
+        np.testing.assert_allclose(np.array(cg), np.array(g), atol=1e-6, err_msg=k)
+
+
+def test_quant_lambda_interpolates_between_float_and_ternary():
+    cfg = RunConfig().with_overrides(BASE)
+    float_cfg = RunConfig().with_overrides(BASE + ["ternary.enabled=false"])
+    model, float_model = Model(cfg, seed=2), Model(float_cfg, seed=2)
+    ids = mx.array(np.random.default_rng(1).integers(0, 128, (1, 9)))
+    model.set_quant_lambda(0.0)
+    np.testing.assert_allclose(np.array(model(ids)), np.array(float_model(ids)), atol=1e-6)
+    model.set_quant_lambda(1.0)
+    assert np.abs(np.array(model(ids)) - np.array(float_model(ids))).max() > 1e-3

@@ -1,0 +1,41 @@
+"""PyTorch-specific checks: parameter names against the spec, no stray buffers, lambda warm-up."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from shared.config import RunConfig
+from shared.naming import parameter_shapes, ternary_parameters
+from ternary_cuda.model import Model
+
+CONFIGS = [
+    [],
+    ["model.tie_word_embeddings=false", "model.hidden_act=relu2", "model.qk_norm=false"],
+    ["model.head_dim=32", "ternary.targets=[\"attn\",\"mlp\",\"embed\",\"lm_head\"]"],
+]
+BASE = ["model.vocab_size=128", "model.hidden_size=64", "model.intermediate_size=128",
+        "model.num_hidden_layers=2", "ternary.group_size=32"]
+
+
+@pytest.mark.parametrize("extra", CONFIGS)
+def test_parameter_names_match_the_spec(extra):
+    cfg = RunConfig().with_overrides(BASE + extra)
+    model = Model(cfg)
+    got = {k: tuple(v.shape) for k, v in model.named_parameters()}
+    assert got == parameter_shapes(cfg.model)
+    assert list(model.state_dict()) == list(got)  # no buffers that a checkpoint would miss
+    assert all(p.device.type == "cpu" and p.dtype == torch.float32 for p in model.parameters())
+    assert sorted(model.ternary_modules()) == sorted(ternary_parameters(cfg))
+
+
+def test_quant_lambda_interpolates_between_float_and_ternary():
+    cfg = RunConfig().with_overrides(BASE)
+    float_cfg = RunConfig().with_overrides(BASE + ["ternary.enabled=false"])
+    model, float_model = Model(cfg, seed=2), Model(float_cfg, seed=2)
+    ids = torch.from_numpy(np.random.default_rng(1).integers(0, 128, (1, 9)))
+    with torch.no_grad():
+        model.set_quant_lambda(0.0)
+        torch.testing.assert_close(model(ids), float_model(ids), atol=1e-6, rtol=0)
+        model.set_quant_lambda(1.0)
+        assert (model(ids) - float_model(ids)).abs().max() > 1e-3
