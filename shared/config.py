@@ -29,7 +29,9 @@ class ConfigError(ValueError):
 
 # Ternary targets: which weights are projected to {-1, 0, +1} * scale.
 TERNARY_TARGETS = ("attn", "mlp", "embed", "lm_head")
-HIDDEN_ACTS = ("silu", "relu2")  # silu = SwiGLU (gate/up/down); relu2 = down(relu(up(x))^2)
+HIDDEN_ACTS = ("silu", "relu2")
+OPTIMIZERS = ("adamw", "muon")
+SCHEDULES = ("constant", "cosine", "warmdown")  # silu = SwiGLU (gate/up/down); relu2 = down(relu(up(x))^2)
 
 # Keys that Hugging Face writes into a Qwen3/Llama config.json and that do not change the math
 # we implement; accepted on input so a stock config.json loads, never written back by us.
@@ -82,18 +84,40 @@ class TernaryConfig:
 @dataclass
 class TrainConfig:
     steps: int = 200
-    batch_size: int = 8
+    batch_size: int = 8  # sequences per micro-batch (per rank)
+    grad_accum: int = 1  # micro-batches per optimizer step
     seq_len: int = 256
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-    optimizer: str = "adamw"
+    optimizer: str = "adamw"  # "adamw", or "muon" (Muon for block matrices, AdamW for the rest)
+    lr: float = 3e-3  # AdamW learning rate (embeddings, norms, head; everything under adamw)
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
+    beta1: float = 0.9
+    beta2: float = 0.95
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0  # decoupled, on matrices only; the ternary record found it hurt
+    schedule: str = "constant"  # after warm-up: "constant", "cosine" or "warmdown"
+    warmup_steps: int = 10
+    warmdown_frac: float = 0.3  # "warmdown": linear decay to 0 over this final fraction of steps
+    min_lr_frac: float = 0.0  # "cosine": final LR as a fraction of the peak
+    grad_clip: float = 1.0  # global-norm clip; 0 = off
+    ema_decay: float | None = None  # EMA of weights (evaluated and saved as the model); None = off
+    eval_every: int = 100  # steps; 0 = only at the end
+    eval_tokens: int = 131072  # validation tokens scored per evaluation (the whole split if smaller)
+    patience: int | None = None  # evaluations without improvement before stopping; None = never
+    min_delta: float = 0.0  # improvement in val_loss (nats) that resets patience
+    time_budget_s: float | None = None  # training wall-clock budget, excluding evaluation
+    checkpoint_every: int = 0  # steps; 0 = only at the end (and on Ctrl-C)
+    log_every: int = 10  # steps between host syncs for loss/throughput
     seed: int = 0
 
 
 @dataclass
 class DataConfig:
-    source: str = "synthetic"  # "synthetic" (embedded corpus) or a directory of shards
-    tokenizer: str | None = None
+    source: str = "synthetic"  # "synthetic" (the embedded corpus) or a directory made by `ternary data prepare`
+    tokenizer: str = "synthetic-bpe-512"  # a built-in name, a .model file, or an HF tokenizer directory
+    synthetic_train_bytes: int = 4_000_000
+    synthetic_val_bytes: int = 400_000
+    seed: int = 0
 
 
 @dataclass
@@ -221,8 +245,28 @@ class RunConfig:
                     raise ConfigError(
                         f"ternary.group_size={t.group_size} does not divide the input dimension "
                         f"{in_dim} of {name}; choose a divisor of {in_dim} or 0 (per tensor)")
-        if self.train.steps < 0 or self.train.batch_size <= 0 or self.train.seq_len <= 0:
-            raise ConfigError("train.steps must be >= 0, train.batch_size and train.seq_len positive")
+        tr = self.train
+        if tr.steps < 0 or tr.batch_size <= 0 or tr.seq_len <= 0 or tr.grad_accum <= 0:
+            raise ConfigError("train.steps must be >= 0; train.batch_size, train.seq_len and "
+                              "train.grad_accum positive")
+        for key, options in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+            if getattr(tr, key) not in options:
+                raise ConfigError(f"train.{key}: {getattr(tr, key)!r} is not one of {', '.join(options)}"
+                                  f"{_suggest(getattr(tr, key), options)}")
+        if tr.seq_len > m.max_position_embeddings:
+            raise ConfigError(f"train.seq_len={tr.seq_len} exceeds model.max_position_embeddings="
+                              f"{m.max_position_embeddings}")
+        if not (0 <= tr.warmdown_frac <= 1 and 0 <= tr.min_lr_frac <= 1):
+            raise ConfigError("train.warmdown_frac and train.min_lr_frac must be in [0, 1]")
+        if tr.ema_decay is not None and not 0 < tr.ema_decay < 1:
+            raise ConfigError(f"train.ema_decay must be in (0, 1), got {tr.ema_decay}")
+        if tr.patience is not None and tr.patience < 1:
+            raise ConfigError("train.patience counts evaluations and must be >= 1 (or absent)")
+        if min(tr.lr, tr.muon_lr, tr.log_every, tr.eval_tokens) <= 0:
+            raise ConfigError("train.lr, train.muon_lr, train.log_every and train.eval_tokens must be positive")
+        if min(tr.eval_every, tr.checkpoint_every, tr.warmup_steps) < 0 or tr.grad_clip < 0:
+            raise ConfigError("train.eval_every, train.checkpoint_every, train.warmup_steps and "
+                              "train.grad_clip must be >= 0")
         return self
 
 

@@ -57,13 +57,16 @@ def straight_through(x: torch.Tensor, x_used: torch.Tensor) -> torch.Tensor:
     return _StraightThrough.apply(x, x_used)
 
 
-def ternary_weight(w: torch.Tensor, group_size: int, eps: float = EPS, lam: float = 1.0) -> torch.Tensor:
+def ternary_weight(w: torch.Tensor, group_size: int, eps: float = EPS,
+                   lam: float | torch.Tensor = 1.0) -> torch.Tensor:
     """W_used = W + lam * (q * s - W) (exactly q * s at lam = 1), gradient straight through to W."""
     w32 = w.float()
     with torch.no_grad():
         codes, s = ternarize(w32, group_size, eps)
         wt = (_grouped(codes.float(), group_size) * s[..., None]).reshape(w.shape)
-        if lam < 1.0:
+        if isinstance(lam, torch.Tensor):  # lambda as a tensor (warm-up under torch.compile): exact q * s at 1
+            wt = torch.where(lam >= 1.0, wt, w32 + lam * (wt - w32))
+        elif lam < 1.0:
             wt = w32 + lam * (wt - w32)
     return straight_through(w32, wt).to(w.dtype)
 
@@ -88,12 +91,12 @@ class TernaryLinear(nn.Module):
         self.weight = nn.Parameter(torch.zeros((out_features, in_features)))
         self.ternary, self.group_size, self.eps = ternary, group_size, eps
         self.activation_bits = activation_bits
-        self.quant_lambda = 1.0
+        self._quant_lambda = 1.0  # set through Model.set_quant_lambda; '_' keeps it out of the parameters
 
     def effective_weight(self) -> torch.Tensor:
         if not self.ternary:
             return self.weight
-        return ternary_weight(self.weight, self.group_size, self.eps, self.quant_lambda)
+        return ternary_weight(self.weight, self.group_size, self.eps, self._quant_lambda)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.ternary and self.activation_bits:

@@ -138,11 +138,12 @@ class Model(nn.Module):
             logits = self.softcap * torch.tanh(logits / self.softcap)
         return logits
 
-    def set_quant_lambda(self, lam: float) -> None:
-        """Gradual quantization: every ternary weight uses W + lam * (W_t - W)."""
+    def set_quant_lambda(self, lam) -> None:
+        """Gradual quantization: every ternary weight uses W + lam * (W_t - W) (a float, or a
+        scalar array/tensor when the value must change inside a compiled step)."""
         for mod in self.modules():
             if isinstance(mod, TernaryLinear):
-                mod.quant_lambda = float(lam)
+                mod._quant_lambda = lam if hasattr(lam, "shape") else float(lam)
 
     def ternary_modules(self) -> dict[str, TernaryLinear]:
         """Canonical weight name -> module, for the weights that are ternary."""

@@ -52,12 +52,14 @@ def _straight_through_vjp(primals, cotangent, output):
     return cotangent, mx.zeros_like(primals[1])
 
 
-def ternary_weight(w: mx.array, group_size: int, eps: float = EPS, lam: float = 1.0) -> mx.array:
+def ternary_weight(w: mx.array, group_size: int, eps: float = EPS, lam: float | mx.array = 1.0) -> mx.array:
     """W_used = W + lam * (q * s - W) (exactly q * s at lam = 1), gradient straight through to W."""
     w32 = w.astype(mx.float32)
     codes, s = ternarize(w32, group_size, eps)
     wt = (_grouped(codes.astype(mx.float32), group_size) * s[..., None]).reshape(w.shape)
-    if lam < 1.0:
+    if isinstance(lam, mx.array):  # traced lambda (warm-up under mx.compile): exact q * s at 1
+        wt = mx.where(lam >= 1.0, wt, w32 + lam * (wt - w32))
+    elif lam < 1.0:
         wt = w32 + lam * (wt - w32)
     return straight_through(w32, mx.stop_gradient(wt)).astype(w.dtype)
 
@@ -81,12 +83,12 @@ class TernaryLinear(nn.Module):
         self.weight = mx.zeros((out_features, in_features))
         self.ternary, self.group_size, self.eps = ternary, group_size, eps
         self.activation_bits = activation_bits
-        self.quant_lambda = 1.0
+        self._quant_lambda = 1.0  # set through Model.set_quant_lambda; '_' keeps it out of the parameters
 
     def effective_weight(self) -> mx.array:
         if not self.ternary:
             return self.weight
-        return ternary_weight(self.weight, self.group_size, self.eps, self.quant_lambda)
+        return ternary_weight(self.weight, self.group_size, self.eps, self._quant_lambda)
 
     def __call__(self, x: mx.array) -> mx.array:
         if self.ternary and self.activation_bits:

@@ -130,11 +130,14 @@ class Model(nn.Module):
             logits = self.softcap * mx.tanh(logits / self.softcap)
         return logits
 
-    def set_quant_lambda(self, lam: float) -> None:
-        """Gradual quantization: every ternary weight uses W + lam * (W_t - W)."""
+    def set_quant_lambda(self, lam) -> None:
+        """Gradual quantization: every ternary weight uses W + lam * (W_t - W) (a float, or a
+        scalar array/tensor when the value must change inside a compiled step)."""
         for _, mod in self.named_modules():
             if isinstance(mod, TernaryLinear):
-                mod.quant_lambda = float(lam)
+                # object.__setattr__: an array stored the Module way would join `model.state`
+                # and shift the leaves of a compiled step's inputs/outputs.
+                object.__setattr__(mod, "_quant_lambda", lam if hasattr(lam, "shape") else float(lam))
 
     def ternary_modules(self) -> dict[str, TernaryLinear]:
         """Canonical weight name -> module, for the weights that are ternary."""

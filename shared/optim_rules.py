@@ -1,0 +1,39 @@
+"""Which optimizer treats which parameter, and the per-step scalars; shared by both backends."""
+from __future__ import annotations
+
+import numpy as np
+
+from shared.config import TrainConfig
+from shared.schedule import lr_multiplier
+
+NS_COEFFS = (3.4445, -4.7750, 2.0315)  # Muon's quintic Newton-Schulz coefficients (Keller Jordan)
+NS_STEPS = 5
+
+
+def uses_muon(name: str, shape: tuple[int, ...], t: TrainConfig) -> bool:
+    """Muon takes the 2-D matrices inside the blocks; embeddings, head and norms stay on AdamW."""
+    return t.optimizer == "muon" and len(shape) == 2 and name.startswith("model.layers.")
+
+
+def uses_weight_decay(name: str, shape: tuple[int, ...], t: TrainConfig) -> bool:
+    return t.weight_decay > 0 and len(shape) == 2
+
+
+def slots_for(name: str, shape: tuple[int, ...], t: TrainConfig) -> tuple[str, ...]:
+    slots = ("momentum",) if uses_muon(name, shape, t) else ("exp_avg", "exp_avg_sq")
+    return slots + (("ema",) if t.ema_decay else ())
+
+
+def muon_scale(shape: tuple[int, ...]) -> float:
+    """Keep the update's RMS comparable across shapes: sqrt(max(1, rows / cols))."""
+    return max(1.0, shape[0] / shape[1]) ** 0.5
+
+
+def step_scalars(step: int, t: TrainConfig) -> dict[str, np.ndarray]:
+    """Learning rates and Adam bias corrections for optimizer step `step` (0-based), float32."""
+    mult = lr_multiplier(step, t)
+    n = step + 1
+    return {k: np.array(v, np.float32) for k, v in {
+        "lr_adam": t.lr * mult, "lr_muon": t.muon_lr * mult,
+        "bc1": 1 - t.beta1 ** n, "bc2": 1 - t.beta2 ** n,
+    }.items()}

@@ -1,0 +1,83 @@
+"""AdamW and Muon in PyTorch (mirrors ternary_mlx/optim.py; the same math, in the same order).
+
+Written out by hand rather than taken from torch.optim / mlx.optimizers because those two differ
+(MLX's AdamW has no bias correction by default; torch's fused paths reorder operations), and the
+first training steps must agree between the backends. State uses canonical names:
+`<param>.exp_avg`, `<param>.exp_avg_sq` (AdamW), `<param>.momentum` (Muon), `<param>.ema`.
+Per-step scalars (learning rates, bias corrections) are computed on the host by
+`shared.optim_rules.step_scalars` and passed in as tensors, so a compiled step never recompiles.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from shared.config import TrainConfig
+from shared.optim_rules import NS_COEFFS, NS_STEPS, muon_scale, slots_for, uses_muon, uses_weight_decay
+
+
+def newton_schulz(g: torch.Tensor) -> torch.Tensor:
+    """Approximate orthogonalisation of a 2-D gradient (Muon's quintic iteration), float32."""
+    a, b, c = NS_COEFFS
+    x = g.float()
+    x = x / (torch.sqrt(torch.sum(x * x)) + 1e-7)
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T
+    for _ in range(NS_STEPS):
+        A = x @ x.T
+        B = b * A + c * (A @ A)
+        x = a * x + B @ x
+    return x.T if tall else x
+
+
+class Optimizer:
+    """AdamW for every parameter, or Muon for block matrices with AdamW for the rest."""
+
+    def __init__(self, t: TrainConfig, shapes: dict[str, tuple[int, ...]], device: torch.device | str = "cpu"):
+        self.t = t
+        self.shapes = shapes
+        self.state: dict[str, torch.Tensor] = {}
+        for name, shape in shapes.items():
+            for slot in slots_for(name, shape, t):
+                self.state[f"{name}.{slot}"] = torch.zeros(shape, dtype=torch.float32, device=device)
+
+    def init_ema(self, params: dict[str, torch.Tensor]) -> None:
+        for name in self.shapes:
+            self.state[f"{name}.ema"] = params[name].detach().clone()
+
+    @torch.no_grad()
+    def apply(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor],
+              s: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One update; `s` holds lr_adam, lr_muon, bc1, bc2 (bias corrections) as scalar tensors."""
+        t, st, out = self.t, self.state, {}
+        for name, p in params.items():
+            g = grads[name]
+            decay = uses_weight_decay(name, p.shape, t)
+            if uses_muon(name, p.shape, t):
+                buf = t.muon_momentum * st[f"{name}.momentum"] + (1 - t.muon_momentum) * g
+                st[f"{name}.momentum"] = buf
+                update = newton_schulz(g + t.muon_momentum * (buf - g)) * muon_scale(p.shape)
+                lr = s["lr_muon"]
+            else:
+                m = t.beta1 * st[f"{name}.exp_avg"] + (1 - t.beta1) * g
+                v = t.beta2 * st[f"{name}.exp_avg_sq"] + (1 - t.beta2) * (g * g)
+                st[f"{name}.exp_avg"], st[f"{name}.exp_avg_sq"] = m, v
+                update = (m / s["bc1"]) / (torch.sqrt(v / s["bc2"]) + t.adam_eps)
+                lr = s["lr_adam"]
+            if decay:
+                p = p * (1 - lr * t.weight_decay)
+            out[name] = p - lr * update
+            if f"{name}.ema" in st:
+                st[f"{name}.ema"] = t.ema_decay * st[f"{name}.ema"] + (1 - t.ema_decay) * out[name]
+        return out
+
+    def numpy_state(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().float().cpu().numpy() for k, v in self.state.items()}
+
+    def load_numpy_state(self, arrays: dict[str, np.ndarray]) -> None:
+        from shared.checkpoint import check_tensor_set
+        check_tensor_set({k: tuple(v.shape) for k, v in self.state.items()},
+                         {k: tuple(v.shape) for k, v in arrays.items()}, "optimizer state")
+        for k, v in arrays.items():
+            self.state[k] = torch.tensor(np.asarray(v, np.float32), device=self.state[k].device)

@@ -1,0 +1,82 @@
+"""AdamW and Muon in MLX (mirrors ternary_cuda/optim.py; the same math, in the same order).
+
+Written out by hand rather than taken from mlx.optimizers / torch.optim because those two differ
+(MLX's AdamW has no bias correction by default; torch's fused paths reorder operations), and the
+first training steps must agree between the backends. State uses canonical names:
+`<param>.exp_avg`, `<param>.exp_avg_sq` (AdamW), `<param>.momentum` (Muon), `<param>.ema`.
+Per-step scalars (learning rates, bias corrections) are computed on the host by
+`shared.optim_rules.step_scalars` and passed in as arrays, so a compiled step never retraces.
+"""
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+
+from shared.config import TrainConfig
+from shared.optim_rules import NS_COEFFS, NS_STEPS, muon_scale, slots_for, uses_muon, uses_weight_decay
+
+
+def newton_schulz(g: mx.array) -> mx.array:
+    """Approximate orthogonalisation of a 2-D gradient (Muon's quintic iteration), float32."""
+    a, b, c = NS_COEFFS
+    x = g.astype(mx.float32)
+    x = x / (mx.sqrt(mx.sum(x * x)) + 1e-7)
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T
+    for _ in range(NS_STEPS):
+        A = x @ x.T
+        B = b * A + c * (A @ A)
+        x = a * x + B @ x
+    return x.T if tall else x
+
+
+class Optimizer:
+    """AdamW for every parameter, or Muon for block matrices with AdamW for the rest."""
+
+    def __init__(self, t: TrainConfig, shapes: dict[str, tuple[int, ...]]):
+        self.t = t
+        self.shapes = shapes
+        self.state: dict[str, mx.array] = {}
+        for name, shape in shapes.items():
+            for slot in slots_for(name, shape, t):
+                self.state[f"{name}.{slot}"] = mx.zeros(shape, mx.float32)
+
+    def init_ema(self, params: dict[str, mx.array]) -> None:
+        for name in self.shapes:
+            self.state[f"{name}.ema"] = mx.array(params[name])
+
+    def apply(self, params: dict[str, mx.array], grads: dict[str, mx.array],
+              s: dict[str, mx.array]) -> dict[str, mx.array]:
+        """One update; `s` holds lr_adam, lr_muon, bc1, bc2 (bias corrections) as scalar arrays."""
+        t, st, out = self.t, self.state, {}
+        for name, p in params.items():
+            g = grads[name]
+            decay = uses_weight_decay(name, p.shape, t)
+            if uses_muon(name, p.shape, t):
+                buf = t.muon_momentum * st[f"{name}.momentum"] + (1 - t.muon_momentum) * g
+                st[f"{name}.momentum"] = buf
+                update = newton_schulz(g + t.muon_momentum * (buf - g)) * muon_scale(p.shape)
+                lr = s["lr_muon"]
+            else:
+                m = t.beta1 * st[f"{name}.exp_avg"] + (1 - t.beta1) * g
+                v = t.beta2 * st[f"{name}.exp_avg_sq"] + (1 - t.beta2) * (g * g)
+                st[f"{name}.exp_avg"], st[f"{name}.exp_avg_sq"] = m, v
+                update = (m / s["bc1"]) / (mx.sqrt(v / s["bc2"]) + t.adam_eps)
+                lr = s["lr_adam"]
+            if decay:
+                p = p * (1 - lr * t.weight_decay)
+            out[name] = p - lr * update
+            if f"{name}.ema" in st:
+                st[f"{name}.ema"] = t.ema_decay * st[f"{name}.ema"] + (1 - t.ema_decay) * out[name]
+        return out
+
+    def numpy_state(self) -> dict[str, np.ndarray]:
+        return {k: np.array(v) for k, v in self.state.items()}
+
+    def load_numpy_state(self, arrays: dict[str, np.ndarray]) -> None:
+        from shared.checkpoint import check_tensor_set
+        check_tensor_set({k: tuple(v.shape) for k, v in self.state.items()},
+                         {k: tuple(v.shape) for k, v in arrays.items()}, "optimizer state")
+        for k, v in arrays.items():
+            self.state[k] = mx.array(np.asarray(v, np.float32))

@@ -1,0 +1,87 @@
+"""Training in MLX (mirrors ternary_cuda/train.py). The loop itself is shared: shared/loop.py.
+
+`Trainer` owns the model, the optimizer and one compiled step; `main` is
+`python -m ternary_mlx.train` (also `ternary train --backend mlx`).
+"""
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
+
+from shared.batching import inputs_and_targets
+from shared.config import RunConfig
+from shared.optim_rules import step_scalars
+from shared.ternary import quant_lambda
+from ternary_mlx.loss import cross_entropy
+from ternary_mlx.model import Model
+from ternary_mlx.optim import Optimizer
+
+
+class Trainer:
+    backend = "mlx"
+
+    def __init__(self, config: RunConfig, model: Model, optimizer_state: dict[str, np.ndarray] | None = None):
+        self.config, self.model = config, model
+        model.check_ids = False  # the loader validated every id once (S13); compiled code cannot read back
+        params = dict(tree_flatten(model.parameters()))
+        self.opt = Optimizer(config.train, {k: tuple(v.shape) for k, v in params.items()})
+        if optimizer_state is not None:
+            self.opt.load_numpy_state(optimizer_state)
+        elif config.train.ema_decay:
+            self.opt.init_ema(params)
+        self.dynamic_lambda = config.ternary.enabled and config.ternary.warmup_steps > 0
+        loss_and_grad = nn.value_and_grad(model, lambda x, y: cross_entropy(model(x), y))
+        clip = config.train.grad_clip
+
+        def step_fn(xs: mx.array, ys: mx.array, scalars: dict[str, mx.array]):
+            if self.dynamic_lambda:
+                model.set_quant_lambda(scalars["lam"])
+            loss, grads = None, None
+            for a in range(xs.shape[0]):  # gradient accumulation: sum, then divide once
+                la, ga = loss_and_grad(xs[a], ys[a])
+                ga = dict(tree_flatten(ga))
+                loss = la if loss is None else loss + la
+                grads = ga if grads is None else {k: grads[k] + ga[k] for k in grads}
+            loss = loss / xs.shape[0]
+            grads = {k: g / xs.shape[0] for k, g in grads.items()}
+            gnorm = mx.sqrt(sum(mx.sum(g * g) for g in grads.values()))
+            if clip:
+                scale = mx.minimum(1.0, clip / (gnorm + 1e-6))
+                grads = {k: g * scale for k, g in grads.items()}
+            new = self.opt.apply(dict(tree_flatten(model.parameters())), grads, scalars)
+            model.update(tree_unflatten(list(new.items())))
+            return loss, gnorm
+
+        self._state = [model.state, self.opt.state]
+        self._step = mx.compile(step_fn, inputs=self._state, outputs=self._state)
+
+    def step(self, windows: np.ndarray, step: int):
+        """One optimizer step on (grad_accum, batch, seq_len + 1) windows; returns lazy (loss, grad_norm)."""
+        xs, ys = inputs_and_targets(windows.reshape(-1, windows.shape[-1]))
+        shape = windows.shape[:2] + (windows.shape[-1] - 1,)
+        scalars = {k: mx.array(v) for k, v in step_scalars(step, self.config.train).items()}
+        lam = quant_lambda(step, self.config.ternary.warmup_steps)
+        if self.dynamic_lambda:
+            scalars["lam"] = mx.array(lam, mx.float32)
+        out = self._step(mx.array(xs.reshape(shape)), mx.array(ys.reshape(shape)), scalars)
+        if self.dynamic_lambda:
+            self.model.set_quant_lambda(lam)  # leave no traced value behind for evaluation
+        mx.async_eval(out, self._state)
+        return out
+
+    @staticmethod
+    def fetch(handles: list) -> list[tuple[float, float]]:
+        """Host sync: (loss, grad_norm) floats for the pending steps."""
+        return [(float(loss.item()), float(gn.item())) for loss, gn in handles]
+
+    def numpy_weights(self) -> dict[str, np.ndarray]:
+        return self.model.numpy_weights()
+
+    def numpy_optimizer_state(self) -> dict[str, np.ndarray]:
+        return self.opt.numpy_state()
+
+    def ema_weights(self) -> dict[str, np.ndarray] | None:
+        st = self.opt.state
+        return {n: np.array(st[f"{n}.ema"]) for n in self.opt.shapes} if self.config.train.ema_decay else None
