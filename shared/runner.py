@@ -1,0 +1,205 @@
+"""`train` for either backend: arguments, run directory, resume/init, data, loop, summary.
+
+Backends call `main(argv, backend)` from their train.py with a small `Backend` record (model and
+trainer classes, checkpoint module); nothing here imports mlx or torch.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from shared import checkpoint as fmt
+from shared.config import ConfigError, RunConfig
+from shared.data import load_token_dataset
+from shared.loop import LoopResult, preflight, run
+from shared.presets import get_preset
+from shared.tokenizers import get_tokenizer
+
+
+@dataclass
+class Backend:
+    name: str  # "mlx" or "torch"
+    Model: type
+    Trainer: type
+    version: str
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--preset", help="named configuration (see `ternary presets`); default: smoke")
+    g.add_argument("--config", type=Path, help="TOML run config")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value, e.g. --set train.lr=3e-4 (repeatable)")
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    add_config_args(p)
+    p.add_argument("--out", type=Path, help="run directory (default: runs/<preset>-<backend>-<time>)")
+    p.add_argument("--resume", type=Path, metavar="DIR",
+                   help="continue a run from its checkpoint (a run directory or a checkpoint); "
+                        "--set may change train.* values such as train.steps")
+    p.add_argument("--init", type=Path, metavar="CKPT",
+                   help="start from these weights (a checkpoint directory) with a fresh optimizer")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+
+
+def config_from_args(args) -> RunConfig:
+    if args.config:
+        cfg = RunConfig.load_toml(args.config)
+    else:
+        cfg = get_preset(args.preset or "smoke")
+    return cfg.with_overrides(args.overrides)
+
+
+def _checkpoint_dir(path: Path) -> Path:
+    return path / "checkpoint" if (path / "checkpoint" / "manifest.json").exists() else path
+
+
+def _resume_config(ckpt: Path, overrides: list[str]) -> RunConfig:
+    saved = fmt.read_config(ckpt)
+    cfg = saved.with_overrides(overrides)
+    for section in ("model", "ternary", "data"):
+        if getattr(cfg, section) != getattr(saved, section):
+            raise ConfigError(f"--resume: {section}.* cannot change when resuming (only train.* can); "
+                              f"start a new run with --init {ckpt} instead")
+    return cfg
+
+
+def train(cfg: RunConfig, backend: Backend, out_dir: Path, *, resume: Path | None = None,
+          init: Path | None = None, log: Callable[[str], None] = print, progress: bool = True,
+          rank: int = 0, world_size: int = 1) -> tuple[LoopResult, dict[str, Any]]:
+    """Train `cfg` with `backend`, writing metrics, checkpoints, plot and summary into `out_dir`."""
+    tokenizer = get_tokenizer(cfg.data.tokenizer)
+    if tokenizer.vocab_size > cfg.model.vocab_size:
+        raise ConfigError(f"data.tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} tokens but "
+                          f"model.vocab_size is {cfg.model.vocab_size}")
+    dataset = load_token_dataset(cfg.data.source, tokenizer, synthetic_train_bytes=cfg.data.synthetic_train_bytes,
+                                 synthetic_val_bytes=cfg.data.synthetic_val_bytes, seed=cfg.data.seed)
+    log(f"data: {dataset.description}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save_toml(out_dir / "config.toml")
+    state, weights, opt_state = {}, None, None
+    if resume is not None:
+        _, weights = fmt.read_checkpoint(resume)
+        opt = fmt.read_optimizer(resume)
+        if opt is None:
+            raise fmt.CheckpointError(f"{resume}: no optimizer state to resume from; use --init instead")
+        opt_state = opt[0]
+        state = fmt.read_trainer_state(resume) or {}
+        log(f"resuming from {resume} at step {state.get('step', 0)}")
+    elif init is not None:
+        init_cfg, weights = fmt.read_checkpoint(init)
+        if init_cfg.model != cfg.model:
+            raise ConfigError(f"--init {init}: its model config differs from this run's")
+        log(f"initialising weights from {init}")
+    model = backend.Model(cfg, weights, seed=cfg.train.seed)
+    trainer = backend.Trainer(cfg, model, opt_state)
+    plan = preflight(cfg, dataset, world_size, log)
+    result = run(cfg, trainer, dataset, out_dir, start_step=state.get("step", 0),
+                 loader_state=state.get("loader"), best_val=state.get("best_val_loss"),
+                 bad_evals=state.get("bad_evals", 0), train_time_s=state.get("train_time_s", 0.0),
+                 rank=rank, world_size=world_size, log=log, progress=progress)
+    summary = _summary(cfg, backend, dataset, plan, result)
+    if rank == 0:
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        plot_losses(out_dir)
+        log(format_summary(summary))
+    return result, summary
+
+
+def _summary(cfg, backend, dataset, plan, result: LoopResult) -> dict[str, Any]:
+    last = result.evals[-1] if result.evals else {}
+    t = cfg.train
+    tokens = result.step * t.grad_accum * t.batch_size * t.seq_len
+    return {
+        "backend": backend.name, "steps": result.step, "stopped_because": result.stopped_because,
+        "train_time_s": round(result.train_time_s, 2), "eval_time_s": round(result.eval_time_s, 2),
+        "tokens_per_s": round(tokens / result.train_time_s) if result.train_time_s else None,
+        "final_train_loss": result.last_loss, "val_loss": last.get("val_loss"), "val_bpb": last.get("val_bpb"),
+        "val_perplexity": last.get("perplexity"), "val_tokens": last.get("tokens"),
+        "eval_mode": last.get("mode"), "entropy_bpb": dataset.entropy_bits_per_byte,
+        "entropy_gap_bpb": last.get("entropy_gap_bpb"), "checkpoint": str(result.checkpoint or ""),
+        **{k: plan[k] for k in ("parameters", "ternary_parameters", "epochs", "tokens_per_parameter")},
+    }
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    def f(v, fmt_="{:.4f}"):
+        return "-" if v is None else fmt_.format(v)
+    lines = [
+        "", f"== summary ({s['backend']}) ==",
+        f"  steps          {s['steps']} ({s['stopped_because']})",
+        f"  train time     {s['train_time_s']:.1f} s ({f(s['tokens_per_s'], '{:,}')} tokens/s; evaluation {s['eval_time_s']:.1f} s)",
+        f"  train loss     {f(s['final_train_loss'])}",
+        f"  val_loss       {f(s['val_loss'])}   perplexity {f(s['val_perplexity'], '{:.2f}')}",
+        f"  val_bpb        {f(s['val_bpb'])}   ({s['eval_mode'] or '-'}, {s['val_tokens'] or 0:,} tokens)",
+    ]
+    if s["entropy_bpb"] is not None:
+        lines.append(f"  source entropy {s['entropy_bpb']:.4f} bpb; gap {f(s['entropy_gap_bpb'], '{:+.4f}')} bpb")
+    lines.append(f"  checkpoint     {s['checkpoint'] or '-'}")
+    return "\n".join(lines)
+
+
+def plot_losses(out_dir: Path) -> Path | None:
+    """loss.png: train loss per step and val loss per evaluation, from metrics.jsonl."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    train, val = [], []
+    for line in (out_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "eval" in rec:
+            val.append((rec["eval"]["step"], rec["eval"]["val_loss"]))
+        elif math.isfinite(rec["loss"]):
+            train.append((rec["step"], rec["loss"]))
+    if not train:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(*zip(*train), lw=1, label="train loss")
+    if val:
+        ax.plot(*zip(*val), "o-", label="val loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = out_dir / "loss.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def default_out_dir(args, backend: str) -> Path:
+    stem = args.preset or (args.config.stem if args.config else "smoke")
+    return Path("runs") / f"{stem}-{backend}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+
+
+def main(argv: list[str] | None, backend: Backend, prog: str) -> int:
+    p = argparse.ArgumentParser(prog=prog, description="Train a ternary language model.")
+    add_train_args(p)
+    args = p.parse_args(argv)
+    return run_from_args(args, backend)
+
+
+def run_from_args(args, backend: Backend) -> int:
+    if args.resume is not None and args.init is not None:
+        raise ConfigError("use --resume (continue a run) or --init (new run from weights), not both")
+    if args.resume is not None:
+        ckpt = _checkpoint_dir(args.resume)
+        cfg = _resume_config(ckpt, args.overrides)
+        if args.out is None and ckpt.name != "checkpoint":
+            raise ConfigError(f"--resume {args.resume}: not inside a run directory; say where the run "
+                              "continues with --out DIR")
+        out_dir = args.out or ckpt.parent
+    else:
+        ckpt = None
+        cfg = config_from_args(args)
+        out_dir = args.out or default_out_dir(args, backend.name)
+    init = _checkpoint_dir(args.init) if args.init else None
+    result, _ = train(cfg, backend, out_dir, resume=ckpt, init=init, progress=not args.no_progress)
+    return 0 if not result.stopped_because.startswith("interrupted") else 130

@@ -1,0 +1,26 @@
+"""Validation loss and bits per byte in PyTorch (mirrors ternary_mlx/evaluate.py; windows and byte accounting in shared/)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from shared.evaluation import evaluate_tokens
+from shared.tokenizers import Tokenizer
+
+
+@torch.no_grad()
+def token_nll(model, inputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per-token negative log-likelihood in nats (float64) for (B, T) inputs and targets."""
+    device = next(model.parameters()).device
+    logits = model(torch.from_numpy(np.asarray(inputs, np.int64)).to(device)).float()
+    y = torch.from_numpy(np.asarray(targets, np.int64)).to(device)
+    nll = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").reshape(y.shape)
+    return nll.cpu().numpy().astype(np.float64)
+
+
+def evaluate(model, tokens: np.ndarray, tokenizer: Tokenizer, seq_len: int, *, stride: int | None = None,
+             max_tokens: int | None = None, batch_size: int = 8, progress: bool = False) -> dict:
+    """val_loss, val_bpb, perplexity over `tokens` (see shared.evaluation.evaluate_tokens)."""
+    return evaluate_tokens(lambda x, y: token_nll(model, x, y), tokens, tokenizer, seq_len, stride=stride,
+                           max_tokens=max_tokens, batch_size=batch_size, progress=progress)

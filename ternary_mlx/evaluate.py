@@ -1,0 +1,22 @@
+"""Validation loss and bits per byte in MLX (mirrors ternary_cuda/evaluate.py; windows and byte accounting in shared/)."""
+from __future__ import annotations
+
+import numpy as np
+import mlx.core as mx
+import mlx.nn as nn
+
+from shared.evaluation import evaluate_tokens
+from shared.tokenizers import Tokenizer
+
+
+def token_nll(model, inputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per-token negative log-likelihood in nats (float64) for (B, T) inputs and targets."""
+    logits = model(mx.array(inputs)).astype(mx.float32)
+    return np.array(nn.losses.cross_entropy(logits, mx.array(targets), reduction="none")).astype(np.float64)
+
+
+def evaluate(model, tokens: np.ndarray, tokenizer: Tokenizer, seq_len: int, *, stride: int | None = None,
+             max_tokens: int | None = None, batch_size: int = 8, progress: bool = False) -> dict:
+    """val_loss, val_bpb, perplexity over `tokens` (see shared.evaluation.evaluate_tokens)."""
+    return evaluate_tokens(lambda x, y: token_nll(model, x, y), tokens, tokenizer, seq_len, stride=stride,
+                           max_tokens=max_tokens, batch_size=batch_size, progress=progress)
