@@ -29,9 +29,9 @@ class ConfigError(ValueError):
 
 # Ternary targets: which weights are projected to {-1, 0, +1} * scale.
 TERNARY_TARGETS = ("attn", "mlp", "embed", "lm_head")
-HIDDEN_ACTS = ("silu", "relu2")
+HIDDEN_ACTS = ("silu", "relu2")  # silu = SwiGLU (gate/up/down); relu2 = down(relu(up(x))^2)
 OPTIMIZERS = ("adamw", "muon")
-SCHEDULES = ("constant", "cosine", "warmdown")  # silu = SwiGLU (gate/up/down); relu2 = down(relu(up(x))^2)
+SCHEDULES = ("constant", "cosine", "warmdown")
 
 # Keys that Hugging Face writes into a Qwen3/Llama config.json and that do not change the math
 # we implement; accepted on input so a stock config.json loads, never written back by us.
@@ -174,8 +174,7 @@ class RunConfig:
     def with_overrides(self, assignments: list[str]) -> "RunConfig":
         """Apply `section.key=value` strings; values are TOML literals (bare words are strings)."""
         d = self.to_dict()
-        m = self.model
-        derived_head_dim = m.head_dim == m.hidden_size // m.num_attention_heads
+        derived_head_dim = getattr(self.model, "_derived_head_dim", False)
         for a in assignments:
             if "=" not in a:
                 raise ConfigError(f"override {a!r}: expected section.key=value, e.g. train.lr=3e-4")
@@ -210,6 +209,7 @@ class RunConfig:
                     f"model.num_attention_heads={m.num_attention_heads} does not divide "
                     f"model.hidden_size={m.hidden_size} (set model.head_dim explicitly, or change either)")
             m.head_dim = m.hidden_size // m.num_attention_heads
+            m._derived_head_dim = True  # not a field: lets an override of the width re-derive it
         if m.head_dim <= 0 or m.head_dim % 2:
             raise ConfigError(f"model.head_dim must be a positive even number (RoPE rotates pairs), got {m.head_dim}")
         if m.num_attention_heads % m.num_key_value_heads:

@@ -97,8 +97,8 @@ def quant_lambda(step: int, warmup_steps: int) -> float:
 # ---- packing ----------------------------------------------------------------------------------
 def _check_codes(codes: np.ndarray) -> np.ndarray:
     c = np.asarray(codes)
-    if c.size and (c.min() < -1 or c.max() > 1):
-        raise ValueError("ternary codes must be in {-1, 0, +1}")
+    if c.size and not (np.all(np.isfinite(c)) and np.all(c == np.round(c)) and c.min() >= -1 and c.max() <= 1):
+        raise ValueError("ternary codes must be integers in {-1, 0, +1}")
     return c.astype(np.int8)
 
 
@@ -124,6 +124,8 @@ def unpack_2bit(packed: np.ndarray, out_features: int) -> np.ndarray:
     if not (4 * p.shape[0] - 3 <= out_features <= 4 * p.shape[0]):
         raise ValueError(f"{p.shape[0]} packed rows cannot hold {out_features} output rows")
     parts = [((p >> np.uint8(2 * i)) & np.uint8(3)) for i in range(4)]
+    if any((part == 3).any() for part in parts):
+        raise ValueError("not a 2-bit ternary packing: a field holds 3 (codes + 1 are 0, 1 or 2)")
     return (np.concatenate(parts, axis=0)[:out_features].astype(np.int8) - 1).astype(np.int8)
 
 
