@@ -76,7 +76,8 @@ def quantize_activations(x: torch.Tensor, bits: int = 8, eps: float = EPS) -> to
     qmax = float(2 ** (bits - 1) - 1)
     x32 = x.float()
     with torch.no_grad():
-        scale = qmax / torch.clamp_min(x32.abs().amax(dim=-1, keepdim=True), eps)
+        m = torch.clamp_min(x32.abs().amax(dim=-1, keepdim=True), eps)
+        scale = torch.full_like(m, qmax) / m  # not `qmax / m`: torch computes that as reciprocal * qmax
         xq = torch.clamp(torch.round(x32 * scale), -qmax - 1, qmax) / scale
     return straight_through(x32, xq).to(x.dtype)
 

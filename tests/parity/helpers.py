@@ -1,0 +1,59 @@
+"""Shared helpers for the parity tests: tiny configs, running both backends, reporting differences."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from shared.config import ModelConfig, RunConfig, TernaryConfig, TrainConfig
+
+TINY = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+
+
+def tiny_config(ternary: dict | None = None, **model) -> RunConfig:
+    """A validated 2-layer, width-64 RunConfig; `model` overrides ModelConfig fields."""
+    return RunConfig(model=ModelConfig(**{**TINY, **model}), ternary=TernaryConfig(**(ternary or {})),
+                     train=TrainConfig(seq_len=64)).validate()
+
+
+def mlx_logits(model, ids: np.ndarray) -> np.ndarray:
+    import mlx.core as mx
+    out = model(mx.array(ids))
+    mx.eval(out)
+    return np.array(out.astype(mx.float32))
+
+
+def torch_logits(model, ids: np.ndarray) -> np.ndarray:
+    import torch
+    with torch.no_grad():
+        return model(torch.from_numpy(np.asarray(ids, np.int64))).float().numpy()
+
+
+def next_token_ce(logits: np.ndarray, ids: np.ndarray) -> float:
+    """Mean next-token cross-entropy in float64 (logits[:, :-1] predict ids[:, 1:])."""
+    lg = logits[:, :-1].astype(np.float64)
+    tgt = ids[:, 1:]
+    m = lg.max(-1, keepdims=True)
+    lse = (m + np.log(np.exp(lg - m).sum(-1, keepdims=True)))[..., 0]
+    picked = np.take_along_axis(lg, tgt[..., None], -1)[..., 0]
+    return float((lse - picked).mean())
+
+
+def to_bf16_exact(x: np.ndarray) -> np.ndarray:
+    """float32 values rounded (to nearest even) onto the bfloat16 grid, still stored as float32."""
+    bits = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return rounded.astype(np.uint32).view(np.float32)
+
+
+def record(kind: str, case: str, **values) -> None:
+    """Print a measured difference (visible with pytest -s) and append it to $PARITY_REPORT as JSON."""
+    row = {"kind": kind, "case": case, **{k: (float(v) if isinstance(v, (np.floating, float)) else v)
+                                          for k, v in values.items()}}
+    print("PARITY", json.dumps(row))
+    path = os.environ.get("PARITY_REPORT")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
