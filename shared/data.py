@@ -1,0 +1,572 @@
+"""Token shards, text -> tokens, the training loader and evaluation windows (DESIGN 3.5, 3.6).
+
+Shard format (parameter-golf's, extended for large vocabularies)
+----------------------------------------------------------------
+A shard is a 1024-byte header of 256 little-endian int32 followed by the tokens:
+    header[0] = 20240520 (magic)
+    header[1] = version: 1 = tokens are little-endian uint16 (vocabularies up to 65,536 ids, the
+                parameter-golf format, readable by its scripts); 2 = tokens are little-endian uint32
+                (vocabularies above 65,536, e.g. Qwen's 151,936; this project's extension)
+    header[2] = num_tokens
+    header[3:] = 0
+The file size must be exactly 1024 + num_tokens * (2 or 4) bytes. `write_shard` picks the version
+from the vocabulary size and refuses ids outside [0, vocab) (SEEDS S13); `read_shard` memory-maps
+the tokens without copying and refuses a wrong magic, an unknown version or a size that does not
+match the header.
+
+A prepared data directory (`prepare_data`, i.e. `ternary data prepare`) holds `val_000000.bin ...`,
+`train_000000.bin ...` and `manifest.json` (tokenizer name, kind, vocab size and sha256, token and
+byte counts). Documents: each `.jsonl` line's "text" field is a document; any other file is one
+document (documents="file", the default) or one document per blank-line-separated paragraph
+(documents="paragraph"). Each document is tokenized on its own and, if the tokenizer has a BOS id,
+prefixed with it (parameter-golf: BOS per document, no EOS). The validation split is the first
+`val_bytes` (default: `val_fraction` of the input size) of text, in file order; the document that
+straddles the boundary is cut at a whitespace.
+
+Training windows (TokenLoader)
+------------------------------
+The train tokens are cut into non-overlapping windows of seq_len + 1 tokens at starts 0, seq_len,
+2 seq_len, ... (neighbours share one token, so each token is a target once per epoch). An epoch is
+a permutation of those windows seeded by (seed, epoch). The windows form one endless stream,
+epoch after epoch; a global batch is the next world_size * batch_size windows of the stream and
+rank r takes windows [r * batch_size, (r + 1) * batch_size) of it. Starting a new epoch is logged
+(SEEDS S7); the loader never yields anything but corpus tokens.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from shared.batching import inputs_and_targets
+from shared.data_checks import TokenIdError, check_token_ids
+from shared.tokenizers import Tokenizer, TokenizerError
+
+MAGIC = 20240520
+HEADER_INTS = 256
+HEADER_BYTES = HEADER_INTS * 4
+VERSION_UINT16 = 1
+VERSION_UINT32 = 2
+_DTYPES = {VERSION_UINT16: np.dtype("<u2"), VERSION_UINT32: np.dtype("<u4")}
+MANIFEST = "manifest.json"
+FORMAT = "ternary-token-shards"
+
+
+class DataError(ValueError):
+    """A shard, manifest or corpus that cannot be used as it is."""
+
+
+# ---- shards -------------------------------------------------------------------------------------
+def shard_version(vocab_size: int) -> int:
+    if vocab_size <= 0:
+        raise DataError(f"vocab_size must be positive, got {vocab_size}")
+    return VERSION_UINT16 if vocab_size <= 1 << 16 else VERSION_UINT32
+
+
+def write_shard(path: str | os.PathLike, tokens: np.ndarray, vocab_size: int) -> Path:
+    """Write tokens atomically (temporary file, then rename) in the format the vocabulary needs."""
+    path = Path(path)
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1:
+        raise DataError(f"{path}: tokens must be 1-D, got shape {tokens.shape}")
+    check_token_ids(tokens, vocab_size, f"{path}")
+    version = shard_version(vocab_size)
+    if tokens.size >= 2**31:
+        raise DataError(f"{path}: {tokens.size} tokens do not fit one shard (limit 2**31 - 1)")
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[:3] = (MAGIC, version, tokens.size)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(header.tobytes())
+            f.write(tokens.astype(_DTYPES[version], copy=False).tobytes())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_shard(path: str | os.PathLike) -> np.ndarray:
+    """The tokens of a shard as a read-only memory map (uint16 or uint32; no copy)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise DataError(f"shard not found: {path}") from None
+    if size < HEADER_BYTES:
+        raise DataError(f"{path}: {size} bytes is shorter than the {HEADER_BYTES}-byte shard header")
+    header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
+    magic, version, n = (int(x) for x in header[:3])
+    if magic != MAGIC:
+        raise DataError(f"{path}: not a token shard (magic {magic}, expected {MAGIC})")
+    if version not in _DTYPES:
+        raise DataError(f"{path}: unknown shard version {version} (this reader knows 1 = uint16, 2 = uint32)")
+    expected = HEADER_BYTES + n * _DTYPES[version].itemsize
+    if n < 0 or size != expected:
+        raise DataError(f"{path}: file is {size} bytes but its header says {n} tokens of "
+                        f"{_DTYPES[version].itemsize} bytes ({expected} bytes); the file is truncated "
+                        "or damaged")
+    if n == 0:
+        return np.zeros(0, dtype=_DTYPES[version])
+    return np.memmap(path, dtype=_DTYPES[version], mode="r", offset=HEADER_BYTES, shape=(n,))
+
+
+# ---- datasets -----------------------------------------------------------------------------------
+@dataclass
+class TokenDataset:
+    train: np.ndarray
+    val: np.ndarray
+    tokenizer: Tokenizer
+    description: str
+    entropy_bits_per_byte: float | None  # only for the synthetic source: the best achievable val_bpb
+    val_bytes: int  # UTF-8 bytes that scoring val[1:] accounts for (tokenizer.byte_counts)
+
+
+def load_token_dataset(source: str, tokenizer: Tokenizer, *, synthetic_train_bytes: int = 4_000_000,
+                       synthetic_val_bytes: int = 400_000, seed: int = 0) -> TokenDataset:
+    """'synthetic': generate and tokenize the embedded corpus in memory. Otherwise a directory made
+    by `prepare_data`, which must have been tokenized with `tokenizer` (compared by sha256)."""
+    if source == "synthetic":
+        return _synthetic_dataset(tokenizer, synthetic_train_bytes, synthetic_val_bytes, seed)
+    root = Path(source).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data source {source!r}: not 'synthetic' and not a directory")
+    man = read_manifest(root)
+    tk = man["tokenizer"]
+    if tk.get("sha256") != tokenizer.sha256:
+        raise TokenizerError(
+            f"{root} was tokenized with {tk.get('name')!r} ({tk.get('kind')}, vocab {tk.get('vocab_size')}, "
+            f"sha256 {str(tk.get('sha256'))[:16]}...) but this run uses {tokenizer.name!r} "
+            f"({tokenizer.kind}, vocab {tokenizer.vocab_size}, sha256 {tokenizer.sha256[:16]}...); "
+            "re-prepare the data with the run's tokenizer or set data.tokenizer to the data's")
+    splits = {}
+    for split in ("train", "val"):
+        files = [root / f for f in man["splits"][split]["files"]]
+        arrays = [read_shard(f) for f in files]
+        if not arrays:
+            raise DataError(f"{root}: the manifest lists no {split} shards")
+        for f, a in zip(files, arrays):  # once per shard, vectorised (SEEDS S13)
+            check_token_ids(a, tokenizer.vocab_size, str(f))
+        tokens = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        if len(tokens) != man["splits"][split]["tokens"]:
+            raise DataError(f"{root}: {split} shards hold {len(tokens)} tokens, the manifest says "
+                            f"{man['splits'][split]['tokens']}")
+        splits[split] = tokens
+    desc = (f"{root}: {len(splits['train']):,} train / {len(splits['val']):,} val tokens "
+            f"({man['splits']['val']['bytes']:,} val bytes), tokenizer {tokenizer.name}")
+    return TokenDataset(splits["train"], splits["val"], tokenizer, desc, None, int(man["splits"]["val"]["bytes"]))
+
+
+def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
+    path = Path(root) / MANIFEST
+    try:
+        man = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{root}: no {MANIFEST}; is it a directory made by `ternary data prepare`?") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON: {e}") from None
+    if man.get("format") != FORMAT:
+        raise DataError(f"{path}: format {man.get('format')!r}, expected {FORMAT!r}")
+    for key in ("tokenizer", "splits"):
+        if key not in man:
+            raise DataError(f"{path}: missing key {key!r}")
+    return man
+
+
+def _synthetic_dataset(tokenizer: Tokenizer, train_bytes: int, val_bytes: int, seed: int) -> TokenDataset:
+    from shared.corpus import SyntheticCorpus
+    for name, v in (("synthetic_train_bytes", train_bytes), ("synthetic_val_bytes", val_bytes)):
+        if v <= 0:
+            raise DataError(f"data.{name} must be positive, got {v}")
+    corpus = SyntheticCorpus(seed)
+    splits = {}
+    for stream, n in (("train", train_bytes), ("val", val_bytes)):
+        ids = encode_words(tokenizer, corpus.generate(n, stream))
+        if tokenizer.bos_id is not None:
+            ids = np.concatenate([np.array([tokenizer.bos_id], np.int32), ids])
+        check_token_ids(ids, tokenizer.vocab_size, f"synthetic {stream} tokens")
+        splits[stream] = ids
+    val = splits["val"]
+    vb = int(tokenizer.byte_counts(val[1:], val[:-1]).sum())
+    desc = (f"{corpus.describe()}; {train_bytes:,} train / {val_bytes:,} val bytes -> "
+            f"{len(splits['train']):,} / {len(val):,} tokens with {tokenizer.name}")
+    return TokenDataset(splits["train"], val, tokenizer, desc, corpus.entropy_bits_per_byte, vb)
+
+
+def encode_words(tokenizer: Tokenizer, text: str, check_chars: int = 20_000) -> np.ndarray:
+    """`tokenizer.encode(text)` for long texts with a small vocabulary of space-separated words,
+    in a fraction of the time: each distinct word is encoded once and the results are gathered.
+
+    Exact for tokenizers whose tokens never span a space-preceded word boundary (SentencePiece with
+    split_by_whitespace, byte-level BPE with a whitespace pre-tokenizer, bytes). This is verified
+    on the first `check_chars` characters against a direct encode; if they differ, or the text has
+    many distinct words, it falls back to the direct encode."""
+    if tokenizer.kind == "bytes":  # already a single vectorised conversion
+        return tokenizer.encode(text)
+    parts = text.split(" ")
+    if len(parts) < 64:
+        return tokenizer.encode(text)
+    uniq: dict[str, int] = {}
+    idx = np.fromiter((uniq.setdefault(p, len(uniq)) for p in parts), dtype=np.int64, count=len(parts))
+    if len(uniq) > max(4096, len(parts) // 20):
+        return tokenizer.encode(text)
+    anchor = parts[0]
+    first = tokenizer.encode(anchor)
+    k = len(first)
+    pieces: list[np.ndarray] = []
+    for u in uniq:  # once per distinct word: its tokens when it follows a word and a space
+        ids = tokenizer.encode(anchor + " " + u)
+        if not np.array_equal(ids[:k], first):
+            return tokenizer.encode(text)
+        pieces.append(ids[k:])
+    lens = np.array([len(p) for p in pieces], dtype=np.int64)
+    flat = np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
+    offs = np.concatenate([[0], np.cumsum(lens)[:-1]])
+
+    def assemble(sel: np.ndarray) -> np.ndarray:
+        """The continuation tokens of the selected words (each with its leading space)."""
+        ln = lens[sel]
+        starts = np.repeat(offs[sel] - np.concatenate([[0], np.cumsum(ln)[:-1]]), ln)
+        return flat[starts + np.arange(int(ln.sum()))]
+
+    def check(words: list[str], sel: np.ndarray) -> bool:
+        head = tokenizer.encode(words[0])
+        direct = tokenizer.encode(" ".join(words))
+        return (np.array_equal(direct[:len(head)], head)
+                and np.array_equal(direct[len(head):], assemble(sel)))
+
+    # Verify on a prefix of about `check_chars` characters and on the last few words (the end).
+    n = int(np.searchsorted(np.cumsum([len(p) + 1 for p in parts[:check_chars]]), check_chars)) + 1
+    n = max(2, min(n, len(parts)))
+    if not (check(parts[:n], idx[1:n]) and check(parts[-8:], idx[-7:])):
+        return tokenizer.encode(text)
+    return np.concatenate([first, assemble(idx[1:])]).astype(np.int32)
+
+
+# ---- preparing shards ---------------------------------------------------------------------------
+def prepare_data(text_files: Iterable[str | os.PathLike], tokenizer: Tokenizer, out_dir: str | os.PathLike,
+                 *, val_fraction: float = 0.05, val_bytes: int | None = None,
+                 shard_tokens: int = 100_000_000, bos_per_document: bool = True,
+                 documents: str = "file", overwrite: bool = False,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Tokenize text files into val_*.bin / train_*.bin shards and manifest.json (see module doc).
+    Written into a temporary sibling directory and renamed into place when complete."""
+    files = [Path(f) for f in text_files]
+    if not files:
+        raise DataError("prepare_data: no text files given")
+    for f in files:
+        if not f.is_file():
+            raise DataError(f"prepare_data: text file not found: {f}")
+    if documents not in ("file", "paragraph"):
+        raise DataError(f"prepare_data: documents must be 'file' or 'paragraph', got {documents!r}")
+    if shard_tokens <= 0:
+        raise DataError("prepare_data: shard_tokens must be positive")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise DataError(f"prepare_data: {out_dir} already exists (pass overwrite=True / --overwrite to replace it)")
+    total_in = sum(f.stat().st_size for f in files)
+    if val_bytes is None:
+        if not 0 < val_fraction < 1:
+            raise DataError(f"prepare_data: val_fraction must be in (0, 1), got {val_fraction}")
+        val_bytes = max(1, int(round(val_fraction * total_in)))
+    if val_bytes <= 0:
+        raise DataError(f"prepare_data: val_bytes must be positive, got {val_bytes}")
+    bos = tokenizer.bos_id if bos_per_document else None
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        writers = {s: _ShardWriter(tmp, s, shard_tokens, tokenizer) for s in ("val", "train")}
+        stats = {s: {"documents": 0, "text_bytes": 0} for s in ("val", "train")}
+        remaining = val_bytes
+        pending: list[tuple[str, str]] = []
+        encode_batch = getattr(tokenizer, "encode_batch", None) or (lambda ts: [tokenizer.encode(t) for t in ts])
+
+        def flush() -> None:  # documents are encoded in batches (multi-threaded where supported)
+            for (split, _), ids in zip(pending, encode_batch([t for _, t in pending])):
+                if bos is not None:
+                    ids = np.concatenate([np.array([bos], np.int32), ids])
+                writers[split].add(np.asarray(ids, dtype=np.int32))
+            pending.clear()
+
+        for doc in _iter_documents(files, documents):
+            for split, text in _split_val(doc, remaining):
+                nb = len(text.encode("utf-8"))
+                remaining = remaining - nb if split == "val" else 0  # val is one prefix of the text
+                pending.append((split, text))
+                stats[split]["documents"] += 1
+                stats[split]["text_bytes"] += nb
+            if len(pending) >= 256:
+                flush()
+        flush()
+        for w in writers.values():
+            w.close()
+        if writers["val"].count < 2 or writers["train"].count < 2:
+            raise DataError(f"prepare_data: too little text for both splits ({writers['val'].count} val and "
+                            f"{writers['train'].count} train tokens); lower val_fraction/val_bytes or add text")
+        manifest = {
+            "format": FORMAT, "version": 1,
+            "tokenizer": {"name": tokenizer.name, "kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size,
+                          "sha256": tokenizer.sha256},
+            "shard_version": shard_version(tokenizer.vocab_size),
+            "bos_per_document": bos is not None, "documents": documents,
+            "sources": [str(f) for f in files],
+            "splits": {s: {"files": w.files, "tokens": w.count, "bytes": w.scored_bytes,
+                           "text_bytes": stats[s]["text_bytes"], "documents": stats[s]["documents"]}
+                       for s, w in writers.items()},
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    v, t = manifest["splits"]["val"], manifest["splits"]["train"]
+    log(f"data: wrote {out_dir}: {t['tokens']:,} train tokens in {len(t['files'])} shard(s), "
+        f"{v['tokens']:,} val tokens ({v['bytes']:,} bytes), tokenizer {tokenizer.name}")
+    return manifest
+
+
+class _ShardWriter:
+    """Buffers one split's tokens into shards of `shard_tokens`; counts the bytes its targets
+    (every token after the split's first) stand for, as evaluation will."""
+
+    def __init__(self, root: Path, split: str, shard_tokens: int, tokenizer: Tokenizer):
+        self.root, self.split, self.shard_tokens, self.tokenizer = root, split, shard_tokens, tokenizer
+        self.buf: list[np.ndarray] = []
+        self.buffered = 0
+        self.count = 0
+        self.files: list[str] = []
+        self.scored_bytes = 0
+        self.prev: int | None = None
+
+    def add(self, ids: np.ndarray) -> None:
+        if len(ids) == 0:
+            return
+        check_token_ids(ids, self.tokenizer.vocab_size, f"{self.split} tokens")
+        if self.prev is None:
+            targets, prev = ids[1:], ids[:-1]
+        else:
+            targets, prev = ids, np.concatenate([np.array([self.prev], ids.dtype), ids[:-1]])
+        self.scored_bytes += int(self.tokenizer.byte_counts(targets, prev).sum())
+        self.prev = int(ids[-1])
+        self.buf.append(ids)
+        self.buffered += len(ids)
+        while self.buffered >= self.shard_tokens:
+            self._flush(self.shard_tokens)
+
+    def _flush(self, n: int) -> None:
+        allbuf = np.concatenate(self.buf) if len(self.buf) > 1 else self.buf[0]
+        chunk, rest = allbuf[:n], allbuf[n:]
+        name = f"{self.split}_{len(self.files):06d}.bin"
+        write_shard(self.root / name, chunk, self.tokenizer.vocab_size)
+        self.files.append(name)
+        self.count += len(chunk)
+        self.buf = [rest] if len(rest) else []
+        self.buffered = len(rest)
+
+    def close(self) -> None:
+        if self.buffered:
+            self._flush(self.buffered)
+
+
+def _iter_documents(files: list[Path], documents: str) -> Iterator[str]:
+    for f in files:
+        if f.suffix == ".jsonl":
+            with open(f, encoding="utf-8") as fh:
+                for i, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        text = json.loads(line)["text"]
+                    except (json.JSONDecodeError, KeyError, TypeError) as e:
+                        raise DataError(f"{f}:{i}: expected a JSON object with a 'text' field ({e})") from None
+                    if text:
+                        yield text
+            continue
+        try:
+            text = f.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{f}: not UTF-8 text ({e})") from None
+        if documents == "file":
+            if text:
+                yield text
+        else:
+            for para in text.split("\n\n"):
+                if para.strip():
+                    yield para
+
+
+def _split_val(doc: str, remaining: int) -> list[tuple[str, str]]:
+    """[(split, text)]: all val while `remaining` bytes are wanted, cut at a whitespace when the
+    document straddles the boundary."""
+    if remaining <= 0:
+        return [("train", doc)]
+    raw = doc.encode("utf-8")
+    if len(raw) <= remaining:
+        return [("val", doc)]
+    head = raw[:remaining].decode("utf-8", errors="ignore")
+    cut = max(head.rfind(" "), head.rfind("\n"))
+    cut = cut if cut > 0 else len(head)
+    val, train = doc[:cut], doc[cut:].lstrip()
+    return [(s, t) for s, t in (("val", val), ("train", train)) if t]
+
+
+# ---- training loader ----------------------------------------------------------------------------
+class TokenLoader:
+    """Deterministic batches of (seq_len + 1)-token windows for one rank (see the module doc).
+
+    `next_batch()` -> int32 (batch_size, seq_len + 1); split it with
+    shared.batching.inputs_and_targets. `state()` / `load_state()` resume the exact stream.
+    """
+
+    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, *, rank: int = 0,
+                 world_size: int = 1, seed: int = 0, vocab_size: int | None = None,
+                 log: Callable[[str], None] = print):
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 1:
+            raise DataError(f"TokenLoader: tokens must be 1-D, got shape {tokens.shape}")
+        if not np.issubdtype(tokens.dtype, np.integer):
+            raise TokenIdError(f"TokenLoader: token ids must be integers, got dtype {tokens.dtype}")
+        if batch_size <= 0 or seq_len <= 0:
+            raise DataError(f"TokenLoader: batch_size and seq_len must be positive, got {batch_size}, {seq_len}")
+        if world_size <= 0 or not 0 <= rank < world_size:
+            raise DataError(f"TokenLoader: rank {rank} is not in [0, world_size={world_size})")
+        if len(tokens) < seq_len + 1:
+            raise DataError(f"TokenLoader: the corpus has {len(tokens):,} tokens, fewer than one window of "
+                            f"seq_len + 1 = {seq_len + 1}; use more data or a shorter seq_len")
+        if vocab_size is not None:
+            check_token_ids(tokens, vocab_size, "training tokens")  # once, vectorised (SEEDS S13)
+        elif tokens.size and int(tokens.min()) < 0:
+            raise TokenIdError("training tokens: negative token ids; ids are never clamped")
+        self.tokens = tokens
+        self.batch_size, self.seq_len = int(batch_size), int(seq_len)
+        self.rank, self.world_size, self.seed = int(rank), int(world_size), int(seed)
+        self.log = log
+        self.num_windows = (len(tokens) - 1) // self.seq_len
+        self.epoch = 0  # epoch of the next window to be read
+        self.position = 0  # index, within that epoch's permutation, of the next global batch's first window
+        self._perms: dict[int, np.ndarray] = {}
+        self._offsets = np.arange(self.seq_len + 1, dtype=np.int64)
+
+    @property
+    def tokens_per_epoch(self) -> int:
+        """Target tokens in one epoch (each window contributes seq_len)."""
+        return self.num_windows * self.seq_len
+
+    @property
+    def epochs_done(self) -> float:
+        """Fractional number of epochs consumed so far (all ranks together)."""
+        return self.epoch + self.position / self.num_windows
+
+    def epochs_for(self, tokens_needed: int) -> float:
+        """How many epochs `tokens_needed` target tokens amount to (SEEDS S9)."""
+        return tokens_needed / self.tokens_per_epoch
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            rng = np.random.default_rng(np.random.SeedSequence([self.seed, epoch, 0x7E7]))
+            self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
+            self._perms[epoch] = rng.permutation(self.num_windows)
+        return self._perms[epoch]
+
+    def _take(self, epoch: int, position: int, count: int) -> tuple[np.ndarray, int, int]:
+        """`count` window indices of the stream from (epoch, position), and the state after them."""
+        out = []
+        while count > 0:
+            if position == self.num_windows:
+                epoch, position = epoch + 1, 0
+            n = min(count, self.num_windows - position)
+            out.append(self._perm(epoch)[position:position + n])
+            position += n
+            count -= n
+        if position == self.num_windows:
+            epoch, position = epoch + 1, 0
+        return np.concatenate(out), epoch, position
+
+    def next_batch(self) -> np.ndarray:
+        old_epoch, old_pos = self.epoch, self.position
+        idx, self.epoch, self.position = self._take(old_epoch, old_pos, self.world_size * self.batch_size)
+        for e in range(max(old_epoch, 1), self.epoch + 1):  # epochs whose first window was just read
+            if (e > old_epoch or old_pos == 0) and (e < self.epoch or self.position > 0):
+                self._announce(e)
+        mine = idx[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        starts = mine.astype(np.int64) * self.seq_len
+        return np.asarray(self.tokens[starts[:, None] + self._offsets], dtype=np.int32)
+
+    def _announce(self, epoch: int) -> None:
+        self.log(f"data: epoch {epoch} starts: the {self.tokens_per_epoch:,}-token training corpus "
+                 f"({self.num_windows:,} windows of {self.seq_len + 1}) has been used {epoch} time(s); "
+                 f"reshuffled with seed {self.seed}")
+
+    def state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
+                "seq_len": self.seq_len, "num_windows": self.num_windows,
+                "global_batch": self.world_size * self.batch_size}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Continue the window stream where `state()` left it. The corpus (num_windows), seq_len and
+        seed must match; batch_size and world_size may differ (the stream simply continues)."""
+        for key in ("seed", "seq_len", "num_windows"):
+            if key in state and int(state[key]) != getattr(self, key):
+                raise DataError(f"TokenLoader.load_state: saved {key}={state[key]} but this loader has "
+                                f"{getattr(self, key)}; the data or settings changed since the checkpoint")
+        epoch, position = int(state["epoch"]), int(state["position"])
+        if epoch < 0 or not 0 <= position < self.num_windows:
+            raise DataError(f"TokenLoader.load_state: position {position} / epoch {epoch} out of range "
+                            f"for {self.num_windows} windows")
+        self.epoch, self.position = epoch, position
+
+
+# ---- evaluation windows -------------------------------------------------------------------------
+def val_windows(tokens: np.ndarray, seq_len: int, stride: int | None = None,
+                max_tokens: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield (inputs, targets, score_mask), 1-D int32/int32/bool arrays of one window each, such that
+    every target token tokens[1:] (or the first `max_tokens` of them) is scored exactly once.
+
+    stride None or >= seq_len: consecutive non-overlapping windows. stride < seq_len (sliding
+    window, parameter-golf style): windows start every `stride` tokens; the first scores all its
+    targets, each later one only its last `stride`, so every scored token after the first window
+    has at least seq_len - stride tokens of context. All windows have exactly seq_len positions
+    (no padding): the last one starts early enough to end at the last token and scores only the
+    targets not scored yet. A stream shorter than seq_len + 1 tokens gives one shorter window.
+    """
+    tokens = np.asarray(tokens)
+    if seq_len <= 0:
+        raise DataError(f"val_windows: seq_len must be positive, got {seq_len}")
+    stride = seq_len if stride is None else int(stride)
+    if stride <= 0:
+        raise DataError(f"val_windows: stride must be positive, got {stride}")
+    stride = min(stride, seq_len)
+    n_targets = len(tokens) - 1
+    if n_targets < 1:
+        raise DataError(f"val_windows: the validation split has {len(tokens)} token(s); at least 2 are needed")
+    if max_tokens is not None:
+        if max_tokens <= 0:
+            raise DataError(f"val_windows: max_tokens must be positive, got {max_tokens}")
+        n_targets = min(n_targets, int(max_tokens))
+    T = min(seq_len, len(tokens) - 1)
+    stride = min(stride, T)
+    scored = 0  # targets tokens[1 : 1 + scored] are done
+    start = 0
+    while scored < n_targets:
+        start = min(start, len(tokens) - 1 - T)
+        window = np.asarray(tokens[start:start + T + 1], dtype=np.int32)[None]
+        inputs, targets = inputs_and_targets(window)
+        # target j of this window is token start + 1 + j; score those beyond `scored`, up to n_targets
+        pos = start + 1 + np.arange(T)
+        mask = (pos > scored) & (pos <= n_targets)
+        scored = min(start + T, n_targets)
+        yield inputs[0], targets[0], mask
+        start = scored + stride - T  # the next window ends `stride` targets further on
