@@ -33,8 +33,8 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--preset", help="named configuration (see `ternary presets`); default: smoke")
     g.add_argument("--config", type=Path, help="TOML run config")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one config value, e.g. --set train.lr=3e-4 (repeatable)")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override config values, e.g. --set train.lr=3e-4 train.steps=100 (repeatable)")
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
