@@ -80,8 +80,11 @@ def run(cfg: RunConfig, trainer, dataset: TokenDataset, out_dir: Path, *, start_
         log: Callable[[str], None] = print, progress: bool = True) -> LoopResult:
     t = cfg.train
     is_main = rank == 0
+    # vocab_size: every training id is checked here, once (S13); the trainers rely on it and switch
+    # the model's per-call id check off.
     loader = TokenLoader(dataset.train, t.batch_size, t.seq_len, rank=rank, world_size=world_size,
-                         seed=t.seed, log=log if is_main else (lambda _m: None))
+                         seed=t.seed, vocab_size=cfg.model.vocab_size,
+                         log=log if is_main else (lambda _m: None))
     if loader_state is not None:
         loader.load_state(loader_state)
     metrics_f = open(out_dir / "metrics.jsonl", "a") if is_main else None

@@ -63,11 +63,15 @@ def _checkpoint_dir(path: Path) -> Path:
 def _resume_config(ckpt: Path, overrides: list[str]) -> RunConfig:
     saved = fmt.read_config(ckpt)
     cfg = saved.with_overrides(overrides)
+    _check_resume_config(cfg, saved, ckpt)
+    return cfg
+
+
+def _check_resume_config(cfg: RunConfig, saved: RunConfig, ckpt: Path) -> None:
     for section in ("model", "ternary", "data"):
         if getattr(cfg, section) != getattr(saved, section):
             raise ConfigError(f"--resume: {section}.* cannot change when resuming (only train.* can); "
                               f"start a new run with --init {ckpt} instead")
-    return cfg
 
 
 def train(cfg: RunConfig, backend: Backend, out_dir: Path, *, resume: Path | None = None,
@@ -81,11 +85,10 @@ def train(cfg: RunConfig, backend: Backend, out_dir: Path, *, resume: Path | Non
     dataset = load_token_dataset(cfg.data.source, tokenizer, synthetic_train_bytes=cfg.data.synthetic_train_bytes,
                                  synthetic_val_bytes=cfg.data.synthetic_val_bytes, seed=cfg.data.seed)
     log(f"data: {dataset.description}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save_toml(out_dir / "config.toml")
     state, weights, opt_state = {}, None, None
     if resume is not None:
-        _, weights = fmt.read_checkpoint(resume)
+        saved_cfg, weights = fmt.read_checkpoint(resume)
+        _check_resume_config(cfg, saved_cfg, resume)  # also when called as a library, not only from the CLI
         opt = fmt.read_optimizer(resume)
         if opt is None:
             raise fmt.CheckpointError(f"{resume}: no optimizer state to resume from; use --init instead")
@@ -97,6 +100,10 @@ def train(cfg: RunConfig, backend: Backend, out_dir: Path, *, resume: Path | Non
         if init_cfg.model != cfg.model:
             raise ConfigError(f"--init {init}: its model config differs from this run's")
         log(f"initialising weights from {init}")
+    out_dir.mkdir(parents=True, exist_ok=True)  # after the checks: a refused resume leaves the run's config.toml as it was
+    cfg.save_toml(out_dir / "config.toml")
+    if resume is not None:
+        _truncate_metrics(out_dir / "metrics.jsonl", state.get("step", 0))
     model = backend.Model(cfg, weights, seed=cfg.train.seed)
     trainer = backend.Trainer(cfg, model, opt_state)
     plan = preflight(cfg, dataset, world_size, log)
@@ -104,7 +111,7 @@ def train(cfg: RunConfig, backend: Backend, out_dir: Path, *, resume: Path | Non
                  loader_state=state.get("loader"), best_val=state.get("best_val_loss"),
                  bad_evals=state.get("bad_evals", 0), train_time_s=state.get("train_time_s", 0.0),
                  rank=rank, world_size=world_size, log=log, progress=progress)
-    summary = _summary(cfg, backend, dataset, plan, result)
+    summary = _summary(cfg, backend, dataset, plan, result, world_size)
     if rank == 0:
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         plot_losses(out_dir)
@@ -112,10 +119,22 @@ def train(cfg: RunConfig, backend: Backend, out_dir: Path, *, resume: Path | Non
     return result, summary
 
 
-def _summary(cfg, backend, dataset, plan, result: LoopResult) -> dict[str, Any]:
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop records past `step` (from a run that went on after the checkpoint we resume from),
+    so metrics.jsonl has each step once."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines()
+            if (json.loads(line).get("eval") or json.loads(line))["step"] <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    tmp.replace(path)
+
+
+def _summary(cfg, backend, dataset, plan, result: LoopResult, world_size: int = 1) -> dict[str, Any]:
     last = result.evals[-1] if result.evals else {}
     t = cfg.train
-    tokens = result.step * t.grad_accum * t.batch_size * t.seq_len
+    tokens = result.step * t.grad_accum * t.batch_size * t.seq_len * world_size  # all ranks, as tokens_seen
     return {
         "backend": backend.name, "steps": result.step, "stopped_because": result.stopped_because,
         "train_time_s": round(result.train_time_s, 2), "eval_time_s": round(result.eval_time_s, 2),

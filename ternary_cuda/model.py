@@ -152,13 +152,17 @@ class Model(nn.Module):
 
     # ---- weights as NumPy, canonical names --------------------------------------------------
     def numpy_weights(self) -> dict[str, np.ndarray]:
-        return {k: v.detach().float().cpu().numpy() for k, v in self.named_parameters()}
+        return {k: v.detach().float().cpu().numpy().copy() for k, v in self.named_parameters()}  # no aliasing
 
     def load_numpy(self, weights: dict[str, np.ndarray], device: str | torch.device | None = None) -> None:
         """Strict: every expected tensor present, nothing extra, every shape matching (S10)."""
         check_tensor_set(parameter_shapes(self.config.model), {k: tuple(v.shape) for k, v in weights.items()},
                          "weights")
-        if device is None:
-            device = next(self.parameters()).device
-        state = {k: torch.tensor(np.asarray(v, np.float32), device=device) for k, v in weights.items()}
-        self.load_state_dict(state, strict=True, assign=True)
+        current = next(self.parameters())
+        if current.is_meta:  # first load: materialise the parameters from the weights
+            state = {k: torch.tensor(np.asarray(v, np.float32), device=device or "cpu") for k, v in weights.items()}
+            self.load_state_dict(state, strict=True, assign=True)
+            return
+        with torch.no_grad():  # later loads copy in place, so optimizers keep valid references
+            for k, p in self.named_parameters():
+                p.copy_(torch.from_numpy(np.asarray(weights[k], np.float32)))

@@ -73,7 +73,7 @@ class Optimizer:
         return out
 
     def numpy_state(self) -> dict[str, np.ndarray]:
-        return {k: v.detach().float().cpu().numpy() for k, v in self.state.items()}
+        return {k: v.detach().float().cpu().numpy().copy() for k, v in self.state.items()}  # no aliasing
 
     def load_numpy_state(self, arrays: dict[str, np.ndarray]) -> None:
         from shared.checkpoint import check_tensor_set

@@ -63,6 +63,8 @@ class Trainer:
             for k, p in self.params.items():
                 p.copy_(new[k])
                 p.grad = None
+        if self.dynamic_lambda:  # evaluation between steps sees the lambda of the steps done
+            self.model.set_quant_lambda(quant_lambda(step + 1, self.config.ternary.warmup_steps))
         return loss, gnorm
 
     @staticmethod
@@ -83,7 +85,7 @@ class Trainer:
         st = self.opt.state
         if not self.config.train.ema_decay:
             return None
-        return {n: st[f"{n}.ema"].detach().float().cpu().numpy() for n in self.opt.shapes}
+        return {n: st[f"{n}.ema"].detach().float().cpu().numpy().copy() for n in self.opt.shapes}
 
     def evaluate(self, tokens: np.ndarray, tokenizer: Tokenizer, max_tokens: int) -> dict:
         """Validation metrics of the current weights (of the EMA weights when EMA is on)."""

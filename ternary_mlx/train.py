@@ -69,8 +69,8 @@ class Trainer:
         if self.dynamic_lambda:
             scalars["lam"] = mx.array(lam, mx.float32)
         out = self._step(mx.array(xs.reshape(shape)), mx.array(ys.reshape(shape)), scalars)
-        if self.dynamic_lambda:
-            self.model.set_quant_lambda(lam)  # leave no traced value behind for evaluation
+        if self.dynamic_lambda:  # no traced value left behind; evaluation sees the lambda of the steps done
+            self.model.set_quant_lambda(quant_lambda(step + 1, self.config.ternary.warmup_steps))
         mx.async_eval(out, self._state)
         return out
 

@@ -1,0 +1,63 @@
+"""Tiny runs of the shared training loop (shared/loop.py via shared/runner.py) for tests/train."""
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+from shared.config import RunConfig
+from shared.runner import Backend, train
+
+# A 90k-parameter model on the byte tokenizer: one step takes milliseconds on a CPU.
+BASE = ["model.vocab_size=256", "model.hidden_size=64", "model.intermediate_size=128",
+        "model.num_hidden_layers=2", "model.num_attention_heads=4", "model.num_key_value_heads=2",
+        "ternary.group_size=32", "data.tokenizer=bytes", "data.synthetic_train_bytes=50000",
+        "data.synthetic_val_bytes=10000", "train.seq_len=32", "train.batch_size=4",
+        "train.eval_tokens=2000", "train.eval_every=0", "train.log_every=1"]
+
+
+def config(*overrides: str) -> RunConfig:
+    return RunConfig().with_overrides(BASE + list(overrides))
+
+
+def backend(name: str, wrap=None) -> Backend:
+    """The real backend record; `wrap(trainer) -> trainer` wraps every Trainer it builds."""
+    pkg = "ternary_mlx" if name == "mlx" else "ternary_cuda"
+    model = importlib.import_module(f"{pkg}.model")
+    trainer = importlib.import_module(f"{pkg}.train")
+    Trainer = trainer.Trainer
+    if wrap is not None:
+        def Trainer(cfg, m, opt=None, _T=trainer.Trainer):  # noqa: N802 - stands in for a class
+            return wrap(_T(cfg, m, opt))
+    return Backend(name, model.Model, Trainer, "test")
+
+
+def run(cfg: RunConfig, name: str, out: Path, *, wrap=None, **kw):
+    """shared.runner.train without a progress bar; returns (result, summary, log lines)."""
+    logs: list[str] = []
+    result, summary = train(cfg, backend(name, wrap), out, log=logs.append, progress=False, **kw)
+    return result, summary, logs
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_losses(out: Path) -> list[tuple[int, float]]:
+    """(step, loss) of every train record in metrics.jsonl, in file order."""
+    return [(r["step"], r["loss"]) for r in records(out) if "eval" not in r]
+
+
+def trainer_state(ckpt: Path) -> dict:
+    return json.loads((ckpt / "trainer_state.json").read_text())
+
+
+class Wrapper:
+    """Delegates everything to a real Trainer; subclasses override what a test needs."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
