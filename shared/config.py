@@ -100,7 +100,7 @@ class TrainConfig:
     warmdown_frac: float = 0.3  # "warmdown": linear decay to 0 over this final fraction of steps
     min_lr_frac: float = 0.0  # "cosine": final LR as a fraction of the peak
     grad_clip: float = 1.0  # global-norm clip; 0 = off
-    ema_decay: float | None = None  # EMA of weights (evaluated and saved as the model); None = off
+    ema_decay: float | None = None  # EMA of weights, used for evaluation; saved as '<param>.ema' in the optimizer state
     eval_every: int = 100  # steps; 0 = only at the end
     eval_tokens: int = 131072  # validation tokens scored per evaluation (the whole split if smaller)
     patience: int | None = None  # evaluations without improvement before stopping; None = never

@@ -49,6 +49,7 @@ def evaluate_tokens(nll_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], toke
             flush()
     flush()
     out = acc.result()
-    mode = "non-overlapping windows" if stride is None or stride >= seq_len else f"sliding windows, stride {stride}"
-    out["mode"] = f"{mode} of {seq_len} tokens, no test-time training"
+    sliding = stride is not None and stride < seq_len
+    out["mode"] = (f"{'sliding' if sliding else 'non-overlapping'} windows of {seq_len} tokens"
+                   + (f", stride {stride}" if sliding else "") + ", no test-time training")
     return out

@@ -47,4 +47,8 @@ def generate_text(last_logits, tokenizer: Tokenizer, prompt: str, max_new_tokens
         prompt_ids = np.concatenate([[tokenizer.bos_id], prompt_ids])
     stop = {tokenizer.eos_id} if getattr(tokenizer, "eos_id", None) is not None else None
     new = list(generate_ids(last_logits, prompt_ids, max_new_tokens, context, stop_ids=stop, **kw))
-    return tokenizer.decode(np.array(new, np.int64))
+    # Decode prompt + continuation together: decoding the new tokens alone would drop the space a
+    # SentencePiece "▁word" piece carries when it comes first.
+    full = tokenizer.decode(np.concatenate([prompt_ids, np.array(new, np.int64)]))
+    head = tokenizer.decode(np.asarray(prompt_ids, np.int64))
+    return full[len(head):] if full.startswith(head) else tokenizer.decode(np.array(new, np.int64))

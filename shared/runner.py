@@ -74,10 +74,23 @@ def _check_resume_config(cfg: RunConfig, saved: RunConfig, ckpt: Path) -> None:
                               f"start a new run with --init {ckpt} instead")
 
 
+def _absolute_paths(cfg: RunConfig) -> RunConfig:
+    """Store data.source / data.tokenizer paths absolute, so the run can be read from anywhere."""
+    from shared.tokenizers import BUILTIN_TOKENIZERS
+    d = cfg.data
+    if d.source != "synthetic" and Path(d.source).exists():
+        d.source = str(Path(d.source).resolve())
+    if d.tokenizer not in BUILTIN_TOKENIZERS and Path(d.tokenizer).exists():
+        d.tokenizer = str(Path(d.tokenizer).resolve())
+    return cfg
+
+
 def train(cfg: RunConfig, backend: Backend, out_dir: Path, *, resume: Path | None = None,
           init: Path | None = None, log: Callable[[str], None] = print, progress: bool = True,
           rank: int = 0, world_size: int = 1) -> tuple[LoopResult, dict[str, Any]]:
     """Train `cfg` with `backend`, writing metrics, checkpoints, plot and summary into `out_dir`."""
+    if resume is None:
+        cfg = _absolute_paths(cfg)
     tokenizer = get_tokenizer(cfg.data.tokenizer)
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise ConfigError(f"data.tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} tokens but "

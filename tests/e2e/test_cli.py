@@ -13,7 +13,7 @@ from shared.config import RunConfig
 from shared.presets import PRESETS
 
 ROOT = Path(__file__).resolve().parents[2]
-SUBCOMMANDS = ("presets", "config", "init", "demo")
+SUBCOMMANDS = ("train", "eval", "generate", "presets", "config", "init", "demo", "tokenizer", "data")
 # A model small enough that a demo with both backends takes a few seconds on 2 cores.
 TINY = ["--set", "model.num_hidden_layers=1", "model.hidden_size=64", "model.intermediate_size=128",
         "model.vocab_size=128"]
@@ -41,6 +41,10 @@ def test_help_on_every_subcommand():
         r = run(cmd, "--help")
         assert r.returncode == 0, r.stderr
         assert "examples:" in r.stdout and f"ternary {cmd}" in r.stdout
+    for cmd in (("tokenizer", "train"), ("data", "prepare")):
+        r = run(*cmd, "--help")
+        assert r.returncode == 0, r.stderr
+        assert "examples:" in r.stdout and f"ternary {' '.join(cmd)} " in r.stdout
 
 
 def test_presets_lists_every_preset():

@@ -1,0 +1,243 @@
+"""`ternary presets`, `config`, `init` and `demo`: configs, fresh checkpoints, the forward-pass parity check."""
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import shutil
+import sys
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from convert import blas
+from convert.common import CliError, config_sizes, counts, describe, human, resolve, source_args, sub
+
+
+# ---- presets / config / init --------------------------------------------------------------------
+def cmd_presets(args) -> int:
+    from shared.presets import PRESETS, get_preset
+    rows = []
+    for name in PRESETS:
+        cfg = get_preset(name)
+        total, tern = counts(cfg, config_sizes(cfg))
+        rows.append((name, human(total), human(tern), PRESETS[name].note))
+    w = [max(len(r[i]) for r in rows + [("NAME", "PARAMS", "TERNARY")]) for i in range(3)]
+    indent = sum(w) + 6
+    width = max(indent + 30, shutil.get_terminal_size((120, 24)).columns)
+    print(f"{'NAME':<{w[0]}}  {'PARAMS':>{w[1]}}  {'TERNARY':>{w[2]}}  NOTE")
+    for name, total, tern, note in rows:
+        lines = textwrap.wrap(note, width - indent) or [""]
+        print(f"{name:<{w[0]}}  {total:>{w[1]}}  {tern:>{w[2]}}  {lines[0]}")
+        for line in lines[1:]:
+            print(" " * indent + line)
+    return 0
+
+
+def cmd_config(args) -> int:
+    cfg, _, _ = resolve(args)
+    if args.out:
+        cfg.save_toml(args.out)
+        print(f"wrote {args.out}")
+    else:
+        sys.stdout.write(cfg.to_toml())
+    return 0
+
+
+def cmd_init(args) -> int:
+    cfg, source, _ = resolve(args)
+    out = Path(args.out)
+    if (out / "manifest.json").exists() and not args.force:
+        raise CliError(f"{out} is an existing checkpoint; pass --force to replace it")
+    pkg = {"mlx": "ternary_mlx", "torch": "ternary_cuda"}[args.backend]
+    model = importlib.import_module(f"{pkg}.model").Model(cfg, seed=cfg.train.seed)
+    importlib.import_module(f"{pkg}.checkpoint").save(model, cfg, out)
+    total, tern = counts(cfg, config_sizes(cfg))
+    print(f"wrote {out}: {source}, {human(total)} parameters ({human(tern)} ternary), "
+          f"backend {args.backend}, seed {cfg.train.seed}")
+    return 0
+
+
+# ---- demo ---------------------------------------------------------------------------------------
+def _loss(logits, ids) -> float:
+    """Mean next-token cross-entropy (nats) in float64, one batch row at a time."""
+    import numpy as np
+    total = 0.0
+    for z, t in zip(logits, ids):
+        z = z[:-1].astype(np.float64)
+        m = z.max(axis=-1)
+        lse = m + np.log(np.exp(z - m[:, None]).sum(axis=-1))
+        total += float((lse - z[np.arange(len(t) - 1), t[1:]]).sum())
+    return total / (ids.shape[0] * (ids.shape[1] - 1))
+
+
+@dataclass
+class _Backend:
+    """One backend's model, seen the same way by the demo."""
+    info: str                              # framework version and device
+    forward: Callable[[], Any]             # one forward pass on the demo's ids, finished
+    to_numpy: Callable[[Any], Any]         # logits -> float32 NumPy
+    params: dict[str, Any]                 # canonical name -> the backend's own tensor
+    codes: Callable[[Any], Any]            # the backend's ternarize on one of its tensors -> int8 NumPy
+
+
+def _mlx_backend(cfg, weights, ids) -> _Backend:
+    import mlx.core as mx
+    import numpy as np
+    from mlx.utils import tree_flatten
+    from ternary_mlx.layers import ternarize
+    from ternary_mlx.model import Model
+    model, x = Model(cfg, weights), mx.array(ids.astype(np.int32))
+
+    def forward():
+        out = model(x)
+        mx.eval(out)
+        return out
+    return _Backend(f"mlx {mx.__version__}, {mx.default_device()}", forward, np.array,
+                    dict(tree_flatten(model.parameters())),
+                    lambda w: np.array(ternarize(w, cfg.ternary.group_size, cfg.ternary.eps)[0]))
+
+
+def _torch_backend(cfg, weights, ids) -> _Backend:
+    import torch
+    from ternary_cuda.layers import ternarize
+    from ternary_cuda.model import Model
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, x = Model(cfg, weights, device=device), torch.from_numpy(ids).to(device)
+
+    def forward():
+        with torch.inference_mode():
+            out = model(x)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return out
+    threads = f", {torch.get_num_threads()} threads" if device == "cpu" else ""
+    return _Backend(f"torch {torch.__version__}, {device}{threads}", forward,
+                    lambda t: t.float().cpu().numpy(), dict(model.named_parameters()),
+                    lambda w: ternarize(w.detach(), cfg.ternary.group_size, cfg.ternary.eps)[0].cpu().numpy())
+
+
+def _check_memory(n_params: int, n_backends: int, logits_elems: int) -> None:
+    """Refuse up front what would be killed for memory half-way: the weights live in NumPy and in
+    one backend at a time (plus the int8 reference codes); logits in NumPy and in each backend."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        return
+    need = 4 * (2.25 * n_params + (2 + n_backends) * logits_elems)
+    if need > 0.8 * ram:
+        raise CliError(f"this demo needs about {need / 2**30:.1f} GiB of memory (float32 weights and "
+                       f"logits); this machine has {ram / 2**30:.1f} GiB: use a smaller preset, "
+                       "--batch or --seq-len")
+
+
+def cmd_demo(args) -> int:
+    import numpy as np
+    from shared.init import init_weights
+    from shared.naming import ternary_parameters
+    from shared.ternary import quantize
+
+    cfg, source, weights = resolve(args)
+    m, t = cfg.model, cfg.ternary
+    batch = args.batch
+    seq = args.seq_len or min(cfg.train.seq_len, m.max_position_embeddings)
+    if batch < 1 or not 2 <= seq <= m.max_position_embeddings:
+        raise CliError(f"--batch must be >= 1 and --seq-len in [2, {m.max_position_embeddings}] "
+                       f"(model.max_position_embeddings); got {batch} and {seq}")
+    backends = ["mlx", "torch"] if args.backend == "both" else [args.backend]
+    _check_memory(sum(config_sizes(cfg).values()), len(backends), batch * seq * m.vocab_size)
+
+    print(f"ternary demo: {source}: {describe(cfg)}")
+    print(f"input: {batch} x {seq} random token ids (seed {cfg.train.seed}); a parity check of the "
+          "backends (training is `ternary train`)")
+    if "mlx" in backends:
+        print(f"blas: {blas.describe()}")
+    if weights is None:
+        weights = init_weights(m, cfg.train.seed)
+    ids = np.random.default_rng(cfg.train.seed).integers(0, m.vocab_size, (batch, seq), dtype=np.int64)
+    names = ternary_parameters(cfg)
+    reference = {n: quantize(weights[n], t.group_size, t.eps)[0] for n in names}
+    ln_v = math.log(m.vocab_size)
+    failures, logits = [], {}
+    for name in backends:
+        b = (_mlx_backend if name == "mlx" else _torch_backend)(cfg, weights, ids)
+        t0 = time.perf_counter()
+        b.forward()  # warm-up
+        t1 = time.perf_counter()
+        out = b.forward()
+        t2 = time.perf_counter()
+        logits[name], info = b.to_numpy(out), b.info
+        total, tern = counts(cfg, {n: math.prod(p.shape) for n, p in b.params.items()})
+        bad = [n for n in names if not np.array_equal(b.codes(b.params[n]), reference[n])]
+        del b, out  # free this backend's model before the next one is built
+        loss = _loss(logits[name], ids)
+        flag = "ok" if loss <= ln_v + 1 else "RED FLAG"
+        print(f"{name:<5} ({info}): {human(total)} parameters ({human(tern)} ternary); "
+              f"loss {loss:.4f} vs ln(vocab) {ln_v:.4f} {flag}; forward {1e3 * (t2 - t1):.1f} ms "
+              f"(first call {1e3 * (t1 - t0):.1f} ms)")
+        print(f"{'':<5} ternary codes: {len(names) - len(bad)}/{len(names)} ternary weights "
+              "bit-identical to the NumPy reference" + (f"; differ: {', '.join(bad[:5])}" if bad else ""))
+        if loss > ln_v + 1:
+            failures.append(f"{name}: loss {loss:.4f} at initialisation is above ln(vocab) + 1 = "
+                            f"{ln_v + 1:.4f} (SEEDS S1: missing residuals look like this)")
+        if bad:
+            failures.append(f"{name}: ternary codes of {len(bad)} weight(s) differ from the NumPy reference")
+    if len(backends) == 2:
+        diff = float(np.abs(logits["mlx"] - logits["torch"]).max())
+        if t.enabled and t.activation_bits:
+            print(f"mlx vs torch: max |logit difference| {diff:.3g} (not checked: with "
+                  f"{t.activation_bits}-bit activations, rounding to the activation grid amplifies "
+                  "float32 ulp differences between the backends)")
+        else:
+            ok = diff <= args.tolerance
+            print(f"mlx vs torch: max |logit difference| {diff:.3g} "
+                  f"({'within' if ok else 'ABOVE'} tolerance {args.tolerance:g})")
+            if not ok:
+                failures.append(f"backends disagree: max |logit difference| {diff:.3g} > {args.tolerance:g}")
+    for f in failures:
+        print(f"FAILED: {f}", file=sys.stderr)
+    print("result: " + ("FAILED" if failures else "ok"))
+    return 1 if failures else 0
+
+
+# ---- argument parsing ---------------------------------------------------------------------------
+def register(subs) -> None:
+    sub(subs, "presets", "List the named presets with their parameter counts and notes.",
+        "  ternary presets", cmd_presets)
+
+    c = sub(subs, "config", "Print (or write) the fully resolved, validated run config as TOML.",
+            "  ternary config --preset pg-ternary\n"
+            "  ternary config --preset smoke --set train.lr=1e-3 model.num_hidden_layers=2\n"
+            "  ternary config --config run.toml --set ternary.group_size=64 --out resolved.toml",
+            cmd_config)
+    source_args(c)
+    c.add_argument("--out", metavar="FILE.toml", help="write the TOML here (atomically) instead of stdout")
+
+    i = sub(subs, "init", "Write a freshly initialised checkpoint directory.",
+            "  ternary init --preset smoke --out runs/smoke-init\n"
+            "  ternary init --config run.toml --backend torch --seed 1 --out runs/init", cmd_init)
+    source_args(i)
+    i.add_argument("--out", metavar="DIR", required=True, help="checkpoint directory to create")
+    i.add_argument("--backend", choices=("mlx", "torch"), default="mlx", help="backend that builds and "
+                   "saves the model (default: mlx; the format is the same)")
+    i.add_argument("--seed", type=int, metavar="N", help="initialisation seed (default: train.seed; stored as train.seed)")
+    i.add_argument("--force", action="store_true", help="replace an existing checkpoint at --out")
+
+    d = sub(subs, "demo", "Forward pass on random tokens in MLX and/or torch: loss, speed, parity.",
+            "  ternary demo --preset smoke\n"
+            "  ternary demo --ckpt runs/smoke-init --backend both\n"
+            "  ternary demo --preset pg-ternary --backend mlx --batch 1 --seq-len 256\n"
+            "  ternary demo --set model.num_hidden_layers=2 ternary.activation_bits=8\n\n"
+            "Exits 1 if the loss at initialisation is above ln(vocab) + 1 or, with both\n"
+            "backends, their logits differ by more than --tolerance.", cmd_demo)
+    source_args(d, ckpt=True)
+    d.add_argument("--backend", choices=("mlx", "torch", "both"), default="both",
+                   help="which backend(s) to run (default: both, compared with each other)")
+    d.add_argument("--seq-len", type=int, metavar="N", help="tokens per row (default: train.seq_len)")
+    d.add_argument("--batch", type=int, default=2, metavar="N", help="rows (default: 2)")
+    d.add_argument("--seed", type=int, metavar="N",
+                   help="seed of the token ids and, without --ckpt, the weights (default: train.seed)")
+    d.add_argument("--tolerance", type=float, default=1e-4, metavar="X",
+                   help="largest allowed |logit difference| between the backends (default: 1e-4)")

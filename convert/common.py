@@ -1,0 +1,117 @@
+"""Helpers shared by the `ternary` subcommands (convert/cmd_*.py): errors, argument groups, configs.
+
+Nothing here imports mlx or torch; the subcommands import them lazily, so `ternary --help`,
+`presets` and `config` start fast.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+
+class CliError(Exception):
+    """A usage problem found after parsing (exit 2, like argparse's own errors)."""
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "the input is wrong" (exit 2, one line, no traceback)."""
+    from shared.checkpoint import CheckpointError
+    from shared.config import ConfigError
+    from shared.data import DataError
+    from shared.data_checks import TokenIdError
+    from shared.tokenizers import TokenizerError
+    # OSError: missing files, permissions
+    return (ConfigError, CheckpointError, TokenIdError, TokenizerError, DataError, OSError, CliError)
+
+
+def human(n: int) -> str:
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)
+
+
+def counts(cfg, sizes: dict[str, int]) -> tuple[int, int]:
+    """(total, ternary) parameter counts from per-name sizes."""
+    from shared.naming import ternary_parameters
+    return sum(sizes.values()), sum(sizes[n] for n in ternary_parameters(cfg))
+
+
+def config_sizes(cfg) -> dict[str, int]:
+    from shared.naming import parameter_shapes
+    return {n: math.prod(s) for n, s in parameter_shapes(cfg.model).items()}
+
+
+def resolve(args):
+    """(RunConfig, source, weights) from --preset / --config / --ckpt, then --set and --seed.
+
+    `weights` are the checkpoint's (verified) latent weights with --ckpt, else None.
+    """
+    from shared.config import RunConfig
+    from shared.presets import get_preset
+    weights = None
+    if getattr(args, "ckpt", None):
+        from shared.checkpoint import read_checkpoint
+        (cfg, weights), source = read_checkpoint(args.ckpt), f"checkpoint {args.ckpt}"
+    elif args.config:
+        cfg, source = RunConfig.load_toml(args.config), f"config {args.config}"
+    else:
+        cfg, source = get_preset(args.preset or "smoke"), f"preset {args.preset or 'smoke'}"
+    overrides = list(args.set or [])
+    if getattr(args, "seed", None) is not None:
+        overrides.append(f"train.seed={args.seed}")
+    return (cfg.with_overrides(overrides) if overrides else cfg), source, weights
+
+
+def describe(cfg) -> str:
+    m, t = cfg.model, cfg.ternary
+    tern = (f"ternary {', '.join(t.targets)} (group {t.group_size or 'per tensor'}"
+            + (f", {t.activation_bits}-bit activations" if t.activation_bits else "") + ")"
+            if t.enabled else "float (ternary disabled)")
+    return (f"{m.num_hidden_layers} layers x {m.hidden_size}, {m.num_attention_heads}/"
+            f"{m.num_key_value_heads} heads, MLP {m.intermediate_size} {m.hidden_act}, "
+            f"vocab {m.vocab_size}, {tern}")
+
+
+def checkpoint_dir(path: str | Path) -> Path:
+    """A checkpoint directory, or a run directory holding one in `checkpoint/`."""
+    path = Path(path)
+    return path / "checkpoint" if (path / "checkpoint" / "manifest.json").exists() else path
+
+
+# ---- argument parsing ---------------------------------------------------------------------------
+def source_args(p: argparse.ArgumentParser, ckpt: bool = False) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--preset", metavar="NAME", help="a preset from `ternary presets` (default: smoke)")
+    g.add_argument("--config", metavar="FILE.toml", help="a run config file")
+    if ckpt:
+        g.add_argument("--ckpt", metavar="DIR", help="a checkpoint directory (its config and weights)")
+    p.add_argument("--set", metavar="SECTION.KEY=VALUE", action="extend", nargs="+", default=[],
+                   help="override config values, e.g. train.lr=3e-4 (several may follow one --set)")
+
+
+def sub(subs, name: str, help_: str, examples: str, func=None) -> argparse.ArgumentParser:
+    """A subcommand parser with a description, an examples epilog and the hidden --no-fast-blas."""
+    p = subs.add_parser(name, help=help_, description=help_, epilog="examples:\n" + examples,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--no-fast-blas", action="store_true", default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)
+    if func is not None:
+        p.set_defaults(func=func)
+    return p
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def backend_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--backend", choices=("mlx", "torch"), default="mlx",
+                   help=f"framework that {what} (default: mlx; torch uses CUDA when available)")

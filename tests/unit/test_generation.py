@@ -1,0 +1,44 @@
+"""Host-side sampling and text assembly (shared/generation.py)."""
+from __future__ import annotations
+
+import numpy as np
+
+from shared.generation import generate_ids, generate_text, sample_next
+from shared.tokenizers import get_tokenizer
+
+
+def test_greedy_and_top_k():
+    rng = np.random.default_rng(0)
+    logits = np.array([0.0, 3.0, 1.0, 2.9])
+    assert sample_next(logits, rng, temperature=0, top_k=None) == 1
+    draws = {sample_next(logits, rng, temperature=1.0, top_k=2) for _ in range(200)}
+    assert draws == {1, 3}  # only the two best tokens are ever drawn
+
+
+def test_generation_feeds_back_its_own_tokens_and_crops_context():
+    seen = []
+
+    def last_logits(ids):
+        seen.append(ids.copy())
+        out = np.zeros(10)
+        out[(ids[0, -1] + 1) % 10] = 5.0  # always predicts last + 1
+        return out
+
+    new = list(generate_ids(last_logits, np.array([3]), 4, context=2, temperature=0))
+    assert new == [4, 5, 6, 7]
+    assert [s.tolist() for s in seen] == [[[3]], [[3, 4]], [[4, 5]], [[5, 6]]]
+
+
+def test_continuation_keeps_the_space_of_a_word_piece():
+    """Decoding only the new tokens would drop the space that a leading '▁word' piece stands for."""
+    tok = get_tokenizer("synthetic-bpe-512")
+    word = next(i for i in range(tok.vocab_size) if tok.id_to_piece(i).startswith("\u2581") and len(tok.id_to_piece(i)) > 3)
+
+    def last_logits(ids):
+        out = np.full(tok.vocab_size, -10.0)
+        out[word] = 10.0
+        return out
+
+    text = generate_text(last_logits, tok, "the", 2, context=64, temperature=0)
+    piece = tok.id_to_piece(word)[1:]
+    assert text == f" {piece} {piece}"
