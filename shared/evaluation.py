@@ -9,7 +9,7 @@ from typing import Callable
 
 import numpy as np
 
-from shared.data import val_windows
+from shared.loader import val_windows
 from shared.metrics import EvalAccumulator
 from shared.tokenizers import Tokenizer
 

@@ -20,7 +20,8 @@ from typing import Any, Callable
 import numpy as np
 
 from shared.config import RunConfig
-from shared.data import TokenDataset, TokenLoader
+from shared.data import TokenDataset
+from shared.loader import TokenLoader
 from shared.naming import parameter_shapes, ternary_parameters
 
 # Tokens per parameter below which a run is data-starved. Compute-optimal LMs see ~20; the smoke

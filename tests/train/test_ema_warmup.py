@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from shared import checkpoint as fmt
-from shared.data import TokenLoader, load_token_dataset
+from shared.data import load_token_dataset
+from shared.loader import TokenLoader
 from shared.ternary import ternary_weight
 from shared.tokenizers import get_tokenizer
 from tests.train.common import backend, config, run, train_losses

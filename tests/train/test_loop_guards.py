@@ -14,8 +14,8 @@ import pytest
 
 from shared import checkpoint as fmt
 from shared.config import ConfigError
-from shared.data import (DataError, TokenDataset, TokenLoader, load_token_dataset, prepare_data, read_manifest,
-                         write_shard)
+from shared.data import DataError, TokenDataset, load_token_dataset, prepare_data, read_manifest, write_shard
+from shared.loader import TokenLoader
 from shared.data_checks import TokenIdError
 from shared.loop import NonFiniteLoss, count_parameters, preflight
 from shared.loop import run as loop_run

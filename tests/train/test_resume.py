@@ -14,7 +14,8 @@ import pytest
 
 from shared import checkpoint as fmt
 from shared.config import ConfigError
-from shared.data import TokenLoader, load_token_dataset
+from shared.data import load_token_dataset
+from shared.loader import TokenLoader
 from shared.tokenizers import get_tokenizer
 from tests.train.common import config, run, train_losses, trainer_state
 

@@ -7,8 +7,9 @@ import pytest
 
 from shared.batching import inputs_and_targets
 from shared.corpus import SyntheticCorpus
-from shared.data import (HEADER_BYTES, MAGIC, DataError, TokenLoader, encode_words, load_token_dataset,
-                         prepare_data, read_manifest, read_shard, val_windows, write_shard)
+from shared.data import (HEADER_BYTES, MAGIC, DataError, encode_words, load_token_dataset, prepare_data,
+                         read_manifest, read_shard, write_shard)
+from shared.loader import TokenLoader, val_windows
 from shared.data_checks import TokenIdError
 from shared.tokenizers import TokenizerError, get_tokenizer
 
