@@ -57,7 +57,7 @@ class Trainer:
             gnorm = torch.sqrt(sum(torch.sum(g * g) for g in grads.values()))
             clip = self.config.train.grad_clip
             if clip:
-                scale = torch.clamp(clip / (gnorm + 1e-6), max=1.0)
+                scale = torch.clamp(torch.full_like(gnorm, clip) / (gnorm + 1e-6), max=1.0)  # a true division, as MLX
                 grads = {k: g * scale for k, g in grads.items()}
             new = self.opt.apply({k: p.detach() for k, p in self.params.items()}, grads, scalars)
             for k, p in self.params.items():
