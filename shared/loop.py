@@ -83,13 +83,20 @@ def run(cfg: RunConfig, trainer, dataset: TokenDataset, out_dir: Path, *, start_
     is_main = rank == 0
     # vocab_size: every training id is checked here, once (S13); the trainers rely on it and switch
     # the model's per-call id check off.
-    loader = TokenLoader(dataset.train, t.batch_size, t.seq_len, rank=rank, world_size=world_size,
-                         seed=t.seed, vocab_size=cfg.model.vocab_size,
-                         log=log if is_main else (lambda _m: None))
-    if loader_state is not None:
-        loader.load_state(loader_state)
-    metrics_f = open(out_dir / "metrics.jsonl", "a") if is_main else None
     bar = _progress_bar(t.steps, start_step, progress and is_main)
+    if bar is not None:  # log lines above the bar instead of through it
+        log = bar.write
+    try:
+        loader = TokenLoader(dataset.train, t.batch_size, t.seq_len, rank=rank, world_size=world_size,
+                             seed=t.seed, vocab_size=cfg.model.vocab_size,
+                             log=log if is_main else (lambda _m: None))
+        if loader_state is not None:
+            loader.load_state(loader_state)
+    except BaseException:
+        if bar is not None:
+            bar.close()
+        raise
+    metrics_f = open(out_dir / "metrics.jsonl", "a") if is_main else None
     tokens_per_step = t.grad_accum * t.batch_size * t.seq_len * world_size
     result = LoopResult(start_step, "finished", train_time_s, 0.0, None)
     pending: list = []
