@@ -1,7 +1,8 @@
 """The `ternary` command line: one console script whose subcommands dispatch to the packages.
 
 The subcommands live in convert/cmd_model.py (presets, config, init, demo), convert/cmd_train.py
-(train, eval, generate) and convert/cmd_data.py (tokenizer train, data prepare). mlx and torch are
+(train, eval, generate), convert/cmd_data.py (tokenizer train, data prepare) and
+convert/cmd_convert.py (import-hf). mlx and torch are
 imported inside the subcommands that need them, so `ternary --help`, `presets` and `config` start
 fast. User errors (bad config, bad checkpoint, bad token ids, bad data or tokenizer, missing or
 unwritable files) print `ternary: error: <message>` on stderr and exit 2; a failed demo check or a
@@ -12,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from convert import blas, cmd_data, cmd_model, cmd_train
+from convert import blas, cmd_convert, cmd_data, cmd_model, cmd_train
 from convert.common import CliError, user_errors
 
 __all__ = ["CliError", "build_parser", "main"]
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd_train.register(subs)
     cmd_model.register(subs)
     cmd_data.register(subs)
+    cmd_convert.register(subs)
     return p
 
 
