@@ -1,4 +1,5 @@
-"""`ternary import-hf`: a Hugging Face Qwen3/Llama checkpoint (local or hub) -> a ternary checkpoint."""
+"""`ternary import-hf`: a Hugging Face Qwen3/Llama checkpoint (local or hub) -> a ternary checkpoint;
+`ternary inspect` and `ternary convert` (convert/inspect_ckpt.py, convert/export.py)."""
 from __future__ import annotations
 
 import argparse
@@ -36,3 +37,66 @@ def register(subs) -> None:
                    help="override ternary/train/data config values, e.g. ternary.group_size=64")
     p.add_argument("--revision", metavar="R", help="hub revision (branch, tag or commit) for a hub id")
     p.add_argument("--force", action="store_true", help="replace an existing checkpoint at --out")
+    register_export(subs)
+
+
+# ---- inspect / convert ----------------------------------------------------------------------------
+def cmd_inspect(args) -> int:
+    from convert import inspect_ckpt
+    report = inspect_ckpt.inspect(args.path, measure_packed=not args.no_measure)
+    print(inspect_ckpt.to_json(report) if args.json else inspect_ckpt.format_report(report))
+    return 0 if report["manifest"] == "OK" else 2
+
+
+def cmd_convert(args) -> int:
+    from convert import export
+    from convert.common import CliError, checkpoint_dir
+    src = checkpoint_dir(args.src)
+    if args.to == "canonical":
+        if args.compress is not None:
+            raise CliError("--compress applies to --to packed only")
+        r = export.to_canonical(src, args.out, dtype=args.dtype, force=args.force)
+        print(f"wrote canonical checkpoint {r['out']}: {r['bytes']:,d} bytes ("
+              + ", ".join(f"{k} {v:,d}" for k, v in sorted(r["files"].items())) + ")"
+              + (f"; dropped {', '.join(r['dropped'])}" if r["dropped"] else "") + "; verified")
+        return 0
+    if args.dtype != "float32":
+        raise CliError("--dtype applies to --to canonical only")
+    st = export.to_packed(src, args.out, compress=args.compress or "lzma", force=args.force)
+    lines = [f"wrote packed file {args.out}: {st.bytes:,d} bytes (header {st.header_bytes:,d}, raw payload "
+             f"{st.raw_payload:,d}: codes {st.codes_bytes:,d}, scales {st.scales_bytes:,d}, floats {st.floats_bytes:,d})"]
+    if st.ternary_weights:
+        line = (f"  {st.ternary_weights:,d} ternary weights: {st.bits_per_ternary_weight:.3f} bits each for the whole "
+                f"file; codes alone {st.code_bits_per_weight:.3f} (base 3)")
+        if st.code_bits_per_weight_compressed is not None:
+            line += f", {st.code_bits_per_weight_compressed:.3f} compressed"
+        lines.append(line)
+    else:
+        lines.append("  no ternary weights (ternary disabled): floats stored as fp16")
+    print("\n".join(lines))
+    return 0
+
+
+def register_export(subs) -> None:
+    p = sub(subs, "inspect", "Verify a checkpoint and report its config, parameters, ternary codes and export sizes.",
+            "  ternary inspect runs/smoke-mlx\n"
+            "  ternary inspect runs/smoke-mlx/checkpoint --json\n\n"
+            "Codes and scales come from the reference projection (shared/ternary.py) of the latent weights;\n"
+            "the packed size is measured by building the `convert --to packed` file in memory.\n"
+            "Exit status 2 when the manifest check fails (the report says why).", cmd_inspect)
+    p.add_argument("path", metavar="PATH", help="a checkpoint directory, or a run directory holding checkpoint/")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--no-measure", action="store_true", help="skip building the LZMA packed file (slow on big models)")
+    c = sub(subs, "convert", "Export a checkpoint: canonical (weights only, float32) or packed (base-3 codes + fp16, LZMA).",
+            "  ternary convert runs/smoke-mlx --to canonical --out runs/smoke-clean\n"
+            "  ternary convert runs/smoke-mlx --to packed --out smoke.tpk\n"
+            "  ternary convert runs/smoke-mlx --to packed --out smoke.tpk --compress none\n\n"
+            "packed: one file, a JSON header (config, tensor table) and base-3 codes (5 per byte), fp16 scales\n"
+            "and fp16 other parameters; load it with convert.export.load_packed. The ternary forward pass is\n"
+            "kept up to fp16 rounding of the scales (<= 2^-11 relative); latent weights are not.", cmd_convert)
+    c.add_argument("src", metavar="SRC", help="a checkpoint directory, or a run directory holding checkpoint/")
+    c.add_argument("--to", choices=("canonical", "packed"), required=True, help="export format")
+    c.add_argument("--out", metavar="PATH", required=True, help="directory (canonical) or file (packed) to write")
+    c.add_argument("--dtype", choices=("float32",), default="float32", help="canonical weight dtype (float32 only)")
+    c.add_argument("--compress", choices=("lzma", "none"), default=None, help="packed payload compression (default lzma)")
+    c.add_argument("--force", action="store_true", help="replace an existing output")

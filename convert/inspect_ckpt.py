@@ -1,0 +1,124 @@
+"""`ternary inspect PATH [--json]`: what a checkpoint holds and what each export of it would weigh.
+
+Reports: the manifest check (OK or the exact error), a config summary, parameter counts, for every
+ternary weight the code distribution (fractions of -1 / 0 / +1 from shared.ternary.quantize on the
+latent weights) and its scale statistics, the overall code entropy (bits per ternary weight), and
+sizes: float32 and bf16 tensor data, 2-bit packing (shared.ternary.pack_2bit layout: ceil(out/4)
+rows) + fp16 scales + bf16 other parameters, and the packed artifact of convert/export.py (base-3 +
+fp16 + LZMA), built in memory to measure it.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared.checkpoint import MODEL_FILE, CheckpointError, check_tensor_set, read_config, read_safetensors, verify_manifest
+from shared.naming import parameter_shapes, ternary_parameters
+from shared.ternary import quantize
+
+
+def _entropy(fracs) -> float:
+    return float(-sum(p * math.log2(p) for p in fracs if p > 0))
+
+
+def inspect(path: str | Path, measure_packed: bool = True) -> dict[str, Any]:
+    from convert.common import checkpoint_dir
+    from convert.export import pack
+    path = checkpoint_dir(path)
+    report: dict[str, Any] = {"path": str(path)}
+    try:
+        verify_manifest(path)
+        report["manifest"] = "OK"
+    except CheckpointError as e:
+        report["manifest"] = f"ERROR: {e}"
+        return report
+    config = read_config(path)
+    weights = read_safetensors(path / MODEL_FILE)
+    check_tensor_set(parameter_shapes(config.model), {k: v.shape for k, v in weights.items()}, str(path / MODEL_FILE))
+    m, t = config.model, config.ternary
+    report["config"] = {
+        "architecture": m.model_type,
+        "layers": m.num_hidden_layers, "hidden_size": m.hidden_size,
+        "intermediate_size": m.intermediate_size, "hidden_act": m.hidden_act,
+        "heads": m.num_attention_heads, "kv_heads": m.num_key_value_heads, "vocab_size": m.vocab_size,
+        "tie_word_embeddings": m.tie_word_embeddings, "qk_norm": m.qk_norm,
+        "ternary": t.enabled, "group_size": t.group_size, "targets": list(t.targets),
+        "activation_bits": t.activation_bits,
+    }
+    tern = ternary_parameters(config)
+    sizes = {k: int(v.size) for k, v in weights.items()}
+    n_total, n_tern = sum(sizes.values()), sum(sizes[n] for n in tern)
+    report["parameters"] = {"total": n_total, "ternary": n_tern, "float": n_total - n_tern}
+    per, counts, n_scales, two_bit = [], np.zeros(3, np.int64), 0, 0
+    for name in tern:
+        q, s = quantize(weights[name], t.group_size, t.eps)
+        c = np.bincount((q.reshape(-1) + 1).astype(np.int64), minlength=3)
+        counts += c
+        n_scales += s.size
+        two_bit += ((q.shape[0] + 3) // 4) * q.shape[1]
+        per.append({"name": name, "shape": list(q.shape),
+                    "codes": {"-1": float(c[0] / q.size), "0": float(c[1] / q.size), "+1": float(c[2] / q.size)},
+                    "scale": {"count": int(s.size), "min": float(s.min()), "mean": float(s.mean()),
+                              "max": float(s.max())}})
+    report["ternary_weights"] = per
+    total_codes = int(counts.sum())
+    fr = counts / total_codes if total_codes else np.zeros(3)
+    report["codes"] = {"-1": float(fr[0]), "0": float(fr[1]), "+1": float(fr[2]),
+                       "entropy_bits_per_weight": _entropy(fr) if total_codes else None}
+    n_float = n_total - n_tern
+    sz: dict[str, Any] = {"float32": 4 * n_total, "bf16": 2 * n_total,
+                          "packed_2bit": two_bit + 2 * n_scales + 2 * n_float}
+    if measure_packed:
+        blob, st = pack(config, weights, "lzma")
+        sz["packed_base3_lzma"] = st.bytes
+        sz["packed_bits_per_ternary_weight"] = st.bits_per_ternary_weight
+        sz["packed_code_bits_per_weight_compressed"] = st.code_bits_per_weight_compressed
+    report["sizes_bytes"] = sz
+    return report
+
+
+def format_report(r: dict[str, Any]) -> str:
+    from convert.common import human
+    lines = [f"checkpoint {r['path']}", f"  manifest:   {r['manifest']}"]
+    if "config" not in r:
+        return "\n".join(lines)
+    c, p = r["config"], r["parameters"]
+    tern = (f"ternary {', '.join(c['targets'])} (group {c['group_size'] or 'per tensor'}"
+            + (f", {c['activation_bits']}-bit activations" if c["activation_bits"] else "") + ")"
+            if c["ternary"] else "ternary off")
+    lines += [
+        f"  model:      {c['architecture']}, {c['layers']} layers x {c['hidden_size']}, "
+        f"{c['heads']}/{c['kv_heads']} heads, MLP {c['intermediate_size']} {c['hidden_act']}, "
+        f"vocab {c['vocab_size']}, {'tied' if c['tie_word_embeddings'] else 'untied'} head; {tern}",
+        f"  parameters: {human(p['total'])} total, {human(p['ternary'])} ternary, {human(p['float'])} float",
+    ]
+    if r["ternary_weights"]:
+        lines.append(f"  {'ternary weight':<40} {'shape':>12} {'-1':>6} {'0':>6} {'+1':>6}   "
+                     f"{'scale min':>9} {'mean':>9} {'max':>9}")
+        for w in r["ternary_weights"]:
+            cd, s = w["codes"], w["scale"]
+            lines.append(f"  {w['name']:<40} {'x'.join(map(str, w['shape'])):>12} {cd['-1']:6.3f} {cd['0']:6.3f} "
+                         f"{cd['+1']:6.3f}   {s['min']:9.3g} {s['mean']:9.3g} {s['max']:9.3g}")
+        cd = r["codes"]
+        lines.append(f"  codes:      -1 {cd['-1']:.3f}, 0 {cd['0']:.3f}, +1 {cd['+1']:.3f}; entropy "
+                     f"{cd['entropy_bits_per_weight']:.4f} bits/weight (log2 3 = {math.log2(3):.4f})")
+    s = r["sizes_bytes"]
+    lines.append("  sizes:")
+    lines.append(f"    float32 checkpoint (tensor data)       {s['float32']:>14,d} B")
+    lines.append(f"    bf16 checkpoint (tensor data)          {s['bf16']:>14,d} B")
+    lines.append(f"    2-bit ternary + fp16 scales + bf16     {s['packed_2bit']:>14,d} B")
+    if "packed_base3_lzma" in s:
+        extra = f"  ({s['packed_bits_per_ternary_weight']:.3f} bits/ternary weight"
+        if s.get("packed_code_bits_per_weight_compressed") is not None:
+            extra += f"; codes alone {s['packed_code_bits_per_weight_compressed']:.3f}"
+        lines.append(f"    base-3 + fp16 + LZMA (convert packed)  {s['packed_base3_lzma']:>14,d} B"
+                     + (extra + ")" if p["ternary"] else ""))
+    return "\n".join(lines)
+
+
+def to_json(r: dict[str, Any]) -> str:
+    return json.dumps(r, indent=2)
