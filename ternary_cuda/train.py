@@ -12,7 +12,7 @@ from shared.batching import inputs_and_targets
 from shared.config import RunConfig
 from shared.optim_rules import step_scalars
 from shared.ternary import quant_lambda
-from shared.tokenizers import Tokenizer
+from shared.trainer_common import TrainerCommon
 from ternary_cuda import checkpoint
 from ternary_cuda.evaluate import evaluate
 from ternary_cuda.loss import cross_entropy
@@ -20,8 +20,10 @@ from ternary_cuda.model import Model
 from ternary_cuda.optim import Optimizer
 
 
-class Trainer:
+class Trainer(TrainerCommon):
     backend = "torch"
+    checkpoint = checkpoint
+    evaluate_model = staticmethod(evaluate)
 
     def __init__(self, config: RunConfig, model: Model, optimizer_state: dict[str, np.ndarray] | None = None):
         self.config, self.model = config, model
@@ -86,27 +88,6 @@ class Trainer:
         if not self.config.train.ema_decay:
             return None
         return {n: st[f"{n}.ema"].detach().float().cpu().numpy().copy() for n in self.opt.shapes}
-
-    def evaluate(self, tokens: np.ndarray, tokenizer: Tokenizer, max_tokens: int) -> dict:
-        """Validation metrics of the current weights (of the EMA weights when EMA is on)."""
-        ema = self.ema_weights()
-        current = self.model.numpy_weights() if ema is not None else None
-        if ema is not None:
-            self.model.load_numpy(ema)
-        self.model.check_ids = True
-        try:
-            return evaluate(self.model, tokens, tokenizer, self.config.train.seq_len, max_tokens=max_tokens)
-        finally:
-            self.model.check_ids = False
-            if current is not None:
-                self.model.load_numpy(current)
-
-    def save(self, path, trainer_state: dict) -> None:
-        """Checkpoint with optimizer state and trainer state: enough to resume exactly."""
-        t = self.config.train
-        checkpoint.save(self.model, self.config, path, optimizer_state=self.numpy_optimizer_state(),
-                        optimizer_meta={"optimizer": t.optimizer, "step": trainer_state["step"]},
-                        trainer_state=trainer_state)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,40 @@
+"""The framework-free half of a backend `Trainer`: evaluation (EMA-aware) and checkpointing.
+
+Written once so the two backends cannot drift (SEEDS S11). A backend Trainer subclasses
+`TrainerCommon` and sets `checkpoint` (its checkpoint module) and `evaluate_model` (its
+evaluate function); it provides `model`, `config`, `ema_weights()` and `numpy_optimizer_state()`.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from shared.tokenizers import Tokenizer
+
+
+class TrainerCommon:
+    checkpoint: Any
+    evaluate_model: Callable[..., dict]
+
+    def evaluate(self, tokens: np.ndarray, tokenizer: Tokenizer, max_tokens: int) -> dict:
+        """Validation metrics of the current weights (of the EMA weights when EMA is on)."""
+        ema = self.ema_weights()
+        current = self.model.numpy_weights() if ema is not None else None
+        if ema is not None:
+            self.model.load_numpy(ema)
+        self.model.check_ids = True
+        try:
+            return self.evaluate_model(self.model, tokens, tokenizer, self.config.train.seq_len,
+                                       max_tokens=max_tokens)
+        finally:
+            self.model.check_ids = False
+            if current is not None:
+                self.model.load_numpy(current)
+
+    def save(self, path, trainer_state: dict) -> None:
+        """Checkpoint with optimizer state and trainer state: enough to resume exactly."""
+        t = self.config.train
+        self.checkpoint.save(self.model, self.config, path, optimizer_state=self.numpy_optimizer_state(),
+                             optimizer_meta={"optimizer": t.optimizer, "step": trainer_state["step"]},
+                             trainer_state=trainer_state)
