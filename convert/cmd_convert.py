@@ -52,6 +52,16 @@ def cmd_convert(args) -> int:
     from convert import export
     from convert.common import CliError, checkpoint_dir
     src = checkpoint_dir(args.src)
+    if args.to in ("hf", "mlx-lm"):
+        from convert import export_hf
+        if args.compress is not None or args.dtype != "float32":
+            raise CliError(f"--compress and --dtype do not apply to --to {args.to}")
+        fn = export_hf.to_hf if args.to == "hf" else export_hf.to_mlx_lm
+        r = fn(src, args.out, force=args.force)
+        kind = "float32 Qwen3 (transformers)" if args.to == "hf" else f"2-bit MLX (mlx-lm, group {r['group_size']})"
+        print(f"wrote {kind} model {r['out']}: {r['bytes']:,d} bytes, {r['tensors']} tensors "
+              f"({r['ternary']} ternary weights dequantized/packed); tokenizer {r['tokenizer']}")
+        return 0
     if args.to == "canonical":
         if args.compress is not None:
             raise CliError("--compress applies to --to packed only")
@@ -90,12 +100,15 @@ def register_export(subs) -> None:
     c = sub(subs, "convert", "Export a checkpoint: canonical (weights only, float32) or packed (base-3 codes + fp16, LZMA).",
             "  ternary convert runs/smoke-mlx --to canonical --out runs/smoke-clean\n"
             "  ternary convert runs/smoke-mlx --to packed --out smoke.tpk\n"
-            "  ternary convert runs/smoke-mlx --to packed --out smoke.tpk --compress none\n\n"
+            "  ternary convert runs/smoke-mlx --to packed --out smoke.tpk --compress none\n"
+            "  ternary convert runs/smoke-mlx --to hf --out smoke-hf        (Qwen3ForCausalLM.from_pretrained)\n"
+            "  ternary convert runs/smoke-mlx --to mlx-lm --out smoke-mlx-lm  (mlx_lm.load; group 64/128)\n\n"
             "packed: one file, a JSON header (config, tensor table) and base-3 codes (5 per byte), fp16 scales\n"
             "and fp16 other parameters; load it with convert.export.load_packed. The ternary forward pass is\n"
             "kept up to fp16 rounding of the scales (<= 2^-11 relative); latent weights are not.", cmd_convert)
     c.add_argument("src", metavar="SRC", help="a checkpoint directory, or a run directory holding checkpoint/")
-    c.add_argument("--to", choices=("canonical", "packed"), required=True, help="export format")
+    c.add_argument("--to", choices=("canonical", "packed", "hf", "mlx-lm"), required=True,
+                   help="export format (hf: float32 Qwen3 for transformers; mlx-lm: 2-bit quantized for mlx_lm.load)")
     c.add_argument("--out", metavar="PATH", required=True, help="directory (canonical) or file (packed) to write")
     c.add_argument("--dtype", choices=("float32",), default="float32", help="canonical weight dtype (float32 only)")
     c.add_argument("--compress", choices=("lzma", "none"), default=None, help="packed payload compression (default lzma)")

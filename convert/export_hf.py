@@ -1,0 +1,202 @@
+"""Exports for stock tools: `ternary convert SRC --to hf|mlx-lm --out DIR` (convert/cmd_convert.py).
+
+hf: a float Qwen3 directory that `transformers.Qwen3ForCausalLM.from_pretrained(DIR)` loads:
+    config.json (Qwen3ForCausalLM, model_type qwen3, the Hugging Face keys of our model config),
+    model.safetensors (float32; every ternary weight dequantized to W_t = q * s, i.e.
+    shared.ternary.ternary_weight at lambda 1; other parameters as stored; tied embeddings: no
+    lm_head.weight), and the tokenizer files when data.tokenizer is a Hugging Face tokenizer directory.
+    The forward pass of the exported model is the ternary forward pass of the checkpoint.
+
+mlx-lm: the same model in MLX's 2-bit affine quantized layout, which stock `mlx_lm.load(DIR)` reads:
+    for each ternary weight, `weight` is uint32 holding 16 two-bit values each (value j of a word in
+    bits 2j..2j+1, lowest first), the value being code + 1 in {0, 1, 2}; `scales` = s and
+    `biases` = -s per group, so scales * (q + 1) + biases = q * s exactly. config.json carries
+    "quantization": {"group_size": G, "bits": 2}. MLX only quantizes with group sizes 64 and 128
+    here; other group sizes are refused. Every packed tensor is checked against `mx.dequantize`.
+
+Options that stock Qwen3 cannot express are refused with an error naming them: model.qk_norm =
+false, model.hidden_act = relu2, model.final_logit_softcapping, ternary.activation_bits.
+Both exports are atomic: written in a temporary sibling folder, then renamed to DIR.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared.checkpoint import CheckpointError, read_checkpoint
+from shared.config import ConfigError, RunConfig
+from shared.naming import parameter_shapes, ternary_parameters
+from shared.ternary import quantize
+
+MLX_GROUP_SIZES = (64, 128)
+
+
+def check_expressible(config: RunConfig, fmt: str = "hf") -> None:
+    """Refuse model options that transformers' / mlx-lm's Qwen3 cannot express."""
+    m, t = config.model, config.ternary
+    bad = []
+    if not m.qk_norm:
+        bad.append("model.qk_norm = false (Qwen3 always normalises q and k)")
+    if m.hidden_act != "silu":
+        bad.append(f"model.hidden_act = {m.hidden_act!r} (Qwen3 has a SwiGLU MLP: silu only)")
+    if m.final_logit_softcapping:
+        bad.append(f"model.final_logit_softcapping = {m.final_logit_softcapping} (Qwen3 has no logit soft-cap)")
+    if t.enabled and t.activation_bits:
+        bad.append(f"ternary.activation_bits = {t.activation_bits} (Qwen3 has no activation quantization)")
+    if bad:
+        raise ConfigError(f"--to {fmt}: this model cannot be expressed as a stock Qwen3: " + "; ".join(bad))
+
+
+def hf_config(config: RunConfig) -> dict[str, Any]:
+    m = config.model
+    return {
+        "architectures": ["Qwen3ForCausalLM"],
+        "model_type": "qwen3",
+        "vocab_size": m.vocab_size,
+        "hidden_size": m.hidden_size,
+        "intermediate_size": m.intermediate_size,
+        "num_hidden_layers": m.num_hidden_layers,
+        "num_attention_heads": m.num_attention_heads,
+        "num_key_value_heads": m.num_key_value_heads,
+        "head_dim": m.head_dim or m.hidden_size // m.num_attention_heads,
+        "max_position_embeddings": m.max_position_embeddings,
+        "rope_theta": m.rope_theta,
+        "rope_scaling": None,
+        "rms_norm_eps": m.rms_norm_eps,
+        "tie_word_embeddings": m.tie_word_embeddings,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "use_sliding_window": False,
+        "initializer_range": m.initializer_range,
+        "torch_dtype": "float32",
+        "use_cache": True,
+    }
+
+
+def _tokenizer_files(config: RunConfig) -> tuple[list[Path], str]:
+    """(files to copy, a note for the report)."""
+    tok = config.data.tokenizer
+    d = Path(tok).expanduser()
+    if d.is_dir() and (d / "tokenizer.json").is_file():
+        from convert.hf import tokenizer_files
+        return tokenizer_files(d), f"copied from {d}"
+    return [], (f"not copied: data.tokenizer {tok!r} is not a Hugging Face tokenizer directory "
+                "(no tokenizer.json); add tokenizer files to the output yourself")
+
+
+def _staged(out: Path, force: bool, write) -> None:
+    """Run write(tmp_dir) in a temporary sibling of `out`, then rename it to `out` (atomic)."""
+    if out.exists() and not force:
+        raise CheckpointError(f"{out} exists; pass --force to replace it")
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"{out} exists and is not a directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        write(tmp)
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _read(src) -> tuple[RunConfig, dict[str, np.ndarray], set[str]]:
+    config, weights = read_checkpoint(src)
+    return config, {k: np.ascontiguousarray(v, np.float32) for k, v in weights.items()}, set(ternary_parameters(config))
+
+
+def to_hf(src: str | Path, out: str | Path, *, force: bool = False) -> dict[str, Any]:
+    """The checkpoint `src` as a float32 Qwen3ForCausalLM directory at `out`."""
+    from safetensors.numpy import save_file
+    config, weights, tern = _read(src)
+    check_expressible(config, "hf")
+    G, eps = config.ternary.group_size, config.ternary.eps
+    tensors = {}
+    for name in parameter_shapes(config.model):
+        w = weights[name]
+        if name in tern:
+            q, s = quantize(w, G, eps)
+            g = q.reshape(1, 1, -1) if G == 0 else q.reshape(w.shape[0], -1, G)
+            w = (g.astype(np.float32) * s[..., None]).reshape(w.shape).astype(np.float32)
+        tensors[name] = np.ascontiguousarray(w, np.float32)
+    tok_files, tok_note = _tokenizer_files(config)
+    out = Path(out)
+
+    def write(tmp: Path) -> None:
+        (tmp / "config.json").write_text(json.dumps(hf_config(config), indent=2) + "\n")
+        (tmp / "generation_config.json").write_text(json.dumps({"do_sample": False}) + "\n")
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        for f in tok_files:
+            shutil.copy2(f, tmp / f.name)
+
+    _staged(out, force, write)
+    return {"out": str(out), "tensors": len(tensors), "ternary": len(tern), "tokenizer": tok_note,
+            "bytes": sum(f.stat().st_size for f in out.iterdir() if f.is_file())}
+
+
+# ---- mlx-lm ---------------------------------------------------------------------------------------
+def pack_mlx_2bit(codes: np.ndarray) -> np.ndarray:
+    """(out, in) int8 codes in {-1,0,1} -> (out, in // 16) uint32, value j of a word = code + 1 at bits 2j."""
+    out_, inp = codes.shape
+    v = (codes.astype(np.int64) + 1).astype(np.uint32).reshape(out_, inp // 16, 16)
+    shifts = (2 * np.arange(16, dtype=np.uint32))
+    return np.bitwise_or.reduce(v << shifts, axis=-1).astype(np.uint32)
+
+
+def to_mlx_lm(src: str | Path, out: str | Path, *, force: bool = False) -> dict[str, Any]:
+    """The checkpoint `src` in mlx-lm's 2-bit affine quantized Qwen3 layout at `out`."""
+    import mlx.core as mx
+    config, weights, tern = _read(src)
+    check_expressible(config, "mlx-lm")
+    G, eps = config.ternary.group_size, config.ternary.eps
+    if tern and G not in MLX_GROUP_SIZES:
+        raise ConfigError(f"--to mlx-lm: ternary.group_size = {G} cannot be stored in MLX's quantized layout "
+                          f"(supported group sizes: {', '.join(map(str, MLX_GROUP_SIZES))})")
+    if not tern:
+        raise ConfigError("--to mlx-lm: this checkpoint has no ternary weights (ternary disabled); "
+                          "use --to hf for a float export")
+    tensors: dict[str, mx.array] = {}
+    for name in parameter_shapes(config.model):
+        w = weights[name]
+        if name not in tern:
+            tensors[name] = mx.array(w)
+            continue
+        q, s = quantize(w, G, eps)
+        packed = mx.array(pack_mlx_2bit(q))
+        scales, biases = mx.array(s), mx.array(-s)
+        back = np.array(mx.dequantize(packed, scales, biases, group_size=G, bits=2))
+        want = (q.reshape(w.shape[0], -1, G).astype(np.float32) * s[..., None]).reshape(w.shape)
+        if not np.array_equal(back, want):
+            raise CheckpointError(f"{name}: MLX 2-bit packing does not dequantize to q * s "
+                                  f"(max error {np.abs(back - want).max():.3g})")
+        base = name[:-len(".weight")]
+        tensors[name] = packed
+        tensors[base + ".scales"] = scales
+        tensors[base + ".biases"] = biases
+    cfg = hf_config(config)
+    cfg["quantization"] = {"group_size": G, "bits": 2}
+    tok_files, tok_note = _tokenizer_files(config)
+    out = Path(out)
+
+    def write(tmp: Path) -> None:
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        mx.save_safetensors(str(tmp / "model.safetensors"), tensors, metadata={"format": "mlx"})
+        for f in tok_files:
+            shutil.copy2(f, tmp / f.name)
+
+    _staged(out, force, write)
+    return {"out": str(out), "tensors": len(tensors), "ternary": len(tern), "tokenizer": tok_note,
+            "group_size": G, "bytes": sum(f.stat().st_size for f in out.iterdir() if f.is_file())}
