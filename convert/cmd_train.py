@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from convert import blas
 from convert.common import CliError, backend_arg, checkpoint_dir, positive_int, sub
@@ -55,18 +56,29 @@ def load_model(path: str, backend: str, use_ema: bool):
     When the run kept an EMA of the weights (train.ema_decay) and the checkpoint holds it, the EMA
     weights are used unless `use_ema` is False: they are what training evaluated."""
     from shared import checkpoint as fmt
-    ckpt = checkpoint_dir(path)
+    packed = Path(path).is_file()  # a `ternary convert --to packed` artifact: the round trip (S15)
+    if packed:
+        from convert.export import load_packed
+        ckpt = Path(path)
+        cfg, packed_weights = load_packed(ckpt, form="latent")  # same codes; scales from fp16
+    else:
+        ckpt = checkpoint_dir(path)
     if backend == "mlx":
         import mlx.core as mx
         from ternary_mlx import checkpoint, evaluate, generate
-        model, cfg = checkpoint.load(ckpt)
+        from ternary_mlx.model import Model
+        model, cfg = (Model(cfg, packed_weights), cfg) if packed else checkpoint.load(ckpt)
         info = f"mlx {mx.__version__}, {mx.default_device()}, blas: {blas.describe()}"
     else:
         import torch
         from ternary_cuda import checkpoint, evaluate, generate
+        from ternary_cuda.model import Model
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        model, cfg = checkpoint.load(ckpt, device=device)
+        model, cfg = (Model(cfg, packed_weights, device=device), cfg) if packed else checkpoint.load(ckpt, device=device)
         info = f"torch {torch.__version__}, {device}"
+    if packed:
+        return (model, cfg, ckpt, (evaluate.evaluate, generate.generate), "packed",
+                f"{info}; packed artifact (codes exact, scales and float parameters in fp16)")
     weights, note = "latent", "latent weights"
     if cfg.train.ema_decay and use_ema:
         opt = fmt.read_optimizer(ckpt)

@@ -179,6 +179,22 @@ def test_eval_matches_the_training_summary(mlx_run):
         assert ev["entropy_gap_bpb"] == pytest.approx(summary["entropy_gap_bpb"], abs=1e-6)
 
 
+def test_eval_reads_a_packed_artifact_for_the_round_trip_score(mlx_run, tmp_path):
+    """S15: the exported artifact is scored next to the training checkpoint; fp16 scales move the
+    score only slightly, and the codes are the same."""
+    packed = tmp_path / "model.tpk"
+    r = run("convert", str(mlx_run), "--to", "packed", "--out", str(packed))
+    assert r.returncode == 0, r.stdout + r.stderr
+    scores = {}
+    for name, src in (("ckpt", mlx_run), ("packed", packed)):
+        r = run("eval", str(src), "--max-tokens", "2000", "--json")
+        assert r.returncode == 0, r.stdout + r.stderr
+        scores[name] = json.loads(r.stdout)
+    assert scores["packed"]["weights"] == "packed"
+    assert scores["packed"]["val_bpb"] == pytest.approx(scores["ckpt"]["val_bpb"], abs=5e-3)
+    assert scores["packed"]["val_bpb"] != scores["ckpt"]["val_bpb"]  # really the fp16 artifact
+
+
 def test_eval_uses_the_ema_weights_the_run_evaluated(tmp_path):
     out = tmp_path / "run"
     train(out, "mlx", "train.ema_decay=0.9", "train.eval_every=0")
