@@ -101,8 +101,9 @@ def register_export(subs) -> None:
             "  ternary convert runs/smoke-mlx --to canonical --out runs/smoke-clean\n"
             "  ternary convert runs/smoke-mlx --to packed --out smoke.tpk\n"
             "  ternary convert runs/smoke-mlx --to packed --out smoke.tpk --compress none\n"
-            "  ternary convert runs/smoke-mlx --to hf --out smoke-hf        (Qwen3ForCausalLM.from_pretrained)\n"
-            "  ternary convert runs/smoke-mlx --to mlx-lm --out smoke-mlx-lm  (mlx_lm.load; group 64/128)\n\n"
+            "  ternary convert ckpt/qwen3 --to hf --out qwen3-hf           (Qwen3ForCausalLM.from_pretrained)\n"
+            "  ternary convert ckpt/qwen3 --to mlx-lm --out qwen3-mlx-lm   (mlx_lm.load; group 64/128)\n"
+            "  (hf and mlx-lm need a stock Qwen3 shape: SwiGLU, q/k norm, no soft-cap; not the relu^2 smoke)\n\n"
             "packed: one file, a JSON header (config, tensor table) and base-3 codes (5 per byte), fp16 scales\n"
             "and fp16 other parameters; load it with convert.export.load_packed. The ternary forward pass is\n"
             "kept up to fp16 rounding of the scales (<= 2^-11 relative); latent weights are not.", cmd_convert)

@@ -55,7 +55,9 @@ class Trainer(TrainerCommon):
             loss = la.detach() if loss is None else loss + la.detach()
         with torch.no_grad():
             loss = loss / xs.shape[0]
-            grads = {k: p.grad / xs.shape[0] for k, p in self.params.items()}
+            grads = {k: p.grad for k, p in self.params.items()}
+            if xs.shape[0] > 1:  # x / 1 == x: no extra full pass over the gradients without accumulation
+                grads = {k: g / xs.shape[0] for k, g in grads.items()}
             gnorm = torch.sqrt(sum(torch.sum(g * g) for g in grads.values()))
             clip = self.config.train.grad_clip
             if clip:

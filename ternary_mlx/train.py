@@ -50,7 +50,8 @@ class Trainer(TrainerCommon):
                 loss = la if loss is None else loss + la
                 grads = ga if grads is None else {k: grads[k] + ga[k] for k in grads}
             loss = loss / xs.shape[0]
-            grads = {k: g / xs.shape[0] for k, g in grads.items()}
+            if xs.shape[0] > 1:  # x / 1 == x: no extra full pass over the gradients without accumulation
+                grads = {k: g / xs.shape[0] for k, g in grads.items()}
             gnorm = mx.sqrt(sum(mx.sum(g * g) for g in grads.values()))
             if clip:
                 scale = mx.minimum(1.0, clip / (gnorm + 1e-6))

@@ -9,16 +9,10 @@ from mlx.utils import tree_flatten
 
 from shared.config import RunConfig
 from shared.naming import parameter_shapes, ternary_parameters
+from tests.backends import TINY_BASE as BASE, TINY_VARIANTS as CONFIGS
 from ternary_mlx.loss import next_token_loss
 from ternary_mlx.model import Model
 
-CONFIGS = [
-    [],
-    ["model.tie_word_embeddings=false", "model.hidden_act=relu2", "model.qk_norm=false"],
-    ["model.head_dim=32", "ternary.targets=[\"attn\",\"mlp\",\"embed\",\"lm_head\"]"],
-]
-BASE = ["model.vocab_size=128", "model.hidden_size=64", "model.intermediate_size=128",
-        "model.num_hidden_layers=2", "ternary.group_size=32"]
 
 
 @pytest.mark.parametrize("extra", CONFIGS)
