@@ -27,6 +27,9 @@ class Backend:
     Model: type
     Trainer: type
     version: str
+    # Data parallelism: an object with `setup() -> (rank, world_size)` and `teardown()`
+    # (ternary_cuda/parallel.py, ternary_mlx/parallel.py). None: always one process.
+    parallel: Any = None
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -233,5 +236,11 @@ def run_from_args(args, backend: Backend) -> int:
         cfg = config_from_args(args)
         out_dir = args.out or default_out_dir(args, backend.name)
     init = _checkpoint_dir(args.init) if args.init else None
-    result, _ = train(cfg, backend, out_dir, resume=ckpt, init=init, progress=not args.no_progress)
+    rank, world_size = backend.parallel.setup() if backend.parallel is not None else (0, 1)
+    try:
+        result, _ = train(cfg, backend, out_dir, resume=ckpt, init=init, progress=not args.no_progress,
+                          log=print if rank == 0 else (lambda _m: None), rank=rank, world_size=world_size)
+    finally:
+        if backend.parallel is not None:
+            backend.parallel.teardown()
     return 0 if not result.stopped_because.startswith("interrupted") else 130
