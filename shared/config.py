@@ -109,6 +109,12 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps; 0 = only at the end (and on Ctrl-C)
     log_every: int = 10  # steps between host syncs for loss/throughput
     seed: int = 0
+    # Knowledge distillation (`ternary train --teacher DIR`): a frozen teacher checkpoint, run as its
+    # own config says (import it with --no-ternary for a float teacher). The loss is
+    # (1 - distill_alpha) * CE + distill_alpha * T^2 * KL(teacher_T || student_T), T = distill_temperature.
+    teacher: str | None = None
+    distill_alpha: float = 0.5
+    distill_temperature: float = 2.0
 
 
 @dataclass
@@ -264,6 +270,9 @@ class RunConfig:
             raise ConfigError("train.patience counts evaluations and must be >= 1 (or absent)")
         if min(tr.lr, tr.muon_lr, tr.log_every, tr.eval_tokens) <= 0:
             raise ConfigError("train.lr, train.muon_lr, train.log_every and train.eval_tokens must be positive")
+        if not 0 <= tr.distill_alpha <= 1 or tr.distill_temperature <= 0:
+            raise ConfigError(f"train.distill_alpha must be in [0, 1] and train.distill_temperature positive, "
+                              f"got {tr.distill_alpha} and {tr.distill_temperature}")
         if min(tr.eval_every, tr.checkpoint_every, tr.warmup_steps) < 0 or tr.grad_clip < 0:
             raise ConfigError("train.eval_every, train.checkpoint_every, train.warmup_steps and "
                               "train.grad_clip must be >= 0")

@@ -47,16 +47,27 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="continue a run from its checkpoint (a run directory or a checkpoint); "
                         "--set may change train.* values such as train.steps")
     p.add_argument("--init", type=Path, metavar="CKPT",
-                   help="start from these weights (a checkpoint directory) with a fresh optimizer")
+                   help="start from these weights (a checkpoint directory) with a fresh optimizer; without "
+                        "--preset/--config the run takes the checkpoint's config (change it with --set, "
+                        "e.g. --set ternary.enabled=true)")
+    p.add_argument("--teacher", type=Path, metavar="CKPT",
+                   help="distil from this frozen checkpoint (run as its config says; import a Hugging Face "
+                        "model with --no-ternary for a float teacher); sets train.teacher, mixed with "
+                        "cross-entropy by train.distill_alpha at train.distill_temperature")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
 
 
 def config_from_args(args) -> RunConfig:
+    overrides = list(args.overrides)
+    if getattr(args, "teacher", None) is not None:
+        overrides.append(f"train.teacher={_checkpoint_dir(args.teacher).resolve()}")
     if args.config:
         cfg = RunConfig.load_toml(args.config)
+    elif args.preset is None and getattr(args, "init", None) is not None:
+        cfg = fmt.read_config(_checkpoint_dir(args.init))  # fine-tuning: the imported model's own config
     else:
         cfg = get_preset(args.preset or "smoke")
-    return cfg.with_overrides(args.overrides)
+    return cfg.with_overrides(overrides)
 
 
 def _checkpoint_dir(path: Path) -> Path:
@@ -85,7 +96,28 @@ def _absolute_paths(cfg: RunConfig) -> RunConfig:
         d.source = str(Path(d.source).resolve())
     if d.tokenizer not in BUILTIN_TOKENIZERS and Path(d.tokenizer).exists():
         d.tokenizer = str(Path(d.tokenizer).resolve())
+    if cfg.train.teacher is not None and Path(cfg.train.teacher).exists():
+        cfg.train.teacher = str(_checkpoint_dir(Path(cfg.train.teacher)).resolve())
     return cfg
+
+
+def load_teacher(cfg: RunConfig, backend: Backend, tokenizer, log: Callable[[str], None]):
+    """The frozen teacher of train.teacher, checked against the student's vocabulary and tokenizer."""
+    path = Path(cfg.train.teacher)
+    teacher_cfg, weights = fmt.read_checkpoint(_checkpoint_dir(path))
+    if teacher_cfg.model.vocab_size != cfg.model.vocab_size:
+        raise ConfigError(f"train.teacher {path}: vocab_size {teacher_cfg.model.vocab_size} differs from the "
+                          f"student's {cfg.model.vocab_size}; distillation needs the same vocabulary")
+    teacher_tok = get_tokenizer(teacher_cfg.data.tokenizer)
+    if teacher_tok.sha256 != tokenizer.sha256:
+        raise ConfigError(f"train.teacher {path}: its tokenizer {teacher_tok.name!r} is not the student's "
+                          f"{tokenizer.name!r}; distillation needs the same tokenizer")
+    from shared.loop import count_parameters
+    total, _ = count_parameters(teacher_cfg)
+    kind = "ternary" if teacher_cfg.ternary.enabled else "float"
+    log(f"teacher: {path} ({kind}, {total:,} parameters, frozen); loss = {1 - cfg.train.distill_alpha:g} CE + "
+        f"{cfg.train.distill_alpha:g} T^2 KL at T = {cfg.train.distill_temperature:g}")
+    return backend.Model(teacher_cfg, weights, seed=0)
 
 
 def train(cfg: RunConfig, backend: Backend, out_dir: Path, *, resume: Path | None = None,
@@ -116,12 +148,13 @@ def train(cfg: RunConfig, backend: Backend, out_dir: Path, *, resume: Path | Non
         if init_cfg.model != cfg.model:
             raise ConfigError(f"--init {init}: its model config differs from this run's")
         log(f"initialising weights from {init}")
+    teacher = load_teacher(cfg, backend, tokenizer, log) if cfg.train.teacher else None
     out_dir.mkdir(parents=True, exist_ok=True)  # after the checks: a refused resume leaves the run's config.toml as it was
     cfg.save_toml(out_dir / "config.toml")
     if resume is not None:
         _truncate_metrics(out_dir / "metrics.jsonl", state.get("step", 0))
     model = backend.Model(cfg, weights, seed=cfg.train.seed)
-    trainer = backend.Trainer(cfg, model, opt_state)
+    trainer = backend.Trainer(cfg, model, opt_state, teacher=teacher)
     plan = preflight(cfg, dataset, world_size, log)
     result = run(cfg, trainer, dataset, out_dir, start_step=state.get("step", 0),
                  loader_state=state.get("loader"), best_val=state.get("best_val_loss"),

@@ -17,3 +17,16 @@ def next_token_loss(model, input_ids: torch.Tensor, targets: torch.Tensor) -> to
     if model.check_ids:  # targets out of range are an error, never clamped or ignored (S13)
         check_token_ids(targets.detach().cpu().numpy(), model.config.model.vocab_size, "targets")
     return cross_entropy(model(input_ids), targets)
+
+
+def distillation_loss(logits: torch.Tensor, targets: torch.Tensor, teacher_logits: torch.Tensor,
+                      alpha: float, temperature: float) -> torch.Tensor:
+    """(1 - alpha) * CE + alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)), mean per token.
+
+    T^2 keeps the soft term's gradient scale independent of T (Hinton et al. 2015).
+    """
+    ce = cross_entropy(logits, targets)
+    log_p_s = F.log_softmax(logits.float() / temperature, dim=-1)
+    log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    kl = torch.sum(torch.exp(log_p_t) * (log_p_t - log_p_s), dim=-1).mean()
+    return (1.0 - alpha) * ce + alpha * temperature ** 2 * kl

@@ -15,7 +15,7 @@ from shared.ternary import quant_lambda
 from shared.trainer_common import TrainerCommon
 from ternary_cuda import checkpoint
 from ternary_cuda.evaluate import evaluate
-from ternary_cuda.loss import cross_entropy
+from ternary_cuda.loss import cross_entropy, distillation_loss
 from ternary_cuda.model import Model
 from ternary_cuda.optim import Optimizer
 
@@ -25,8 +25,9 @@ class Trainer(TrainerCommon):
     checkpoint = checkpoint
     evaluate_model = staticmethod(evaluate)
 
-    def __init__(self, config: RunConfig, model: Model, optimizer_state: dict[str, np.ndarray] | None = None):
-        self.config, self.model = config, model
+    def __init__(self, config: RunConfig, model: Model, optimizer_state: dict[str, np.ndarray] | None = None,
+                 teacher: Model | None = None):
+        self.config, self.model, self.teacher = config, model, teacher
         model.check_ids = False  # the loader validated every id once (S13); no device sync per step
         self.device = next(model.parameters()).device
         self.params = dict(model.named_parameters())
@@ -36,6 +37,18 @@ class Trainer(TrainerCommon):
         elif config.train.ema_decay:
             self.opt.init_ema(self.params)
         self.dynamic_lambda = config.ternary.enabled and config.ternary.warmup_steps > 0
+        if teacher is not None:  # frozen: no gradients, never saved
+            teacher.check_ids = False
+            teacher.requires_grad_(False)
+            teacher.eval()
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.teacher is None:
+            return cross_entropy(self.model(x), y)
+        with torch.no_grad():
+            teacher_logits = self.teacher(x)
+        t = self.config.train
+        return distillation_loss(self.model(x), y, teacher_logits, t.distill_alpha, t.distill_temperature)
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(self.device, non_blocking=True)
@@ -50,7 +63,7 @@ class Trainer(TrainerCommon):
             self.model.set_quant_lambda(quant_lambda(step, self.config.ternary.warmup_steps))
         loss = None
         for a in range(xs.shape[0]):  # gradient accumulation: sum, then divide once
-            la = cross_entropy(self.model(xs[a]), ys[a])
+            la = self._loss(xs[a], ys[a])
             la.backward()
             loss = la.detach() if loss is None else loss + la.detach()
         with torch.no_grad():

@@ -18,3 +18,16 @@ def next_token_loss(model, input_ids: mx.array, targets: mx.array) -> mx.array:
     if model.check_ids:  # targets out of range are an error, never clamped or ignored (S13)
         check_token_ids(np.array(targets), model.config.model.vocab_size, "targets")
     return cross_entropy(model(input_ids), targets)
+
+
+def distillation_loss(logits: mx.array, targets: mx.array, teacher_logits: mx.array,
+                      alpha: float, temperature: float) -> mx.array:
+    """(1 - alpha) * CE + alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)), mean per token.
+
+    T^2 keeps the soft term's gradient scale independent of T (Hinton et al. 2015).
+    """
+    ce = cross_entropy(logits, targets)
+    log_p_s = nn.log_softmax(logits.astype(mx.float32) / temperature, axis=-1)
+    log_p_t = nn.log_softmax(teacher_logits.astype(mx.float32) / temperature, axis=-1)
+    kl = mx.sum(mx.exp(log_p_t) * (log_p_t - log_p_s), axis=-1).mean()
+    return (1.0 - alpha) * ce + alpha * temperature ** 2 * kl

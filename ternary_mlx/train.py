@@ -17,7 +17,7 @@ from shared.ternary import quant_lambda
 from shared.trainer_common import TrainerCommon
 from ternary_mlx import checkpoint
 from ternary_mlx.evaluate import evaluate
-from ternary_mlx.loss import cross_entropy
+from ternary_mlx.loss import cross_entropy, distillation_loss
 from ternary_mlx.model import Model
 from ternary_mlx.optim import Optimizer
 
@@ -27,8 +27,9 @@ class Trainer(TrainerCommon):
     checkpoint = checkpoint
     evaluate_model = staticmethod(evaluate)
 
-    def __init__(self, config: RunConfig, model: Model, optimizer_state: dict[str, np.ndarray] | None = None):
-        self.config, self.model = config, model
+    def __init__(self, config: RunConfig, model: Model, optimizer_state: dict[str, np.ndarray] | None = None,
+                 teacher: Model | None = None):
+        self.config, self.model, self.teacher = config, model, teacher
         model.check_ids = False  # the loader validated every id once (S13); compiled code cannot read back
         params = dict(tree_flatten(model.parameters()))
         self.opt = Optimizer(config.train, {k: tuple(v.shape) for k, v in params.items()})
@@ -37,7 +38,18 @@ class Trainer(TrainerCommon):
         elif config.train.ema_decay:
             self.opt.init_ema(params)
         self.dynamic_lambda = config.ternary.enabled and config.ternary.warmup_steps > 0
-        loss_and_grad = nn.value_and_grad(model, lambda x, y: cross_entropy(model(x), y))
+        t = config.train
+        if teacher is not None:  # frozen: outside value_and_grad, so no gradients; never saved
+            teacher.check_ids = False
+            teacher.freeze()
+
+        def loss_fn(x: mx.array, y: mx.array) -> mx.array:
+            if teacher is None:
+                return cross_entropy(model(x), y)
+            teacher_logits = mx.stop_gradient(teacher(x))
+            return distillation_loss(model(x), y, teacher_logits, t.distill_alpha, t.distill_temperature)
+
+        loss_and_grad = nn.value_and_grad(model, loss_fn)
         clip = config.train.grad_clip
 
         def step_fn(xs: mx.array, ys: mx.array, scalars: dict[str, mx.array]):
@@ -61,6 +73,8 @@ class Trainer(TrainerCommon):
             return loss, gnorm
 
         self._state = [model.state, self.opt.state]
+        if teacher is not None:  # an input of the compiled step, not a constant baked into it
+            self._state.append(teacher.state)
         self._step = mx.compile(step_fn, inputs=self._state, outputs=self._state)
 
     def step(self, windows: np.ndarray, step: int):

@@ -27,8 +27,8 @@ def backend(name: str, wrap=None) -> Backend:
     trainer = importlib.import_module(f"{pkg}.train")
     Trainer = trainer.Trainer
     if wrap is not None:
-        def Trainer(cfg, m, opt=None, _T=trainer.Trainer):  # noqa: N802 - stands in for a class
-            return wrap(_T(cfg, m, opt))
+        def Trainer(cfg, m, opt=None, teacher=None, _T=trainer.Trainer):  # noqa: N802 - stands in for a class
+            return wrap(_T(cfg, m, opt, teacher=teacher))
     return Backend(name, model.Model, Trainer, "test")
 
 
