@@ -46,6 +46,8 @@ def check_expressible(config: RunConfig, fmt: str = "hf") -> None:
         bad.append(f"model.hidden_act = {m.hidden_act!r} (Qwen3 has a SwiGLU MLP: silu only)")
     if m.final_logit_softcapping:
         bad.append(f"model.final_logit_softcapping = {m.final_logit_softcapping} (Qwen3 has no logit soft-cap)")
+    if m.subln:
+        bad.append("model.subln = true (Qwen3 has no sub-norms before o_proj / down_proj)")
     if t.enabled and t.activation_bits:
         bad.append(f"ternary.activation_bits = {t.activation_bits} (Qwen3 has no activation quantization)")
     if bad:

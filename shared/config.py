@@ -67,6 +67,9 @@ class ModelConfig:
     hidden_act: str = "silu"
     qk_norm: bool = True  # Qwen3 RMSNorm on q and k per head; not a Hugging Face key (always on there)
     final_logit_softcapping: float | None = None  # Gemma-2 key name: logits = c * tanh(logits / c)
+    # SubLN (BitNet): an RMSNorm before o_proj and before down_proj, blended in with the ternary
+    # warm-up lambda (x + lambda * (norm(x) - x)) so a float model fine-tuned to ternary starts unchanged.
+    subln: bool = False
     initializer_range: float = 0.02
 
 

@@ -5,6 +5,8 @@ Options that change the parameter set, in one place:
 - `model.hidden_act = "relu2"`: the MLP has `up_proj` and `down_proj` only (no `gate_proj`).
 - `model.qk_norm = false` (Llama): no `self_attn.q_norm` / `self_attn.k_norm`.
 - `model.tie_word_embeddings = true`: no `lm_head.weight` (the head reads `model.embed_tokens.weight`).
+- `model.subln = true`: `self_attn.attn_sub_norm.weight` (heads * head_dim, before `o_proj`) and
+  `mlp.ffn_sub_norm.weight` (intermediate_size, before `down_proj`), Hugging Face BitNet's names.
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ def parameter_shapes(m: "ModelConfig") -> dict[str, tuple[int, ...]]:
         shapes[p + "self_attn.k_proj.weight"] = (kv_out, d)
         shapes[p + "self_attn.v_proj.weight"] = (kv_out, d)
         shapes[p + "self_attn.o_proj.weight"] = (d, q_out)
+        if m.subln:
+            shapes[p + "self_attn.attn_sub_norm.weight"] = (q_out,)
         if m.qk_norm:
             shapes[p + "self_attn.q_norm.weight"] = (hd,)
             shapes[p + "self_attn.k_norm.weight"] = (hd,)
@@ -34,6 +38,8 @@ def parameter_shapes(m: "ModelConfig") -> dict[str, tuple[int, ...]]:
             shapes[p + "mlp.gate_proj.weight"] = (m.intermediate_size, d)
         shapes[p + "mlp.up_proj.weight"] = (m.intermediate_size, d)
         shapes[p + "mlp.down_proj.weight"] = (d, m.intermediate_size)
+        if m.subln:
+            shapes[p + "mlp.ffn_sub_norm.weight"] = (m.intermediate_size,)
     shapes["model.norm.weight"] = (d,)
     if not m.tie_word_embeddings:
         shapes["lm_head.weight"] = (m.vocab_size, d)

@@ -6,12 +6,15 @@ trainer classes, checkpoint module); nothing here imports mlx or torch.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+import numpy as np
 
 from shared import checkpoint as fmt
 from shared.config import ConfigError, RunConfig
@@ -145,8 +148,7 @@ def train(cfg: RunConfig, backend: Backend, out_dir: Path, *, resume: Path | Non
         log(f"resuming from {resume} at step {state.get('step', 0)}")
     elif init is not None:
         init_cfg, weights = fmt.read_checkpoint(init)
-        if init_cfg.model != cfg.model:
-            raise ConfigError(f"--init {init}: its model config differs from this run's")
+        weights = _add_subln(init_cfg, cfg, weights, init, log)
         log(f"initialising weights from {init}")
     teacher = load_teacher(cfg, backend, tokenizer, log) if cfg.train.teacher else None
     out_dir.mkdir(parents=True, exist_ok=True)  # after the checks: a refused resume leaves the run's config.toml as it was
@@ -166,6 +168,31 @@ def train(cfg: RunConfig, backend: Backend, out_dir: Path, *, resume: Path | Non
         plot_losses(out_dir)
         log(format_summary(summary))
     return result, summary
+
+
+def _add_subln(init_cfg: RunConfig, cfg: RunConfig, weights: dict, init: Path, log: Callable[[str], None]) -> dict:
+    """--init into a run with model.subln from a checkpoint without it: unit sub-norm gains, blended
+    in over ternary.warmup_steps (shared/config.py); any other model difference is an error."""
+    adding = cfg.model.subln and not init_cfg.model.subln
+    if dataclasses.replace(init_cfg.model, subln=cfg.model.subln) != cfg.model or (init_cfg.model.subln and not cfg.model.subln):
+        diff = [f"{k} {getattr(init_cfg.model, k)!r} -> {getattr(cfg.model, k)!r}"
+                for k in vars(cfg.model) if getattr(init_cfg.model, k) != getattr(cfg.model, k)]
+        raise ConfigError(f"--init {init}: its model config differs from this run's ({'; '.join(diff)}); "
+                          "only model.subln may be switched on when initialising")
+    if not adding:
+        return weights
+    from shared.naming import parameter_shapes
+    weights = dict(weights)
+    for name, shape in parameter_shapes(cfg.model).items():
+        if name not in weights:
+            weights[name] = np.ones(shape, np.float32)
+    if cfg.ternary.enabled and cfg.ternary.warmup_steps > 0:
+        log(f"SubLN added (unit gains), blended in over ternary.warmup_steps={cfg.ternary.warmup_steps}: "
+            "the model starts unchanged")
+    else:
+        log("warning: SubLN added with ternary.warmup_steps = 0: it is fully on from step 0 and changes the "
+            "model's outputs; set ternary.warmup_steps > 0 to blend it in from an unchanged model")
+    return weights
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

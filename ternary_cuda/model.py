@@ -16,7 +16,7 @@ from shared.config import RunConfig
 from shared.data_checks import check_token_ids
 from shared.init import init_weights
 from shared.naming import parameter_shapes
-from ternary_cuda.layers import RMSNorm, TernaryEmbedding, TernaryLinear
+from ternary_cuda.layers import RMSNorm, SubLN, TernaryEmbedding, TernaryLinear
 
 
 def _linear(cfg: RunConfig, target: str, d_in: int, d_out: int) -> TernaryLinear:
@@ -49,6 +49,9 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(self.head_dim, m.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, m.rms_norm_eps)
         self.qk_norm = m.qk_norm
+        if m.subln:
+            self.attn_sub_norm = SubLN(self.n_heads * self.head_dim, m.rms_norm_eps)
+        self.subln = m.subln
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
@@ -61,7 +64,8 @@ class Attention(nn.Module):
         q, k = rope(q, self.rope_theta), rope(k, self.rope_theta)
         o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.head_dim ** -0.5,
                                            enable_gqa=self.n_heads != self.n_kv_heads)
-        return self.o_proj(o.transpose(1, 2).reshape(B, T, -1))
+        o = o.transpose(1, 2).reshape(B, T, -1)
+        return self.o_proj(self.attn_sub_norm(o) if self.subln else o)
 
 
 class MLP(nn.Module):
@@ -73,11 +77,17 @@ class MLP(nn.Module):
             self.gate_proj = _linear(cfg, "mlp", m.hidden_size, m.intermediate_size)
         self.up_proj = _linear(cfg, "mlp", m.hidden_size, m.intermediate_size)
         self.down_proj = _linear(cfg, "mlp", m.intermediate_size, m.hidden_size)
+        if m.subln:
+            self.ffn_sub_norm = SubLN(m.intermediate_size, m.rms_norm_eps)
+        self.subln = m.subln
+
+    def _down(self, h):
+        return self.down_proj(self.ffn_sub_norm(h) if self.subln else h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.act == "silu":
-            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-        return self.down_proj(torch.square(F.relu(self.up_proj(x))))
+            return self._down(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self._down(torch.square(F.relu(self.up_proj(x))))
 
 
 class DecoderLayer(nn.Module):
@@ -142,7 +152,7 @@ class Model(nn.Module):
         """Gradual quantization: every ternary weight uses W + lam * (W_t - W) (a float, or a
         scalar array/tensor when the value must change inside a compiled step)."""
         for mod in self.modules():
-            if isinstance(mod, TernaryLinear):
+            if isinstance(mod, (TernaryLinear, SubLN)):  # SubLN is blended in with the same lambda
                 mod._quant_lambda = lam if hasattr(lam, "shape") else float(lam)
 
     def ternary_modules(self) -> dict[str, TernaryLinear]:

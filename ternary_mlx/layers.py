@@ -117,3 +117,17 @@ class RMSNorm(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         return mx.fast.rms_norm(x, self.weight, self.eps)
+
+
+class SubLN(RMSNorm):
+    """BitNet's sub-norm (before o_proj / down_proj), blended in by the quantization warm-up:
+    x + lam * (rms_norm(x) - x). lam = 1 is the plain RMSNorm; lam = 0 leaves the model unchanged."""
+
+    def __init__(self, dims: int, eps: float = 1e-6):
+        super().__init__(dims, eps)
+        self._quant_lambda = 1.0  # set through Model.set_quant_lambda, with the ternary weights
+
+    def __call__(self, x: mx.array) -> mx.array:
+        y = super().__call__(x)
+        lam = self._quant_lambda
+        return y if isinstance(lam, float) and lam == 1.0 else x + lam * (y - x)

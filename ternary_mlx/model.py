@@ -16,7 +16,7 @@ from shared.config import RunConfig
 from shared.data_checks import check_token_ids
 from shared.init import init_weights
 from shared.naming import parameter_shapes
-from ternary_mlx.layers import RMSNorm, TernaryEmbedding, TernaryLinear
+from ternary_mlx.layers import RMSNorm, SubLN, TernaryEmbedding, TernaryLinear
 
 
 def _linear(cfg: RunConfig, target: str, d_in: int, d_out: int) -> TernaryLinear:
@@ -44,6 +44,9 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(self.head_dim, m.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, m.rms_norm_eps)
         self.qk_norm = m.qk_norm
+        if m.subln:
+            self.attn_sub_norm = SubLN(self.n_heads * self.head_dim, m.rms_norm_eps)
+        self.subln = m.subln
 
     def __call__(self, x: mx.array) -> mx.array:
         B, T, _ = x.shape
@@ -55,7 +58,8 @@ class Attention(nn.Module):
         q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))  # (B, heads, T, head_dim)
         q, k = rope(q, self.rope_theta), rope(k, self.rope_theta)
         o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.head_dim ** -0.5, mask="causal")
-        return self.o_proj(o.transpose(0, 2, 1, 3).reshape(B, T, -1))
+        o = o.transpose(0, 2, 1, 3).reshape(B, T, -1)
+        return self.o_proj(self.attn_sub_norm(o) if self.subln else o)
 
 
 class MLP(nn.Module):
@@ -67,11 +71,17 @@ class MLP(nn.Module):
             self.gate_proj = _linear(cfg, "mlp", m.hidden_size, m.intermediate_size)
         self.up_proj = _linear(cfg, "mlp", m.hidden_size, m.intermediate_size)
         self.down_proj = _linear(cfg, "mlp", m.intermediate_size, m.hidden_size)
+        if m.subln:
+            self.ffn_sub_norm = SubLN(m.intermediate_size, m.rms_norm_eps)
+        self.subln = m.subln
+
+    def _down(self, h):
+        return self.down_proj(self.ffn_sub_norm(h) if self.subln else h)
 
     def __call__(self, x: mx.array) -> mx.array:
         if self.act == "silu":
-            return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
-        return self.down_proj(mx.square(nn.relu(self.up_proj(x))))
+            return self._down(nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self._down(mx.square(nn.relu(self.up_proj(x))))
 
 
 class DecoderLayer(nn.Module):
@@ -134,7 +144,7 @@ class Model(nn.Module):
         """Gradual quantization: every ternary weight uses W + lam * (W_t - W) (a float, or a
         scalar array/tensor when the value must change inside a compiled step)."""
         for _, mod in self.named_modules():
-            if isinstance(mod, TernaryLinear):
+            if isinstance(mod, (TernaryLinear, SubLN)):  # SubLN is blended in with the same lambda
                 # object.__setattr__: an array stored the Module way would join `model.state`
                 # and shift the leaves of a compiled step's inputs/outputs.
                 object.__setattr__(mod, "_quant_lambda", lam if hasattr(lam, "shape") else float(lam))

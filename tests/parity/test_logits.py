@@ -35,6 +35,8 @@ CONFIGS = {
     "ternary-embed-head-tied-G64": (dict(), dict(group_size=64, targets=ALL_TARGETS)),
     "ternary-embed-head-untied-pertensor": (dict(tie_word_embeddings=False),
                                             dict(group_size=0, targets=ALL_TARGETS)),
+    "subln-gqa-silu-G64": (dict(subln=True), dict(group_size=64)),
+    "subln-relu2-float": (dict(subln=True, hidden_act="relu2"), dict(enabled=False)),
 }
 SEQ_LENS = [1, 7, 64]
 
