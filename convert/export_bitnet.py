@@ -122,3 +122,18 @@ def to_hf_bitnet(src: str | Path, out: str | Path, *, force: bool = False) -> di
     return {"out": str(out), "tensors": len(tensors), "ternary": len(tern), "packed": len(packed),
             "tokenizer": tok_note, "warnings": warnings,
             "bytes": sum(f.stat().st_size for f in out.iterdir() if f.is_file())}
+
+
+def tensor_bytes(config: RunConfig) -> int | None:
+    """Bytes of tensor data an hf-bitnet export would hold (None when it refuses this config)."""
+    from shared.naming import ternary_parameters
+    tern = set(ternary_parameters(config))
+    try:
+        packed, _, _ = plan(config, tern)
+    except ConfigError:
+        return None
+    n = 0
+    for name, shape in parameter_shapes(config.model).items():
+        size = int(np.prod(shape))
+        n += ((shape[0] + 3) // 4) * shape[1] + 4 if name in packed else 4 * size
+    return n

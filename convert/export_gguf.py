@@ -219,3 +219,23 @@ def to_gguf(src: str | Path, out: str | Path, *, gguf_type: str = "TQ2_0", float
             "max_abs_weight_error": max(s["max_abs_error"] for s in stats.values()),
             "max_rel_weight_error": max(s["max_rel_error"] for s in stats.values()),
             "tokenizer": tok_note, "warnings": warnings, "per_tensor": stats}
+
+
+def tensor_bytes(config: RunConfig, gguf_type: str = "TQ2_0", float_type: str = "f16") -> int | None:
+    """Bytes of tensor data a gguf export would hold (None when it refuses this config)."""
+    import gguf
+    from shared.naming import ternary_parameters
+    block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[gguf_type]]
+    tern = set(ternary_parameters(config)) - {"model.embed_tokens.weight"}
+    try:
+        check_qwen3_shape(config, "gguf")
+    except ConfigError:
+        return None
+    shapes = parameter_shapes(config.model)
+    if not tern or any(shapes[n][1] % block for n in tern):
+        return None
+    n = 0
+    for name, shape in shapes.items():
+        size = int(np.prod(shape))
+        n += size // block * type_size if name in tern else size * (4 if len(shape) == 1 or float_type == "f32" else 2)
+    return n

@@ -19,7 +19,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("accelerate")  # transformers' BitNet quantizer requires it
 
 from convert.cli import main  # noqa: E402
-from convert.export_bitnet import to_hf_bitnet  # noqa: E402
+from convert.export_bitnet import tensor_bytes, to_hf_bitnet  # noqa: E402
 from shared.config import ConfigError, RunConfig  # noqa: E402
 from shared.ternary import quantize, unpack_2bit  # noqa: E402
 from ternary_cuda.checkpoint import load, save  # noqa: E402
@@ -78,6 +78,8 @@ def test_bitnet_export_matches_ternary_forward(tmp_path, capsys, extra):
         scale = files[name[:-len("weight")] + "weight_scale"]
         assert scale.shape == (1,) and scale.dtype == np.float32 and scale[0] == s.reshape(())
 
+    assert tensor_bytes(cfg) == sum(a.nbytes for a in files.values())  # inspect's size
+
     hf = _load_hf(out)
     mods = {n: m for n, m in hf.named_modules() if isinstance(m, AutoBitLinear)}
     assert sorted(f"{n}.weight" for n in mods) == sorted(packed)
@@ -126,6 +128,7 @@ def test_bitnet_refusals(tmp_path, capsys, extra, words):
     with pytest.raises(ConfigError) as e:
         to_hf_bitnet(tmp_path / "ck", tmp_path / "never")
     assert all(w in str(e.value) for w in words), str(e.value)
+    assert tensor_bytes(RunConfig().with_overrides(BASE + list(extra))) is None
     assert main(["convert", str(tmp_path / "ck"), "--to", "hf-bitnet", "--out", str(tmp_path / "never")]) == 2
     assert words[0] in capsys.readouterr().err
     assert not (tmp_path / "never").exists()

@@ -10,7 +10,7 @@ import pytest
 gguf = pytest.importorskip("gguf")
 
 from convert.cli import main  # noqa: E402
-from convert.export_gguf import to_gguf  # noqa: E402
+from convert.export_gguf import tensor_bytes, to_gguf  # noqa: E402
 from shared.checkpoint import write_checkpoint  # noqa: E402
 from shared.config import ConfigError, RunConfig  # noqa: E402
 from shared.init import init_weights  # noqa: E402
@@ -96,6 +96,7 @@ def test_gguf_exact_codes_and_fp16_scales(tmp_path, capsys, gtype, group, tie):
         else:
             assert t.tensor_type.name == "F16"
             assert np.array_equal(np.asarray(t.data).reshape(w.shape), w.astype(np.float16)), name
+    assert tensor_bytes(cfg, gtype) == sum(int(t.n_bytes) for t in tensors.values())  # inspect's size
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
 
 
