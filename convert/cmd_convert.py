@@ -52,6 +52,8 @@ def cmd_convert(args) -> int:
     from convert import export
     from convert.common import CliError, checkpoint_dir
     src = checkpoint_dir(args.src)
+    if args.to != "gguf" and (args.gguf_type is not None or args.gguf_float is not None):
+        raise CliError("--gguf-type and --gguf-float apply to --to gguf only")
     if args.to in ("hf", "mlx-lm"):
         from convert import export_hf
         if args.compress is not None or args.dtype != "float32":
@@ -62,6 +64,8 @@ def cmd_convert(args) -> int:
         print(f"wrote {kind} model {r['out']}: {r['bytes']:,d} bytes, {r['tensors']} tensors "
               f"({r['ternary']} ternary weights dequantized/packed); tokenizer {r['tokenizer']}")
         return 0
+    if args.to in ("hf-bitnet", "gguf"):
+        return _convert_quantized(args, src)
     if args.to == "canonical":
         if args.compress is not None:
             raise CliError("--compress applies to --to packed only")
@@ -87,6 +91,35 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def _convert_quantized(args, src) -> int:
+    """--to hf-bitnet (transformers BitNet, 2-bit packed) and --to gguf (llama.cpp TQ2_0 / TQ1_0)."""
+    from convert.common import CliError
+    if args.compress is not None or args.dtype != "float32":
+        raise CliError(f"--compress and --dtype do not apply to --to {args.to}")
+    if args.to == "hf-bitnet":
+        from convert.export_bitnet import to_hf_bitnet
+        r = to_hf_bitnet(src, args.out, force=args.force)
+        for w in r["warnings"]:
+            print(f"ternary: warning: {w}", file=sys.stderr)
+        print(f"wrote BitNet Qwen3 (transformers AutoBitLinear, offline) {r['out']}: {r['bytes']:,d} bytes, "
+              f"{r['tensors']} tensors ({r['packed']} ternary linears 2-bit packed, per-tensor scale); "
+              f"tokenizer {r['tokenizer']}")
+        return 0
+    from convert.export_gguf import to_gguf
+    r = to_gguf(src, args.out, gguf_type=args.gguf_type or "TQ2_0", float_type=args.gguf_float or "f16",
+                force=args.force)
+    for w in r["warnings"]:
+        print(f"ternary: warning: {w}", file=sys.stderr)
+    scales = ("exact up to fp16 rounding" if r["exact_scales"]
+              else "one per 256-block, averaged over groups (LOSSY)")
+    print(f"wrote GGUF (llama.cpp qwen3, {r['gguf_type']}) {r['out']}: {r['bytes']:,d} bytes, {r['tensors']} tensors; "
+          f"{r['ternary']} ternary weights at {r['bits_per_ternary_weight']:.4f} bits each\n"
+          f"  codes exact (checked by dequantizing every block); scales {scales}; max weight error "
+          f"{r['max_abs_weight_error']:.3g} ({r['max_rel_weight_error']:.3g} of the largest scale)\n"
+          f"  tokenizer {r['tokenizer']}")
+    return 0
+
+
 def register_export(subs) -> None:
     p = sub(subs, "inspect", "Verify a checkpoint and report its config, parameters, ternary codes and export sizes.",
             "  ternary inspect runs/smoke-mlx\n"
@@ -97,20 +130,41 @@ def register_export(subs) -> None:
     p.add_argument("path", metavar="PATH", help="a checkpoint directory, or a run directory holding checkpoint/")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-measure", action="store_true", help="skip building the LZMA packed file (slow on big models)")
-    c = sub(subs, "convert", "Export a checkpoint: canonical (weights only, float32) or packed (base-3 codes + fp16, LZMA).",
+    c = sub(subs, "convert", "Export a checkpoint: canonical, packed (base-3 + LZMA), hf, mlx-lm, hf-bitnet or gguf.",
             "  ternary convert runs/smoke-mlx --to canonical --out runs/smoke-clean\n"
             "  ternary convert runs/smoke-mlx --to packed --out smoke.tpk\n"
             "  ternary convert runs/smoke-mlx --to packed --out smoke.tpk --compress none\n"
             "  ternary convert ckpt/qwen3 --to hf --out qwen3-hf           (Qwen3ForCausalLM.from_pretrained)\n"
             "  ternary convert ckpt/qwen3 --to mlx-lm --out qwen3-mlx-lm   (mlx_lm.load; group 64/128)\n"
-            "  (hf and mlx-lm need a stock Qwen3 shape: SwiGLU, q/k norm, no soft-cap; not the relu^2 smoke)\n\n"
+            "  ternary convert ckpt/qwen3 --to hf-bitnet --out qwen3-bitnet  (AutoModelForCausalLM; group_size 0)\n"
+            "  ternary convert ckpt/qwen3 --to gguf --out qwen3.gguf          (llama.cpp; TQ2_0)\n"
+            "  ternary convert ckpt/qwen3 --to gguf --gguf-type TQ1_0 --gguf-float f32 --out qwen3-tq1.gguf\n"
+            "  (hf, mlx-lm, hf-bitnet and gguf need a stock Qwen3 shape: SwiGLU, q/k norm, no soft-cap; not the\n"
+            "  relu^2 smoke)\n\n"
             "packed: one file, a JSON header (config, tensor table) and base-3 codes (5 per byte), fp16 scales\n"
             "and fp16 other parameters; load it with convert.export.load_packed. The ternary forward pass is\n"
-            "kept up to fp16 rounding of the scales (<= 2^-11 relative); latent weights are not.", cmd_convert)
+            "kept up to fp16 rounding of the scales (<= 2^-11 relative); latent weights are not.\n\n"
+            "hf-bitnet: transformers' BitNet quantizer (AutoBitLinear, offline): ternary linears 2-bit packed\n"
+            "(4 codes per byte along the output dim) with one multiplying weight_scale per tensor, so only\n"
+            "ternary.group_size = 0 exports (grouped or per-row scales are refused). AutoBitLinear always\n"
+            "quantizes activations to 8 bits per token: exact for ternary.activation_bits = 8, a warned\n"
+            "approximation otherwise.\n"
+            "gguf: llama.cpp Qwen3 with TQ2_0 (2.06 bits/weight) or TQ1_0 (1.69): blocks of 256 values of a\n"
+            "row with one fp16 scale, so every ternary weight's in_features must be a multiple of 256\n"
+            "(refused otherwise). Codes are always exact; scales are exact up to fp16 rounding when\n"
+            "group_size is 0 or a multiple of 256, else one least-squares scale per block (lossy, warned).\n"
+            "Norms float32, other float matrices float16 (--gguf-float f32); tokenizer metadata is written\n"
+            "for a Hugging Face byte-level BPE tokenizer directory.", cmd_convert)
     c.add_argument("src", metavar="SRC", help="a checkpoint directory, or a run directory holding checkpoint/")
-    c.add_argument("--to", choices=("canonical", "packed", "hf", "mlx-lm"), required=True,
-                   help="export format (hf: float32 Qwen3 for transformers; mlx-lm: 2-bit quantized for mlx_lm.load)")
-    c.add_argument("--out", metavar="PATH", required=True, help="directory (canonical) or file (packed) to write")
+    c.add_argument("--to", choices=("canonical", "packed", "hf", "mlx-lm", "hf-bitnet", "gguf"), required=True,
+                   help="export format (hf: float32 Qwen3 for transformers; mlx-lm: 2-bit quantized for mlx_lm.load; "
+                        "hf-bitnet: transformers BitNet 2-bit packed; gguf: llama.cpp TQ2_0/TQ1_0)")
+    c.add_argument("--out", metavar="PATH", required=True,
+                   help="directory (canonical, hf, mlx-lm, hf-bitnet) or file (packed, gguf) to write")
+    c.add_argument("--gguf-type", choices=("TQ2_0", "TQ1_0"), default=None,
+                   help="GGUF ternary block type (default TQ2_0; rows must be multiples of 256)")
+    c.add_argument("--gguf-float", choices=("f16", "f32"), default=None,
+                   help="GGUF type of the float matrices (embeddings, float head; default f16); norms are f32")
     c.add_argument("--dtype", choices=("float32",), default="float32", help="canonical weight dtype (float32 only)")
     c.add_argument("--compress", choices=("lzma", "none"), default=None, help="packed payload compression (default lzma)")
     c.add_argument("--force", action="store_true", help="replace an existing output")

@@ -4,8 +4,9 @@ Reports: the manifest check (OK or the exact error), a config summary, parameter
 ternary weight the code distribution (fractions of -1 / 0 / +1 from shared.ternary.quantize on the
 latent weights) and its scale statistics, the overall code entropy (bits per ternary weight), and
 sizes: float32 and bf16 tensor data, 2-bit packing (shared.ternary.pack_2bit layout: ceil(out/4)
-rows) + fp16 scales + bf16 other parameters, and the packed artifact of convert/export.py (base-3 +
-fp16 + LZMA), built in memory to measure it.
+rows) + fp16 scales + bf16 other parameters, the tensor data of the hf-bitnet and gguf TQ2_0 / TQ1_0
+exports (convert/export_bitnet.py, convert/export_gguf.py; n/a where they refuse the model), and the
+packed artifact of convert/export.py (base-3 + fp16 + LZMA), built in memory to measure it.
 """
 from __future__ import annotations
 
@@ -72,6 +73,11 @@ def inspect(path: str | Path, measure_packed: bool = True) -> dict[str, Any]:
     n_float = n_total - n_tern
     sz: dict[str, Any] = {"float32": 4 * n_total, "bf16": 2 * n_total,
                           "packed_2bit": two_bit + 2 * n_scales + 2 * n_float}
+    # tensor data of the stock-tool exports; None where that export refuses this model
+    from convert import export_bitnet, export_gguf
+    sz["hf_bitnet"] = export_bitnet.tensor_bytes(config)
+    sz["gguf_tq2_0"] = export_gguf.tensor_bytes(config, "TQ2_0")
+    sz["gguf_tq1_0"] = export_gguf.tensor_bytes(config, "TQ1_0")
     if measure_packed:
         blob, st = pack(config, weights, "lzma")
         sz["packed_base3_lzma"] = st.bytes
@@ -111,6 +117,12 @@ def format_report(r: dict[str, Any]) -> str:
     lines.append(f"    float32 checkpoint (tensor data)       {s['float32']:>14,d} B")
     lines.append(f"    bf16 checkpoint (tensor data)          {s['bf16']:>14,d} B")
     lines.append(f"    2-bit ternary + fp16 scales + bf16     {s['packed_2bit']:>14,d} B")
+    for key, label in (("hf_bitnet", "hf-bitnet: 2-bit packed + float32      "),
+                       ("gguf_tq2_0", "gguf TQ2_0 + f16 floats + f32 norms    "),
+                       ("gguf_tq1_0", "gguf TQ1_0 + f16 floats + f32 norms    ")):
+        if key in s:
+            lines.append(f"    {label} " + (f"{s[key]:>14,d} B" if s[key] is not None
+                                            else f"{'n/a':>14}   (this model cannot be exported so; see convert --help)"))
     if "packed_base3_lzma" in s:
         extra = f"  ({s['packed_bits_per_ternary_weight']:.3f} bits/ternary weight"
         if s.get("packed_code_bits_per_weight_compressed") is not None:

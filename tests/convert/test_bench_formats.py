@@ -1,0 +1,43 @@
+"""bench/formats.py on a tiny checkpoint (sizes only): the JSON holds every format, and the sizes that
+follow from the layouts come out (TQ2_0 66 bytes / TQ1_0 54 bytes per 256 weights, base-3 codes 8/5
+bits, 2-bit packing + one fp32 scale per tensor, fp32 canonical)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shared.checkpoint import write_checkpoint
+from shared.config import RunConfig
+from shared.init import init_weights
+from shared.naming import parameter_shapes, ternary_parameters
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_formats_smoke(tmp_path):
+    pytest.importorskip("gguf")
+    pytest.importorskip("mlx.core")
+    cfg = RunConfig().with_overrides(["model.vocab_size=64", "model.hidden_size=256", "model.intermediate_size=256",
+                                      "model.num_hidden_layers=1", "model.num_attention_heads=4",
+                                      "model.num_key_value_heads=2", "ternary.group_size=0"])
+    write_checkpoint(tmp_path / "ck", cfg, init_weights(cfg.model, seed=0), writer={"backend": "test"})
+    p = subprocess.run([sys.executable, "bench/formats.py", "--checkpoint", str(tmp_path / "ck"), "--no-import",
+                        "--json-out", str(tmp_path / "f.json")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out == json.loads((tmp_path / "f.json").read_text()) and "import_hf" not in out
+    (m,) = out["models"]
+    shapes = parameter_shapes(cfg.model)
+    tern = ternary_parameters(cfg)
+    n = sum(shapes[k][0] * shapes[k][1] for k in tern)
+    assert m["ternary_weights"] == n and 0 < m["code_entropy_bits"] <= out["log2_3"]
+    f = m["formats"]
+    assert f["gguf_tq2_0"]["ternary_bits_per_weight"] == 2.0625 and f["gguf_tq1_0"]["ternary_bits_per_weight"] == 1.6875
+    assert f["hf_bitnet"]["ternary_bytes"] == n // 4 + 4 * len(tern)
+    assert f["packed"]["codes_bits_per_weight_uncompressed"] == pytest.approx(1.6, abs=1e-3)
+    assert f["canonical_fp32"]["ternary_bits_per_weight"] == 32.0
+    assert "group_size = 0" in f["mlx_lm"]["refused"]  # mlx-lm needs group 64 or 128
