@@ -117,11 +117,14 @@ def train(cfg: RunConfig, backend: Backend, out_dir: Path, *, resume: Path | Non
             raise ConfigError(f"--init {init}: its model config differs from this run's")
         log(f"initialising weights from {init}")
     out_dir.mkdir(parents=True, exist_ok=True)  # after the checks: a refused resume leaves the run's config.toml as it was
-    cfg.save_toml(out_dir / "config.toml")
-    if resume is not None:
-        _truncate_metrics(out_dir / "metrics.jsonl", state.get("step", 0))
+    if rank == 0:  # data parallel: one writer per file
+        cfg.save_toml(out_dir / "config.toml")
+        if resume is not None:
+            _truncate_metrics(out_dir / "metrics.jsonl", state.get("step", 0))
     model = backend.Model(cfg, weights, seed=cfg.train.seed)
     trainer = backend.Trainer(cfg, model, opt_state)
+    for note in getattr(trainer, "notes", []):  # device, precision, data-parallel mode
+        log(note)
     plan = preflight(cfg, dataset, world_size, log)
     result = run(cfg, trainer, dataset, out_dir, start_step=state.get("step", 0),
                  loader_state=state.get("loader"), best_val=state.get("best_val_loss"),
