@@ -118,7 +118,7 @@ def settings(t: TrainConfig) -> tuple[bool, bool, list[str]]:
     if dev.type != "cuda":
         ignored = [k for k, on in (("train.precision=bf16", t.precision == "bf16"), ("train.compile", t.compile),
                                    ("train.tf32", t.tf32)) if on]
-        notes = [f"torch: training on the CPU in float32"
+        notes = ["torch: training on the CPU in float32"
                  + (f" ({', '.join(ignored)}: CUDA only, ignored)" if ignored else "")]
         return False, False, notes
     torch.backends.cuda.matmul.allow_tf32 = t.tf32
@@ -137,9 +137,12 @@ def autocast(bf16: bool):
 # ---- wrapping ------------------------------------------------------------------------------------
 def wrap(model: torch.nn.Module, t: TrainConfig, bf16: bool) -> tuple[torch.nn.Module, list[str]]:
     """The module to run forward/backward through: `model` itself for one process, DDP or FSDP2
-    (train.parallel) for several. FSDP2 shards `model` in place: its parameters become DTensors."""
+    (train.parallel) for several, on this rank's device. FSDP2 shards `model` in place: its
+    parameters become DTensors, moved to the device layer by layer (never the whole model at once)."""
+    if not distributed() or t.parallel == "ddp":
+        model.to(device())
     if not distributed():
-        return model, []
+        return model, ([] if t.parallel == "ddp" else [f"train.parallel={t.parallel}: one process, nothing to shard"])
     if t.parallel == "ddp":
         dev = device()
         wrapped = torch.nn.parallel.DistributedDataParallel(
@@ -211,6 +214,13 @@ def agree(flag: bool) -> bool:
     return bool(t.item())
 
 
+def sharded(params: dict[str, torch.Tensor]) -> bool:
+    """Whether these parameters are FSDP2 shards (optimizer state is then built on the host and
+    sharded one tensor at a time, never whole on the device)."""
+    from torch.distributed.tensor import DTensor
+    return any(isinstance(p, DTensor) for p in params.values())
+
+
 def full(t: torch.Tensor) -> torch.Tensor:
     """The whole tensor of a sharded DTensor (a collective: every rank calls it); others unchanged."""
     from torch.distributed.tensor import DTensor
@@ -221,6 +231,8 @@ def shard_like(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """`t` (the whole tensor, the same on every rank) laid out as `like`: this rank's shard when
     `like` is a DTensor (no communication), else `t` on `like`'s device."""
     from torch.distributed.tensor import DTensor, distribute_tensor
+    if isinstance(t, DTensor):
+        return t  # already laid out (EMA initialised from sharded parameters)
     if isinstance(like, DTensor):
         return distribute_tensor(t.to(like.device, like.dtype), like.device_mesh, like.placements, src_data_rank=None)
     return t.to(like.device)

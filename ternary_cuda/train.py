@@ -2,6 +2,11 @@
 
 `Trainer` owns the model, the optimizer and one step function; `main` is
 `python -m ternary_cuda.train` (also `ternary train --backend torch`, and under torchrun).
+Data parallel (parallel.py; train.parallel = ddp | fsdp2), e.g. on one node with 8 GPUs:
+    torchrun --nproc_per_node=8 -m ternary_cuda.train --config run.toml --out runs/big
+    torchrun --nproc_per_node=8 -m ternary_cuda.train --resume runs/big
+train.batch_size is per rank: the global batch is world_size * batch_size * grad_accum sequences.
+The training forward goes through `self.forward` (DDP / compiled); `self.model` is the bare model.
 """
 from __future__ import annotations
 
@@ -31,13 +36,13 @@ class Trainer(TrainerCommon):
         # One process, or one rank of torchrun (parallel.setup() ran): its device, its wrapper.
         self.rank, self.world_size = parallel.rank(), parallel.world_size()
         self.device = parallel.device()
-        model.to(self.device)
         self.bf16, use_compile, self.notes = parallel.settings(config.train)
         self.wrapped, notes = parallel.wrap(model, config.train, self.bf16)  # FSDP2: params become shards
         self.notes += notes
         self.forward = torch.compile(self.wrapped) if use_compile else self.wrapped
         self.params = dict(model.named_parameters())
-        self.opt = Optimizer(config.train, {k: tuple(v.shape) for k, v in self.params.items()}, self.device)
+        self.opt = Optimizer(config.train, {k: tuple(v.shape) for k, v in self.params.items()},
+                             "cpu" if parallel.sharded(self.params) else self.device)
         self.opt.full, self.opt.shard_like = parallel.full, parallel.shard_like
         if optimizer_state is not None:
             self.opt.load_numpy_state(optimizer_state)
