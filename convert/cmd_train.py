@@ -19,8 +19,9 @@ def make_backend(name: str):
         from ternary_mlx.train import Model, Trainer
         return Backend("mlx", Model, Trainer, mx.__version__)
     import torch
+    from ternary_cuda import parallel
     from ternary_cuda.train import Model, Trainer
-    return Backend("torch", Model, Trainer, torch.__version__)
+    return Backend("torch", Model, Trainer, torch.__version__, parallel=parallel.PARALLEL)  # torchrun: DDP/FSDP2
 
 
 def cmd_train(args) -> int:

@@ -32,6 +32,8 @@ TERNARY_TARGETS = ("attn", "mlp", "embed", "lm_head")
 HIDDEN_ACTS = ("silu", "relu2")  # silu = SwiGLU (gate/up/down); relu2 = down(relu(up(x))^2)
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("constant", "cosine", "warmdown")
+PARALLEL_MODES = ("ddp", "fsdp2")  # torch under torchrun: replicated (DDP) or sharded (FSDP2)
+PRECISIONS = ("float32", "bf16")
 
 # Keys that Hugging Face writes into a Qwen3/Llama config.json and that do not change the math
 # we implement; accepted on input so a stock config.json loads, never written back by us.
@@ -118,6 +120,11 @@ class TrainConfig:
     teacher: str | None = None
     distill_alpha: float = 0.5
     distill_temperature: float = 2.0
+    # PyTorch on several processes (torchrun) and on CUDA; a CPU run ignores the last three (logged).
+    parallel: str = "ddp"  # "ddp" (replicated model) or "fsdp2" (sharded, for models that do not fit)
+    compile: bool = True  # torch.compile the training forward/backward (CUDA only)
+    precision: str = "bf16"  # "bf16" (autocast on CUDA) or "float32"; the CPU always trains in float32
+    tf32: bool = True  # TF32 matmuls (CUDA only)
 
 
 @dataclass
@@ -258,7 +265,8 @@ class RunConfig:
         if tr.steps < 0 or tr.batch_size <= 0 or tr.seq_len <= 0 or tr.grad_accum <= 0:
             raise ConfigError("train.steps must be >= 0; train.batch_size, train.seq_len and "
                               "train.grad_accum positive")
-        for key, options in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+        for key, options in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("parallel", PARALLEL_MODES),
+                             ("precision", PRECISIONS)):
             if getattr(tr, key) not in options:
                 raise ConfigError(f"train.{key}: {getattr(tr, key)!r} is not one of {', '.join(options)}"
                                   f"{_suggest(getattr(tr, key), options)}")

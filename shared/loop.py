@@ -5,6 +5,13 @@ sync), `fetch(handles) -> [(loss, grad_norm)]` (one sync), `numpy_weights()`,
 `numpy_optimizer_state()`, `ema_weights()`, `evaluate(tokens, tokenizer, max_tokens)` and
 `save(path, trainer_state)`. This module owns the cadence: logging, evaluation, early stopping,
 checkpoints, the wall-clock budget, the NaN guard and Ctrl-C.
+
+Data parallel (world_size > 1): every rank runs this loop and takes the same branches (SEEDS S12).
+Each decision that one rank could see differently (its clock, its Ctrl-C, its losses) goes through
+`trainer.agree(flag) -> bool` (true on every rank when true on any; identity for one process) at
+the sync points; `fetch` returns losses averaged over the ranks; every rank calls `save` (under
+FSDP2 gathering the state is a collective) and the trainer writes on rank 0 only; only rank 0
+logs and writes metrics.
 """
 from __future__ import annotations
 
@@ -125,8 +132,9 @@ def run(cfg: RunConfig, trainer, dataset: TokenDataset, out_dir: Path, *, start_
         pending.clear()
         loss = values[-1][0]
         bad = [first + i + 1 for i, (lv, gv) in enumerate(values) if not (math.isfinite(lv) and math.isfinite(gv))]
-        if bad:
-            raise NonFiniteLoss(f"loss or gradient norm is not finite at step {bad[0]}; stopping. "
+        if trainer.agree(bool(bad)):
+            where = f"at step {bad[0]}" if bad else "on another rank"
+            raise NonFiniteLoss(f"loss or gradient norm is not finite {where}; stopping. "
                                 f"The last good checkpoint is {last_good or 'none (no checkpoint yet)'}.")
         result.last_loss = loss
         if bar is not None:
@@ -164,39 +172,41 @@ def run(cfg: RunConfig, trainer, dataset: TokenDataset, out_dir: Path, *, start_
         return ev
 
     stop = _StopFlag(log if is_main else (lambda _m: None))
+    stopping = False  # Ctrl-C, as agreed by all ranks: each step alone, at sync points with several
     try:
         with stop:
-            while step < t.steps and not stop.requested:
+            while step < t.steps and not stopping:
                 windows = np.stack([loader.next_batch() for _ in range(t.grad_accum)])
                 pending.append(trainer.step(windows, step))
                 step += 1
                 result.step = step
                 eval_due = t.eval_every and step % t.eval_every == 0 and step < t.steps
                 ckpt_due = t.checkpoint_every and step % t.checkpoint_every == 0 and step < t.steps
-                if step % t.log_every == 0 or eval_due or ckpt_due or step == t.steps:
+                at_sync = step % t.log_every == 0 or eval_due or ckpt_due or step == t.steps
+                if at_sync:
                     sync()
-                    if t.time_budget_s is not None and result.train_time_s >= t.time_budget_s:
+                    if t.time_budget_s is not None and trainer.agree(result.train_time_s >= t.time_budget_s):
                         result.stopped_because = f"time budget of {t.time_budget_s:g}s reached"
                         break
+                if at_sync or world_size == 1:  # one process checks Ctrl-C every step, at no cost
+                    stopping = trainer.agree(stop.requested)
                 if eval_due:
                     evaluate()
-                    if t.patience is not None and bad_evals >= t.patience:
+                    if t.patience is not None and trainer.agree(bad_evals >= t.patience):
                         result.stopped_because = (f"early stop: no val_loss improvement > {t.min_delta:g} "
                                                   f"in {t.patience} evaluations")
                         break
-                if ckpt_due and is_main:
+                if ckpt_due:
                     save("periodic")
             sync()
-            if stop.requested:
+            if trainer.agree(stop.requested):
                 result.stopped_because = "interrupted (Ctrl-C)"
-                if is_main:
-                    result.checkpoint = save("interrupted")
-                    log(f"interrupted at step {step}; checkpoint saved to {result.checkpoint}")
+                result.checkpoint = save("interrupted")
+                log(f"interrupted at step {step}; checkpoint saved to {result.checkpoint}")
                 return result
             if not result.evals or result.evals[-1]["step"] != step:
                 evaluate()
-            if is_main:
-                result.checkpoint = save("final")
+            result.checkpoint = save("final")
     finally:
         if bar is not None:
             bar.close()

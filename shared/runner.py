@@ -152,11 +152,14 @@ def train(cfg: RunConfig, backend: Backend, out_dir: Path, *, resume: Path | Non
         log(f"initialising weights from {init}")
     teacher = load_teacher(cfg, backend, tokenizer, log) if cfg.train.teacher else None
     out_dir.mkdir(parents=True, exist_ok=True)  # after the checks: a refused resume leaves the run's config.toml as it was
-    cfg.save_toml(out_dir / "config.toml")
-    if resume is not None:
-        _truncate_metrics(out_dir / "metrics.jsonl", state.get("step", 0))
+    if rank == 0:  # data parallel: one writer per file
+        cfg.save_toml(out_dir / "config.toml")
+        if resume is not None:
+            _truncate_metrics(out_dir / "metrics.jsonl", state.get("step", 0))
     model = backend.Model(cfg, weights, seed=cfg.train.seed)
     trainer = backend.Trainer(cfg, model, opt_state, teacher=teacher)
+    for note in getattr(trainer, "notes", []):  # device, precision, data-parallel mode
+        log(note)
     plan = preflight(cfg, dataset, world_size, log)
     result = run(cfg, trainer, dataset, out_dir, start_step=state.get("step", 0),
                  loader_state=state.get("loader"), best_val=state.get("best_val_loss"),
@@ -176,7 +179,7 @@ def _add_subln(init_cfg: RunConfig, cfg: RunConfig, weights: dict, init: Path, l
     adding = cfg.model.subln and not init_cfg.model.subln
     if dataclasses.replace(init_cfg.model, subln=cfg.model.subln) != cfg.model or (init_cfg.model.subln and not cfg.model.subln):
         diff = [f"{k} {getattr(init_cfg.model, k)!r} -> {getattr(cfg.model, k)!r}"
-                for k in vars(cfg.model) if getattr(init_cfg.model, k) != getattr(cfg.model, k)]
+                for k in (f.name for f in dataclasses.fields(cfg.model)) if getattr(init_cfg.model, k) != getattr(cfg.model, k)]
         raise ConfigError(f"--init {init}: its model config differs from this run's ({'; '.join(diff)}); "
                           "only model.subln may be switched on when initialising")
     if not adding:

@@ -3,6 +3,7 @@
 Written once so the two backends cannot drift (SEEDS S11). A backend Trainer subclasses
 `TrainerCommon` and sets `checkpoint` (its checkpoint module) and `evaluate_model` (its
 evaluate function); it provides `model`, `config`, `ema_weights()` and `numpy_optimizer_state()`.
+A data-parallel backend sets `rank` and overrides `agree` (see shared/loop.py).
 """
 from __future__ import annotations
 
@@ -10,12 +11,18 @@ from typing import Any, Callable
 
 import numpy as np
 
+from shared import checkpoint as fmt
 from shared.tokenizers import Tokenizer
 
 
 class TrainerCommon:
     checkpoint: Any
     evaluate_model: Callable[..., dict]
+    rank: int = 0  # data parallel: every rank calls save(), rank 0 writes
+
+    def agree(self, flag: bool) -> bool:
+        """A decision every rank takes alike: true when true on any rank. One process: `flag`."""
+        return bool(flag)
 
     def evaluate(self, tokens: np.ndarray, tokenizer: Tokenizer, max_tokens: int) -> dict:
         """Validation metrics of the current weights (of the EMA weights when EMA is on)."""
@@ -33,8 +40,13 @@ class TrainerCommon:
                 self.model.load_numpy(current)
 
     def save(self, path, trainer_state: dict) -> None:
-        """Checkpoint with optimizer state and trainer state: enough to resume exactly."""
+        """Checkpoint with optimizer state and trainer state: enough to resume exactly. Every rank
+        calls this (gathering sharded state is a collective); only rank 0 writes."""
         t = self.config.train
-        self.checkpoint.save(self.model, self.config, path, optimizer_state=self.numpy_optimizer_state(),
-                             optimizer_meta={"optimizer": t.optimizer, "step": trainer_state["step"]},
-                             trainer_state=trainer_state)
+        optimizer_state = self.numpy_optimizer_state()
+        weights = self.model.numpy_weights()
+        if self.rank == 0:
+            fmt.write_checkpoint(path, self.config, weights, writer=self.checkpoint.BACKEND,
+                                 optimizer_state=optimizer_state,
+                                 optimizer_meta={"optimizer": t.optimizer, "step": trainer_state["step"]},
+                                 trainer_state=trainer_state)

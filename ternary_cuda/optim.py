@@ -38,6 +38,11 @@ class Optimizer:
         self.t = t
         self.shapes = shapes
         self.state: dict[str, torch.Tensor] = {}
+        # Muon orthogonalises whole matrices. Under FSDP2 (parallel.py) parameters, gradients and
+        # state are row shards: `full` gathers the whole matrix (the same on every rank) and
+        # `shard_like` takes this rank's rows of the update back. Identity for one process.
+        self.full = lambda x: x
+        self.shard_like = lambda x, like: x
         for name, shape in shapes.items():
             for slot in slots_for(name, shape, t):
                 self.state[f"{name}.{slot}"] = torch.zeros(shape, dtype=torch.float32, device=device)
@@ -57,7 +62,8 @@ class Optimizer:
             if uses_muon(name, p.shape, t):
                 buf = t.muon_momentum * st[f"{name}.momentum"] + (1 - t.muon_momentum) * g
                 st[f"{name}.momentum"] = buf
-                update = newton_schulz(g + t.muon_momentum * (buf - g)) * muon_scale(p.shape)
+                whole = self.full(g + t.muon_momentum * (buf - g))
+                update = self.shard_like(newton_schulz(whole) * muon_scale(p.shape), p)
                 lr = s["lr_muon"]
             else:
                 m = t.beta1 * st[f"{name}.exp_avg"] + (1 - t.beta1) * g

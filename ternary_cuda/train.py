@@ -2,6 +2,11 @@
 
 `Trainer` owns the model, the optimizer and one step function; `main` is
 `python -m ternary_cuda.train` (also `ternary train --backend torch`, and under torchrun).
+Data parallel (parallel.py; train.parallel = ddp | fsdp2), e.g. on one node with 8 GPUs:
+    torchrun --nproc_per_node=8 -m ternary_cuda.train --config run.toml --out runs/big
+    torchrun --nproc_per_node=8 -m ternary_cuda.train --resume runs/big
+train.batch_size is per rank: the global batch is world_size * batch_size * grad_accum sequences.
+The training forward goes through `self.forward` (DDP / compiled); `self.model` is the bare model.
 """
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from shared.config import RunConfig
 from shared.optim_rules import step_scalars
 from shared.ternary import quant_lambda
 from shared.trainer_common import TrainerCommon
-from ternary_cuda import checkpoint
+from ternary_cuda import checkpoint, parallel
 from ternary_cuda.evaluate import evaluate
 from ternary_cuda.loss import cross_entropy, distillation_loss
 from ternary_cuda.model import Model
@@ -29,29 +34,44 @@ class Trainer(TrainerCommon):
                  teacher: Model | None = None):
         self.config, self.model, self.teacher = config, model, teacher
         model.check_ids = False  # the loader validated every id once (S13); no device sync per step
-        self.device = next(model.parameters()).device
+        # One process, or one rank of torchrun (parallel.setup() ran): its device, its wrapper.
+        self.rank, self.world_size = parallel.rank(), parallel.world_size()
+        self.device = parallel.device()
+        self.bf16, use_compile, self.notes = parallel.settings(config.train)
+        self.wrapped, notes = parallel.wrap(model, config.train, self.bf16)  # FSDP2: params become shards
+        self.notes += notes
+        self.forward = torch.compile(self.wrapped) if use_compile else self.wrapped
         self.params = dict(model.named_parameters())
-        self.opt = Optimizer(config.train, {k: tuple(v.shape) for k, v in self.params.items()}, self.device)
+        self.opt = Optimizer(config.train, {k: tuple(v.shape) for k, v in self.params.items()},
+                             "cpu" if parallel.sharded(self.params) else self.device)
+        self.opt.full, self.opt.shard_like = parallel.full, parallel.shard_like
         if optimizer_state is not None:
             self.opt.load_numpy_state(optimizer_state)
         elif config.train.ema_decay:
             self.opt.init_ema(self.params)
+        self.opt.state = {k: parallel.shard_like(v, self.params[k.rsplit(".", 1)[0]])  # FSDP2: this rank's rows
+                          for k, v in self.opt.state.items()}
         self.dynamic_lambda = config.ternary.enabled and config.ternary.warmup_steps > 0
-        if teacher is not None:  # frozen: no gradients, never saved
+        if self.dynamic_lambda and use_compile:  # one lambda tensor, updated in place: no recompiles
+            self._lambda = torch.zeros((), device=self.device)
+            model.set_quant_lambda(self._lambda)
+        if teacher is not None:  # frozen: no gradients, never saved; replicated on every rank
             teacher.check_ids = False
             teacher.requires_grad_(False)
             teacher.eval()
+            teacher.to(self.device)
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.teacher is None:
-            return cross_entropy(self.model(x), y)
+            return cross_entropy(self.forward(x), y)
         with torch.no_grad():
             teacher_logits = self.teacher(x)
         t = self.config.train
-        return distillation_loss(self.model(x), y, teacher_logits, t.distill_alpha, t.distill_temperature)
+        return distillation_loss(self.forward(x), y, teacher_logits, t.distill_alpha, t.distill_temperature)
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a)).to(self.device, non_blocking=True)
+        a = np.asarray(a)  # (ascontiguousarray alone makes 0-d scalars 1-d, which DTensor warns about)
+        return torch.from_numpy(np.ascontiguousarray(a).reshape(a.shape)).to(self.device, non_blocking=True)
 
     def step(self, windows: np.ndarray, step: int):
         """One optimizer step on (grad_accum, batch, seq_len + 1) windows; returns lazy (loss, grad_norm)."""
@@ -60,18 +80,21 @@ class Trainer(TrainerCommon):
         xs, ys = self._tensor(xs.reshape(shape).astype(np.int64)), self._tensor(ys.reshape(shape).astype(np.int64))
         scalars = {k: self._tensor(v) for k, v in step_scalars(step, self.config.train).items()}
         if self.dynamic_lambda:
-            self.model.set_quant_lambda(quant_lambda(step, self.config.ternary.warmup_steps))
+            self._set_lambda(quant_lambda(step, self.config.ternary.warmup_steps))
         loss = None
-        for a in range(xs.shape[0]):  # gradient accumulation: sum, then divide once
-            la = self._loss(xs[a], ys[a])
-            la.backward()
+        n = xs.shape[0]
+        for a in range(n):  # gradient accumulation: sum, then divide once
+            with parallel.grad_sync(self.wrapped, last=a == n - 1):  # ranks reduce gradients once per step
+                with parallel.autocast(self.bf16):
+                    la = self._loss(xs[a], ys[a])
+                la.backward()
             loss = la.detach() if loss is None else loss + la.detach()
         with torch.no_grad():
             loss = loss / xs.shape[0]
             grads = {k: p.grad for k, p in self.params.items()}
             if xs.shape[0] > 1:  # x / 1 == x: no extra full pass over the gradients without accumulation
                 grads = {k: g / xs.shape[0] for k, g in grads.items()}
-            gnorm = torch.sqrt(sum(torch.sum(g * g) for g in grads.values()))
+            gnorm = parallel.full(torch.sqrt(sum(torch.sum(g * g) for g in grads.values())))  # FSDP2: over all shards
             clip = self.config.train.grad_clip
             if clip:
                 scale = torch.clamp(torch.full_like(gnorm, clip) / (gnorm + 1e-6), max=1.0)  # a true division, as MLX
@@ -81,33 +104,47 @@ class Trainer(TrainerCommon):
                 p.copy_(new[k])
                 p.grad = None
         if self.dynamic_lambda:  # evaluation between steps sees the lambda of the steps done
-            self.model.set_quant_lambda(quant_lambda(step + 1, self.config.ternary.warmup_steps))
+            self._set_lambda(quant_lambda(step + 1, self.config.ternary.warmup_steps))
         return loss, gnorm
 
-    @staticmethod
-    def fetch(handles: list) -> list[tuple[float, float]]:
-        """Host sync: (loss, grad_norm) floats for the pending steps, in one transfer."""
+    def _set_lambda(self, lam: float) -> None:
+        if hasattr(self, "_lambda"):
+            self._lambda.fill_(lam)
+        else:
+            self.model.set_quant_lambda(lam)
+
+    def fetch(self, handles: list) -> list[tuple[float, float]]:
+        """Host sync: (loss, grad_norm) floats for the pending steps, in one transfer. The loss is
+        the mean over all ranks (one all-reduce); the gradient norm is already global."""
         if not handles:
             return []
-        flat = torch.stack([torch.stack([loss, gn]) for loss, gn in handles]).cpu().tolist()
+        stacked = torch.stack([torch.stack([loss, gn]) for loss, gn in handles])
+        stacked[:, 0] = parallel.mean_(stacked[:, 0].contiguous())
+        flat = stacked.cpu().tolist()
         return [(float(a), float(b)) for a, b in flat]
+
+    def agree(self, flag: bool) -> bool:
+        """The loop's decisions (stop, early stop, NaN) taken by every rank alike (SEEDS S12)."""
+        return parallel.agree(flag)
 
     def numpy_weights(self) -> dict[str, np.ndarray]:
         return self.model.numpy_weights()
 
     def numpy_optimizer_state(self) -> dict[str, np.ndarray]:
-        return self.opt.numpy_state()
+        """The whole state (FSDP2: gathered, a collective every rank calls)."""
+        return {k: parallel.full(v).detach().float().cpu().numpy().copy() for k, v in self.opt.state.items()}
 
     def ema_weights(self) -> dict[str, np.ndarray] | None:
         st = self.opt.state
         if not self.config.train.ema_decay:
             return None
-        return {n: st[f"{n}.ema"].detach().float().cpu().numpy().copy() for n in self.opt.shapes}
+        return {n: parallel.full(st[f"{n}.ema"]).detach().float().cpu().numpy().copy() for n in self.opt.shapes}
 
 
 def main(argv: list[str] | None = None) -> int:
     from shared.runner import Backend, main as run_main
-    return run_main(argv, Backend("torch", Model, Trainer, torch.__version__), prog="python -m ternary_cuda.train")
+    return run_main(argv, Backend("torch", Model, Trainer, torch.__version__, parallel=parallel.PARALLEL),
+                    prog="python -m ternary_cuda.train")
 
 
 if __name__ == "__main__":

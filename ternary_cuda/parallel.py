@@ -1,0 +1,238 @@
+"""Data parallelism for the PyTorch backend under torchrun: DDP or FSDP2 (DESIGN 2).
+
+The only module of the project that imports torch.distributed. `PARALLEL` is the backend's
+`shared.runner.Backend.parallel` hook: `setup()` reads the torchrun environment (RANK,
+WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) and, for more than one process, joins the
+process group (gloo on CPU, nccl on CUDA); without torchrun it is one process and touches
+nothing. The Trainer (train.py) asks this module for the device, the wrapped model
+(`wrap`), the gradient-sync context of an accumulation micro-step (`grad_sync`), global means
+(`mean_`), agreed decisions (`agree`) and full <-> sharded tensors (`full`, `shard_like`).
+
+Every rank takes the same branches (SEEDS S12): decisions that depend on something only one
+rank sees (a clock, Ctrl-C) go through `agree`, an all-reduce at the loop's sync points.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import types
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from shared.config import ConfigError, TrainConfig
+
+# A collective that waits longer than this ends the job with an error instead of hanging on a dead
+# peer (NCCL aborts the communicator; gloo raises). Generous, because rank 0 alone writes each
+# checkpoint while the other ranks wait at their next collective.
+TIMEOUT = datetime.timedelta(minutes=15)
+
+
+class DistributedError(RuntimeError):
+    """The torchrun environment is incomplete or inconsistent."""
+
+
+@dataclass
+class World:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+
+_world = World()
+
+
+def read_env(env=os.environ) -> World:
+    """(rank, world_size, local_rank) from the variables torchrun sets; one process without them."""
+    if "WORLD_SIZE" not in env:
+        return World()
+    try:
+        w = World(int(env.get("RANK", "0")), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0")))
+    except ValueError:
+        raise DistributedError(f"torchrun environment: RANK={env.get('RANK')!r}, WORLD_SIZE="
+                               f"{env.get('WORLD_SIZE')!r}, LOCAL_RANK={env.get('LOCAL_RANK')!r} "
+                               "must be integers") from None
+    if w.world_size < 1 or not 0 <= w.rank < w.world_size or w.local_rank < 0:
+        raise DistributedError(f"torchrun environment: RANK={w.rank} is not in [0, WORLD_SIZE={w.world_size}) "
+                               f"or LOCAL_RANK={w.local_rank} is negative")
+    if w.world_size > 1:
+        missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in env]
+        if missing:
+            raise DistributedError(f"WORLD_SIZE={w.world_size} but {', '.join(missing)} is not set; "
+                                   "launch with torchrun, e.g. torchrun --nproc_per_node=2 -m ternary_cuda.train")
+    return w
+
+
+def device() -> torch.device:
+    """This rank's device: cuda:LOCAL_RANK when CUDA is available, else the CPU."""
+    return torch.device("cuda", _world.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def rank() -> int:
+    return _world.rank
+
+
+def world_size() -> int:
+    return _world.world_size
+
+
+def distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def setup() -> tuple[int, int]:
+    """Join the process group when torchrun started more than one process; (rank, world_size)."""
+    global _world
+    w = read_env()
+    _world = w
+    if w.world_size > 1 and not distributed():
+        cuda = torch.cuda.is_available()
+        if cuda:
+            if w.local_rank >= torch.cuda.device_count():
+                raise DistributedError(f"LOCAL_RANK={w.local_rank} but only {torch.cuda.device_count()} "
+                                       "CUDA device(s) are visible; use --nproc_per_node <= the GPU count")
+            torch.cuda.set_device(w.local_rank)
+        dist.init_process_group("nccl" if cuda else "gloo", rank=w.rank, world_size=w.world_size,
+                                timeout=TIMEOUT, **({"device_id": device()} if cuda else {}))
+    return w.rank, w.world_size
+
+
+def teardown() -> None:
+    global _world
+    if distributed():
+        dist.destroy_process_group()
+    _world = World()
+
+
+# The Backend.parallel hook (shared/runner.py).
+PARALLEL = types.SimpleNamespace(setup=setup, teardown=teardown)
+
+
+# ---- settings: precision, TF32, compile ----------------------------------------------------------
+def settings(t: TrainConfig) -> tuple[bool, bool, list[str]]:
+    """(bf16 autocast on, compile on, notes to log) for this device; sets TF32 on CUDA."""
+    dev = device()
+    if dev.type != "cuda":
+        ignored = [k for k, on in (("train.precision=bf16", t.precision == "bf16"), ("train.compile", t.compile),
+                                   ("train.tf32", t.tf32)) if on]
+        notes = ["torch: training on the CPU in float32"
+                 + (f" ({', '.join(ignored)}: CUDA only, ignored)" if ignored else "")]
+        return False, False, notes
+    torch.backends.cuda.matmul.allow_tf32 = t.tf32
+    torch.backends.cudnn.allow_tf32 = t.tf32
+    notes = [f"torch: {dev} ({torch.cuda.get_device_name(dev)}), "
+             f"{'bf16 autocast' if t.precision == 'bf16' else 'float32'}, TF32 {'on' if t.tf32 else 'off'}, "
+             f"torch.compile {'on' if t.compile else 'off'}"]
+    return t.precision == "bf16", t.compile, notes
+
+
+def autocast(bf16: bool):
+    """The forward pass's autocast context (bf16 on CUDA), or nothing."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+# ---- wrapping ------------------------------------------------------------------------------------
+def wrap(model: torch.nn.Module, t: TrainConfig, bf16: bool) -> tuple[torch.nn.Module, list[str]]:
+    """The module to run forward/backward through: `model` itself for one process, DDP or FSDP2
+    (train.parallel) for several, on this rank's device. FSDP2 shards `model` in place: its
+    parameters become DTensors, moved to the device layer by layer (never the whole model at once)."""
+    if not distributed() or t.parallel == "ddp":
+        model.to(device())
+    if not distributed():
+        return model, ([] if t.parallel == "ddp" else [f"train.parallel={t.parallel}: one process, nothing to shard"])
+    if t.parallel == "ddp":
+        dev = device()
+        wrapped = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        return wrapped, [f"data parallel: DDP over {world_size()} processes ({dist.get_backend()})"]
+    if t.parallel == "fsdp2":
+        _fully_shard(model, bf16)
+        return model, [f"data parallel: FSDP2 over {world_size()} processes ({dist.get_backend()}), "
+                       f"one shard group per decoder layer + root"
+                       + (", bf16 parameters / float32 reductions" if bf16 else "")]
+    raise ConfigError(f"train.parallel: {t.parallel!r} is not ddp or fsdp2")
+
+
+def _fully_shard(model, bf16: bool) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    mesh = init_device_mesh(device().type, (world_size(),))
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 \
+        else MixedPrecisionPolicy()
+    for layer in model.model.layers:
+        fully_shard(layer, mesh=mesh, mp_policy=mp)
+    # The root reshards after forward too: evaluation (no backward) must not leave gathered root
+    # weights behind that a later load_numpy (EMA swap, resume) would not reach.
+    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=True)
+    # Keep the canonical NumPy interface (checkpoints, EMA evaluation) on the sharded model:
+    # numpy_weights gathers (a collective: every rank calls it), load_numpy scatters locally.
+    model.numpy_weights = types.MethodType(_numpy_weights_sharded, model)
+    model.load_numpy = types.MethodType(_load_numpy_sharded, model)
+
+
+def _numpy_weights_sharded(model) -> dict[str, np.ndarray]:
+    return {k: full(v).detach().float().cpu().numpy().copy() for k, v in model.named_parameters()}
+
+
+def _load_numpy_sharded(model, weights: dict[str, np.ndarray], device_=None) -> None:
+    from shared.checkpoint import check_tensor_set
+    from shared.naming import parameter_shapes
+    check_tensor_set(parameter_shapes(model.config.model), {k: tuple(v.shape) for k, v in weights.items()},
+                     "weights")
+    with torch.no_grad():
+        for k, p in model.named_parameters():
+            p.copy_(shard_like(torch.from_numpy(np.asarray(weights[k], np.float32)), p))
+
+
+def grad_sync(wrapped, last: bool):
+    """Context of one accumulation micro-step: gradients are reduced across ranks only on the last."""
+    if isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext() if last else wrapped.no_sync()
+    if hasattr(wrapped, "set_requires_gradient_sync"):  # FSDP2
+        wrapped.set_requires_gradient_sync(last)
+    return contextlib.nullcontext()
+
+
+# ---- collectives and tensors ---------------------------------------------------------------------
+def mean_(t: torch.Tensor) -> torch.Tensor:
+    """In place: the mean of `t` over all ranks (identity for one process)."""
+    if distributed():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t /= world_size()
+    return t
+
+
+def agree(flag: bool) -> bool:
+    """True on every rank when `flag` is true on any rank (one all-reduce), so all take the same branch."""
+    if not distributed():
+        return bool(flag)
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device() if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def sharded(params: dict[str, torch.Tensor]) -> bool:
+    """Whether these parameters are FSDP2 shards (optimizer state is then built on the host and
+    sharded one tensor at a time, never whole on the device)."""
+    from torch.distributed.tensor import DTensor
+    return any(isinstance(p, DTensor) for p in params.values())
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a sharded DTensor (a collective: every rank calls it); others unchanged."""
+    from torch.distributed.tensor import DTensor
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def shard_like(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`t` (the whole tensor, the same on every rank) laid out as `like`: this rank's shard when
+    `like` is a DTensor (no communication), else `t` on `like`'s device."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+    if isinstance(t, DTensor):
+        return t  # already laid out (EMA initialised from sharded parameters)
+    if isinstance(like, DTensor):
+        return distribute_tensor(t.to(like.device, like.dtype), like.device_mesh, like.placements, src_data_rank=None)
+    return t.to(like.device)
