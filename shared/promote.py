@@ -123,23 +123,27 @@ def artifact_estimate(cfg: RunConfig) -> ArtifactEstimate:
     shapes = parameter_shapes(cfg.model)
     tern = set(ternary_parameters(cfg))
     G = cfg.ternary.group_size
-    codes = scales = floats = 0
     table: list[dict[str, Any]] = []
+    sections: dict[str, list[tuple[dict, str, int]]] = {"codes": [], "scales": [], "floats": []}
     for name, shape in shapes.items():
         n = math.prod(shape)
         if name in tern:
-            n_scales = 1 if G == 0 else shape[0] * (shape[1] // G)
+            scale_shape = [1, 1] if G == 0 else [shape[0], shape[1] // G]
             entry = {"name": name, "kind": "ternary", "shape": list(shape), "group_size": G, "count": n,
-                     "scale_shape": [1, 1] if G == 0 else [shape[0], shape[1] // G], "scale_dtype": "float16"}
-            entry["codes"] = [10 ** 8, -(-n // 5)]  # offsets: the digits matter, not the values
-            entry["scales"] = [10 ** 8, 2 * n_scales]
-            codes += -(-n // 5)
-            scales += 2 * n_scales
+                     "scale_shape": scale_shape, "scale_dtype": "float16"}
+            sections["codes"].append((entry, "codes", -(-n // 5)))
+            sections["scales"].append((entry, "scales", 2 * math.prod(scale_shape)))
         else:
-            entry = {"name": name, "kind": "float", "shape": list(shape), "dtype": "float16",
-                     "data": [10 ** 8, 2 * n]}
-            floats += 2 * n
+            entry = {"name": name, "kind": "float", "shape": list(shape), "dtype": "float16"}
+            sections["floats"].append((entry, "data", 2 * n))
         table.append(entry)
+    off, size = 0, {}
+    for sec, parts in sections.items():  # pack's order: codes, scales, floats
+        size[sec] = sum(b for _, _, b in parts)
+        for entry, key, b in parts:
+            entry[key] = [off, b]  # the offsets' digits are part of the header's length
+            off += b
+    codes, scales, floats = size["codes"], size["scales"], size["floats"]
     raw = codes + scales + floats
     header = {"format": "ternary-packed", "version": 1, "compress": "lzma", "payload_bytes": raw,
               "raw_payload_bytes": raw, "payload_sha256": "0" * 64, "config": cfg.to_dict(), "tensors": table}
