@@ -18,8 +18,8 @@ from convert.common import CliError, human, sub
 # checkpoint writer holds NumPy copies of the weights and optimizer state; activations are fp32
 # (twice the bf16 planning constant). Use at most this fraction of the RAM available now.
 CHECK_RAM_FRACTION = 0.6
-# Seconds the check's two steps may take by estimate before it uses shorter windows (then fewer
-# layers); keeps `--check` to about half a minute on a laptop CPU. --check-full turns this off.
+# Seconds the check's two steps may take by estimate before it uses shorter windows (never a
+# smaller model); keeps `--check` to about half a minute on a laptop CPU. --check-full turns this off.
 CHECK_TARGET_S = 20.0
 
 
@@ -194,7 +194,7 @@ def check_config(cfg, full: bool = False) -> tuple[object, list[str]]:
                                f"the full model needs ~{_gb(full_ram)} of RAM for a CPU step, "
                                f"{_gb(avail)} is available")
     notes += [note] if note else []
-    # 2. Time: shorter windows first (the model stays whole), depth only if even 64 tokens are too slow.
+    # 2. Time: shorter windows (down to 64 tokens); the model itself is never shrunk for speed.
     if not full:
         flops, s_elem = cpu_speed()
         est = lambda c: 2 * check_step_seconds(c, flops, s_elem)  # noqa: E731
@@ -204,15 +204,12 @@ def check_config(cfg, full: bool = False) -> tuple[object, list[str]]:
             seq //= 2
         if seq != run_cfg.train.seq_len:
             notes.append(f"seq_len {run_cfg.train.seq_len} -> {seq} for speed: 2 steps at the full window would "
-                         f"take ~{full_s:.0f} s on this CPU (measured {flops / 1e9:.0f} GFLOP/s matmul); "
-                         "the model and every shape in it are the promoted ones (--check-full keeps the window)")
+                         f"take ~{full_s:.0f} s on this CPU (measured {flops / 1e9:.0f} GFLOP/s matmul), "
+                         f"~{est(run_cfg.with_overrides([f'train.seq_len={seq}'])):.0f} s at {seq}; the model and "
+                         "every shape in it are the promoted ones (--check-full keeps the window)")
             run_cfg = run_cfg.with_overrides([f"train.seq_len={seq}"])
         else:
             notes.append(f"seq_len {seq} kept (2 steps estimated at ~{full_s:.0f} s on this CPU)")
-        run_cfg, note = _shrink_to(run_cfg, lambda c: est(c) <= CHECK_TARGET_S,
-                                   f"for speed: even {seq}-token windows would take ~{est(run_cfg):.0f} s; "
-                                   "--check-full runs the whole model")
-        notes += [note] if note else []
     run_cfg = run_cfg.with_overrides([f"train.eval_tokens={run_cfg.train.seq_len}"])
     return run_cfg, notes
 
@@ -221,11 +218,17 @@ def run_check(out: Path, full: bool = False) -> bool:
     """Validate the written TOML, then two real torch steps on CPU; prints PASS or FAIL."""
     from shared.config import RunConfig
     cfg = RunConfig.load_toml(out)  # what torchrun will read, through validation
-    run_cfg, notes = check_config(cfg, full)
     print(f"check: {out} loads and validates; running 2 steps of the torch trainer on CPU")
+    import torch
+    cores, load = os.cpu_count() or 1, os.getloadavg()[0]
+    if load > cores and torch.get_num_threads() > 1:
+        # On an oversubscribed machine torch's OpenMP threads spin-wait for cores: a 2-step check
+        # measured ~5x slower with 2 threads than with 1 at load 11 on 2 cores.
+        torch.set_num_threads(1)
+        print(f"check:   this machine is busy (load {load:.1f} on {cores} cores): torch runs on 1 thread")
+    run_cfg, notes = check_config(cfg, full)
     for n in notes:
         print(f"check:   {n}")
-    import torch
     from shared.runner import Backend, train
     from ternary_cuda.train import Model, Trainer
     backend = Backend("torch", Model, Trainer, torch.__version__)
@@ -258,7 +261,8 @@ def run_check(out: Path, full: bool = False) -> bool:
         print(f"check: FAIL after {took:.1f} s: " + "; ".join(problems))
         return False
     print(f"check: PASS in {took:.1f} s: 2 steps, losses {', '.join(f'{x:.4f}' for x in losses)} "
-          f"(ln vocab = {math.log(run_cfg.model.vocab_size):.3f}), val_bpb {summary['val_bpb']:.4f}")
+          f"(ln vocab = {math.log(run_cfg.model.vocab_size):.3f}), val_bpb {summary['val_bpb']:.4f}; "
+          "its temporary run directory is removed")
     return True
 
 
