@@ -220,12 +220,23 @@ def run_check(out: Path, full: bool = False) -> bool:
     cfg = RunConfig.load_toml(out)  # what torchrun will read, through validation
     print(f"check: {out} loads and validates; running 2 steps of the torch trainer on CPU")
     import torch
+    threads = torch.get_num_threads()
     cores, load = os.cpu_count() or 1, os.getloadavg()[0]
-    if load > cores and torch.get_num_threads() > 1:
+    if load > cores and threads > 1:
         # On an oversubscribed machine torch's OpenMP threads spin-wait for cores: a 2-step check
         # measured ~5x slower with 2 threads than with 1 at load 11 on 2 cores.
         torch.set_num_threads(1)
         print(f"check:   this machine is busy (load {load:.1f} on {cores} cores): torch runs on 1 thread")
+    try:
+        return _run_check(cfg, full)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_check(cfg, full: bool) -> bool:
+    import json
+
+    import torch
     run_cfg, notes = check_config(cfg, full)
     for n in notes:
         print(f"check:   {n}")
@@ -237,9 +248,8 @@ def run_check(out: Path, full: bool = False) -> bool:
     try:
         with tempfile.TemporaryDirectory(prefix="ternary-promote-check-") as tmp:
             result, summary = train(run_cfg, backend, Path(tmp) / "run", log=lines.append, progress=False)
-            import json
-            losses = [json.loads(s)["loss"] for s in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()
-                      if '"loss"' in s and '"eval"' not in s]
+            records = [json.loads(s) for s in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+            losses = [r["loss"] for r in records if "eval" not in r]
     except Exception as e:  # the point of the check: report any failure, with its message
         for s in lines:
             print(f"check | {s}")
