@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from convert import blas, cmd_convert, cmd_data, cmd_model, cmd_train
+from convert import blas, cmd_convert, cmd_data, cmd_model, cmd_promote, cmd_train
 from convert.common import CliError, user_errors
 
 __all__ = ["CliError", "build_parser", "main"]
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd_model.register(subs)
     cmd_data.register(subs)
     cmd_convert.register(subs)
+    cmd_promote.register(subs)
     return p
 
 
