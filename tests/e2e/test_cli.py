@@ -13,7 +13,8 @@ from shared.config import RunConfig
 from shared.presets import PRESETS
 
 ROOT = Path(__file__).resolve().parents[2]
-SUBCOMMANDS = ("train", "eval", "generate", "presets", "config", "init", "demo", "tokenizer", "data")
+SUBCOMMANDS = ("train", "eval", "generate", "presets", "config", "init", "demo", "tokenizer", "data", "import-hf",
+               "inspect", "convert", "promote")
 # A model small enough that a demo with both backends takes a few seconds on 2 cores.
 TINY = ["--set", "model.num_hidden_layers=1", "model.hidden_size=64", "model.intermediate_size=128",
         "model.vocab_size=128"]
