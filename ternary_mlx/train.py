@@ -39,6 +39,7 @@ class Trainer(TrainerCommon):
             self.opt.init_ema(params)
         # data parallel (parallel.setup() ran first): equal updates keep equal weights, so check the start
         self.group = parallel.group()
+        self.rank = 0 if self.group is None else self.group.rank()  # TrainerCommon.save: rank 0 writes
         parallel.check_identical(params, self.group, "weights")
         parallel.check_identical(self.opt.state, self.group, "optimizer state")
         self.dynamic_lambda = config.ternary.enabled and config.ternary.warmup_steps > 0

@@ -23,7 +23,6 @@ class RecordingTrainer(train.Trainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.rank = 0 if self.group is None else self.group.rank()
         self.values: list[tuple[float, float]] = []
         RecordingTrainer.last = self
 
