@@ -10,11 +10,16 @@ mlx.launch starts one process per rank with MLX_RANK and MLX_HOSTFILE (a JSON li
 "ip:port" per rank) set; `-p/--starting-port` moves the ports (default 32323, one per rank)
 when another job holds them. Run without mlx.launch, training is one plain process (world 1).
 
+mlx.launch itself exits 0 even when a rank fails: it prints "Node with rank R exited with code C"
+on stderr; scripts must look for that. A rank that dies makes the others fail at their next
+all_sum ("[ring] connection to a peer was lost") and mlx.launch then stops them: no hang.
+
 Each rank reads its own slice of every global batch (shared.loader.TokenLoader), so
 train.batch_size is per rank and the global batch is batch_size * world_size. The Trainer
 averages gradients across ranks (one all_sum per step, inside the compiled step), so every rank
 applies the same update and the weights stay bit-identical; `check_identical` verifies that at
-the start (same seed, same checkpoint on every host).
+the start (same seed, same checkpoint on every host). Evaluation runs on every rank on the
+whole validation split (identical weights give identical metrics, so early stopping agrees).
 """
 from __future__ import annotations
 

@@ -5,7 +5,8 @@ mlx.launch or alone, with a Trainer that also records what the test compares.
 
 writes DUMP_DIR/rank<r>.npz: the final weights, `loss` / `grad_norm` per step as this rank
 fetched them, and Trainer.agree's answers for (this rank is 1) and (False). With
-RING_TEST_SEED_BY_RANK=1 in the environment each rank trains with train.seed=<its rank>.
+RING_TEST_SEED_BY_RANK=1 in the environment each rank trains with train.seed=<its rank>; with
+RING_TEST_RANK1_EXITS_AT=S rank 1 dies (exit code 3) when asked for step S.
 """
 from __future__ import annotations
 
@@ -25,6 +26,11 @@ class RecordingTrainer(train.Trainer):
         super().__init__(*args, **kwargs)
         self.values: list[tuple[float, float]] = []
         RecordingTrainer.last = self
+
+    def step(self, windows, step):
+        if self.rank == 1 and str(step) == os.environ.get("RING_TEST_RANK1_EXITS_AT"):
+            os._exit(3)  # a crashed rank: no cleanup, sockets closed by the OS
+        return super().step(windows, step)
 
     def fetch(self, handles):
         values = super().fetch(handles)

@@ -69,7 +69,7 @@ def _worker(dump: Path, out: Path, sets: list[str]) -> list[str]:
 
 def _launch(n: int, cmd: list[str], **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(MLX_LAUNCH), "--backend", "ring", "-n", str(n), "-p", str(_free_ports(n)),
-                           "--", *cmd], cwd=ROOT, env=_env(**env), capture_output=True, text=True, timeout=180)
+                           "--", *cmd], cwd=ROOT, env=_env(**env), capture_output=True, text=True, timeout=120)
 
 
 def _check(p: subprocess.CompletedProcess) -> None:
@@ -125,6 +125,14 @@ def test_ranks_that_start_from_different_weights_are_refused(tmp_path):
     assert "Node with rank 1 exited with code 1" in p.stderr
     assert "ranks start from different weights" in p.stdout + p.stderr
     assert not (tmp_path / "run/metrics.jsonl").exists()
+
+
+def test_a_rank_that_dies_ends_the_job_instead_of_hanging(tmp_path):
+    p = _launch(2, _worker(tmp_path / "dump", tmp_path / "run", ["train.batch_size=2", "train.steps=50"]),
+                RING_TEST_RANK1_EXITS_AT="3")  # subprocess timeout: a hang fails the test
+    assert "Node with rank 1 exited with code 3" in p.stderr
+    assert "Node with rank 0 exited with code" in p.stderr  # "[ring] connection to a peer was lost"
+    assert not (tmp_path / "run/summary.json").exists() and not (tmp_path / "dump").exists()
 
 
 def test_setup_without_a_launcher_is_one_process(monkeypatch, tmp_path):
