@@ -1,7 +1,8 @@
 """Training in MLX (mirrors ternary_cuda/train.py). The loop itself is shared: shared/loop.py.
 
 `Trainer` owns the model, the optimizer and one compiled step; `main` is
-`python -m ternary_mlx.train` (also `ternary train --backend mlx`).
+`python -m ternary_mlx.train` (also `ternary train --backend mlx`). Data parallel on N processes:
+`mlx.launch --backend ring -n N -- python -m ternary_mlx.train ...` (see ternary_mlx/parallel.py).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from shared.config import RunConfig
 from shared.optim_rules import step_scalars
 from shared.ternary import quant_lambda
 from shared.trainer_common import TrainerCommon
-from ternary_mlx import checkpoint
+from ternary_mlx import checkpoint, parallel
 from ternary_mlx.evaluate import evaluate
 from ternary_mlx.loss import cross_entropy, distillation_loss
 from ternary_mlx.model import Model
@@ -37,6 +38,11 @@ class Trainer(TrainerCommon):
             self.opt.load_numpy_state(optimizer_state)
         elif config.train.ema_decay:
             self.opt.init_ema(params)
+        # data parallel (parallel.setup() ran first): equal updates keep equal weights, so check the start
+        self.group = parallel.group()
+        self.rank = 0 if self.group is None else self.group.rank()  # TrainerCommon.save: rank 0 writes
+        parallel.check_identical(params, self.group, "weights")
+        parallel.check_identical(self.opt.state, self.group, "optimizer state")
         self.dynamic_lambda = config.ternary.enabled and config.ternary.warmup_steps > 0
         t = config.train
         if teacher is not None:  # frozen: outside value_and_grad, so no gradients; never saved
@@ -64,6 +70,10 @@ class Trainer(TrainerCommon):
             loss = loss / xs.shape[0]
             if xs.shape[0] > 1:  # x / 1 == x: no extra full pass over the gradients without accumulation
                 grads = {k: g / xs.shape[0] for k, g in grads.items()}
+            if self.group is not None:  # global means; one all_sum carries the loss and every gradient
+                mean = parallel.all_mean({**grads, "<loss>": loss.reshape(1)}, self.group)
+                loss = mean.pop("<loss>")[0]
+                grads = mean
             gnorm = mx.sqrt(sum(mx.sum(g * g) for g in grads.values()))
             if clip:
                 scale = mx.minimum(1.0, clip / (gnorm + 1e-6))
@@ -91,6 +101,10 @@ class Trainer(TrainerCommon):
         mx.async_eval(out, self._state)
         return out
 
+    def agree(self, flag: bool) -> bool:
+        """True on every rank when `flag` is true on any rank (the loop's stop decisions)."""
+        return parallel.any_rank(flag, self.group)
+
     @staticmethod
     def fetch(handles: list) -> list[tuple[float, float]]:
         """Host sync: (loss, grad_norm) floats for the pending steps."""
@@ -109,7 +123,7 @@ class Trainer(TrainerCommon):
 
 def main(argv: list[str] | None = None) -> int:
     from shared.runner import Backend, main as run_main
-    return run_main(argv, Backend("mlx", Model, Trainer, mx.__version__), prog="python -m ternary_mlx.train")
+    return run_main(argv, Backend("mlx", Model, Trainer, mx.__version__, parallel=parallel), prog="python -m ternary_mlx.train")
 
 
 if __name__ == "__main__":
