@@ -16,8 +16,9 @@ def make_backend(name: str):
     from shared.runner import Backend
     if name == "mlx":
         import mlx.core as mx
+        from ternary_mlx import parallel as mlx_parallel
         from ternary_mlx.train import Model, Trainer
-        return Backend("mlx", Model, Trainer, mx.__version__)
+        return Backend("mlx", Model, Trainer, mx.__version__, parallel=mlx_parallel)  # mlx.launch: ring
     import torch
     from ternary_cuda import parallel
     from ternary_cuda.train import Model, Trainer
