@@ -12,14 +12,17 @@ The whole user path, through the `ternary` command line (each step a subprocess,
   5. `eval`           the teacher, and the ternarized model before any training.
   6. `train --init`   the ternarized model for the same steps, three ways: cross-entropy only;
                       distillation from the teacher (`--teacher`); distillation with SubLN and the
-                      lambda warm-up (`model.subln=true ternary.warmup_steps=...`).
-  7. `eval`           each fine-tuned model on the same held-out tokens.
+                      lambda warm-up (`model.subln=true ternary.warmup_steps=...`). And a control:
+                      the float teacher itself trained on for the same steps, which shows how much
+                      of a fine-tune's gain is just more training of a not fully converged teacher.
+  7. `eval`           each model on the same held-out tokens, in windows of the training length.
 
 Prints one JSON object: val_bpb of every model, and for each fine-tune the fraction of the
-ternarization loss it recovered, (bpb_ternarized - bpb_finetuned) / (bpb_ternarized - bpb_teacher).
+ternarization loss it recovered, (bpb_ternarized - bpb_finetuned) / (bpb_ternarized - bpb_teacher),
+also against the control (the teacher trained on for the same steps).
 
-  python bench/distill.py                        # ~10 min on the 2-core dev VM
-  python bench/distill.py --teacher-steps 200 --finetune-steps 60 --json-out out.json
+  python bench/distill.py                        # ~20 min on the 2-core dev VM
+  python bench/distill.py --teacher-steps 300 --finetune-steps 40 --json-out out.json
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TEXT = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+SEQ_LEN = 128
 
 MODEL = ["model.vocab_size=256", "model.hidden_size=128", "model.intermediate_size=384",
          "model.num_hidden_layers=4", "model.num_attention_heads=4", "model.num_key_value_heads=2",
@@ -51,7 +55,9 @@ def cli(*args: str, log: list) -> str:
 
 
 def val_bpb(ckpt: Path, data: Path, max_tokens: int, log: list) -> float:
-    out = cli("eval", str(ckpt), "--data", str(data), "--max-tokens", str(max_tokens), "--json", log=log)
+    # --seq-len: an imported checkpoint's config has the import default (256), not the training length
+    out = cli("eval", str(ckpt), "--data", str(data), "--max-tokens", str(max_tokens), "--seq-len", str(SEQ_LEN),
+              "--json", log=log)
     return json.loads(out.strip().splitlines()[-1])["val_bpb"]
 
 
@@ -66,8 +72,8 @@ def transformers_rewrite(src: Path, dst: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--text", type=Path, default=DEFAULT_TEXT, help="training/held-out text (UTF-8)")
-    ap.add_argument("--teacher-steps", type=int, default=600)
-    ap.add_argument("--finetune-steps", type=int, default=200)
+    ap.add_argument("--teacher-steps", type=int, default=1500)
+    ap.add_argument("--finetune-steps", type=int, default=100)
     ap.add_argument("--backend", choices=["mlx", "torch"], default="mlx")
     ap.add_argument("--eval-tokens", type=int, default=65536, help="held-out tokens scored per model")
     ap.add_argument("--work", type=Path, help="keep the intermediate files here (default: a temp dir)")
@@ -85,7 +91,7 @@ def main() -> None:
         cli("data", "prepare", str(args.text), "--tokenizer", "bytes", "--out", str(data), "--val-fraction", "0.1",
             "--no-bos", log=log)
     run = ["--backend", args.backend, "--no-progress"]
-    common = [f"data.source={data}", "data.tokenizer=bytes", "train.seq_len=128", "train.batch_size=16",
+    common = [f"data.source={data}", "data.tokenizer=bytes", f"train.seq_len={SEQ_LEN}", "train.batch_size=16",
               "train.eval_every=0", f"train.eval_tokens={args.eval_tokens}", "train.log_every=20"]
     cli("train", *run, "--out", str(work / "teacher-run"), "--set", *MODEL, *common, "ternary.enabled=false",
         f"train.steps={args.teacher_steps}", "train.lr=3e-3", "train.schedule=cosine", "train.warmup_steps=20",
@@ -95,8 +101,10 @@ def main() -> None:
     for name, flag in (("teacher", "--no-ternary"), ("ternarized", "--ternary")):
         cli("import-hf", str(work / "hf"), "--out", str(work / name), flag, "--force", "--set",
             f"data.source={data}", "data.tokenizer=bytes", log=log)
-    ft = [f"train.steps={args.finetune_steps}", "train.lr=2e-3", "train.warmup_steps=10", "train.schedule=cosine",
+    ft = [f"train.steps={args.finetune_steps}", "train.lr=1e-3", "train.warmup_steps=10", "train.schedule=cosine",
           *common]
+    cli("train", *run, "--init", str(work / "teacher"), "--out", str(work / "teacher_continued"), "--set", *ft,
+        log=log)
     runs = {
         "finetuned_ce": [],
         "finetuned_distill": ["--teacher", str(work / "teacher")],
@@ -108,16 +116,19 @@ def main() -> None:
         cli("train", *run, "--init", str(work / "ternarized"), *flags, "--out", str(work / name), "--set", *ft,
             *sets, log=log)
     bpb = {name: val_bpb(work / name, data, args.eval_tokens, log)
-           for name in ("teacher", "ternarized", *runs)}
+           for name in ("teacher", "teacher_continued", "ternarized", *runs)}
     lost = bpb["ternarized"] - bpb["teacher"]
+    lost_control = bpb["ternarized"] - bpb["teacher_continued"]
     result = {
         "benchmark": "distill",
         "text": str(args.text), "backend": args.backend, "tokenizer": "bytes",
         "model": " ".join(MODEL), "teacher_steps": args.teacher_steps, "finetune_steps": args.finetune_steps,
-        "tokens_per_step": 16 * 128, "eval_tokens": args.eval_tokens,
+        "tokens_per_step": 16 * SEQ_LEN, "eval_tokens": args.eval_tokens,
         "val_bpb": {k: round(v, 4) for k, v in bpb.items()},
         "recovered_fraction": {k: round((bpb["ternarized"] - bpb[k]) / lost, 3) if lost > 0 else None
                                for k in runs},
+        "recovered_fraction_vs_teacher_continued": {
+            k: round((bpb["ternarized"] - bpb[k]) / lost_control, 3) if lost_control > 0 else None for k in runs},
         "total_seconds": round(time.perf_counter() - t_start, 1),
         "steps": log,
     }
