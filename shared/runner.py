@@ -60,14 +60,23 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
 
 
-def config_from_args(args) -> RunConfig:
+def _teacher_overrides(args) -> list[str]:
+    """--set overrides plus --teacher as train.teacher (both at once is ambiguous: refused)."""
     overrides = list(args.overrides)
     if getattr(args, "teacher", None) is not None:
+        if any(o.strip().startswith("train.teacher") for o in overrides):
+            raise ConfigError("--teacher and --set train.teacher=... both name a teacher; give one")
         overrides.append(f"train.teacher={_checkpoint_dir(args.teacher).resolve()}")
+    return overrides
+
+
+def config_from_args(args) -> RunConfig:
+    overrides = _teacher_overrides(args)
     if args.config:
         cfg = RunConfig.load_toml(args.config)
     elif args.preset is None and getattr(args, "init", None) is not None:
         cfg = fmt.read_config(_checkpoint_dir(args.init))  # fine-tuning: the imported model's own config
+        cfg.train.teacher = None  # a new run distils only from a teacher it names (--teacher)
     else:
         cfg = get_preset(args.preset or "smoke")
     return cfg.with_overrides(overrides)
@@ -107,7 +116,13 @@ def _absolute_paths(cfg: RunConfig) -> RunConfig:
 def load_teacher(cfg: RunConfig, backend: Backend, tokenizer, log: Callable[[str], None]):
     """The frozen teacher of train.teacher, checked against the student's vocabulary and tokenizer."""
     path = Path(cfg.train.teacher)
+    if cfg.train.distill_alpha == 0:
+        log(f"train.teacher {path} is not loaded: train.distill_alpha = 0 (cross-entropy only)")
+        return None
     teacher_cfg, weights = fmt.read_checkpoint(_checkpoint_dir(path))
+    if teacher_cfg.model.max_position_embeddings < cfg.train.seq_len:
+        raise ConfigError(f"train.teacher {path}: max_position_embeddings {teacher_cfg.model.max_position_embeddings} "
+                          f"is below train.seq_len {cfg.train.seq_len}; the teacher would run past its context")
     if teacher_cfg.model.vocab_size != cfg.model.vocab_size:
         raise ConfigError(f"train.teacher {path}: vocab_size {teacher_cfg.model.vocab_size} differs from the "
                           f"student's {cfg.model.vocab_size}; distillation needs the same vocabulary")
@@ -151,6 +166,8 @@ def train(cfg: RunConfig, backend: Backend, out_dir: Path, *, resume: Path | Non
         weights = _add_subln(init_cfg, cfg, weights, init, log)
         log(f"initialising weights from {init}")
     teacher = load_teacher(cfg, backend, tokenizer, log) if cfg.train.teacher else None
+    if init is not None and init_cfg.train.teacher and not cfg.train.teacher:
+        log(f"note: {init} was distilled from {init_cfg.train.teacher}; this run is not (add --teacher to distil)")
     out_dir.mkdir(parents=True, exist_ok=True)  # after the checks: a refused resume leaves the run's config.toml as it was
     if rank == 0:  # data parallel: one writer per file
         cfg.save_toml(out_dir / "config.toml")
@@ -192,6 +209,9 @@ def _add_subln(init_cfg: RunConfig, cfg: RunConfig, weights: dict, init: Path, l
     if cfg.ternary.enabled and cfg.ternary.warmup_steps > 0:
         log(f"SubLN added (unit gains), blended in over ternary.warmup_steps={cfg.ternary.warmup_steps}: "
             "the model starts unchanged")
+    elif not cfg.ternary.enabled:
+        log("warning: SubLN added to a float model (ternary.enabled = false): there is no warm-up lambda to "
+            "blend it in, so it is fully on from step 0 and changes the model's outputs")
     else:
         log("warning: SubLN added with ternary.warmup_steps = 0: it is fully on from step 0 and changes the "
             "model's outputs; set ternary.warmup_steps > 0 to blend it in from an unchanged model")
@@ -273,7 +293,12 @@ def plot_losses(out_dir: Path) -> Path | None:
 
 
 def default_out_dir(args, backend: str) -> Path:
-    stem = args.preset or (args.config.stem if args.config else "smoke")
+    init = getattr(args, "init", None)
+    if args.preset or args.config or init is None:
+        stem = args.preset or (args.config.stem if args.config else "smoke")
+    else:  # fine-tuning from a checkpoint's own config: name the run after it
+        d = _checkpoint_dir(init).resolve()
+        stem = (d.parent.name if d.name == "checkpoint" else d.name) + "-ft"
     return Path("runs") / f"{stem}-{backend}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
 
 
@@ -289,7 +314,7 @@ def run_from_args(args, backend: Backend) -> int:
         raise ConfigError("use --resume (continue a run) or --init (new run from weights), not both")
     if args.resume is not None:
         ckpt = _checkpoint_dir(args.resume)
-        cfg = _resume_config(ckpt, args.overrides)
+        cfg = _resume_config(ckpt, _teacher_overrides(args))
         if args.out is None and ckpt.name != "checkpoint":
             raise ConfigError(f"--resume {args.resume}: not inside a run directory; say where the run "
                               "continues with --out DIR")

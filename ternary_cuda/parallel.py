@@ -143,25 +143,28 @@ def wrap(model: torch.nn.Module, t: TrainConfig, bf16: bool) -> tuple[torch.nn.M
         model.to(device())
     if not distributed():
         return model, ([] if t.parallel == "ddp" else [f"train.parallel={t.parallel}: one process, nothing to shard"])
+    check_identical(model)
     if t.parallel == "ddp":
         dev = device()
         wrapped = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dev.index] if dev.type == "cuda" else None)
         return wrapped, [f"data parallel: DDP over {world_size()} processes ({dist.get_backend()})"]
     if t.parallel == "fsdp2":
-        _fully_shard(model, bf16)
+        _fully_shard(model)
         return model, [f"data parallel: FSDP2 over {world_size()} processes ({dist.get_backend()}), "
-                       f"one shard group per decoder layer + root"
-                       + (", bf16 parameters / float32 reductions" if bf16 else "")]
+                       f"one shard group per decoder layer + root, float32 parameters"
+                       + (" (bf16 matmuls through autocast)" if bf16 else "")]
     raise ConfigError(f"train.parallel: {t.parallel!r} is not ddp or fsdp2")
 
 
-def _fully_shard(model, bf16: bool) -> None:
+def _fully_shard(model) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     mesh = init_device_mesh(device().type, (world_size(),))
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 \
-        else MixedPrecisionPolicy()
+    # Parameters stay float32 even with bf16 (autocast casts inside the matmuls, as under DDP):
+    # the ternary codes and scales must come from the float32 latents that checkpoints and exports
+    # hold (SEEDS S15), not from bf16-rounded copies. The cost: float32 all-gathers.
+    mp = MixedPrecisionPolicy(reduce_dtype=torch.float32)
     for layer in model.model.layers:
         fully_shard(layer, mesh=mesh, mp_policy=mp)
     # The root reshards after forward too: evaluation (no backward) must not leave gathered root
@@ -171,6 +174,27 @@ def _fully_shard(model, bf16: bool) -> None:
     # numpy_weights gathers (a collective: every rank calls it), load_numpy scatters locally.
     model.numpy_weights = types.MethodType(_numpy_weights_sharded, model)
     model.load_numpy = types.MethodType(_load_numpy_sharded, model)
+
+
+def check_identical(model: torch.nn.Module) -> None:
+    """Refuse to train when the ranks hold different starting weights (another seed or checkpoint):
+    FSDP2 would silently stitch a model together from each rank's own rows (DDP would silently take
+    rank 0's). Compares two float64 checksums per tensor across ranks (one all-gather)."""
+    names = [k for k, _ in model.named_parameters()]
+    sums = []
+    for _, p in model.named_parameters():
+        flat = p.detach().double().reshape(-1)
+        sums += [flat.sum(), (flat.abs() * torch.arange(1, flat.numel() + 1, dtype=torch.float64,
+                                                         device=flat.device)).sum()]
+    local = torch.stack(sums).to(device())
+    gathered = [torch.empty_like(local) for _ in range(world_size())]
+    dist.all_gather(gathered, local)
+    table = torch.stack(gathered).cpu()
+    bad = sorted({names[i // 2] for i in torch.nonzero((table != table[0]).any(0)).flatten().tolist()})
+    if bad:
+        raise RuntimeError(f"ternary_cuda.parallel: the ranks start from different weights ({', '.join(bad[:3])}"
+                           f"{', ...' if len(bad) > 3 else ''}: {len(bad)} differ). Every rank must use the "
+                           "same seed and read the same checkpoint.")
 
 
 def _numpy_weights_sharded(model) -> dict[str, np.ndarray]:

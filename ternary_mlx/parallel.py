@@ -113,3 +113,16 @@ def check_identical(arrays: dict[str, mx.array], g: mx.distributed.Group | None,
         raise RuntimeError(f"ternary_mlx.parallel: the ranks start from different {what} "
                            f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}: {len(bad)} differ). "
                            "Every rank must use the same seed and read the same checkpoint.")
+
+
+def notes(t, g: mx.distributed.Group | None) -> list[str]:
+    """What this backend does with the torch/CUDA settings of train.* (said, never silently ignored)."""
+    from shared.config import ConfigError
+    if t.parallel == "fsdp2" and g is not None and g.size() > 1:
+        raise ConfigError("train.parallel = 'fsdp2': MLX data parallel replicates the model on every rank "
+                          "(no sharding); use train.parallel = 'ddp' with mlx.launch, or the torch backend")
+    ignored = [k for k, on in (("train.precision=bf16", t.precision == "bf16"), ("train.compile", t.compile),
+                               ("train.tf32", t.tf32)) if on]
+    return ["mlx: training in float32 with mx.compile"
+            + (f" ({', '.join(ignored)}: torch/CUDA settings, ignored)" if ignored else "")
+            + (f"; data parallel over {g.size()} ranks (ring all_sum)" if g is not None and g.size() > 1 else "")]

@@ -43,6 +43,7 @@ class Trainer(TrainerCommon):
         self.rank = 0 if self.group is None else self.group.rank()  # TrainerCommon.save: rank 0 writes
         parallel.check_identical(params, self.group, "weights")
         parallel.check_identical(self.opt.state, self.group, "optimizer state")
+        self.notes = parallel.notes(config.train, self.group)
         self.dynamic_lambda = config.ternary.enabled and config.ternary.warmup_steps > 0
         t = config.train
         if teacher is not None:  # frozen: outside value_and_grad, so no gradients; never saved
