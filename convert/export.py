@@ -328,6 +328,14 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], int]:
     return header, len(MAGIC) + 8 + n
 
 
+def describe(path: str | Path) -> str:
+    """One line on what a packed file keeps exactly and what it rounded (for `ternary eval FILE`)."""
+    h, _ = read_header(path)
+    floats = ("float matrices per-row int8, other float parameters fp16" if h.get("floats") == "int8"
+              else "float parameters fp16")
+    return f"codes exact, scales fp16, {floats}; format version {h['version']}, {h['compress']}"
+
+
 def _slice(raw: bytes, span, what: str, path) -> bytes:
     try:
         off, n = int(span[0]), int(span[1])
