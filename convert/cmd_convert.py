@@ -136,7 +136,7 @@ def register_export(subs) -> None:
     p.add_argument("path", metavar="PATH", help="a checkpoint directory, or a run directory holding checkpoint/")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-measure", action="store_true", help="skip building the LZMA packed files (slow on big models)")
-    c = sub(subs, "convert", "Export a checkpoint: canonical, packed (base-3 + LZMA or zstd), hf, mlx-lm, hf-bitnet or gguf.",
+    c = sub(subs, "convert", "Export a checkpoint: canonical, packed (base-3 + LZMA/zstd), hf, mlx-lm, hf-bitnet or gguf.",
             "  ternary convert runs/smoke-mlx --to canonical --out runs/smoke-clean\n"
             "  ternary convert runs/smoke-mlx --to packed --out smoke.tpk\n"
             "  ternary convert runs/smoke-mlx --to packed --out smoke.tpk --compress none\n"
