@@ -5,7 +5,9 @@ Part 1, sizes. For each model (default: two random ternary Qwen3 checkpoints mad
 folder, hidden 256, 4 layers, intermediate 512, vocab 512, group 128 and group 0; or `--checkpoint
 DIR`), every export is written for real and measured:
 
-  packed        convert.export.to_packed (base-3 codes, fp16 scales and floats, LZMA): PackedStats
+  packed        convert.export.to_packed (base-3 codes, fp16 scales and floats, LZMA): PackedStats;
+                packed_int8_lzma / packed_fp16_zstd / packed_int8_zstd: the same with --floats int8
+                (per-row int8 float matrices) and/or --compress zstd
   hf_bitnet     convert.export_bitnet.to_hf_bitnet (2-bit packed uint8 + fp32 per-tensor scale)
   mlx_lm        convert.export_hf.to_mlx_lm (uint32 2-bit words + fp32 scales and biases per group)
   gguf_tq2_0    convert.export_gguf.to_gguf TQ2_0 (66 bytes per 256 values)
@@ -111,13 +113,17 @@ def measure_formats(ckpt: Path, work: Path) -> dict:
             f[key] = {"refused": str(e)}
         log(f"  {key}: {f[key].get('ternary_bits_per_weight', 'refused')}")
 
-    def packed():
-        st = export.to_packed(ckpt, work / "m.tpk")
-        out = _bits(st.codes_bytes + st.scales_bytes, st.bytes, n)
-        out["codes_bits_per_weight_uncompressed"] = round(st.code_bits_per_weight, 4)
-        out["codes_bits_per_weight_lzma"] = round(st.code_bits_per_weight_compressed, 4)
-        out["note"] = "ternary_bytes = base-3 codes + fp16 scales before LZMA; the file is LZMA-compressed"
-        return out
+    def packed(floats="fp16", compress="lzma"):
+        def run():
+            st = export.to_packed(ckpt, work / f"m-{floats}-{compress}.tpk", floats=floats, compress=compress)
+            out = _bits(st.codes_bytes + st.scales_bytes, st.bytes, n)
+            out["codes_bits_per_weight_uncompressed"] = round(st.code_bits_per_weight, 4)
+            out[f"codes_bits_per_weight_{compress}"] = round(st.code_bits_per_weight_compressed, 4)
+            out["float_bytes_uncompressed"] = st.floats_bytes
+            out["note"] = (f"ternary_bytes = base-3 codes + fp16 scales before {compress}; floats {floats}; "
+                           f"the file is {compress}-compressed")
+            return out
+        return run
 
     def hf_bitnet():
         export_bitnet.to_hf_bitnet(ckpt, work / "bitnet")
@@ -145,7 +151,10 @@ def measure_formats(ckpt: Path, work: Path) -> dict:
         r = export.to_canonical(ckpt, work / "canonical")
         return _bits(4 * n, r["bytes"], n)
 
-    attempt("packed", packed)
+    attempt("packed", packed())
+    attempt("packed_int8_lzma", packed("int8", "lzma"))
+    attempt("packed_fp16_zstd", packed("fp16", "zstd"))
+    attempt("packed_int8_zstd", packed("int8", "zstd"))
     attempt("hf_bitnet", hf_bitnet)
     attempt("mlx_lm", mlx_lm)
     attempt("gguf_tq2_0", gguf("TQ2_0"))

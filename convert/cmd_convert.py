@@ -56,8 +56,8 @@ def cmd_convert(args) -> int:
         raise CliError("--gguf-type and --gguf-float apply to --to gguf only")
     if args.to in ("hf", "mlx-lm"):
         from convert import export_hf
-        if args.compress is not None or args.dtype != "float32":
-            raise CliError(f"--compress and --dtype do not apply to --to {args.to}")
+        if args.compress is not None or args.floats is not None or args.dtype != "float32":
+            raise CliError(f"--compress, --floats and --dtype do not apply to --to {args.to}")
         fn = export_hf.to_hf if args.to == "hf" else export_hf.to_mlx_lm
         r = fn(src, args.out, force=args.force)
         kind = "float32 Qwen3 (transformers)" if args.to == "hf" else f"2-bit MLX (mlx-lm, group {r['group_size']})"
@@ -67,8 +67,8 @@ def cmd_convert(args) -> int:
     if args.to in ("hf-bitnet", "gguf"):
         return _convert_quantized(args, src)
     if args.to == "canonical":
-        if args.compress is not None:
-            raise CliError("--compress applies to --to packed only")
+        if args.compress is not None or args.floats is not None:
+            raise CliError("--compress and --floats apply to --to packed only")
         r = export.to_canonical(src, args.out, dtype=args.dtype, force=args.force)
         print(f"wrote canonical checkpoint {r['out']}: {r['bytes']:,d} bytes ("
               + ", ".join(f"{k} {v:,d}" for k, v in sorted(r["files"].items())) + ")"
@@ -76,9 +76,14 @@ def cmd_convert(args) -> int:
         return 0
     if args.dtype != "float32":
         raise CliError("--dtype applies to --to canonical only")
-    st = export.to_packed(src, args.out, compress=args.compress or "lzma", force=args.force)
-    lines = [f"wrote packed file {args.out}: {st.bytes:,d} bytes (header {st.header_bytes:,d}, raw payload "
-             f"{st.raw_payload:,d}: codes {st.codes_bytes:,d}, scales {st.scales_bytes:,d}, floats {st.floats_bytes:,d})"]
+    st = export.to_packed(src, args.out, compress=args.compress or "lzma", floats=args.floats or "fp16",
+                          force=args.force)
+    floats = (f"floats {st.floats_bytes:,d}" if st.floats == "fp16" else
+              f"floats {st.floats_bytes:,d} = int8 {st.float_codes_bytes:,d} + row scales "
+              f"{st.float_scales_bytes:,d} + fp16 {st.plain_floats_bytes:,d}")
+    lines = [f"wrote packed file {args.out}: {st.bytes:,d} bytes (header {st.header_bytes:,d}, payload "
+             f"{st.payload_bytes:,d} {st.compress}; raw payload {st.raw_payload:,d}: codes {st.codes_bytes:,d}, "
+             f"scales {st.scales_bytes:,d}, {floats})"]
     if st.ternary_weights:
         line = (f"  {st.ternary_weights:,d} ternary weights: {st.bits_per_ternary_weight:.3f} bits each for the whole "
                 f"file; codes alone {st.code_bits_per_weight:.3f} (base 3)")
@@ -86,7 +91,7 @@ def cmd_convert(args) -> int:
             line += f", {st.code_bits_per_weight_compressed:.3f} compressed"
         lines.append(line)
     else:
-        lines.append("  no ternary weights (ternary disabled): floats stored as fp16")
+        lines.append(f"  no ternary weights (ternary disabled): floats stored as {st.floats}")
     print("\n".join(lines))
     return 0
 
@@ -94,8 +99,8 @@ def cmd_convert(args) -> int:
 def _convert_quantized(args, src) -> int:
     """--to hf-bitnet (transformers BitNet, 2-bit packed) and --to gguf (llama.cpp TQ2_0 / TQ1_0)."""
     from convert.common import CliError
-    if args.compress is not None or args.dtype != "float32":
-        raise CliError(f"--compress and --dtype do not apply to --to {args.to}")
+    if args.compress is not None or args.floats is not None or args.dtype != "float32":
+        raise CliError(f"--compress, --floats and --dtype do not apply to --to {args.to}")
     if args.to == "hf-bitnet":
         from convert.export_bitnet import to_hf_bitnet
         r = to_hf_bitnet(src, args.out, force=args.force)
@@ -125,15 +130,17 @@ def register_export(subs) -> None:
             "  ternary inspect runs/smoke-mlx\n"
             "  ternary inspect runs/smoke-mlx/checkpoint --json\n\n"
             "Codes and scales come from the reference projection (shared/ternary.py) of the latent weights;\n"
-            "the packed size is measured by building the `convert --to packed` file in memory.\n"
+            "the packed size is measured by building the `convert --to packed` file in memory (fp16 floats,\n"
+            "and --floats int8 too when the model has float matrices such as an embedding).\n"
             "Exit status 2 when the manifest check fails (the report says why).", cmd_inspect)
     p.add_argument("path", metavar="PATH", help="a checkpoint directory, or a run directory holding checkpoint/")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--no-measure", action="store_true", help="skip building the LZMA packed file (slow on big models)")
-    c = sub(subs, "convert", "Export a checkpoint: canonical, packed (base-3 + LZMA), hf, mlx-lm, hf-bitnet or gguf.",
+    p.add_argument("--no-measure", action="store_true", help="skip building the LZMA packed files (slow on big models)")
+    c = sub(subs, "convert", "Export a checkpoint: canonical, packed (base-3 + LZMA/zstd), hf, mlx-lm, hf-bitnet or gguf.",
             "  ternary convert runs/smoke-mlx --to canonical --out runs/smoke-clean\n"
             "  ternary convert runs/smoke-mlx --to packed --out smoke.tpk\n"
             "  ternary convert runs/smoke-mlx --to packed --out smoke.tpk --compress none\n"
+            "  ternary convert runs/smoke-mlx --to packed --out smoke.tpk --floats int8 --compress zstd\n"
             "  ternary convert ckpt/qwen3 --to hf --out qwen3-hf           (Qwen3ForCausalLM.from_pretrained)\n"
             "  ternary convert ckpt/qwen3 --to mlx-lm --out qwen3-mlx-lm   (mlx_lm.load; group 64/128)\n"
             "  ternary convert ckpt/qwen3 --to hf-bitnet --out qwen3-bitnet  (AutoModelForCausalLM; group_size 0)\n"
@@ -142,8 +149,11 @@ def register_export(subs) -> None:
             "  (hf, mlx-lm, hf-bitnet and gguf need a stock Qwen3 shape: SwiGLU, q/k norm, no soft-cap; not the\n"
             "  relu^2 smoke)\n\n"
             "packed: one file, a JSON header (config, tensor table) and base-3 codes (5 per byte), fp16 scales\n"
-            "and fp16 other parameters; load it with convert.export.load_packed. The ternary forward pass is\n"
-            "kept up to fp16 rounding of the scales (<= 2^-11 relative); latent weights are not.\n\n"
+            "and the other parameters in fp16 (--floats int8: float matrices such as the embedding in per-row\n"
+            "absmax int8, each element within half a row scale; norm gains stay fp16), compressed with LZMA,\n"
+            "zstd or not at all; load it with convert.export.load_packed or score it with `ternary eval FILE`.\n"
+            "The ternary forward pass is kept up to fp16 rounding of the scales (<= 2^-11 relative); latent\n"
+            "weights are not.\n\n"
             "hf-bitnet: transformers' BitNet quantizer (AutoBitLinear, offline): ternary linears 2-bit packed\n"
             "(4 codes per byte along the output dim) with one multiplying weight_scale per tensor, so only\n"
             "ternary.group_size = 0 exports (grouped or per-row scales are refused). AutoBitLinear always\n"
@@ -166,5 +176,10 @@ def register_export(subs) -> None:
     c.add_argument("--gguf-float", choices=("f16", "f32"), default=None,
                    help="GGUF type of the float matrices (embeddings, float head; default f16); norms are f32")
     c.add_argument("--dtype", choices=("float32",), default="float32", help="canonical weight dtype (float32 only)")
-    c.add_argument("--compress", choices=("lzma", "none"), default=None, help="packed payload compression (default lzma)")
+    c.add_argument("--compress", choices=("lzma", "zstd", "none"), default=None,
+                   help="packed payload compression (default lzma: xz preset 9e, the smallest; zstd: level 19, about "
+                        "1%% larger on the smoke model, as fast or faster to write and 10-100x faster to read)")
+    c.add_argument("--floats", choices=("fp16", "int8"), default=None,
+                   help="packed float parameters (default fp16; int8: per-row absmax int8 + one fp16 scale per "
+                        "row for float matrices, 1-D norm gains stay fp16)")
     c.add_argument("--force", action="store_true", help="replace an existing output")

@@ -79,8 +79,9 @@ def load_model(path: str, backend: str, use_ema: bool):
         model, cfg = (Model(cfg, packed_weights, device=device), cfg) if packed else checkpoint.load(ckpt, device=device)
         info = f"torch {torch.__version__}, {device}"
     if packed:
+        from convert.export import describe
         return (model, cfg, ckpt, (evaluate.evaluate, generate.generate), "packed",
-                f"{info}; packed artifact (codes exact, scales and float parameters in fp16)")
+                f"{info}; packed artifact ({describe(ckpt)})")
     weights, note = "latent", "latent weights"
     if cfg.train.ema_decay and use_ema:
         opt = fmt.read_optimizer(ckpt)

@@ -8,22 +8,44 @@ packed: one compact file holding what the ternary forward pass needs, nothing el
     MAGIC (8 bytes) | header length (uint64 little endian) | header (UTF-8 JSON) | payload
 
 The header is never compressed (so it can be read without touching the payload). It holds the run
-config, the compression ("lzma" or "none"), the stored and raw payload sizes, the sha256 of the
-stored payload, and the tensor table: for each parameter in canonical order its name, kind
-("ternary" or "float"), shape, and for ternary weights the group size, the code count and the
-scale shape/dtype, each with (offset, bytes) into the raw (decompressed) payload. The raw payload is
-three sections, in this order so that the compressor sees like data together:
-  1. codes   of every ternary weight: shared.ternary.pack_base3 (5 codes per byte)
-  2. scales  of every ternary weight: float16 (float32 for a tensor whose scales fall outside the
-             fp16 normal range, where fp16 would lose more than 2^-11 relative precision)
-  3. floats  every other parameter: float16 (float32 for a tensor that would overflow fp16)
+config, the compression ("lzma", "zstd" or "none"), the float storage ("fp16" or "int8"), the stored
+and raw payload sizes, the sha256 of the stored payload, and the tensor table: for each parameter in
+canonical order its name, kind ("ternary" or "float"), shape, and for ternary weights the group
+size, the code count and the scale shape/dtype, each with (offset, bytes) into the raw
+(decompressed) payload. The raw payload is five sections, in this order so that the compressor sees
+like data together (sections 3 and 4 are empty unless --floats int8):
+  1. codes        of every ternary weight: shared.ternary.pack_base3 (5 codes per byte)
+  2. scales       of every ternary weight: float16 (float32 for a tensor whose scales fall outside
+                  the fp16 normal range, where fp16 would lose more than 2^-11 relative precision)
+  3. float codes  --floats int8 only: int8 codes of every float MATRIX (ndim >= 2: the embedding, a
+                  float lm_head), one row = one slice along the first axis (a token's vector)
+  4. float scales --floats int8 only: one scale per such row, float16 (float32 for a tensor whose
+                  rows reach 127 * 65504)
+  5. floats       every other float parameter: float16 (float32 for a tensor that would overflow
+                  fp16). With --floats int8 these are the 1-D ones (norm gains), kept fp16 because
+                  they are few and an error in a gain scales a whole channel.
 All numbers are little endian.
 
+int8 rule (per row, symmetric absmax): s = fp16(max|row| / 127), rounded to nearest and then moved
+up one fp16 step where that rounding went down, so that |w| / s <= 127 and no value is ever
+clipped; q = round_half_to_even(w / s) (computed in float64) in [-127, 127]; a row of zeros has
+s = 0 and q = 0. The reader returns q * s in float32 (exact: 7-bit q times an 11-bit s), so every
+element is off by at most s / 2 (~ max|row| / 254) from the checkpoint's float32 value. Non-finite
+values are refused. -128 is never written (the reader refuses it as damage).
+
+Compression: "lzma" (xz, preset 9 | EXTREME), "zstd" (the zstandard package, level ZSTD_LEVEL) or
+"none". The header records which; a reader refuses one it does not know, and a payload whose sha256
+does not match the header is refused before it is decompressed.
+
+Versions: 2 (this writer) added "zstd", --floats int8 and the header key "floats"; version 1 files
+(lzma/none, fp16 floats) are a subset of version 2 and still read.
+
 `load_packed(path)` -> (config, weights): the weights the ternary forward pass uses, W_t = q * s in
-float32 (scales widened from fp16), floats widened to float32. Building a model from them needs
-`effective_config(config)` (ternary projection off: the weights are already projected). With
-`form="latent"` it instead returns latent weights whose projection under the original config is
-q * s again (to float32 rounding of the group mean), which also keeps activation quantization.
+float32 (scales widened from fp16), floats widened to float32 (int8 ones dequantized). Building a
+model from them needs `effective_config(config)` (ternary projection off: the weights are already
+projected). With `form="latent"` it instead returns latent weights whose projection under the
+original config is q * s again (to float32 rounding of the group mean), which also keeps
+activation quantization.
 """
 from __future__ import annotations
 
@@ -45,10 +67,12 @@ from shared.config import ConfigError, RunConfig
 from shared.naming import parameter_shapes, ternary_parameters
 from shared.ternary import pack_base3, quantize, unpack_base3
 
-MAGIC = b"TERNPK1\n"
+MAGIC = b"TERNPK1\n"  # unchanged across versions: the version lives in the header
 FORMAT = "ternary-packed"
-VERSION = 1
-COMPRESSIONS = ("lzma", "none")
+VERSION = 2  # 2: zstd, --floats int8, header key "floats"; version 1 still reads (a subset)
+COMPRESSIONS = ("lzma", "zstd", "none")
+FLOAT_MODES = ("fp16", "int8")
+ZSTD_LEVEL = 19  # 22 (ultra) measured byte-identical on our models, with a 16x larger decoder window; see _compress
 FP16_MAX = float(np.finfo(np.float16).max)
 FP16_MIN_NORMAL = float(np.finfo(np.float16).tiny)  # 2^-14
 MAX_HEADER = 64 << 20
@@ -82,6 +106,10 @@ def to_canonical(src: str | Path, out: str | Path, *, dtype: str = "float32", fo
 
 
 # ---- packed: writing ----------------------------------------------------------------------------
+def _le(x: np.ndarray, dtype: str) -> bytes:
+    return np.ascontiguousarray(x, np.dtype(dtype).newbyteorder("<")).tobytes()
+
+
 def _float_dtype(x: np.ndarray) -> str:
     return "float16" if (x.size == 0 or float(np.abs(x).max()) <= FP16_MAX) else "float32"
 
@@ -91,17 +119,66 @@ def _scale_dtype(s: np.ndarray) -> str:
     return "float16" if (a.min() >= FP16_MIN_NORMAL and a.max() <= FP16_MAX) else "float32"
 
 
+def quantize_rows_int8(w: np.ndarray, name: str = "tensor") -> tuple[np.ndarray, np.ndarray]:
+    """(int8 codes shaped like w, row scales [w.shape[0]] float16 or float32): the module docstring's
+    int8 rule. Every element of codes * scales[:, None] is within scales / 2 of w."""
+    rows = np.asarray(w, np.float64).reshape(w.shape[0], -1)
+    if not np.isfinite(rows).all():
+        raise CheckpointError(f"{name}: non-finite values cannot be stored as int8 (--floats int8)")
+    amax = np.abs(rows).max(axis=1) if rows.shape[1] else np.zeros(rows.shape[0])
+    # fp16 unless a row's scale could reach the top fp16 step and be bumped past 65504: then float32
+    dt = np.float16 if (amax.size == 0 or amax.max() / 127 < 65472.0) else np.float32  # 65472: fp16 below max
+    s = (amax / 127).astype(dt)
+    low = s.astype(np.float64) * 127 < amax  # rounded down: the largest |w| / s would exceed 127
+    s[low] = np.nextafter(s[low], dt(np.inf))
+    s64 = s.astype(np.float64)[:, None]
+    q = np.divide(rows, s64, out=np.zeros_like(rows), where=s64 > 0)
+    q = np.rint(q)  # round half to even
+    if q.size and np.abs(q).max() > 127:  # cannot happen by construction of s; never clip silently
+        raise AssertionError(f"{name}: int8 code outside [-127, 127]")
+    return q.astype(np.int8).reshape(w.shape), s
+
+
+def _compress(raw: bytes, how: str) -> bytes:
+    """Measured (2-core VM, loaded): trained smoke model, int8 floats, raw payload 236,096 B: lzma 9e
+    223,916 B in 0.4 s (decompress 39 ms); zstd 19 and 22 both 226,475 B in 0.1 s (decompress 0.2 ms).
+    Random 9 x 512 model, raw 5.1 MB: lzma 4,935,364 B in 3.5 s; zstd 19 and 22 both 4,948,813 B in
+    2.4-3.7 s. Level 22 never came out smaller, and its window (128 MB, --ultra) sets the decoder's
+    memory; so ZSTD_LEVEL = 19 (8 MB window)."""
+    if how == "lzma":
+        return lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME)
+    if how == "zstd":
+        return _zstd().ZstdCompressor(level=ZSTD_LEVEL).compress(raw)
+    if how == "none":
+        return raw
+    raise ConfigError(f"--compress {how!r}: expected one of {', '.join(COMPRESSIONS)}")
+
+
+def _zstd():
+    try:
+        import zstandard
+    except ImportError:
+        raise ConfigError("zstd compression needs the zstandard package: pip install zstandard") from None
+    return zstandard
+
+
 @dataclass
 class PackedStats:
     bytes: int  # whole file
     raw_payload: int
     codes_bytes: int  # base-3 section, uncompressed
-    scales_bytes: int
-    floats_bytes: int
+    scales_bytes: int  # ternary scales
+    floats_bytes: int  # every float parameter: float codes + float scales + plain floats, uncompressed
     header_bytes: int
     ternary_weights: int
     float_weights: int
-    codes_only_compressed: int | None  # the codes section LZMA-compressed on its own (None: not measured)
+    codes_only_compressed: int | None  # the codes section compressed on its own (None: not measured)
+    compress: str = "lzma"
+    floats: str = "fp16"
+    payload_bytes: int = 0  # the payload as stored (compressed)
+    float_codes_bytes: int = 0  # int8 codes of float matrices (--floats int8)
+    float_scales_bytes: int = 0  # their row scales
+    plain_floats_bytes: int = 0  # fp16/fp32 float parameters
 
     @property
     def bits_per_ternary_weight(self) -> float:
@@ -118,16 +195,24 @@ class PackedStats:
         return 8 * self.codes_only_compressed / self.ternary_weights
 
 
-def pack(config: RunConfig, weights: dict[str, np.ndarray], compress: str = "lzma",
-         measure_codes: bool = True) -> tuple[bytes, PackedStats]:
-    """The packed file's bytes and its size breakdown."""
+def _check_options(compress: str, floats: str) -> None:
     if compress not in COMPRESSIONS:
         raise ConfigError(f"--compress {compress!r}: expected one of {', '.join(COMPRESSIONS)}")
+    if floats not in FLOAT_MODES:
+        raise ConfigError(f"--floats {floats!r}: expected one of {', '.join(FLOAT_MODES)}")
+    if compress == "zstd":
+        _zstd()  # a missing package is an error now, not after reading the checkpoint
+
+
+def pack(config: RunConfig, weights: dict[str, np.ndarray], compress: str = "lzma",
+         measure_codes: bool = True, floats: str = "fp16") -> tuple[bytes, PackedStats]:
+    """The packed file's bytes and its size breakdown."""
+    _check_options(compress, floats)
     shapes = parameter_shapes(config.model)
     check_tensor_set(shapes, {k: tuple(v.shape) for k, v in weights.items()}, "weights to pack")
     tern = set(ternary_parameters(config))
     G, eps = config.ternary.group_size, config.ternary.eps
-    codes_parts, scale_parts, float_parts = [], [], []
+    parts: dict[str, list] = {k: [] for k in ("codes", "scales", "float_codes", "float_scales", "floats")}
     table: list[dict[str, Any]] = []
     for name, shape in shapes.items():
         w = np.asarray(weights[name], np.float32)
@@ -136,47 +221,60 @@ def pack(config: RunConfig, weights: dict[str, np.ndarray], compress: str = "lzm
             sd = _scale_dtype(s)
             table.append({"name": name, "kind": "ternary", "shape": list(shape), "group_size": G,
                           "count": int(q.size), "scale_shape": list(s.shape), "scale_dtype": sd})
-            codes_parts.append((table[-1], "codes", pack_base3(q).tobytes()))
-            scale_parts.append((table[-1], "scales", s.astype(sd).astype("<" + np.dtype(sd).str[1:]).tobytes()))
+            parts["codes"].append((table[-1], "codes", pack_base3(q).tobytes()))
+            parts["scales"].append((table[-1], "scales", _le(s.astype(sd), sd)))
+        elif floats == "int8" and w.ndim >= 2:
+            q, s = quantize_rows_int8(w, name)
+            sd = str(s.dtype)
+            table.append({"name": name, "kind": "float", "shape": list(shape), "dtype": "int8",
+                          "scale_shape": [int(shape[0])], "scale_dtype": sd})
+            parts["float_codes"].append((table[-1], "data", q.tobytes()))
+            parts["float_scales"].append((table[-1], "scales", _le(s, sd)))
         else:
             fd = _float_dtype(w)
             table.append({"name": name, "kind": "float", "shape": list(shape), "dtype": fd})
-            float_parts.append((table[-1], "data", w.astype(fd).astype("<" + np.dtype(fd).str[1:]).tobytes()))
-    raw, off = [], 0
-    sections = {}
-    for sec_name, parts in (("codes", codes_parts), ("scales", scale_parts), ("floats", float_parts)):
+            parts["floats"].append((table[-1], "data", _le(w.astype(fd), fd)))
+    raw, off, sections = [], 0, {}
+    for sec_name, sec in parts.items():
         start = off
-        for entry, key, b in parts:
+        for entry, key, b in sec:
             entry[key] = [off, len(b)]
             raw.append(b)
             off += len(b)
         sections[sec_name] = off - start
     raw_payload = b"".join(raw)
-    payload = lzma.compress(raw_payload, preset=9 | lzma.PRESET_EXTREME) if compress == "lzma" else raw_payload
-    header = {"format": FORMAT, "version": VERSION, "compress": compress,
+    payload = _compress(raw_payload, compress)
+    header = {"format": FORMAT, "version": VERSION, "compress": compress, "floats": floats,
               "payload_bytes": len(payload), "raw_payload_bytes": len(raw_payload),
               "payload_sha256": hashlib.sha256(payload).hexdigest(),
               "config": config.to_dict(), "tensors": table}
     hb = json.dumps(header, separators=(",", ":")).encode()
     blob = MAGIC + struct.pack("<Q", len(hb)) + hb + payload
     codes_c = None
-    if measure_codes and compress == "lzma" and sections["codes"]:
-        codes_c = len(lzma.compress(raw_payload[:sections["codes"]], preset=9 | lzma.PRESET_EXTREME))
+    if measure_codes and compress != "none" and sections["codes"]:
+        codes_c = len(_compress(raw_payload[:sections["codes"]], compress))
     n_tern = sum(e["count"] for e in table if e["kind"] == "ternary")
     n_float = sum(math.prod(e["shape"]) for e in table if e["kind"] == "float")
-    return blob, PackedStats(len(blob), len(raw_payload), sections["codes"], sections["scales"],
-                             sections["floats"], len(hb) + len(MAGIC) + 8, n_tern, n_float, codes_c)
+    float_total = sections["float_codes"] + sections["float_scales"] + sections["floats"]
+    return blob, PackedStats(
+        bytes=len(blob), raw_payload=len(raw_payload), codes_bytes=sections["codes"],
+        scales_bytes=sections["scales"], floats_bytes=float_total, header_bytes=len(hb) + len(MAGIC) + 8,
+        ternary_weights=n_tern, float_weights=n_float, codes_only_compressed=codes_c, compress=compress,
+        floats=floats, payload_bytes=len(payload), float_codes_bytes=sections["float_codes"],
+        float_scales_bytes=sections["float_scales"], plain_floats_bytes=sections["floats"])
 
 
-def to_packed(src: str | Path, out: str | Path, *, compress: str = "lzma", force: bool = False) -> PackedStats:
+def to_packed(src: str | Path, out: str | Path, *, compress: str = "lzma", floats: str = "fp16",
+              force: bool = False) -> PackedStats:
     """Verified read of the checkpoint `src`, packed into the single file `out` (written atomically)."""
     out = Path(out)
     if out.exists() and not force:
         raise CheckpointError(f"{out} exists; pass --force to replace it")
     if out.is_dir():
         raise CheckpointError(f"{out} is a directory; --to packed writes one file")
+    _check_options(compress, floats)  # before the (slow) read
     config, weights = read_checkpoint(src)
-    blob, stats = pack(config, weights, compress)
+    blob, stats = pack(config, weights, compress, floats=floats)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
@@ -214,13 +312,28 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], int]:
         raise PackedError(f"{path}: damaged header ({e})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise PackedError(f"{path}: header format is not {FORMAT!r}")
-    if not isinstance(header.get("version"), int) or header["version"] > VERSION:
-        raise PackedError(f"{path}: format version {header.get('version')} is newer than this tool reads "
-                          f"({VERSION}); upgrade ternary")
+    if not isinstance(header.get("version"), int) or not 1 <= header["version"] <= VERSION:
+        raise PackedError(f"{path}: format version {header.get('version')} is not one this tool reads "
+                          f"(1 to {VERSION}); a newer ternary may read it")
     for key in ("compress", "payload_bytes", "raw_payload_bytes", "payload_sha256", "config", "tensors"):
         if key not in header:
             raise PackedError(f"{path}: header lacks {key!r}")
+    known = COMPRESSIONS if header["version"] >= 2 else ("lzma", "none")
+    if header["compress"] not in known:
+        raise PackedError(f"{path}: unknown compression {header['compress']!r} for format version "
+                          f"{header['version']} (this tool reads {', '.join(known)})")
+    floats = header.get("floats", "fp16")  # version 1 had fp16 floats only
+    if floats not in (FLOAT_MODES if header["version"] >= 2 else ("fp16",)):
+        raise PackedError(f"{path}: unknown float storage {floats!r} (this tool reads {', '.join(FLOAT_MODES)})")
     return header, len(MAGIC) + 8 + n
+
+
+def describe(path: str | Path) -> str:
+    """One line on what a packed file keeps exactly and what it rounded (for `ternary eval FILE`)."""
+    h, _ = read_header(path)
+    floats = ("float matrices per-row int8, other float parameters fp16" if h.get("floats") == "int8"
+              else "float parameters fp16")
+    return f"codes exact, scales fp16, {floats}; format version {h['version']}, {h['compress']}"
 
 
 def _slice(raw: bytes, span, what: str, path) -> bytes:
@@ -233,8 +346,39 @@ def _slice(raw: bytes, span, what: str, path) -> bytes:
     return raw[off:off + n]
 
 
-def read_packed(path: str | Path) -> tuple[RunConfig, dict[str, tuple[np.ndarray, np.ndarray] | np.ndarray]]:
-    """(config, {name: (codes int8, scales float32) for ternary weights, float32 array otherwise})."""
+def _decompress(payload: bytes, how: str, raw_bytes: int, path) -> bytes:
+    if how == "none":
+        return payload
+    try:
+        if how == "lzma":
+            return lzma.decompress(payload)
+        zstd = _zstd()
+        try:
+            return zstd.ZstdDecompressor().decompress(payload, max_output_size=raw_bytes)
+        except zstd.ZstdError as e:
+            raise PackedError(f"{path}: cannot decompress the zstd payload ({e})") from None
+    except lzma.LZMAError as e:
+        raise PackedError(f"{path}: cannot decompress the lzma payload ({e})") from None
+    except ConfigError as e:
+        raise PackedError(f"{path}: {e}") from None
+
+
+def _array(raw: bytes, span, dtype: str, count: int, what: str, path) -> np.ndarray:
+    """`count` little-endian values of `dtype` at `span` of the raw payload."""
+    if dtype not in ("int8", "float16", "float32"):
+        raise PackedError(f"{path}: {what}: unknown dtype {dtype!r}")
+    a = np.frombuffer(_slice(raw, span, what, path), np.dtype(dtype).newbyteorder("<"))
+    if a.size != count:
+        raise PackedError(f"{path}: {what}: {a.size} values where {count} are needed (wrong shape)")
+    return a
+
+
+def read_packed(path: str | Path, dequantize_floats: bool = True
+                ) -> tuple[RunConfig, dict[str, tuple[np.ndarray, np.ndarray] | np.ndarray]]:
+    """(config, {name: (codes int8, scales float32) for ternary weights, float32 array otherwise}).
+
+    With dequantize_floats=False an int8 float matrix comes back as (codes int8 shaped like the
+    matrix, row scales float32 [rows]) instead of codes * scales."""
     path = Path(path)
     header, start = read_header(path)
     size = path.stat().st_size
@@ -244,15 +388,7 @@ def read_packed(path: str | Path) -> tuple[RunConfig, dict[str, tuple[np.ndarray
     payload = path.read_bytes()[start:]
     if hashlib.sha256(payload).hexdigest() != header["payload_sha256"]:
         raise PackedError(f"{path}: payload fails its sha256 checksum (the file is damaged)")
-    if header["compress"] == "lzma":
-        try:
-            raw = lzma.decompress(payload)
-        except lzma.LZMAError as e:
-            raise PackedError(f"{path}: cannot decompress the payload ({e})") from None
-    elif header["compress"] == "none":
-        raw = payload
-    else:
-        raise PackedError(f"{path}: unknown compression {header['compress']!r}")
+    raw = _decompress(payload, header["compress"], header["raw_payload_bytes"], path)
     if len(raw) != header["raw_payload_bytes"]:
         raise PackedError(f"{path}: payload decompresses to {len(raw)} bytes, the header says "
                           f"{header['raw_payload_bytes']}")
@@ -269,6 +405,7 @@ def read_packed(path: str | Path) -> tuple[RunConfig, dict[str, tuple[np.ndarray
     except CheckpointError as e:
         raise PackedError(str(e)) from None
     tern = set(ternary_parameters(config))
+    int8_ok = header.get("floats") == "int8"
     out: dict[str, Any] = {}
     for e in table:
         name, shape = e["name"], tuple(e["shape"])
@@ -281,19 +418,29 @@ def read_packed(path: str | Path) -> tuple[RunConfig, dict[str, tuple[np.ndarray
                     raise PackedError(f"{path}: {name}: group size or code count disagrees with the config")
                 codes = unpack_base3(np.frombuffer(_slice(raw, e["codes"], f"{name} codes", path), np.uint8),
                                      e["count"]).reshape(shape)
-                sd = np.dtype(e["scale_dtype"]).newbyteorder("<")
-                sb = _slice(raw, e["scales"], f"{name} scales", path)
-                scales = np.frombuffer(sb, sd).astype(np.float32)
                 want = (1, 1) if config.ternary.group_size == 0 else (shape[0], shape[1] // config.ternary.group_size)
-                if tuple(e["scale_shape"]) != want or scales.size != math.prod(want):
+                if tuple(e["scale_shape"]) != want:
                     raise PackedError(f"{path}: {name}: scales have the wrong shape")
-                out[name] = (codes, scales.reshape(want))
+                scales = _array(raw, e["scales"], e["scale_dtype"], math.prod(want), f"{name} scales", path)
+                out[name] = (codes, scales.astype(np.float32).reshape(want))
+            elif e["dtype"] == "int8":
+                if not int8_ok or len(shape) < 1 or list(e["scale_shape"]) != [shape[0]]:
+                    raise PackedError(f"{path}: {name}: int8 entry in a file without --floats int8, "
+                                      "or its scales have the wrong shape")
+                q = _array(raw, e["data"], "int8", math.prod(shape), name, path)
+                s = _array(raw, e["scales"], e["scale_dtype"], shape[0], f"{name} scales", path).astype(np.float32)
+                if q.size and q.min() < -127:  # the writer never uses -128
+                    raise PackedError(f"{path}: {name}: int8 code -128 (damaged data)")
+                if not (np.isfinite(s).all() and (s >= 0).all()):
+                    raise PackedError(f"{path}: {name}: negative or non-finite row scale (damaged data)")
+                q = q.reshape(shape)
+                out[name] = ((q.reshape(shape[0], -1) * s[:, None]).reshape(shape).astype(np.float32)
+                             if dequantize_floats else (q, s))
             else:
-                fd = np.dtype(e["dtype"]).newbyteorder("<")
-                arr = np.frombuffer(_slice(raw, e["data"], name, path), fd).astype(np.float32)
-                if arr.size != math.prod(shape):
-                    raise PackedError(f"{path}: {name}: {arr.size} values for shape {shape}")
-                out[name] = arr.reshape(shape)
+                if e["dtype"] not in ("float16", "float32"):
+                    raise PackedError(f"{path}: {name}: unknown float dtype {e['dtype']!r}")
+                arr = _array(raw, e["data"], e["dtype"], math.prod(shape), name, path)
+                out[name] = arr.astype(np.float32).reshape(shape)
         except PackedError:
             raise
         except (KeyError, TypeError, ValueError) as err:
@@ -315,7 +462,7 @@ def load_packed(path: str | Path, form: str = "dequantized") -> tuple[RunConfig,
     """(config, float32 weights) from a packed file.
 
     form="dequantized": ternary weights are W_t = q * s (float32 from the stored fp16 scales); build a
-    model with effective_config(config).
+    model with effective_config(config). Float parameters are float32 (int8 ones dequantized).
     form="latent": ternary weights W' = q * s * G / nnz(group) (0 for an all-zero group), whose
     projection is q again and whose scale mean|W'| is s up to float32 rounding; build a model with
     `config` itself (keeps activation quantization).

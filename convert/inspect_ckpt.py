@@ -6,7 +6,8 @@ latent weights) and its scale statistics, the overall code entropy (bits per ter
 sizes: float32 and bf16 tensor data, 2-bit packing (shared.ternary.pack_2bit layout: ceil(out/4)
 rows) + fp16 scales + bf16 other parameters, the tensor data of the hf-bitnet and gguf TQ2_0 / TQ1_0
 exports (convert/export_bitnet.py, convert/export_gguf.py; n/a where they refuse the model), and the
-packed artifact of convert/export.py (base-3 + fp16 + LZMA), built in memory to measure it.
+packed artifact of convert/export.py (base-3 + fp16 + LZMA, and with --floats int8 when the model has
+float matrices), built in memory to measure it.
 """
 from __future__ import annotations
 
@@ -83,6 +84,10 @@ def inspect(path: str | Path, measure_packed: bool = True) -> dict[str, Any]:
         sz["packed_base3_lzma"] = st.bytes
         sz["packed_bits_per_ternary_weight"] = st.bits_per_ternary_weight
         sz["packed_code_bits_per_weight_compressed"] = st.code_bits_per_weight_compressed
+        if any(weights[k].ndim >= 2 for k in weights if k not in tern):  # float matrices: int8 changes them
+            _, st8 = pack(config, weights, "lzma", measure_codes=False, floats="int8")
+            sz["packed_base3_int8_lzma"] = st8.bytes
+            sz["packed_int8_bits_per_ternary_weight"] = st8.bits_per_ternary_weight
     report["sizes_bytes"] = sz
     return report
 
@@ -129,6 +134,10 @@ def format_report(r: dict[str, Any]) -> str:
             extra += f"; codes alone {s['packed_code_bits_per_weight_compressed']:.3f}"
         lines.append(f"    base-3 + fp16 + LZMA (convert packed)  {s['packed_base3_lzma']:>14,d} B"
                      + (extra + ")" if p["ternary"] else ""))
+    if "packed_base3_int8_lzma" in s:
+        lines.append(f"    same, --floats int8 (float matrices)   {s['packed_base3_int8_lzma']:>14,d} B"
+                     + (f"  ({s['packed_int8_bits_per_ternary_weight']:.3f} bits/ternary weight)"
+                        if p["ternary"] else ""))
     return "\n".join(lines)
 
 

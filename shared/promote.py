@@ -115,10 +115,11 @@ def artifact_estimate(cfg: RunConfig) -> ArtifactEstimate:
 
     Assumptions: codes are ceil(n / 5) bytes per ternary tensor (base 3); scales and float
     parameters are fp16 (pack widens to fp32 only for values outside fp16's normal range); the
-    header is the same JSON as pack writes; LZMA is credited with nothing. Ternary codes are near
-    their entropy (log2 3 = 1.585 of the 1.6 bits), so LZMA gains ~0 on them; it does shrink the
-    fp16 floats (~10% on random normal weights) and the scales, so the estimate is an upper bound
-    of a real file by a few percent, which is the safe side of a size limit.
+    header is the same JSON as pack writes (its default --floats fp16; --floats int8 files are
+    smaller); LZMA is credited with nothing. Ternary codes are near their entropy (log2 3 = 1.585
+    of the 1.6 bits), so LZMA gains ~0 on them; it does shrink the fp16 floats (~10% on random
+    normal weights) and the scales, so the estimate is an upper bound of a real file by a few
+    percent, which is the safe side of a size limit.
     """
     shapes = parameter_shapes(cfg.model)
     tern = set(ternary_parameters(cfg))
@@ -145,8 +146,9 @@ def artifact_estimate(cfg: RunConfig) -> ArtifactEstimate:
             off += b
     codes, scales, floats = size["codes"], size["scales"], size["floats"]
     raw = codes + scales + floats
-    header = {"format": "ternary-packed", "version": 1, "compress": "lzma", "payload_bytes": raw,
-              "raw_payload_bytes": raw, "payload_sha256": "0" * 64, "config": cfg.to_dict(), "tensors": table}
+    header = {"format": "ternary-packed", "version": 2, "compress": "lzma", "floats": "fp16",
+              "payload_bytes": raw, "raw_payload_bytes": raw, "payload_sha256": "0" * 64,
+              "config": cfg.to_dict(), "tensors": table}
     hb = len(json.dumps(header, separators=(",", ":")).encode()) + 8 + 8  # + MAGIC + length
     return ArtifactEstimate(codes, scales, floats, hb, raw + hb)
 

@@ -39,5 +39,7 @@ def test_bench_formats_smoke(tmp_path):
     assert f["gguf_tq2_0"]["ternary_bits_per_weight"] == 2.0625 and f["gguf_tq1_0"]["ternary_bits_per_weight"] == 1.6875
     assert f["hf_bitnet"]["ternary_bytes"] == n // 4 + 4 * len(tern)
     assert f["packed"]["codes_bits_per_weight_uncompressed"] == pytest.approx(1.6, abs=1e-3)
+    assert f["packed_int8_zstd"]["file_bytes"] < f["packed_fp16_zstd"]["file_bytes"]  # the 64 x 256 embedding
+    assert f["packed_int8_lzma"]["float_bytes_uncompressed"] < f["packed"]["float_bytes_uncompressed"]
     assert f["canonical_fp32"]["ternary_bits_per_weight"] == 32.0
     assert "group_size = 0" in f["mlx_lm"]["refused"]  # mlx-lm needs group 64 or 128

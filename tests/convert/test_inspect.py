@@ -49,6 +49,8 @@ def test_inspect_report_matches_reference(tmp_path):
     assert s["packed_2bit"] == nt // 4 + 2 * sum(x["scale"]["count"] for x in r["ternary_weights"]) + 2 * (n - nt)
     export.to_packed(tmp_path / "ck", tmp_path / "m.tpk")
     assert s["packed_base3_lzma"] == (tmp_path / "m.tpk").stat().st_size
+    export.to_packed(tmp_path / "ck", tmp_path / "m8.tpk", floats="int8")
+    assert s["packed_base3_int8_lzma"] == (tmp_path / "m8.tpk").stat().st_size < s["packed_base3_lzma"]
 
 
 def test_inspect_cli_text_and_json(tmp_path, capsys):

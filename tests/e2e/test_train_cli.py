@@ -182,17 +182,22 @@ def test_eval_matches_the_training_summary(mlx_run):
 def test_eval_reads_a_packed_artifact_for_the_round_trip_score(mlx_run, tmp_path):
     """S15: the exported artifact is scored next to the training checkpoint; fp16 scales move the
     score only slightly, and the codes are the same."""
-    packed = tmp_path / "model.tpk"
+    packed, int8 = tmp_path / "model.tpk", tmp_path / "model-int8.tpk"
     r = run("convert", str(mlx_run), "--to", "packed", "--out", str(packed))
     assert r.returncode == 0, r.stdout + r.stderr
+    # the int8 float embedding (per-row absmax) and zstd: the smallest artifact scores too
+    r = run("convert", str(mlx_run), "--to", "packed", "--out", str(int8), "--floats", "int8", "--compress", "zstd")
+    assert r.returncode == 0, r.stdout + r.stderr
     scores = {}
-    for name, src in (("ckpt", mlx_run), ("packed", packed)):
+    for name, src in (("ckpt", mlx_run), ("packed", packed), ("int8", int8)):
         r = run("eval", str(src), "--max-tokens", "2000", "--json")
         assert r.returncode == 0, r.stdout + r.stderr
         scores[name] = json.loads(r.stdout)
-    assert scores["packed"]["weights"] == "packed"
+    assert scores["packed"]["weights"] == scores["int8"]["weights"] == "packed"
     assert scores["packed"]["val_bpb"] == pytest.approx(scores["ckpt"]["val_bpb"], abs=5e-3)
     assert scores["packed"]["val_bpb"] != scores["ckpt"]["val_bpb"]  # really the fp16 artifact
+    assert scores["int8"]["val_bpb"] == pytest.approx(scores["ckpt"]["val_bpb"], abs=5e-3)
+    assert scores["int8"]["val_bpb"] != scores["packed"]["val_bpb"]  # really int8 floats
 
 
 def test_eval_uses_the_ema_weights_the_run_evaluated(tmp_path):
