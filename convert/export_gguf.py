@@ -48,6 +48,9 @@ GGUF_TYPES = ("TQ2_0", "TQ1_0")
 QWEN2_REGEX_START = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}"
 ACT_WARNING = ("ternary.activation_bits = 8 has no GGUF setting: llama.cpp's CPU TQ kernels quantize activations "
                "to 8 bits per block of 256 values (Q8_K), not per token, so its outputs differ slightly from ours")
+ACT_WARNING_FLOAT = ("lossy at run time: llama.cpp's CPU TQ kernels quantize activations to 8 bits per block of 256 "
+                     "values (Q8_K); this model was trained with float activations (ternary.activation_bits unset), "
+                     "so llama.cpp's outputs differ from ours more than rounding")
 
 
 def gguf_name(name_map, name: str) -> str:
@@ -155,7 +158,7 @@ def to_gguf(src: str | Path, out: str | Path, *, gguf_type: str = "TQ2_0", float
         raise CheckpointError(f"{out} exists; pass --force to replace it")
     if out.exists() and not out.is_file():
         raise CheckpointError(f"{out} exists and is not a file")
-    warnings = [ACT_WARNING] if t.activation_bits else []
+    warnings = [ACT_WARNING if t.activation_bits else ACT_WARNING_FLOAT]
     if t.group_size and t.group_size % QK:
         warnings.append(f"lossy: ternary.group_size = {t.group_size} is not a multiple of {QK}, so {gguf_type} blocks "
                         "span several groups and get one scale each (codes are kept exactly; see the max weight error)")

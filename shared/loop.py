@@ -171,7 +171,7 @@ def run(cfg: RunConfig, trainer, dataset: TokenDataset, out_dir: Path, *, start_
             + (f"  (entropy gap {ev['entropy_gap_bpb']:+.4f})" if "entropy_gap_bpb" in ev else ""))
         return ev
 
-    stop = _StopFlag(log if is_main else (lambda _m: None))
+    stop = _StopFlag(log if is_main else (lambda _m: None), coalesce_s=1.0 if world_size > 1 else 0.0)
     stopping = False  # Ctrl-C, as agreed by all ranks: each step alone, at sync points with several
     try:
         with stop:
@@ -196,9 +196,14 @@ def run(cfg: RunConfig, trainer, dataset: TokenDataset, out_dir: Path, *, start_
                         result.stopped_because = (f"early stop: no val_loss improvement > {t.min_delta:g} "
                                                   f"in {t.patience} evaluations")
                         break
-                if ckpt_due:
+                if ckpt_due and not stopping:  # stopping: the interrupted checkpoint below is the same state
                     save("periodic")
             sync()
+            tern = cfg.ternary
+            if tern.enabled and step < tern.warmup_steps:  # S15: the score below is not the checkpoint's
+                log(f"warning: stopped at step {step}, inside ternary.warmup_steps={tern.warmup_steps}: the "
+                    "model is evaluated part-way to ternary (lambda < 1), but `ternary eval` and the exports use "
+                    "the fully ternary weights and will score differently; --resume to finish the warm-up")
             if trainer.agree(stop.requested):
                 result.stopped_because = "interrupted (Ctrl-C)"
                 result.checkpoint = save("interrupted")
@@ -216,15 +221,23 @@ def run(cfg: RunConfig, trainer, dataset: TokenDataset, out_dir: Path, *, start_
 
 
 class _StopFlag:
-    """First Ctrl-C: finish the current step, save, stop. Second Ctrl-C: stop at once."""
+    """First Ctrl-C: finish the current step, save, stop. Second Ctrl-C: stop at once.
 
-    def __init__(self, log: Callable[[str], None]):
+    Under torchrun a terminal Ctrl-C reaches each worker twice (from the terminal's process group
+    and forwarded by the agent), so with `coalesce_s` a second SIGINT that soon after the first is
+    the same Ctrl-C, not a request to abort.
+    """
+
+    def __init__(self, log: Callable[[str], None], coalesce_s: float = 0.0):
         self.requested, self._log, self._old = False, log, None
+        self._coalesce_s, self._first = coalesce_s, 0.0
 
     def _handler(self, signum, frame):
         if self.requested:
+            if time.monotonic() - self._first < self._coalesce_s:
+                return
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self._first = True, time.monotonic()
         self._log("\nCtrl-C: finishing this step and saving a checkpoint (Ctrl-C again to abort)")
 
     def __enter__(self):

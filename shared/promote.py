@@ -41,7 +41,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.config import ConfigError, RunConfig, TrainConfig, _suggest
+from shared.config import ConfigError, RunConfig, _suggest
 from shared.naming import parameter_shapes, ternary_parameters
 
 
@@ -305,10 +305,17 @@ class Plan:
         return self.tokens / self.total_params
 
 
-def _set_optional(d: dict[str, Any], key: str, value: Any) -> None:
-    """train.<key> only if this version's TrainConfig has the field (added by the distributed work)."""
-    if key in {f.name for f in dataclasses.fields(TrainConfig)}:
-        d["train"][key] = value
+def scale_step_counts(base: RunConfig, steps: int) -> tuple[dict[str, int], dict[str, int]]:
+    """(train.*, ternary.*) step counts that keep their fraction of the run at `steps` steps:
+    evaluation cadence, LR warm-up, lambda warm-up and checkpoints. A run without periodic
+    checkpoints gets one every 10% of its steps, so a rank that dies loses at most a tenth."""
+    t, ratio = base.train, steps / max(1, base.train.steps)
+
+    def scaled(n: int) -> int:
+        return max(1, round(n * ratio)) if n else 0
+    train = {"eval_every": scaled(t.eval_every), "warmup_steps": scaled(t.warmup_steps),
+             "checkpoint_every": scaled(t.checkpoint_every) if t.checkpoint_every else max(1, steps // 10)}
+    return train, {"warmup_steps": scaled(base.ternary.warmup_steps)}
 
 
 def plan(base: RunConfig, target: str, *, params: int | None = None, artifact_bytes: float | None = None,
@@ -351,12 +358,11 @@ def plan(base: RunConfig, target: str, *, params: int | None = None, artifact_by
     lrs, notes = scale_learning_rates(base, shaped)
     d = shaped.to_dict()
     d["model"]["max_position_embeddings"] = max(base.model.max_position_embeddings, seq)
+    train_steps, ternary_steps = scale_step_counts(base, steps)
     d["train"].update(steps=steps, seq_len=seq, batch_size=micro, grad_accum=per_gpu // micro,
-                      time_budget_s=float(seconds), **lrs)
-    _set_optional(d, "parallel", parallel)
-    _set_optional(d, "compile", True)
-    _set_optional(d, "precision", "bf16")
-    _set_optional(d, "tf32", True)
+                      time_budget_s=float(seconds), parallel=parallel, compile=True, precision="bf16", tf32=True,
+                      **train_steps, **lrs)
+    d["ternary"].update(ternary_steps)
     cfg = RunConfig.from_dict(d, where="promoted config")
     total, tern = count_parameters(cfg)
     tokens = steps * batch_tokens

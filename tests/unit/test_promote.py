@@ -2,14 +2,13 @@
 the memory/FLOP/time model and the errors of `ternary promote` (NumPy only, no backend)."""
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
 
 from convert.export import pack
 from shared import promote
-from shared.config import ConfigError, RunConfig, TrainConfig
+from shared.config import ConfigError, RunConfig
 from shared.init import init_weights
 from shared.loop import count_parameters
 from shared.naming import parameter_shapes
@@ -170,13 +169,8 @@ def test_plan_batch_steps_and_time(mac):
     # a bigger micro-batch would have to be a larger divisor of 64: either none is left or it does not fit
     assert t.batch_size == 64 or promote.memory_per_gpu(
         p.config, 2 * t.batch_size, 1024, 8, "ddp").total > 80e9 * promote.MEMORY_HEADROOM
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    if "parallel" in fields:  # the distributed keys are written once this branch's config has them
-        assert (t.parallel, t.compile, t.precision, t.tf32) == (p.parallel, True, "bf16", True)
-    d = {"train": {}}
-    promote._set_optional(d, "no_such_key", 1)
-    promote._set_optional(d, "lr", 0.5)
-    assert d == {"train": {"lr": 0.5}}
+    assert (t.parallel, t.compile, t.precision, t.tf32) == (p.parallel, True, "bf16", True)
+    assert t.checkpoint_every == t.steps // 10  # mac-ablation has none: a dead rank loses at most 10%
 
 
 def test_plan_roundtrips_through_toml(mac, tmp_path):
@@ -222,3 +216,14 @@ def test_errors(mac):
         promote.parse_count("lots")
     assert promote.parse_count("74M") == 74_000_000 and promote.parse_count("1.5B") == 1_500_000_000
     assert promote.parse_count("12_000") == 12000
+
+
+def test_step_counts_keep_their_fraction_of_the_run_and_checkpoints_are_periodic():
+    from shared.promote import scale_step_counts
+    base = get_preset("mac-ablation").with_overrides(["train.steps=1000", "train.eval_every=100", "train.warmup_steps=10",
+                                                       "ternary.warmup_steps=50", "train.checkpoint_every=0"])
+    train, tern = scale_step_counts(base, 5000)
+    assert train == {"eval_every": 500, "warmup_steps": 50, "checkpoint_every": 500}  # none before: every 10%
+    assert tern == {"warmup_steps": 250}
+    train, _ = scale_step_counts(base.with_overrides(["train.checkpoint_every=200", "train.eval_every=0"]), 500)
+    assert train["checkpoint_every"] == 100 and train["eval_every"] == 0  # 0 = only at the end stays 0
