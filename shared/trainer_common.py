@@ -2,7 +2,8 @@
 
 Written once so the two backends cannot drift (SEEDS S11). A backend Trainer subclasses
 `TrainerCommon` and sets `checkpoint` (its checkpoint module) and `evaluate_model` (its
-evaluate function); it provides `model`, `config`, `ema_weights()` and `numpy_optimizer_state()`.
+evaluate function, whose `across_ranks=True` spreads the windows over the data-parallel ranks);
+it provides `model`, `config`, `ema_weights()` and `numpy_optimizer_state()`.
 A data-parallel backend sets `rank` and overrides `agree` (see shared/loop.py).
 """
 from __future__ import annotations

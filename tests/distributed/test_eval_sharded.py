@@ -67,10 +67,12 @@ class ThreadGroup:
 
 
 def _fake_nll(calls: list, poison: int | None = None):
-    """A deterministic per-token loss with varied mantissas (as a model's); records each input."""
+    """A deterministic per-token loss that depends on the context position (as a model's), with
+    magnitudes spread over decades so that float64 sums depend on how they are grouped (a per-rank
+    partial sum would not reproduce one process's total); records each input."""
     def nll(x, y):
         calls.append(x.copy())
-        v = np.log1p(((x * 31 + y * 7) % 97).astype(np.float64)) / 3.0 + 0.1
+        v = np.exp(((x * 31 + y * 7) % 97) / 9.0) * (1.0 + np.arange(x.shape[1]) / 7.0)
         if poison is not None and (x == poison).any():
             v[x == poison] = np.nan
         return v
@@ -104,6 +106,19 @@ def test_shards_cover_every_batch_once_and_sum_bit_identically(stride, collectiv
         assert counts == [-(-len(ref_calls) // world)] * world
     else:
         assert sum(counts) == len(ref_calls)
+
+
+def test_ranks_without_a_batch_still_join_and_agree():
+    tok = get_tokenizer("bytes")
+    tokens = (np.arange(200) % 97).astype(np.int32)
+    ref = evaluate_tokens(_fake_nll([]), tokens, tok, 32, batch_size=4)  # 7 windows: 2 batches
+    group = ThreadGroup(4)
+    calls: list[list] = [[] for _ in range(4)]
+    got = group.run(lambda r: evaluate_tokens(
+        _fake_nll(calls[r]), tokens, tok, 32, batch_size=4,
+        shard=Shard(r, 4, lambda a, r=r: group.sum_over_ranks(r, a), collective_forward=True)))
+    assert got == [ref] * 4
+    assert [[c.shape for c in cs] for cs in calls] == [[(4, 32)], [(3, 32)], [(1, 1)], [(1, 1)]]
 
 
 def test_a_non_finite_loss_on_one_rank_is_an_error_on_every_rank():
