@@ -2,7 +2,8 @@
 
 Written once so the two backends cannot drift (SEEDS S11). A backend Trainer subclasses
 `TrainerCommon` and sets `checkpoint` (its checkpoint module) and `evaluate_model` (its
-evaluate function); it provides `model`, `config`, `ema_weights()` and `numpy_optimizer_state()`.
+evaluate function, whose `across_ranks=True` spreads the windows over the data-parallel ranks);
+it provides `model`, `config`, `ema_weights()` and `numpy_optimizer_state()`.
 A data-parallel backend sets `rank` and overrides `agree` (see shared/loop.py).
 """
 from __future__ import annotations
@@ -25,15 +26,17 @@ class TrainerCommon:
         return bool(flag)
 
     def evaluate(self, tokens: np.ndarray, tokenizer: Tokenizer, max_tokens: int) -> dict:
-        """Validation metrics of the current weights (of the EMA weights when EMA is on)."""
+        """Validation metrics of the current weights (of the EMA weights when EMA is on). Every
+        rank calls this; with several, each scores a share of the windows (shared/evaluation.py)."""
         ema = self.ema_weights()
         current = self.model.numpy_weights() if ema is not None else None
         if ema is not None:
             self.model.load_numpy(ema)
         self.model.check_ids = True
         try:
+            # data parallel: every rank scores its share of the windows, all get the same metrics
             return self.evaluate_model(self.model, tokens, tokenizer, self.config.train.seq_len,
-                                       max_tokens=max_tokens)
+                                       max_tokens=max_tokens, across_ranks=True)
         finally:
             self.model.check_ids = False
             if current is not None:

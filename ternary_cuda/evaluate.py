@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from shared.evaluation import evaluate_tokens
 from shared.tokenizers import Tokenizer
+from ternary_cuda import parallel
 
 
 @torch.no_grad()
@@ -20,7 +21,12 @@ def token_nll(model, inputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 def evaluate(model, tokens: np.ndarray, tokenizer: Tokenizer, seq_len: int, *, stride: int | None = None,
-             max_tokens: int | None = None, batch_size: int = 8, progress: bool = False) -> dict:
-    """val_loss, val_bpb, perplexity over `tokens` (see shared.evaluation.evaluate_tokens)."""
+             max_tokens: int | None = None, batch_size: int = 8, progress: bool = False,
+             across_ranks: bool = False) -> dict:
+    """val_loss, val_bpb, perplexity over `tokens` (see shared.evaluation.evaluate_tokens).
+
+    across_ranks: every rank of this data-parallel job calls this together and scores its share
+    of the batches; all get the metrics one process would (no effect in one process)."""
+    shard = parallel.eval_shard(model) if across_ranks else None
     return evaluate_tokens(lambda x, y: token_nll(model, x, y), tokens, tokenizer, seq_len, stride=stride,
-                           max_tokens=max_tokens, batch_size=batch_size, progress=progress)
+                           max_tokens=max_tokens, batch_size=batch_size, progress=progress, shard=shard)

@@ -6,7 +6,8 @@ WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) and, for more than one process
 process group (gloo on CPU, nccl on CUDA); without torchrun it is one process and touches
 nothing. The Trainer (train.py) asks this module for the device, the wrapped model
 (`wrap`), the gradient-sync context of an accumulation micro-step (`grad_sync`), global means
-(`mean_`), agreed decisions (`agree`) and full <-> sharded tensors (`full`, `shard_like`).
+(`mean_`), agreed decisions (`agree`), full <-> sharded tensors (`full`, `shard_like`) and this
+rank's share of an evaluation (`eval_shard`).
 
 Every rank takes the same branches (SEEDS S12): decisions that depend on something only one
 rank sees (a clock, Ctrl-C) go through `agree`, an all-reduce at the loop's sync points.
@@ -24,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from shared.config import ConfigError, TrainConfig
+from shared.evaluation import Shard
 
 # A collective that waits longer than this ends the job with an error instead of hanging on a dead
 # peer (NCCL aborts the communicator; gloo raises). Generous, because rank 0 alone writes each
@@ -236,6 +238,28 @@ def agree(flag: bool) -> bool:
     t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device() if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def sum_float64(a: np.ndarray) -> np.ndarray:
+    """The elementwise float64 sum of `a` over all ranks, on every rank (identity for one process)."""
+    a = np.array(a, np.float64)  # a copy: the all-reduce works in place
+    if not distributed():
+        return a
+    t = torch.from_numpy(a)
+    if dist.get_backend() == "nccl":
+        t = t.to(device())
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.cpu().numpy()
+
+
+def eval_shard(model: torch.nn.Module) -> Shard | None:
+    """This rank's share of an evaluation of `model` (shared.evaluation), None for one process.
+    The model is the bare one (DDP: its forward needs no peer) or FSDP2-sharded (its forward
+    gathers weights, a collective: every rank then runs equally many forward calls)."""
+    if not distributed():
+        return None
+    return Shard(rank(), world_size(), sum_float64,
+                 collective_forward=sharded(dict(model.named_parameters())))
 
 
 def sharded(params: dict[str, torch.Tensor]) -> bool:

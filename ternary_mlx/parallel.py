@@ -18,8 +18,10 @@ Each rank reads its own slice of every global batch (shared.loader.TokenLoader),
 train.batch_size is per rank and the global batch is batch_size * world_size. The Trainer
 averages gradients across ranks (one all_sum per step, inside the compiled step), so every rank
 applies the same update and the weights stay bit-identical; `check_identical` verifies that at
-the start (same seed, same checkpoint on every host). Evaluation runs on every rank on the
-whole validation split (identical weights give identical metrics, so early stopping agrees).
+the start (same seed, same checkpoint on every host). Evaluation is spread over the ranks
+(`eval_shard`, shared/evaluation.py): each scores its share of the validation batches, one
+float64 all_sum completes the table, and every rank gets the same metrics as one process
+(so early stopping agrees).
 """
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
+
+from shared.evaluation import Shard
 
 _group: mx.distributed.Group | None = None  # set by setup(); None: one process
 
@@ -88,6 +92,22 @@ def all_mean(arrays: dict[str, mx.array], g: mx.distributed.Group) -> dict[str, 
             out[k] = flat[offset:offset + size].reshape(arrays[k].shape)
             offset += size
     return out
+
+
+def sum_float64(a: np.ndarray, g: mx.distributed.Group) -> np.ndarray:
+    """The elementwise float64 sum of `a` over the ranks of `g`, on every rank. On the CPU stream:
+    Metal has no float64."""
+    return np.array(mx.distributed.all_sum(mx.array(np.asarray(a, np.float64), mx.float64), group=g,
+                                           stream=mx.cpu), np.float64)
+
+
+def eval_shard() -> Shard | None:
+    """This rank's share of an evaluation (shared.evaluation), None for one process. An MLX forward
+    needs no peer (every rank holds the whole model), so the ranks' batch counts may differ."""
+    g = _group
+    if g is None:
+        return None
+    return Shard(g.rank(), g.size(), lambda a: sum_float64(a, g))
 
 
 def any_rank(flag: bool, g: mx.distributed.Group | None) -> bool:
