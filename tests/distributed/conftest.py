@@ -1,20 +1,10 @@
-"""Make the repository root importable (the project is not necessarily pip-installed), and run
-torch single-threaded here: these models are tiny, and on a small shared CPU two intra-op threads
-made each run several times slower (thread contention), not faster."""
+"""Make the repository root importable, and run torch single-threaded as tests/train does (the same
+fixture: tiny models on a small shared CPU run several times slower with two intra-op threads)."""
 import sys
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-
-@pytest.fixture(autouse=True, scope="package")
-def _torch_one_thread():
-    import torch
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+from tests.train.conftest import _torch_one_thread  # noqa: E402,F401  (an autouse fixture, shared)
