@@ -7,4 +7,6 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.train.conftest import _torch_one_thread  # noqa: E402,F401  (an autouse fixture, shared)
+from tests.train import conftest as _train  # noqa: E402
+
+_torch_one_thread = _train._torch_one_thread  # the same autouse fixture

@@ -79,9 +79,22 @@ def _check(p: subprocess.CompletedProcess) -> None:
         f"rc {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
 
 
-@pytest.mark.parametrize("extra", [[], ["train.grad_accum=2", "train.optimizer=muon", "train.ema_decay=0.9"]],
-                         ids=["adamw", "accum-muon-ema"])
+def _float_teacher(path: Path) -> Path:
+    """A float checkpoint of CONFIG's shape (another seed) to distil from."""
+    from shared.checkpoint import write_checkpoint
+    from shared.config import RunConfig
+    from shared.init import init_weights
+    cfg = RunConfig().with_overrides(CONFIG + ["ternary.enabled=false"])
+    write_checkpoint(path, cfg, init_weights(cfg.model, seed=5), writer={"backend": "test"})
+    return path
+
+
+@pytest.mark.parametrize("extra", [[], ["train.grad_accum=2", "train.optimizer=muon", "train.ema_decay=0.9"],
+                                   ["TEACHER", "train.distill_alpha=0.7"]],
+                         ids=["adamw", "accum-muon-ema", "distill"])
 def test_two_ranks_train_like_one_process_with_the_global_batch(tmp_path, extra):
+    if "TEACHER" in extra:  # distillation: every rank runs the same frozen teacher on its own rows
+        extra = [f"train.teacher={_float_teacher(tmp_path / 'teacher')}" if e == "TEACHER" else e for e in extra]
     launched = _launch(2, _worker(tmp_path / "dump2", tmp_path / "run2", ["train.batch_size=2", *extra]))
     _check(launched)
     _check(subprocess.run(_worker(tmp_path / "dump1", tmp_path / "run1", ["train.batch_size=4", *extra]),
@@ -113,6 +126,8 @@ def test_two_ranks_train_like_one_process_with_the_global_batch(tmp_path, extra)
     assert summary["steps"] == 8
     accum = 2 if "train.grad_accum=2" in extra else 1
     assert f"8 steps x {4 * accum} x 32" in launched.stdout  # preflight counts both ranks' windows
+    if any(e.startswith("train.teacher=") for e in extra):
+        assert "teacher: " in launched.stdout and "(float," in launched.stdout
 
     # Trainer.agree: true everywhere when true on one rank (rank 1), false when false everywhere
     assert r0["agree"].tolist() == r1["agree"].tolist() == [True, False]

@@ -185,3 +185,19 @@ def test_fsdp2_matches_one_process_dies_cleanly_and_resumes(reference, tmp_path)
     assert again, "the killed run logged no step past its checkpoint"
     _assert_same_trajectory(again, [(s, before[s]) for s, _ in again], "FSDP2 resumed vs before the kill")
     shutil.rmtree(out, ignore_errors=True)
+
+
+def test_ddp_with_a_teacher_matches_one_process(tmp_path):
+    """Distillation under DDP: each rank runs the same frozen teacher on its own rows; the averaged
+    gradient is the one-process gradient of the mean distillation loss."""
+    from shared.checkpoint import write_checkpoint
+    from shared.init import init_weights
+    teacher_cfg = config("ternary.enabled=false")
+    teacher = tmp_path / "teacher"
+    write_checkpoint(teacher, teacher_cfg, init_weights(teacher_cfg.model, seed=5), writer={"backend": "test"})
+    extra = ["ternary.enabled=false", "train.log_every=1", f"train.teacher={teacher}", "train.distill_alpha=0.7"]
+    single = tmp_path / "single"
+    run(config(*extra, "train.steps=4", "train.batch_size=8"), "torch", single)
+    r = _launch(tmp_path / "ddp", *_args(single / "config.toml", "train.batch_size=4", "train.parallel=ddp"))
+    assert "teacher: " in r.stdout
+    _assert_same_trajectory(train_losses(tmp_path / "ddp"), train_losses(single), "DDP x2 with a teacher")
