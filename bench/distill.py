@@ -65,7 +65,7 @@ def transformers_rewrite(src: Path, dst: Path) -> None:
     """Load our HF export with stock transformers and save it again: a transformers-written dir."""
     import torch
     from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained(src, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
     model.save_pretrained(dst)
 
 
