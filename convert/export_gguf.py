@@ -129,7 +129,9 @@ def _tokenizer(writer, config: RunConfig) -> str:
     special = gguf.SpecialVocab(d, load_merges=True, n_vocab=n)
     special.add_to_gguf(writer, quiet=True)
     return (f"written from {d} (gpt2 BPE, pre-tokenizer {pre!r}, {len(toks)} tokens"
-            + (f" + {n - len(toks)} padding" if n > len(toks) else "") + f", {len(special.merges)} merges)")
+            + (f" + {n - len(toks)} padding" if n > len(toks) else "") + f", {len(special.merges)} merges)"
+            + ("" if pre == "qwen2" else "; WARNING: the pre-tokenizer is not Qwen2's, so it is written as "
+               "llama.cpp's 'default', which may split text differently from this tokenizer"))
 
 
 def to_gguf(src: str | Path, out: str | Path, *, gguf_type: str = "TQ2_0", float_type: str = "f16",

@@ -178,3 +178,7 @@ def test_gguf_tokenizer_metadata(tmp_path):
     eos = fields["tokenizer.ggml.eos_token_id"]
     assert tokens[eos] == "<|endoftext|>" and types[eos] == int(gguf.TokenType.CONTROL)
     assert len(fields["tokenizer.ggml.merges"]) > 0
+    # this test tokenizer's pre-tokenizer is plain byte-level, not Qwen2's regex: written as
+    # llama.cpp's 'default', and the report says it may split text differently
+    assert fields["tokenizer.ggml.pre"] == "default"
+    assert "WARNING: the pre-tokenizer is not Qwen2's" in r["tokenizer"]
