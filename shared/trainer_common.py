@@ -46,10 +46,18 @@ class TrainerCommon:
         """Checkpoint with optimizer state and trainer state: enough to resume exactly. Every rank
         calls this (gathering sharded state is a collective); only rank 0 writes."""
         t = self.config.train
-        optimizer_state = self.numpy_optimizer_state()
-        weights = self.model.numpy_weights()
-        if self.rank == 0:
+        tensors = self.checkpoint_tensors()
+        if tensors is not None:
+            weights, optimizer_state = tensors
             fmt.write_checkpoint(path, self.config, weights, writer=self.checkpoint.BACKEND,
                                  optimizer_state=optimizer_state,
                                  optimizer_meta={"optimizer": t.optimizer, "step": trainer_state["step"]},
                                  trainer_state=trainer_state)
+
+    def checkpoint_tensors(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:
+        """(weights, optimizer state) as NumPy on the rank that writes (rank 0), None on the others.
+        Every rank calls this. Here every rank builds both (replicas: nothing is gathered); a
+        backend whose ranks hold shards overrides it so the other ranks never hold the whole."""
+        optimizer_state = self.numpy_optimizer_state()
+        weights = self.model.numpy_weights()
+        return (weights, optimizer_state) if self.rank == 0 else None

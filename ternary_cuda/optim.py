@@ -34,18 +34,27 @@ def newton_schulz(g: torch.Tensor) -> torch.Tensor:
 class Optimizer:
     """AdamW for every parameter, or Muon for block matrices with AdamW for the rest."""
 
-    def __init__(self, t: TrainConfig, shapes: dict[str, tuple[int, ...]], device: torch.device | str = "cpu"):
+    def __init__(self, t: TrainConfig, shapes: dict[str, tuple[int, ...]], device: torch.device | str = "cpu",
+                 like: dict[str, torch.Tensor] | None = None):
+        """State slots are zeros of `shapes` on `device`, or, given `like` (the parameters), laid out
+        as each parameter: under FSDP2 a DTensor holding only this rank's rows, so no rank ever
+        allocates a whole slot (AdamW at 7B parameters: 56 GB of float32 state)."""
         self.t = t
         self.shapes = shapes
         self.state: dict[str, torch.Tensor] = {}
         # Muon orthogonalises whole matrices. Under FSDP2 (parallel.py) parameters, gradients and
         # state are row shards: `full` gathers the whole matrix (the same on every rank) and
         # `shard_like` takes this rank's rows of the update back. Identity for one process.
+        # `from_host` lays out a whole host array (a checkpoint's) as a given slot; FSDP2 copies
+        # only this rank's rows.
         self.full = lambda x: x
         self.shard_like = lambda x, like: x
+        self.from_host = lambda a, like: torch.tensor(np.asarray(a, np.float32), device=like.device)
         for name, shape in shapes.items():
             for slot in slots_for(name, shape, t):
-                self.state[f"{name}.{slot}"] = torch.zeros(shape, dtype=torch.float32, device=device)
+                self.state[f"{name}.{slot}"] = (
+                    torch.zeros(shape, dtype=torch.float32, device=device) if like is None
+                    else torch.zeros_like(like[name].detach(), dtype=torch.float32))
 
     def init_ema(self, params: dict[str, torch.Tensor]) -> None:
         for name in self.shapes:
@@ -85,5 +94,5 @@ class Optimizer:
         from shared.checkpoint import check_tensor_set
         check_tensor_set({k: tuple(v.shape) for k, v in self.state.items()},
                          {k: tuple(v.shape) for k, v in arrays.items()}, "optimizer state")
-        for k, v in arrays.items():
-            self.state[k] = torch.tensor(np.asarray(v, np.float32), device=self.state[k].device)
+        for k in self.state:  # one tensor at a time: FSDP2 never holds a whole slot beside the caller's array
+            self.state[k] = self.from_host(arrays[k], self.state[k])

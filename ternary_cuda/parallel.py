@@ -200,7 +200,7 @@ def check_identical(model: torch.nn.Module) -> None:
 
 
 def _numpy_weights_sharded(model) -> dict[str, np.ndarray]:
-    return {k: full(v).detach().float().cpu().numpy().copy() for k, v in model.named_parameters()}
+    return gather_numpy(dict(model.named_parameters()))
 
 
 def _load_numpy_sharded(model, weights: dict[str, np.ndarray], device_=None) -> None:
@@ -263,8 +263,7 @@ def eval_shard(model: torch.nn.Module) -> Shard | None:
 
 
 def sharded(params: dict[str, torch.Tensor]) -> bool:
-    """Whether these parameters are FSDP2 shards (optimizer state is then built on the host and
-    sharded one tensor at a time, never whole on the device)."""
+    """Whether these parameters are FSDP2 shards (optimizer state then holds only this rank's rows)."""
     from torch.distributed.tensor import DTensor
     return any(isinstance(p, DTensor) for p in params.values())
 
@@ -284,3 +283,38 @@ def shard_like(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     if isinstance(like, DTensor):
         return distribute_tensor(t.to(like.device, like.dtype), like.device_mesh, like.placements, src_data_rank=None)
     return t.to(like.device)
+
+
+def from_host(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """A whole host array (a checkpoint's, the same on every rank) as a float32 tensor laid out as
+    `like`. Under FSDP2 only this rank's rows are sliced out and copied to the device: the whole
+    tensor is never copied, on the host or the device, and the result is no view of `a` (which
+    the caller may then release). Else a float32 copy on `like`'s device."""
+    from torch.distributed.tensor import DTensor
+    if not isinstance(like, DTensor):
+        return torch.tensor(np.asarray(a, np.float32), device=like.device)
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+    if tuple(a.shape) != tuple(like.shape):
+        raise ValueError(f"from_host: array of shape {tuple(a.shape)} for a tensor of shape {tuple(like.shape)}")
+    shape, offset = compute_local_shape_and_global_offset(like.shape, like.device_mesh, like.placements)
+    rows = np.asarray(a[tuple(slice(o, o + n) for o, n in zip(offset, shape))], np.float32)
+    local = torch.tensor(rows, device=like.device)  # a copy of this rank's rows only
+    if local.shape != like.to_local().shape:
+        raise RuntimeError(f"from_host: this rank's shard of {tuple(like.shape)} is {tuple(like.to_local().shape)}, "
+                           f"but {like.placements} gave rows of shape {tuple(local.shape)}")
+    return DTensor.from_local(local, like.device_mesh, like.placements, run_check=False,
+                              shape=like.shape, stride=like.stride())
+
+
+def gather_numpy(tensors: dict[str, torch.Tensor], keep: bool = True) -> dict[str, np.ndarray] | None:
+    """Whole float32 NumPy copies of `tensors`, gathered one tensor at a time. Under FSDP2 each
+    `full` is a collective: every rank calls this with the same names in the same order. A rank
+    that does not need the result (keep=False: not the checkpoint writer) drops each gathered
+    tensor at once and gets None, so it never holds more than one whole tensor."""
+    out: dict[str, np.ndarray] | None = {} if keep else None
+    for k, v in tensors.items():
+        whole = full(v)
+        if out is not None:
+            out[k] = whole.detach().float().cpu().numpy().copy()  # no aliasing of live tensors
+        del whole  # released before the next gather
+    return out

@@ -42,15 +42,16 @@ class Trainer(TrainerCommon):
         self.notes += notes
         self.forward = torch.compile(self.wrapped) if use_compile else self.wrapped
         self.params = dict(model.named_parameters())
-        self.opt = Optimizer(config.train, {k: tuple(v.shape) for k, v in self.params.items()},
-                             "cpu" if parallel.sharded(self.params) else self.device)
-        self.opt.full, self.opt.shard_like = parallel.full, parallel.shard_like
+        # Every slot is laid out as its parameter from the start (FSDP2: this rank's rows only; a
+        # resumed slot is copied in row by row, EMA clones the sharded parameters), so no rank
+        # ever holds the whole optimizer state.
+        self.opt = Optimizer(config.train, {k: tuple(v.shape) for k, v in self.params.items()}, self.device,
+                             like=self.params if parallel.sharded(self.params) else None)
+        self.opt.full, self.opt.shard_like, self.opt.from_host = parallel.full, parallel.shard_like, parallel.from_host
         if optimizer_state is not None:
             self.opt.load_numpy_state(optimizer_state)
         elif config.train.ema_decay:
             self.opt.init_ema(self.params)
-        self.opt.state = {k: parallel.shard_like(v, self.params[k.rsplit(".", 1)[0]])  # FSDP2: this rank's rows
-                          for k, v in self.opt.state.items()}
         self.dynamic_lambda = config.ternary.enabled and config.ternary.warmup_steps > 0
         if self.dynamic_lambda and use_compile:  # one lambda tensor, updated in place: no recompiles
             self._lambda = torch.zeros((), device=self.device)
@@ -132,13 +133,24 @@ class Trainer(TrainerCommon):
 
     def numpy_optimizer_state(self) -> dict[str, np.ndarray]:
         """The whole state (FSDP2: gathered, a collective every rank calls)."""
-        return {k: parallel.full(v).detach().float().cpu().numpy().copy() for k, v in self.opt.state.items()}
+        return parallel.gather_numpy(self.opt.state)
+
+    def checkpoint_tensors(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:
+        """(weights, optimizer state) on rank 0, which writes the checkpoint; None on the others.
+        Under FSDP2 every rank takes part in each gather, tensor by tensor, and the other ranks
+        drop each whole tensor at once: only the writer ever holds the whole state in host RAM."""
+        keep = self.rank == 0
+        if not parallel.sharded(self.params):  # whole tensors on every rank: only the writer copies them
+            return (self.model.numpy_weights(), self.numpy_optimizer_state()) if keep else None
+        state = parallel.gather_numpy(self.opt.state, keep)  # the same order on every rank
+        weights = parallel.gather_numpy(self.params, keep)
+        return (weights, state) if keep else None
 
     def ema_weights(self) -> dict[str, np.ndarray] | None:
         st = self.opt.state
         if not self.config.train.ema_decay:
             return None
-        return {n: parallel.full(st[f"{n}.ema"]).detach().float().cpu().numpy().copy() for n in self.opt.shapes}
+        return parallel.gather_numpy({n: st[f"{n}.ema"] for n in self.opt.shapes})
 
 
 def main(argv: list[str] | None = None) -> int:
