@@ -159,6 +159,7 @@ def train(cfg: RunConfig, backend: Backend, out_dir: Path, *, resume: Path | Non
         if opt is None:
             raise fmt.CheckpointError(f"{resume}: no optimizer state to resume from; use --init instead")
         opt_state = opt[0]
+        del opt
         state = fmt.read_trainer_state(resume) or {}
         log(f"resuming from {resume} at step {state.get('step', 0)}")
     elif init is not None:
@@ -175,6 +176,7 @@ def train(cfg: RunConfig, backend: Backend, out_dir: Path, *, resume: Path | Non
             _truncate_metrics(out_dir / "metrics.jsonl", state.get("step", 0))
     model = backend.Model(cfg, weights, seed=cfg.train.seed)
     trainer = backend.Trainer(cfg, model, opt_state, teacher=teacher)
+    del weights, opt_state  # the model and optimizer hold their own copies (FSDP2: only this rank's rows)
     for note in getattr(trainer, "notes", []):  # device, precision, data-parallel mode
         log(note)
     plan = preflight(cfg, dataset, world_size, log)
