@@ -30,7 +30,7 @@ class Backend:
     Model: type
     Trainer: type
     version: str
-    # Data parallelism: an object with `setup() -> (rank, world_size)` and `teardown()`
+    # Data parallelism: an object with `setup() -> (rank, world_size)` and `teardown(failed=False)`
     # (ternary_cuda/parallel.py, ternary_mlx/parallel.py). None: always one process.
     parallel: Any = None
 
@@ -330,7 +330,10 @@ def run_from_args(args, backend: Backend) -> int:
     try:
         result, _ = train(cfg, backend, out_dir, resume=ckpt, init=init, progress=not args.no_progress,
                           log=print if rank == 0 else (lambda _m: None), rank=rank, world_size=world_size)
-    finally:
+    except BaseException:
         if backend.parallel is not None:
-            backend.parallel.teardown()
+            backend.parallel.teardown(failed=True)
+        raise
+    if backend.parallel is not None:
+        backend.parallel.teardown()
     return 0 if not result.stopped_because.startswith("interrupted") else 130

@@ -102,9 +102,15 @@ def setup() -> tuple[int, int]:
     return w.rank, w.world_size
 
 
-def teardown() -> None:
+def teardown(failed: bool = False) -> None:
+    """Leave the process group. After a normal end every rank first waits for the others: a rank
+    that closes its gloo connections while a peer's background thread still talks to it can abort
+    that peer ("terminate called without an active exception", seen in CI). After an error no
+    barrier: the other ranks may never arrive (torchrun then stops them)."""
     global _world
     if distributed():
+        if not failed:
+            dist.barrier()
         dist.destroy_process_group()
     _world = World()
 

@@ -61,8 +61,9 @@ def setup() -> tuple[int, int]:
     return group.rank(), group.size()
 
 
-def teardown() -> None:
-    """MLX has no explicit shutdown of a group; forget it so a later train() in this process is world 1."""
+def teardown(failed: bool = False) -> None:
+    """MLX has no explicit shutdown of a group; forget it so a later train() in this process is world 1.
+    (`failed`: the shared hook's signature; nothing to skip here.)"""
     global _group
     _group = None
 
