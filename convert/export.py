@@ -26,16 +26,7 @@ like data together (sections 3 and 4 are empty unless --floats int8):
                   they are few and an error in a gain scales a whole channel.
 All numbers are little endian.
 
-int8 rule (per row, symmetric absmax): s = fp16(max|row| / 127), rounded to nearest and then moved
-up one fp16 step where that rounding went down, so that |w| / s <= 127 and no value is ever
-clipped; q = round_half_to_even(w / s) (computed in float64) in [-127, 127]; a row of zeros has
-s = 0 and q = 0. The reader returns q * s in float32 (exact: 7-bit q times an 11-bit s), so every
-element is off by at most s / 2 (~ max|row| / 254) from the checkpoint's float32 value. Non-finite
-values are refused. -128 is never written (the reader refuses it as damage).
-
-Compression: "lzma" (xz, preset 9 | EXTREME), "zstd" (the zstandard package, level ZSTD_LEVEL) or
-"none". The header records which; a reader refuses one it does not know, and a payload whose sha256
-does not match the header is refused before it is decompressed.
+The int8 rule and the compressors: convert/packed_codecs.py.
 
 Versions: 2 (this writer) added "zstd", --floats int8 and the header key "floats"; version 1 files
 (lzma/none, fp16 floats) are a subset of version 2 and still read.
@@ -51,7 +42,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import lzma
 import math
 import os
 import struct
@@ -67,19 +57,14 @@ from shared.config import ConfigError, RunConfig
 from shared.naming import parameter_shapes, ternary_parameters
 from shared.ternary import pack_base3, quantize, unpack_base3
 
+from convert.packed_codecs import (COMPRESSIONS, FP16_MAX, FP16_MIN_NORMAL, PackedError, compress_payload,
+                                   decompress_payload, quantize_rows_int8, zstd_module)
+
 MAGIC = b"TERNPK1\n"  # unchanged across versions: the version lives in the header
 FORMAT = "ternary-packed"
 VERSION = 2  # 2: zstd, --floats int8, header key "floats"; version 1 still reads (a subset)
-COMPRESSIONS = ("lzma", "zstd", "none")
 FLOAT_MODES = ("fp16", "int8")
-ZSTD_LEVEL = 19  # 22 (ultra) measured byte-identical on our models, with a 16x larger decoder window; see _compress
-FP16_MAX = float(np.finfo(np.float16).max)
-FP16_MIN_NORMAL = float(np.finfo(np.float16).tiny)  # 2^-14
 MAX_HEADER = 64 << 20
-
-
-class PackedError(CheckpointError):
-    """A packed file that is missing, damaged, truncated or inconsistent (a user error on the CLI)."""
 
 
 # ---- canonical ----------------------------------------------------------------------------------
@@ -117,49 +102,6 @@ def _float_dtype(x: np.ndarray) -> str:
 def _scale_dtype(s: np.ndarray) -> str:
     a = np.abs(s)
     return "float16" if (a.min() >= FP16_MIN_NORMAL and a.max() <= FP16_MAX) else "float32"
-
-
-def quantize_rows_int8(w: np.ndarray, name: str = "tensor") -> tuple[np.ndarray, np.ndarray]:
-    """(int8 codes shaped like w, row scales [w.shape[0]] float16 or float32): the module docstring's
-    int8 rule. Every element of codes * scales[:, None] is within scales / 2 of w."""
-    rows = np.asarray(w, np.float64).reshape(w.shape[0], -1)
-    if not np.isfinite(rows).all():
-        raise CheckpointError(f"{name}: non-finite values cannot be stored as int8 (--floats int8)")
-    amax = np.abs(rows).max(axis=1) if rows.shape[1] else np.zeros(rows.shape[0])
-    # fp16 unless a row's scale could reach the top fp16 step and be bumped past 65504: then float32
-    dt = np.float16 if (amax.size == 0 or amax.max() / 127 < 65472.0) else np.float32  # 65472: fp16 below max
-    s = (amax / 127).astype(dt)
-    low = s.astype(np.float64) * 127 < amax  # rounded down: the largest |w| / s would exceed 127
-    s[low] = np.nextafter(s[low], dt(np.inf))
-    s64 = s.astype(np.float64)[:, None]
-    q = np.divide(rows, s64, out=np.zeros_like(rows), where=s64 > 0)
-    q = np.rint(q)  # round half to even
-    if q.size and np.abs(q).max() > 127:  # cannot happen by construction of s; never clip silently
-        raise AssertionError(f"{name}: int8 code outside [-127, 127]")
-    return q.astype(np.int8).reshape(w.shape), s
-
-
-def _compress(raw: bytes, how: str) -> bytes:
-    """Measured (2-core VM, loaded): trained smoke model, int8 floats, raw payload 236,096 B: lzma 9e
-    223,916 B in 0.4 s (decompress 39 ms); zstd 19 and 22 both 226,475 B in 0.1 s (decompress 0.2 ms).
-    Random 9 x 512 model, raw 5.1 MB: lzma 4,935,364 B in 3.5 s; zstd 19 and 22 both 4,948,813 B in
-    2.4-3.7 s. Level 22 never came out smaller, and its window (128 MB, --ultra) sets the decoder's
-    memory; so ZSTD_LEVEL = 19 (8 MB window)."""
-    if how == "lzma":
-        return lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME)
-    if how == "zstd":
-        return _zstd().ZstdCompressor(level=ZSTD_LEVEL).compress(raw)
-    if how == "none":
-        return raw
-    raise ConfigError(f"--compress {how!r}: expected one of {', '.join(COMPRESSIONS)}")
-
-
-def _zstd():
-    try:
-        import zstandard
-    except ImportError:
-        raise ConfigError("zstd compression needs the zstandard package: pip install zstandard") from None
-    return zstandard
 
 
 @dataclass
@@ -201,7 +143,7 @@ def _check_options(compress: str, floats: str) -> None:
     if floats not in FLOAT_MODES:
         raise ConfigError(f"--floats {floats!r}: expected one of {', '.join(FLOAT_MODES)}")
     if compress == "zstd":
-        _zstd()  # a missing package is an error now, not after reading the checkpoint
+        zstd_module()  # a missing package is an error now, not after reading the checkpoint
 
 
 def pack(config: RunConfig, weights: dict[str, np.ndarray], compress: str = "lzma",
@@ -243,7 +185,7 @@ def pack(config: RunConfig, weights: dict[str, np.ndarray], compress: str = "lzm
             off += len(b)
         sections[sec_name] = off - start
     raw_payload = b"".join(raw)
-    payload = _compress(raw_payload, compress)
+    payload = compress_payload(raw_payload, compress)
     header = {"format": FORMAT, "version": VERSION, "compress": compress, "floats": floats,
               "payload_bytes": len(payload), "raw_payload_bytes": len(raw_payload),
               "payload_sha256": hashlib.sha256(payload).hexdigest(),
@@ -252,7 +194,7 @@ def pack(config: RunConfig, weights: dict[str, np.ndarray], compress: str = "lzm
     blob = MAGIC + struct.pack("<Q", len(hb)) + hb + payload
     codes_c = None
     if measure_codes and compress != "none" and sections["codes"]:
-        codes_c = len(_compress(raw_payload[:sections["codes"]], compress))
+        codes_c = len(compress_payload(raw_payload[:sections["codes"]], compress))
     n_tern = sum(e["count"] for e in table if e["kind"] == "ternary")
     n_float = sum(math.prod(e["shape"]) for e in table if e["kind"] == "float")
     float_total = sections["float_codes"] + sections["float_scales"] + sections["floats"]
@@ -346,23 +288,6 @@ def _slice(raw: bytes, span, what: str, path) -> bytes:
     return raw[off:off + n]
 
 
-def _decompress(payload: bytes, how: str, raw_bytes: int, path) -> bytes:
-    if how == "none":
-        return payload
-    try:
-        if how == "lzma":
-            return lzma.decompress(payload)
-        zstd = _zstd()
-        try:
-            return zstd.ZstdDecompressor().decompress(payload, max_output_size=raw_bytes)
-        except zstd.ZstdError as e:
-            raise PackedError(f"{path}: cannot decompress the zstd payload ({e})") from None
-    except lzma.LZMAError as e:
-        raise PackedError(f"{path}: cannot decompress the lzma payload ({e})") from None
-    except ConfigError as e:
-        raise PackedError(f"{path}: {e}") from None
-
-
 def _array(raw: bytes, span, dtype: str, count: int, what: str, path) -> np.ndarray:
     """`count` little-endian values of `dtype` at `span` of the raw payload."""
     if dtype not in ("int8", "float16", "float32"):
@@ -388,7 +313,7 @@ def read_packed(path: str | Path, dequantize_floats: bool = True
     payload = path.read_bytes()[start:]
     if hashlib.sha256(payload).hexdigest() != header["payload_sha256"]:
         raise PackedError(f"{path}: payload fails its sha256 checksum (the file is damaged)")
-    raw = _decompress(payload, header["compress"], header["raw_payload_bytes"], path)
+    raw = decompress_payload(payload, header["compress"], header["raw_payload_bytes"], path)
     if len(raw) != header["raw_payload_bytes"]:
         raise PackedError(f"{path}: payload decompresses to {len(raw)} bytes, the header says "
                           f"{header['raw_payload_bytes']}")
