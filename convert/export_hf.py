@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.checkpoint import CheckpointError, read_checkpoint
+from shared.checkpoint import CheckpointError, read_checkpoint, swap_dir
 from shared.config import ConfigError, RunConfig
 from shared.naming import parameter_shapes, ternary_parameters
 from shared.ternary import quantize
@@ -103,13 +103,7 @@ def _staged(out: Path, force: bool, write) -> None:
     tmp.mkdir()
     try:
         write(tmp)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        swap_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.checkpoint import CheckpointError, check_tensor_set, write_checkpoint
+from shared.checkpoint import CheckpointError, check_tensor_set, swap_dir, write_checkpoint
 from shared.config import ConfigError, DataConfig, RunConfig, TernaryConfig, TrainConfig, model_config_from_hf
 from shared.naming import parameter_shapes
 
@@ -255,9 +255,7 @@ def copy_tokenizer(files: list[Path], dest: Path) -> None:
     try:
         for f in files:
             shutil.copy2(f, tmp / f.name)
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
+        swap_dir(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

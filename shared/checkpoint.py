@@ -83,6 +83,18 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def swap_dir(tmp: Path, dest: Path) -> None:
+    """Put the finished directory `tmp` at `dest` (a sibling): an existing `dest` is moved aside,
+    `tmp` renamed in, then the old one removed, so there is never a moment with neither."""
+    if dest.exists():
+        old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(dest, old)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, dest)
+
+
 def write_checkpoint(path: str | Path, config: RunConfig, weights: dict[str, np.ndarray], *,
                      writer: dict[str, Any], optimizer_state: dict[str, np.ndarray] | None = None,
                      optimizer_meta: dict[str, Any] | None = None,
@@ -117,13 +129,7 @@ def write_checkpoint(path: str | Path, config: RunConfig, weights: dict[str, np.
                        "git_commit": _git_commit()},
         })
         _fsync(tmp / "manifest.json")
-        if path.exists():  # swap: old aside, new in, old removed; never a moment with neither
-            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(path)
+        swap_dir(tmp, path)
     except BaseException:  # includes KeyboardInterrupt: leave nothing half-written behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from shared.checkpoint import swap_dir
 from shared.data_checks import check_token_ids
 from shared.tokenizers import Tokenizer, TokenizerError
 
@@ -312,13 +313,7 @@ def prepare_data(text_files: Iterable[str | os.PathLike], tokenizer: Tokenizer, 
                        for s, w in writers.items()},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        swap_dir(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
