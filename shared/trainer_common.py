@@ -56,8 +56,8 @@ class TrainerCommon:
 
     def checkpoint_tensors(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:
         """(weights, optimizer state) as NumPy on the rank that writes (rank 0), None on the others.
-        Every rank calls this. Here every rank builds both (replicas: nothing is gathered); a
-        backend whose ranks hold shards overrides it so the other ranks never hold the whole."""
-        optimizer_state = self.numpy_optimizer_state()
-        weights = self.model.numpy_weights()
-        return (weights, optimizer_state) if self.rank == 0 else None
+        Every rank calls this. Here the ranks hold replicas, so nothing is gathered and the other
+        ranks copy nothing; a backend whose ranks hold shards overrides it (a collective)."""
+        if self.rank != 0:
+            return None
+        return self.model.numpy_weights(), self.numpy_optimizer_state()

@@ -139,9 +139,9 @@ class Trainer(TrainerCommon):
         """(weights, optimizer state) on rank 0, which writes the checkpoint; None on the others.
         Under FSDP2 every rank takes part in each gather, tensor by tensor, and the other ranks
         drop each whole tensor at once: only the writer ever holds the whole state in host RAM."""
-        keep = self.rank == 0
         if not parallel.sharded(self.params):  # whole tensors on every rank: only the writer copies them
-            return (self.model.numpy_weights(), self.numpy_optimizer_state()) if keep else None
+            return super().checkpoint_tensors()
+        keep = self.rank == 0
         state = parallel.gather_numpy(self.opt.state, keep)  # the same order on every rank
         weights = parallel.gather_numpy(self.params, keep)
         return (weights, state) if keep else None
