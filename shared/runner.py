@@ -19,7 +19,8 @@ import numpy as np
 from shared import checkpoint as fmt
 from shared.config import ConfigError, RunConfig
 from shared.data import load_token_dataset
-from shared.loop import LoopResult, preflight, run
+from shared.loop import LoopResult, count_parameters, preflight, run
+from shared.naming import parameter_shapes
 from shared.presets import get_preset
 from shared.tokenizers import get_tokenizer
 
@@ -130,7 +131,6 @@ def load_teacher(cfg: RunConfig, backend: Backend, tokenizer, log: Callable[[str
     if teacher_tok.sha256 != tokenizer.sha256:
         raise ConfigError(f"train.teacher {path}: its tokenizer {teacher_tok.name!r} is not the student's "
                           f"{tokenizer.name!r}; distillation needs the same tokenizer")
-    from shared.loop import count_parameters
     total, _ = count_parameters(teacher_cfg)
     kind = "ternary" if teacher_cfg.ternary.enabled else "float"
     log(f"teacher: {path} ({kind}, {total:,} parameters, frozen); loss = {1 - cfg.train.distill_alpha:g} CE + "
@@ -196,14 +196,13 @@ def _add_subln(init_cfg: RunConfig, cfg: RunConfig, weights: dict, init: Path, l
     """--init into a run with model.subln from a checkpoint without it: unit sub-norm gains, blended
     in over ternary.warmup_steps (shared/config.py); any other model difference is an error."""
     adding = cfg.model.subln and not init_cfg.model.subln
-    if dataclasses.replace(init_cfg.model, subln=cfg.model.subln) != cfg.model or (init_cfg.model.subln and not cfg.model.subln):
+    if init_cfg.model != (dataclasses.replace(cfg.model, subln=False) if adding else cfg.model):
         diff = [f"{k} {getattr(init_cfg.model, k)!r} -> {getattr(cfg.model, k)!r}"
                 for k in (f.name for f in dataclasses.fields(cfg.model)) if getattr(init_cfg.model, k) != getattr(cfg.model, k)]
         raise ConfigError(f"--init {init}: its model config differs from this run's ({'; '.join(diff)}); "
                           "only model.subln may be switched on when initialising")
     if not adding:
         return weights
-    from shared.naming import parameter_shapes
     weights = dict(weights)
     for name, shape in parameter_shapes(cfg.model).items():
         if name not in weights:
