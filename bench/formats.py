@@ -54,7 +54,7 @@ if str(ROOT) not in sys.path:
 from shared.checkpoint import read_checkpoint, write_checkpoint  # noqa: E402
 from shared.config import ConfigError, RunConfig  # noqa: E402
 from shared.init import init_weights  # noqa: E402
-from shared.naming import ternary_parameters  # noqa: E402
+from shared.params import ternary_parameters  # noqa: E402
 from shared.ternary import quantize  # noqa: E402
 
 LOG2_3 = math.log2(3)

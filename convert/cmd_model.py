@@ -136,7 +136,7 @@ def _check_memory(n_params: int, n_backends: int, logits_elems: int) -> None:
 def cmd_demo(args) -> int:
     import numpy as np
     from shared.init import init_weights
-    from shared.naming import ternary_parameters
+    from shared.params import ternary_parameters
     from shared.ternary import quantize
 
     cfg, source, weights = resolve(args)

@@ -34,12 +34,12 @@ def human(n: int) -> str:
 
 def counts(cfg, sizes: dict[str, int]) -> tuple[int, int]:
     """(total, ternary) parameter counts from per-name sizes."""
-    from shared.naming import ternary_parameters
+    from shared.params import ternary_parameters
     return sum(sizes.values()), sum(sizes[n] for n in ternary_parameters(cfg))
 
 
 def config_sizes(cfg) -> dict[str, int]:
-    from shared.naming import parameter_shapes
+    from shared.params import parameter_shapes
     return {n: math.prod(s) for n, s in parameter_shapes(cfg.model).items()}
 
 

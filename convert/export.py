@@ -54,7 +54,8 @@ import numpy as np
 
 from shared.checkpoint import CheckpointError, check_tensor_set, read_checkpoint, write_checkpoint
 from shared.config import ConfigError, RunConfig
-from shared.naming import parameter_shapes, ternary_parameters
+from shared.options import inexpressible
+from shared.params import float_matrices, parameter_shapes, ternary_parameters
 from shared.ternary import pack_base3, quantize, unpack_base3
 
 from convert.packed_codecs import (COMPRESSIONS, FP16_MAX, FP16_MIN_NORMAL, PackedError, compress_payload,
@@ -68,6 +69,13 @@ MAX_HEADER = 64 << 20
 
 
 # ---- canonical ----------------------------------------------------------------------------------
+def check_format(config: RunConfig, fmt: str) -> None:
+    """Refuse a model option the format has not declared it can express (shared/options.py)."""
+    bad = inexpressible(config.model, fmt)
+    if bad:
+        raise ConfigError(f"--to {fmt}: this model uses options the format cannot store: " + "; ".join(bad))
+
+
 def to_canonical(src: str | Path, out: str | Path, *, dtype: str = "float32", force: bool = False) -> dict[str, Any]:
     """Verified read of `src`, latent weights only, rewritten atomically at `out` and re-verified."""
     if dtype != "float32":
@@ -78,6 +86,7 @@ def to_canonical(src: str | Path, out: str | Path, *, dtype: str = "float32", fo
     if out.exists() and out.resolve() == src.resolve():
         raise CheckpointError(f"{out} is the source checkpoint; write the copy somewhere else")
     config, weights = read_checkpoint(src)
+    check_format(config, "canonical")
     weights = {k: np.ascontiguousarray(v, np.float32) for k, v in weights.items()}
     write_checkpoint(out, config, weights, writer={"backend": "convert-canonical", "source": str(src)})
     config2, weights2 = read_checkpoint(out)
@@ -152,7 +161,7 @@ def pack(config: RunConfig, weights: dict[str, np.ndarray], compress: str = "lzm
     _check_options(compress, floats)
     shapes = parameter_shapes(config.model)
     check_tensor_set(shapes, {k: tuple(v.shape) for k, v in weights.items()}, "weights to pack")
-    tern = set(ternary_parameters(config))
+    tern, matrices = set(ternary_parameters(config)), set(float_matrices(config))
     G, eps = config.ternary.group_size, config.ternary.eps
     parts: dict[str, list] = {k: [] for k in ("codes", "scales", "float_codes", "float_scales", "floats")}
     table: list[dict[str, Any]] = []
@@ -165,7 +174,7 @@ def pack(config: RunConfig, weights: dict[str, np.ndarray], compress: str = "lzm
                           "count": int(q.size), "scale_shape": list(s.shape), "scale_dtype": sd})
             parts["codes"].append((table[-1], "codes", pack_base3(q).tobytes()))
             parts["scales"].append((table[-1], "scales", _le(s.astype(sd), sd)))
-        elif floats == "int8" and w.ndim >= 2:
+        elif floats == "int8" and name in matrices:
             q, s = quantize_rows_int8(w, name)
             sd = str(s.dtype)
             table.append({"name": name, "kind": "float", "shape": list(shape), "dtype": "int8",
@@ -216,6 +225,7 @@ def to_packed(src: str | Path, out: str | Path, *, compress: str = "lzma", float
         raise CheckpointError(f"{out} is a directory; --to packed writes one file")
     _check_options(compress, floats)  # before the (slow) read
     config, weights = read_checkpoint(src)
+    check_format(config, "packed")
     blob, stats = pack(config, weights, compress, floats=floats)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"

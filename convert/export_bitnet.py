@@ -34,7 +34,7 @@ import numpy as np
 
 from convert.export_hf import _read, _staged, _tokenizer_files, check_expressible, hf_config
 from shared.config import ConfigError, RunConfig
-from shared.naming import parameter_shapes, target_of
+from shared.params import parameter_shapes, parameter_specs
 from shared.ternary import pack_2bit, quantize
 
 QUANTIZATION_CONFIG = {"quant_method": "bitnet", "linear_class": "autobitlinear",
@@ -53,8 +53,7 @@ def check_qwen3_shape(config: RunConfig, fmt: str) -> None:
 
 def _linear_modules(config: RunConfig) -> list[str]:
     """Module names of every nn.Linear in transformers' Qwen3ForCausalLM (lm_head included even when tied)."""
-    names = [n[:-len(".weight")] for n in parameter_shapes(config.model)
-             if target_of(n) in ("attn", "mlp")]
+    names = [n[:-len(".weight")] for n, s in parameter_specs(config.model).items() if s.target in ("attn", "mlp")]
     return names + ["lm_head"]
 
 
@@ -126,7 +125,7 @@ def to_hf_bitnet(src: str | Path, out: str | Path, *, force: bool = False) -> di
 
 def tensor_bytes(config: RunConfig) -> int | None:
     """Bytes of tensor data an hf-bitnet export would hold (None when it refuses this config)."""
-    from shared.naming import ternary_parameters
+    from shared.params import ternary_parameters
     tern = set(ternary_parameters(config))
     try:
         packed, _, _ = plan(config, tern)

@@ -40,7 +40,7 @@ from convert.export_bitnet import check_qwen3_shape
 from convert.export_hf import _read
 from shared.checkpoint import CheckpointError
 from shared.config import ConfigError, RunConfig
-from shared.naming import parameter_shapes
+from shared.params import float_matrices, parameter_shapes
 from shared.ternary import quantize
 
 QK = 256  # llama.cpp's super-block (QK_K): the TQ block size
@@ -167,6 +167,7 @@ def to_gguf(src: str | Path, out: str | Path, *, gguf_type: str = "TQ2_0", float
 
     names = gguf.TensorNameMap(gguf.MODEL_ARCH.QWEN3, m.num_hidden_layers)
     fdt = np.float16 if float_type == "f16" else np.float32
+    matrices = set(float_matrices(config)) | set(tern)
     tensors: list[tuple[str, np.ndarray, Any]] = []
     stats: dict[str, Any] = {}
     for name in shapes:
@@ -181,7 +182,7 @@ def to_gguf(src: str | Path, out: str | Path, *, gguf_type: str = "TQ2_0", float
             q, s = quantize(w, t.group_size, t.eps)
             g = q.reshape(1, 1, -1) if t.group_size == 0 else q.reshape(w.shape[0], -1, t.group_size)
             w = (g.astype(np.float32) * s[..., None]).reshape(w.shape)
-        arr = np.ascontiguousarray(w, np.float32 if w.ndim == 1 else fdt)
+        arr = np.ascontiguousarray(w, fdt if name in matrices else np.float32)  # llama.cpp: norms in f32
         if not np.all(np.isfinite(arr)):
             raise CheckpointError(f"{name}: values outside the {arr.dtype} range (max |w| {np.abs(w).max():.3g})")
         tensors.append((target, arr, None))
@@ -229,7 +230,7 @@ def to_gguf(src: str | Path, out: str | Path, *, gguf_type: str = "TQ2_0", float
 def tensor_bytes(config: RunConfig, gguf_type: str = "TQ2_0", float_type: str = "f16") -> int | None:
     """Bytes of tensor data a gguf export would hold (None when it refuses this config)."""
     import gguf
-    from shared.naming import ternary_parameters
+    from shared.params import ternary_parameters
     block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[gguf_type]]
     tern = set(ternary_parameters(config)) - {"model.embed_tokens.weight"}
     try:
@@ -239,8 +240,9 @@ def tensor_bytes(config: RunConfig, gguf_type: str = "TQ2_0", float_type: str = 
     shapes = parameter_shapes(config.model)
     if not tern or any(shapes[n][1] % block for n in tern):
         return None
+    matrices = set(float_matrices(config)) | set(ternary_parameters(config))
     n = 0
     for name, shape in shapes.items():
         size = int(np.prod(shape))
-        n += size // block * type_size if name in tern else size * (4 if len(shape) == 1 or float_type == "f32" else 2)
+        n += size // block * type_size if name in tern else size * (2 if name in matrices and float_type == "f16" else 4)
     return n

@@ -14,8 +14,9 @@ mlx-lm: the same model in MLX's 2-bit affine quantized layout, which stock `mlx_
     "quantization": {"group_size": G, "bits": 2}. MLX only quantizes with group sizes 64 and 128
     here; other group sizes are refused. Every packed tensor is checked against `mx.dequantize`.
 
-Options that stock Qwen3 cannot express are refused with an error naming them: model.qk_norm =
-false, model.hidden_act = relu2, model.final_logit_softcapping, ternary.activation_bits.
+Options that stock Qwen3 cannot express are refused with an error naming them: every model option
+at a non-default value that the format does not declare in shared/options.py (model.qk_norm =
+false, model.hidden_act = relu2, ...), and ternary.activation_bits.
 Both exports are atomic: written in a temporary sibling folder, then renamed to DIR.
 """
 from __future__ import annotations
@@ -30,24 +31,18 @@ import numpy as np
 
 from shared.checkpoint import CheckpointError, read_checkpoint, swap_dir
 from shared.config import ConfigError, RunConfig
-from shared.naming import parameter_shapes, ternary_parameters
+from shared.options import inexpressible
+from shared.params import parameter_shapes, ternary_parameters
 from shared.ternary import quantize
 
 MLX_GROUP_SIZES = (64, 128)
 
 
 def check_expressible(config: RunConfig, fmt: str = "hf") -> None:
-    """Refuse model options that transformers' / mlx-lm's Qwen3 cannot express."""
+    """Refuse, by name, every model option at a non-default value that `fmt` has not declared it can
+    express (shared/options.py: an allowlist), and activation quantization, which stock Qwen3 lacks."""
     m, t = config.model, config.ternary
-    bad = []
-    if not m.qk_norm:
-        bad.append("model.qk_norm = false (Qwen3 always normalises q and k)")
-    if m.hidden_act != "silu":
-        bad.append(f"model.hidden_act = {m.hidden_act!r} (Qwen3 has a SwiGLU MLP: silu only)")
-    if m.final_logit_softcapping:
-        bad.append(f"model.final_logit_softcapping = {m.final_logit_softcapping} (Qwen3 has no logit soft-cap)")
-    if m.subln:
-        bad.append("model.subln = true (Qwen3 has no sub-norms before o_proj / down_proj)")
+    bad = inexpressible(m, fmt)
     if t.enabled and t.activation_bits:
         bad.append(f"ternary.activation_bits = {t.activation_bits} (Qwen3 has no activation quantization)")
     if bad:

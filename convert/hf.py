@@ -7,7 +7,7 @@
 - `config.json` is read strictly by `shared.config.model_config_from_hf`; only the architectures
   `Qwen3ForCausalLM` and `LlamaForCausalLM` are accepted.
 - Weights come from `model.safetensors` or the shards named in `model.safetensors.index.json`.
-  Names and shapes are checked against `shared.naming.parameter_shapes` from the safetensors headers
+  Names and shapes are checked against `shared.params.parameter_shapes` from the safetensors headers
   before any tensor is read (every problem listed at once); then tensors are read one at a time and
   converted to float32 (bf16 through torch, since NumPy has no bfloat16), so at most one float32 copy
   of the model plus one source tensor is in memory. A tied `lm_head.weight` is checked equal to the
@@ -32,7 +32,7 @@ import numpy as np
 
 from shared.checkpoint import CheckpointError, check_tensor_set, swap_dir, write_checkpoint
 from shared.config import ConfigError, DataConfig, RunConfig, TernaryConfig, TrainConfig, model_config_from_hf
-from shared.naming import parameter_shapes
+from shared.params import parameter_shapes
 
 SUPPORTED_ARCHITECTURES = ("Qwen3ForCausalLM", "LlamaForCausalLM")
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]

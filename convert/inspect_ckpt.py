@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from shared.checkpoint import MODEL_FILE, CheckpointError, check_tensor_set, read_config, read_safetensors, verify_manifest
-from shared.naming import parameter_shapes, ternary_parameters
+from shared.params import float_matrices, parameter_shapes, parameter_specs, ternary_parameters
 from shared.ternary import quantize
 
 
@@ -54,7 +54,10 @@ def inspect(path: str | Path, measure_packed: bool = True) -> dict[str, Any]:
     tern = ternary_parameters(config)
     sizes = {k: int(v.size) for k, v in weights.items()}
     n_total, n_tern = sum(sizes.values()), sum(sizes[n] for n in tern)
-    report["parameters"] = {"total": n_total, "ternary": n_tern, "float": n_total - n_tern}
+    by_role: dict[str, int] = {}
+    for name, spec in parameter_specs(config.model).items():
+        by_role[spec.role] = by_role.get(spec.role, 0) + sizes[name]
+    report["parameters"] = {"total": n_total, "ternary": n_tern, "float": n_total - n_tern, "by_role": by_role}
     per, counts, n_scales, two_bit = [], np.zeros(3, np.int64), 0, 0
     for name in tern:
         q, s = quantize(weights[name], t.group_size, t.eps)
@@ -84,7 +87,7 @@ def inspect(path: str | Path, measure_packed: bool = True) -> dict[str, Any]:
         sz["packed_base3_lzma"] = st.bytes
         sz["packed_bits_per_ternary_weight"] = st.bits_per_ternary_weight
         sz["packed_code_bits_per_weight_compressed"] = st.code_bits_per_weight_compressed
-        if any(weights[k].ndim >= 2 for k in weights if k not in tern):  # float matrices: int8 changes them
+        if float_matrices(config):  # float matrices: int8 changes them
             _, st8 = pack(config, weights, "lzma", measure_codes=False, floats="int8")
             sz["packed_base3_int8_lzma"] = st8.bytes
             sz["packed_int8_bits_per_ternary_weight"] = st8.bits_per_ternary_weight
@@ -105,7 +108,8 @@ def format_report(r: dict[str, Any]) -> str:
         f"  model:      {c['architecture']}, {c['layers']} layers x {c['hidden_size']}, "
         f"{c['heads']}/{c['kv_heads']} heads, MLP {c['intermediate_size']} {c['hidden_act']}, "
         f"vocab {c['vocab_size']}, {'tied' if c['tie_word_embeddings'] else 'untied'} head; {tern}",
-        f"  parameters: {human(p['total'])} total, {human(p['ternary'])} ternary, {human(p['float'])} float",
+        f"  parameters: {human(p['total'])} total, {human(p['ternary'])} ternary, {human(p['float'])} float; "
+        + ", ".join(f"{role} {human(n)}" for role, n in p["by_role"].items()),
     ]
     if r["ternary_weights"]:
         lines.append(f"  {'ternary weight':<40} {'shape':>12} {'-1':>6} {'0':>6} {'+1':>6}   "

@@ -27,7 +27,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from shared.config import RunConfig
-from shared.naming import parameter_shapes
+from shared.params import parameter_shapes
 
 FORMAT = "ternary-checkpoint"
 VERSION = 1

@@ -29,7 +29,6 @@ class ConfigError(ValueError):
 
 # Ternary targets: which weights are projected to {-1, 0, +1} * scale.
 TERNARY_TARGETS = ("attn", "mlp", "embed", "lm_head")
-HIDDEN_ACTS = ("silu", "relu2")  # silu = SwiGLU (gate/up/down); relu2 = down(relu(up(x))^2)
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("constant", "cosine", "warmdown")
 PARALLEL_MODES = ("ddp", "fsdp2")  # torch under torchrun: replicated (DDP) or sharded (FSDP2)
@@ -52,7 +51,7 @@ HF_UNSUPPORTED_VALUES = {
 
 
 @dataclass
-class ModelConfig:
+class ModelShape:
     """Decoder-only transformer shape. Names are Hugging Face's (Qwen3)."""
     model_type: str = "qwen3"
     vocab_size: int = 1024
@@ -65,14 +64,22 @@ class ModelConfig:
     max_position_embeddings: int = 2048
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-6
-    tie_word_embeddings: bool = True
-    hidden_act: str = "silu"
-    qk_norm: bool = True  # Qwen3 RMSNorm on q and k per head; not a Hugging Face key (always on there)
-    final_logit_softcapping: float | None = None  # Gemma-2 key name: logits = c * tanh(logits / c)
-    # SubLN (BitNet): an RMSNorm before o_proj and before down_proj, blended in with the ternary
-    # warm-up lambda (x + lambda * (norm(x) - x)) so a float model fine-tuned to ternary starts unchanged.
-    subln: bool = False
     initializer_range: float = 0.02
+
+
+def _with_options(base: type) -> type:
+    """ModelConfig = the shape fields plus one field per model option of shared/options.py (the
+    option table is where an option's key, type, default and meaning are declared)."""
+    from shared.options import OPTIONS
+    fields_ = [(o.key, o.type, field(default=o.default)) for o in OPTIONS]
+    cls = dataclasses.make_dataclass("ModelConfig", fields_, bases=(base,))
+    cls.__module__ = __name__
+    cls.__doc__ = (base.__doc__ + " Option fields (shared/options.py): "
+                   + ", ".join(o.key for o in OPTIONS) + ".")
+    return cls
+
+
+ModelConfig = _with_options(ModelShape)
 
 
 @dataclass
@@ -231,11 +238,11 @@ class RunConfig:
         if m.num_attention_heads % m.num_key_value_heads:
             raise ConfigError(f"model.num_key_value_heads={m.num_key_value_heads} must divide "
                               f"model.num_attention_heads={m.num_attention_heads} (grouped-query attention)")
-        if m.hidden_act not in HIDDEN_ACTS:
-            raise ConfigError(f"model.hidden_act: {m.hidden_act!r} is not supported; choose one of "
-                              f"{', '.join(HIDDEN_ACTS)}{_suggest(m.hidden_act, HIDDEN_ACTS)}")
-        if m.final_logit_softcapping is not None and m.final_logit_softcapping <= 0:
-            raise ConfigError("model.final_logit_softcapping must be positive (or absent for no cap)")
+        from shared.options import OPTIONS
+        for opt in OPTIONS:
+            problem = opt.check(getattr(m, opt.key))
+            if problem:
+                raise ConfigError(f"model.{opt.key}: {problem}")
         if m.rope_theta <= 0 or m.rms_norm_eps <= 0:
             raise ConfigError("model.rope_theta and model.rms_norm_eps must be positive")
 
@@ -255,7 +262,7 @@ class RunConfig:
         if t.eps <= 0:
             raise ConfigError("ternary.eps must be positive")
         if t.enabled and t.group_size:
-            from shared.naming import ternary_input_dims
+            from shared.params import ternary_input_dims
             for name, in_dim in ternary_input_dims(self).items():
                 if in_dim % t.group_size:
                     raise ConfigError(

@@ -4,20 +4,27 @@ from __future__ import annotations
 import numpy as np
 
 from shared.config import ModelConfig
-from shared.naming import parameter_shapes
+from shared.params import parameter_specs
 
 
 def init_weights(m: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
-    """Normal(0, initializer_range) matrices and unit norm weights (float32), canonical names.
+    """Every parameter by its spec's init rule (float32, canonical names): N(0, initializer_range)
+    for "normal", ones, zeros or the option's constant.
 
     Each tensor draws from its own stream keyed by its position, so adding a layer does not
     reshuffle the others.
     """
     out = {}
-    for i, (name, shape) in enumerate(parameter_shapes(m).items()):
-        if len(shape) == 1:  # RMSNorm gains
-            out[name] = np.ones(shape, np.float32)
-        else:
+    for i, (name, spec) in enumerate(parameter_specs(m).items()):
+        if spec.init == "normal":
             rng = np.random.default_rng([seed, i])
-            out[name] = rng.standard_normal(shape, dtype=np.float32) * np.float32(m.initializer_range)
+            out[name] = rng.standard_normal(spec.shape, dtype=np.float32) * np.float32(m.initializer_range)
+        elif spec.init == "ones":
+            out[name] = np.ones(spec.shape, np.float32)
+        elif spec.init == "zeros":
+            out[name] = np.zeros(spec.shape, np.float32)
+        elif spec.init == "constant":
+            out[name] = np.full(spec.shape, spec.init_value, np.float32)
+        else:
+            raise ValueError(f"{name}: unknown init rule {spec.init!r}")
     return out

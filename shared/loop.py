@@ -29,7 +29,7 @@ import numpy as np
 from shared.config import RunConfig
 from shared.data import TokenDataset
 from shared.loader import TokenLoader
-from shared.naming import parameter_shapes, ternary_parameters
+from shared.params import parameter_shapes, ternary_parameters
 
 # Tokens per parameter below which a run is data-starved. Compute-optimal LMs see ~20; the smoke
 # preset converges on its simple synthetic source at ~0.6; SEEDS S9 overfit at 0.05.

@@ -4,23 +4,25 @@ from __future__ import annotations
 import numpy as np
 
 from shared.config import TrainConfig
+from shared.params import ParamSpec
 from shared.schedule import lr_multiplier
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)  # Muon's quintic Newton-Schulz coefficients (Keller Jordan)
 NS_STEPS = 5
 
 
-def uses_muon(name: str, shape: tuple[int, ...], t: TrainConfig) -> bool:
-    """Muon takes the 2-D matrices inside the blocks; embeddings, head and norms stay on AdamW."""
-    return t.optimizer == "muon" and len(shape) == 2 and name.startswith("model.layers.")
+def uses_muon(spec: ParamSpec, t: TrainConfig) -> bool:
+    """Muon takes the block matrices (group "matrix"); embeddings, head, norms and controls stay on AdamW."""
+    return t.optimizer == "muon" and spec.group == "matrix"
 
 
-def uses_weight_decay(name: str, shape: tuple[int, ...], t: TrainConfig) -> bool:
-    return t.weight_decay > 0 and len(shape) == 2
+def uses_weight_decay(spec: ParamSpec, t: TrainConfig) -> bool:
+    """Decoupled weight decay on the parameters whose spec says so (the matrices)."""
+    return t.weight_decay > 0 and spec.decay
 
 
-def slots_for(name: str, shape: tuple[int, ...], t: TrainConfig) -> tuple[str, ...]:
-    slots = ("momentum",) if uses_muon(name, shape, t) else ("exp_avg", "exp_avg_sq")
+def slots_for(spec: ParamSpec, t: TrainConfig) -> tuple[str, ...]:
+    slots = ("momentum",) if uses_muon(spec, t) else ("exp_avg", "exp_avg_sq")
     return slots + (("ema",) if t.ema_decay else ())
 
 

@@ -42,7 +42,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.config import ConfigError, RunConfig, _suggest
-from shared.naming import parameter_shapes, ternary_parameters
+from shared.options import MATRIX
+from shared.params import parameter_shapes, parameter_specs, ternary_parameters
 
 
 @dataclass(frozen=True)
@@ -250,7 +251,7 @@ class Memory:
 def optimizer_state_bytes(cfg: RunConfig) -> int:
     """fp32 optimizer slots (shared.optim_rules.slots_for: Adam 2, Muon 1, EMA +1) per parameter."""
     from shared.optim_rules import slots_for
-    return sum(4 * math.prod(s) * len(slots_for(n, s, cfg.train)) for n, s in parameter_shapes(cfg.model).items())
+    return sum(4 * math.prod(s.shape) * len(slots_for(s, cfg.train)) for s in parameter_specs(cfg.model).values())
 
 
 def memory_per_gpu(cfg: RunConfig, micro_batch: int, seq_len: int, gpus: int, parallel: str) -> Memory:
@@ -271,8 +272,7 @@ def flops_per_token(cfg: RunConfig, seq_len: int) -> tuple[float, int]:
     tied or not; the embedding lookup is free) + 12 * layers * heads * head_dim * seq_len for
     attention scores and values (PaLM, appendix B)."""
     m = cfg.model
-    shapes = parameter_shapes(m)
-    n = sum(math.prod(s) for k, s in shapes.items() if len(s) == 2 and k.startswith("model.layers."))
+    n = sum(math.prod(s.shape) for s in parameter_specs(m).values() if s.role == MATRIX)
     n += m.vocab_size * m.hidden_size
     return 6.0 * n + 12.0 * m.num_hidden_layers * m.num_attention_heads * m.head_dim * seq_len, n
 

@@ -20,7 +20,7 @@ from shared import checkpoint as fmt
 from shared.config import ConfigError, RunConfig
 from shared.data import load_token_dataset
 from shared.loop import LoopResult, count_parameters, preflight, run
-from shared.naming import parameter_shapes
+from shared.params import parameter_shapes
 from shared.presets import get_preset
 from shared.tokenizers import get_tokenizer
 

@@ -15,14 +15,24 @@ from shared.checkpoint import check_tensor_set
 from shared.config import RunConfig
 from shared.data_checks import check_token_ids
 from shared.init import init_weights
-from shared.naming import parameter_shapes
+from shared.params import parameter_shapes, ternary_parameters
 from ternary_cuda.layers import RMSNorm, SubLN, TernaryEmbedding, TernaryLinear
 
 
-def _linear(cfg: RunConfig, target: str, d_in: int, d_out: int) -> TernaryLinear:
+def _linear(cfg: RunConfig, d_in: int, d_out: int) -> TernaryLinear:
+    """A projection, float until `Model` marks the ones its parameter specs make ternary."""
     t = cfg.ternary
-    return TernaryLinear(d_in, d_out, t.enabled and target in t.targets, t.group_size, t.eps,
-                         t.activation_bits)
+    return TernaryLinear(d_in, d_out, False, t.group_size, t.eps, t.activation_bits)
+
+
+def mark_ternary(model, names: list[str]) -> None:
+    """Make the weights the config's parameter specs call ternary (shared/params.py) ternary."""
+    modules = dict(model.named_modules())
+    for name in names:
+        mod = modules.get(name.removesuffix(".weight"))
+        if not isinstance(mod, TernaryLinear):
+            raise ValueError(f"{name}: the spec makes it ternary but the model has no TernaryLinear for it")
+        mod.ternary = True
 
 
 def rope(x: torch.Tensor, theta: float) -> torch.Tensor:
@@ -41,10 +51,10 @@ class Attention(nn.Module):
         m = cfg.model
         self.n_heads, self.n_kv_heads, self.head_dim = m.num_attention_heads, m.num_key_value_heads, m.head_dim
         self.rope_theta = m.rope_theta
-        self.q_proj = _linear(cfg, "attn", m.hidden_size, self.n_heads * self.head_dim)
-        self.k_proj = _linear(cfg, "attn", m.hidden_size, self.n_kv_heads * self.head_dim)
-        self.v_proj = _linear(cfg, "attn", m.hidden_size, self.n_kv_heads * self.head_dim)
-        self.o_proj = _linear(cfg, "attn", self.n_heads * self.head_dim, m.hidden_size)
+        self.q_proj = _linear(cfg, m.hidden_size, self.n_heads * self.head_dim)
+        self.k_proj = _linear(cfg, m.hidden_size, self.n_kv_heads * self.head_dim)
+        self.v_proj = _linear(cfg, m.hidden_size, self.n_kv_heads * self.head_dim)
+        self.o_proj = _linear(cfg, self.n_heads * self.head_dim, m.hidden_size)
         if m.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, m.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, m.rms_norm_eps)
@@ -52,6 +62,9 @@ class Attention(nn.Module):
         if m.subln:
             self.attn_sub_norm = SubLN(self.n_heads * self.head_dim, m.rms_norm_eps)
         self.subln = m.subln
+        if m.qk_gain is not None:  # values come from the parameter spec's init (shared/init.py)
+            self.q_gain = nn.Parameter(torch.ones(self.n_heads))
+        self.has_q_gain = m.qk_gain is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
@@ -62,6 +75,8 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (a.transpose(1, 2) for a in (q, k, v))  # (B, heads, T, head_dim)
         q, k = rope(q, self.rope_theta), rope(k, self.rope_theta)
+        if self.has_q_gain:
+            q = q * self.q_gain[:, None, None]  # one gain per query head
         o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.head_dim ** -0.5,
                                            enable_gqa=self.n_heads != self.n_kv_heads)
         o = o.transpose(1, 2).reshape(B, T, -1)
@@ -74,9 +89,9 @@ class MLP(nn.Module):
         m = cfg.model
         self.act = m.hidden_act
         if self.act == "silu":
-            self.gate_proj = _linear(cfg, "mlp", m.hidden_size, m.intermediate_size)
-        self.up_proj = _linear(cfg, "mlp", m.hidden_size, m.intermediate_size)
-        self.down_proj = _linear(cfg, "mlp", m.intermediate_size, m.hidden_size)
+            self.gate_proj = _linear(cfg, m.hidden_size, m.intermediate_size)
+        self.up_proj = _linear(cfg, m.hidden_size, m.intermediate_size)
+        self.down_proj = _linear(cfg, m.intermediate_size, m.hidden_size)
         if m.subln:
             self.ffn_sub_norm = SubLN(m.intermediate_size, m.rms_norm_eps)
         self.subln = m.subln
@@ -107,8 +122,8 @@ class Decoder(nn.Module):
     def __init__(self, cfg: RunConfig):
         super().__init__()
         m, t = cfg.model, cfg.ternary
-        self.embed_tokens = TernaryEmbedding(m.hidden_size, m.vocab_size, t.enabled and "embed" in t.targets,
-                                             t.group_size, t.eps, t.activation_bits)
+        self.embed_tokens = TernaryEmbedding(m.hidden_size, m.vocab_size, False, t.group_size, t.eps,
+                                             t.activation_bits)
         self.layers = nn.ModuleList([DecoderLayer(cfg) for _ in range(m.num_hidden_layers)])
         self.norm = RMSNorm(m.hidden_size, m.rms_norm_eps)
 
@@ -134,9 +149,10 @@ class Model(nn.Module):
         with torch.device("meta"):  # no memory until the real weights are assigned
             self.model = Decoder(config)
             if not m.tie_word_embeddings:
-                self.lm_head = _linear(config, "lm_head", m.hidden_size, m.vocab_size)
+                self.lm_head = _linear(config, m.hidden_size, m.vocab_size)
         self.tied, self.softcap = m.tie_word_embeddings, m.final_logit_softcapping
         self.check_ids = True  # trainers that validate ids on the host switch this off (no device sync)
+        mark_ternary(self, ternary_parameters(config))
         self.load_numpy(weights if weights is not None else init_weights(m, seed), device)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ import torch
 
 from shared.config import TrainConfig
 from shared.optim_rules import NS_COEFFS, NS_STEPS, muon_scale, slots_for, uses_muon, uses_weight_decay
+from shared.params import ParamSpec
 
 
 def newton_schulz(g: torch.Tensor) -> torch.Tensor:
@@ -34,13 +35,14 @@ def newton_schulz(g: torch.Tensor) -> torch.Tensor:
 class Optimizer:
     """AdamW for every parameter, or Muon for block matrices with AdamW for the rest."""
 
-    def __init__(self, t: TrainConfig, shapes: dict[str, tuple[int, ...]], device: torch.device | str = "cpu",
+    def __init__(self, t: TrainConfig, specs: dict[str, ParamSpec], device: torch.device | str = "cpu",
                  like: dict[str, torch.Tensor] | None = None):
-        """State slots are zeros of `shapes` on `device`, or, given `like` (the parameters), laid out
+        """State slots are zeros of the specs' shapes on `device`, or, given `like` (the parameters), laid out
         as each parameter: under FSDP2 a DTensor holding only this rank's rows, so no rank ever
         allocates a whole slot (AdamW at 7B parameters: 56 GB of float32 state)."""
         self.t = t
-        self.shapes = shapes
+        self.specs = specs
+        self.shapes = {n: s.shape for n, s in specs.items()}
         self.state: dict[str, torch.Tensor] = {}
         # Muon orthogonalises whole matrices. Under FSDP2 (parallel.py) parameters, gradients and
         # state are row shards: `full` gathers the whole matrix (the same on every rank) and
@@ -50,8 +52,8 @@ class Optimizer:
         self.full = lambda x: x
         self.shard_like = lambda x, like: x
         self.from_host = lambda a, like: torch.tensor(np.asarray(a, np.float32), device=like.device)
-        for name, shape in shapes.items():
-            for slot in slots_for(name, shape, t):
+        for name, shape in self.shapes.items():
+            for slot in slots_for(specs[name], t):
                 self.state[f"{name}.{slot}"] = (
                     torch.zeros(shape, dtype=torch.float32, device=device) if like is None
                     else torch.zeros_like(like[name].detach(), dtype=torch.float32))
@@ -67,12 +69,12 @@ class Optimizer:
         t, st, out = self.t, self.state, {}
         for name, p in params.items():
             g = grads[name]
-            decay = uses_weight_decay(name, p.shape, t)
-            if uses_muon(name, p.shape, t):
+            decay = uses_weight_decay(self.specs[name], t)
+            if uses_muon(self.specs[name], t):
                 buf = t.muon_momentum * st[f"{name}.momentum"] + (1 - t.muon_momentum) * g
                 st[f"{name}.momentum"] = buf
                 whole = self.full(g + t.muon_momentum * (buf - g))
-                update = self.shard_like(newton_schulz(whole) * muon_scale(p.shape), p)
+                update = self.shard_like(newton_schulz(whole) * muon_scale(self.specs[name].shape), p)
                 lr = s["lr_muon"]
             else:
                 m = t.beta1 * st[f"{name}.exp_avg"] + (1 - t.beta1) * g

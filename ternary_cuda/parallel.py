@@ -211,7 +211,7 @@ def _numpy_weights_sharded(model) -> dict[str, np.ndarray]:
 
 def _load_numpy_sharded(model, weights: dict[str, np.ndarray], device_=None) -> None:
     from shared.checkpoint import check_tensor_set
-    from shared.naming import parameter_shapes
+    from shared.params import parameter_shapes
     check_tensor_set(parameter_shapes(model.config.model), {k: tuple(v.shape) for k, v in weights.items()},
                      "weights")
     with torch.no_grad():

@@ -16,6 +16,7 @@ import torch
 from shared.batching import inputs_and_targets
 from shared.config import RunConfig
 from shared.optim_rules import step_scalars
+from shared.params import parameter_specs
 from shared.ternary import quant_lambda
 from shared.trainer_common import TrainerCommon
 from ternary_cuda import checkpoint, parallel
@@ -45,7 +46,7 @@ class Trainer(TrainerCommon):
         # Every slot is laid out as its parameter from the start (FSDP2: this rank's rows only; a
         # resumed slot is copied in row by row, EMA clones the sharded parameters), so no rank
         # ever holds the whole optimizer state.
-        self.opt = Optimizer(config.train, {k: tuple(v.shape) for k, v in self.params.items()}, self.device,
+        self.opt = Optimizer(config.train, parameter_specs(config.model), self.device,
                              like=self.params if parallel.sharded(self.params) else None)
         self.opt.full, self.opt.shard_like, self.opt.from_host = parallel.full, parallel.shard_like, parallel.from_host
         if optimizer_state is not None:

@@ -14,6 +14,7 @@ import numpy as np
 
 from shared.config import TrainConfig
 from shared.optim_rules import NS_COEFFS, NS_STEPS, muon_scale, slots_for, uses_muon, uses_weight_decay
+from shared.params import ParamSpec
 
 
 def newton_schulz(g: mx.array) -> mx.array:
@@ -34,12 +35,13 @@ def newton_schulz(g: mx.array) -> mx.array:
 class Optimizer:
     """AdamW for every parameter, or Muon for block matrices with AdamW for the rest."""
 
-    def __init__(self, t: TrainConfig, shapes: dict[str, tuple[int, ...]]):
+    def __init__(self, t: TrainConfig, specs: dict[str, ParamSpec]):
         self.t = t
-        self.shapes = shapes
+        self.specs = specs
+        self.shapes = {n: s.shape for n, s in specs.items()}
         self.state: dict[str, mx.array] = {}
-        for name, shape in shapes.items():
-            for slot in slots_for(name, shape, t):
+        for name, shape in self.shapes.items():
+            for slot in slots_for(specs[name], t):
                 self.state[f"{name}.{slot}"] = mx.zeros(shape, mx.float32)
 
     def init_ema(self, params: dict[str, mx.array]) -> None:
@@ -52,11 +54,11 @@ class Optimizer:
         t, st, out = self.t, self.state, {}
         for name, p in params.items():
             g = grads[name]
-            decay = uses_weight_decay(name, p.shape, t)
-            if uses_muon(name, p.shape, t):
+            decay = uses_weight_decay(self.specs[name], t)
+            if uses_muon(self.specs[name], t):
                 buf = t.muon_momentum * st[f"{name}.momentum"] + (1 - t.muon_momentum) * g
                 st[f"{name}.momentum"] = buf
-                update = newton_schulz(g + t.muon_momentum * (buf - g)) * muon_scale(p.shape)
+                update = newton_schulz(g + t.muon_momentum * (buf - g)) * muon_scale(self.specs[name].shape)
                 lr = s["lr_muon"]
             else:
                 m = t.beta1 * st[f"{name}.exp_avg"] + (1 - t.beta1) * g

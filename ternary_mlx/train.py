@@ -14,6 +14,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from shared.batching import inputs_and_targets
 from shared.config import RunConfig
 from shared.optim_rules import step_scalars
+from shared.params import parameter_specs
 from shared.ternary import quant_lambda
 from shared.trainer_common import TrainerCommon
 from ternary_mlx import checkpoint, parallel
@@ -33,7 +34,7 @@ class Trainer(TrainerCommon):
         self.config, self.model, self.teacher = config, model, teacher
         model.check_ids = False  # the loader validated every id once (S13); compiled code cannot read back
         params = dict(tree_flatten(model.parameters()))
-        self.opt = Optimizer(config.train, {k: tuple(v.shape) for k, v in params.items()})
+        self.opt = Optimizer(config.train, parameter_specs(config.model))
         if optimizer_state is not None:
             self.opt.load_numpy_state(optimizer_state)
         elif config.train.ema_decay:

@@ -35,6 +35,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "act8-gqa-G64": (dict(), dict(group_size=64, activation_bits=8)),
     "subln-gqa-silu-G64": (dict(subln=True), dict(group_size=64)),
     "subln-relu2-float": (dict(subln=True, hidden_act="relu2"), dict(enabled=False)),
+    "qkgain1.5-gqa-G64": (dict(qk_gain=1.5), dict(group_size=64)),
 }
 # A short list for the slower suites (training steps, checkpoints): one row per parameter-set shape.
 FAST_VARIANTS = ["gqa-tied-silu-G64", "mha-untied-relu2-G32", "float-gqa-untied", "subln-gqa-silu-G64"]

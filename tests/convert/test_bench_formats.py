@@ -13,7 +13,7 @@ import pytest
 from shared.checkpoint import write_checkpoint
 from shared.config import RunConfig
 from shared.init import init_weights
-from shared.naming import parameter_shapes, ternary_parameters
+from shared.params import parameter_shapes, ternary_parameters
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -31,7 +31,7 @@ from convert import export
 from convert.cli import main
 from shared.checkpoint import read_checkpoint
 from shared.config import RunConfig
-from shared.naming import parameter_shapes, ternary_parameters
+from shared.params import parameter_shapes, ternary_parameters
 from shared.ternary import quantize
 from ternary_cuda.checkpoint import save
 from ternary_cuda.model import Model

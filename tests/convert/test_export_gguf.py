@@ -14,7 +14,7 @@ from convert.export_gguf import tensor_bytes, to_gguf  # noqa: E402
 from shared.checkpoint import write_checkpoint  # noqa: E402
 from shared.config import ConfigError, RunConfig  # noqa: E402
 from shared.init import init_weights  # noqa: E402
-from shared.naming import parameter_shapes, ternary_parameters  # noqa: E402
+from shared.params import parameter_shapes, ternary_parameters  # noqa: E402
 from shared.ternary import quantize  # noqa: E402
 
 # TQ blocks are 256 values of a row: every ternary input dimension is 256 or 512 here.

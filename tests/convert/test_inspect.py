@@ -10,7 +10,7 @@ from convert import export, inspect_ckpt
 from convert.cli import main
 from shared.checkpoint import read_checkpoint
 from shared.config import RunConfig
-from shared.naming import ternary_parameters
+from shared.params import ternary_parameters
 from shared.ternary import quantize
 from ternary_cuda.checkpoint import save
 from ternary_cuda.model import Model

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from shared.config import ConfigError, RunConfig
-from shared.naming import parameter_shapes
+from shared.params import parameter_shapes
 from ternary_cuda.model import Model as TorchModel
 from ternary_cuda.train import Trainer as TorchTrainer
 from ternary_mlx.model import Model as MLXModel

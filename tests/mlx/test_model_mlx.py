@@ -8,7 +8,7 @@ import pytest
 from mlx.utils import tree_flatten
 
 from shared.config import RunConfig
-from shared.naming import parameter_shapes, ternary_parameters
+from shared.params import parameter_shapes, ternary_parameters
 from tests.backends import TINY_BASE as BASE, TINY_VARIANTS as CONFIGS
 from ternary_mlx.loss import next_token_loss
 from ternary_mlx.model import Model

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from shared.config import RunConfig
-from shared.naming import parameter_shapes, ternary_parameters
+from shared.params import parameter_shapes, ternary_parameters
 from tests.backends import TINY_BASE as BASE, TINY_VARIANTS as CONFIGS
 from ternary_cuda.model import Model
 

@@ -13,7 +13,7 @@ import shared.checkpoint as ck
 from shared.checkpoint import CheckpointError, read_checkpoint, verify_manifest, write_checkpoint
 from shared.config import RunConfig
 from shared.init import init_weights
-from shared.naming import parameter_shapes
+from shared.params import parameter_shapes
 
 WRITER = {"backend": "unit-test"}
 

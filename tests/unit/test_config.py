@@ -1,4 +1,4 @@
-"""Config dataclasses, presets and canonical names (shared/config.py, shared/presets.py, shared/naming.py)."""
+"""Config dataclasses, presets and canonical names (shared/config.py, shared/presets.py, shared/params.py)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from shared.config import ConfigError, ModelConfig, RunConfig, model_config_from_hf
-from shared.naming import parameter_shapes, target_of, ternary_input_dims, ternary_parameters
+from shared.params import parameter_shapes, parameter_specs, ternary_input_dims, ternary_parameters
 from shared.presets import PRESETS, get_preset
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -440,15 +440,16 @@ def _prod(shape) -> int:
     return out
 
 
-def test_target_of_and_ternary_parameters():
-    assert target_of("model.layers.3.self_attn.q_proj.weight") == "attn"
-    assert target_of("model.layers.3.mlp.down_proj.weight") == "mlp"
-    assert target_of("model.embed_tokens.weight") == "embed"
-    assert target_of("lm_head.weight") == "lm_head"
+def test_spec_targets_and_ternary_parameters():
+    specs = parameter_specs(RunConfig.from_dict(_tiny()).with_overrides(["model.tie_word_embeddings=false"]).model)
+    assert specs["model.layers.1.self_attn.q_proj.weight"].target == "attn"
+    assert specs["model.layers.1.mlp.down_proj.weight"].target == "mlp"
+    assert specs["model.embed_tokens.weight"].target == "embed"
+    assert specs["lm_head.weight"].target == "lm_head"
     for n in ("model.norm.weight", "model.layers.0.input_layernorm.weight",
               "model.layers.0.post_attention_layernorm.weight", "model.layers.0.self_attn.q_norm.weight",
               "model.layers.0.self_attn.k_norm.weight"):
-        assert target_of(n) is None, n
+        assert specs[n].target is None, n
     cfg = RunConfig.from_dict(_tiny())
     names = ternary_parameters(cfg)
     assert len(names) == 2 * 7  # q, k, v, o, gate, up, down per layer

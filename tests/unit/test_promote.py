@@ -11,7 +11,7 @@ from shared import promote
 from shared.config import ConfigError, RunConfig
 from shared.init import init_weights
 from shared.loop import count_parameters
-from shared.naming import parameter_shapes
+from shared.params import parameter_shapes, parameter_specs
 from shared.optim_rules import muon_scale, uses_muon
 from shared.presets import get_preset
 
@@ -125,8 +125,8 @@ def test_muon_lr_is_kept_and_its_shape_factor_is_unchanged(mac):
     p = promote.plan(base, "8xh100", params=int(1e8))
     assert p.config.train.muon_lr == 0.04 and p.config.train.lr == 0.01
     def factors(cfg):
-        return {n.split(".", 3)[-1]: muon_scale(s) for n, s in parameter_shapes(cfg.model).items()
-                if uses_muon(n, s, cfg.train)}
+        return {n.split(".", 3)[-1]: muon_scale(s.shape) for n, s in parameter_specs(cfg.model).items()
+                if uses_muon(s, cfg.train)}
     assert factors(p.config) == factors(base) and factors(base)  # e.g. up_proj sqrt(2) at both widths
 
 

@@ -1,0 +1,146 @@
+"""Model options, declared once: config key, default, check, the parameters they add, and which
+export formats can express them.
+
+Everything that needs to know about an option reads this table: `shared.config.ModelConfig` takes
+its option fields from it, `shared.params` builds the parameter list from the `params` rules
+(name, shape, role, init, position), and every exporter refuses by name an option at a
+non-default value that is not in its `exporters` set (an allowlist: a new option is refused
+everywhere until a format declares it can express it).
+
+To add an option: one `ModelOption` row here, the forward pass in both model files and in
+`shared/reference_model.py`, and a row in `tests/variants.py`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from shared.config import ModelConfig
+
+# Parameter roles. The role decides the default weight decay and optimizer group (shared/params.py).
+MATRIX = "matrix"        # a projection inside a block: ternary-capable, Muon under train.optimizer=muon
+EMBEDDING = "embedding"  # the token embedding (also the head when tied)
+HEAD = "head"            # an untied LM head
+NORM = "norm"            # an RMSNorm gain
+CONTROL = "control"      # a learned control vector or scalar (gains, mixes): float, AdamW, no decay
+ROLES = (MATRIX, EMBEDDING, HEAD, NORM, CONTROL)
+
+# Export formats. canonical (a checkpoint copy) and packed store the config and every tensor by
+# name, so they express any option whose parameters are plain tensors.
+EXPORT_FORMATS = ("canonical", "packed", "hf", "mlx-lm", "hf-bitnet", "gguf")
+OURS = frozenset({"canonical", "packed"})
+EVERYWHERE = frozenset(EXPORT_FORMATS)
+
+
+@dataclass(frozen=True)
+class ParamRule:
+    """One parameter an option adds. `suffix` is the name inside a layer (`self_attn.q_norm.weight`)
+    or, with scope "model", the whole name (`lm_head.weight`). The parameter sits right after
+    `after` (and after those placed there before it), so the canonical order, and with it each
+    tensor's random stream in shared/init.py, stays what it was before the option existed."""
+    suffix: str
+    shape: Callable[["ModelConfig"], tuple[int, ...]]
+    role: str
+    after: str
+    init: str = "normal"  # "normal" (N(0, initializer_range)), "ones", "zeros" or "option" (the value)
+    target: str | None = None  # the ternary target it belongs to (ternary.targets), if any
+    scope: str = "layer"
+
+
+@dataclass(frozen=True)
+class ModelOption:
+    key: str                 # the model.* config key
+    type: Any                # the field's type hint
+    default: Any
+    doc: str                 # one line for the option table
+    exporters: frozenset     # formats that can express a non-default value
+    why_not: str = ""        # what the other formats lack (named in their refusal)
+    check: Callable[[Any], str | None] = lambda v: None  # an error message for a bad value
+    params: Callable[[Any], tuple[ParamRule, ...]] = lambda v: ()  # parameters for a value
+    example: Any = None      # a non-default value, for the option table and the tests
+
+    def is_default(self, value: Any) -> bool:
+        return value == self.default
+
+
+def _q_out(m) -> int:
+    return m.num_attention_heads * m.head_dim
+
+
+def _positive_or_none(what: str):
+    return lambda v: None if v is None or v > 0 else f"must be positive ({what}), or absent for none"
+
+
+def _one_of(*choices: str):
+    def check(v):
+        if v in choices:
+            return None
+        from shared.config import _suggest
+        return f"{v!r} is not supported; choose one of {', '.join(choices)}{_suggest(v, choices)}"
+    return check
+
+
+_GATE = ParamRule("mlp.gate_proj.weight", lambda m: (m.intermediate_size, m.hidden_size), MATRIX,
+                  after="post_attention_layernorm.weight", target="mlp")
+_HEAD = ParamRule("lm_head.weight", lambda m: (m.vocab_size, m.hidden_size), HEAD, after="model.norm.weight",
+                  target="lm_head", scope="model")
+_SUBLN = (ParamRule("self_attn.attn_sub_norm.weight", lambda m: (_q_out(m),), NORM,
+                    after="self_attn.o_proj.weight", init="ones"),
+          ParamRule("mlp.ffn_sub_norm.weight", lambda m: (m.intermediate_size,), NORM,
+                    after="mlp.down_proj.weight", init="ones"))
+_QK_NORM = (ParamRule("self_attn.q_norm.weight", lambda m: (m.head_dim,), NORM, after="self_attn.o_proj.weight",
+                      init="ones"),
+            ParamRule("self_attn.k_norm.weight", lambda m: (m.head_dim,), NORM, after="self_attn.o_proj.weight",
+                      init="ones"))
+_QK_GAIN = (ParamRule("self_attn.q_gain", lambda m: (m.num_attention_heads,), CONTROL,
+                      after="self_attn.o_proj.weight", init="option"),)
+
+# In table order; rules placed at the same `after` keep this order.
+OPTIONS: tuple[ModelOption, ...] = (
+    ModelOption("tie_word_embeddings", bool, True,
+                "the LM head reads model.embed_tokens.weight; false adds lm_head.weight",
+                EVERYWHERE, params=lambda v: () if v else (_HEAD,), example=False),
+    ModelOption("hidden_act", str, "silu",
+                "silu: SwiGLU MLP down(silu(gate(x)) * up(x)); relu2: down(relu(up(x))^2), no gate_proj",
+                OURS, "a SwiGLU MLP only", check=_one_of("silu", "relu2"),
+                params=lambda v: (_GATE,) if v == "silu" else (), example="relu2"),
+    ModelOption("subln", bool, False,
+                "BitNet sub-norms before o_proj and down_proj, blended in by the ternary warm-up lambda",
+                OURS, "no sub-norms before o_proj / down_proj", params=lambda v: _SUBLN if v else (), example=True),
+    ModelOption("qk_norm", bool, True,
+                "Qwen3's per-head RMSNorm on q and k (false: Llama)",
+                OURS, "q and k always normalised", params=lambda v: _QK_NORM if v else (), example=False),
+    ModelOption("qk_gain", float | None, None,
+                "a learned per-head gain on q after q/k-norm and RoPE (parameter-golf's q_gain); "
+                "the value is its initial value",
+                OURS, "no per-head query gain", check=_positive_or_none("the initial gain"),
+                params=lambda v: () if v is None else _QK_GAIN, example=1.5),
+    ModelOption("final_logit_softcapping", float | None, None,
+                "logits = c * tanh(logits / c) (Gemma-2's key name)",
+                OURS, "no logit soft-cap", check=_positive_or_none("the cap c"), example=30.0),
+)
+OPTION_BY_KEY = {o.key: o for o in OPTIONS}
+
+
+def non_default(m: "ModelConfig") -> list[ModelOption]:
+    return [o for o in OPTIONS if not o.is_default(getattr(m, o.key))]
+
+
+def inexpressible(m: "ModelConfig", fmt: str) -> list[str]:
+    """`model.KEY = VALUE (the format has ...)` for every non-default option `fmt` cannot express."""
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}")
+    return [f"model.{o.key} = {getattr(m, o.key)!r} ({o.why_not or 'not expressible'})"
+            for o in non_default(m) if fmt not in o.exporters]
+
+
+def option_table_markdown() -> str:
+    """The option table for docs/design.md (tests check that the document carries this table)."""
+    rows = ["| key | default | parameters it adds | exported by | meaning |", "| --- | --- | --- | --- | --- |"]
+    for o in OPTIONS:
+        names = sorted({r.suffix for v in (o.default, o.example) for r in o.params(v)})
+        fmts = ", ".join(f for f in EXPORT_FORMATS if f in o.exporters)
+        rows.append(f"| `model.{o.key}` | `{o.default!r}` | {', '.join(f'`{n}`' for n in names) or '-'} "
+                    f"| {fmts} | {o.doc} |")
+    return "\n".join(rows)
