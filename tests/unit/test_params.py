@@ -114,3 +114,11 @@ def test_variant_specs_are_consistent(variant):
     assert all(s.role in ROLES for s in specs.values())
     assert all(len(s.shape) == 2 for s in specs.values() if s.target is not None)
     assert set(init_weights(cfg.model)) == set(specs)
+
+
+def test_design_doc_carries_the_current_option_table():
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[2] / "docs" / "design.md").read_text()
+    start, end = text.index("<!-- option-table:start -->\n"), text.index("<!-- option-table:end -->")
+    assert text[start:end].split("\n", 1)[1].strip() == option_table_markdown().strip(), \
+        "docs/design.md 3.7 is out of date: paste shared.options.option_table_markdown() there"
