@@ -115,9 +115,11 @@ def test_blocks_that_add_nothing_leave_the_residual_stream_untouched(tied):
     np.testing.assert_allclose(reference_logits(cfg, w, ids), h @ head.T, rtol=1e-12, atol=1e-12)
 
 
-def test_block_outputs_are_added_to_the_stream():
-    # A layer with o_proj = 0 contributes only its MLP: down(silu(gate n) * up n), n = RMSNorm(x).
-    cfg = tiny_config(ternary=dict(enabled=False), num_hidden_layers=1, qk_norm=False)
+@pytest.mark.parametrize("act", ["silu", "relu2"])
+def test_block_outputs_are_added_to_the_stream(act):
+    # A layer with o_proj = 0 contributes only its MLP, n = RMSNorm(x):
+    # down(silu(gate n) * up n) (SwiGLU) or down(relu(up n)^2).
+    cfg = tiny_config(ternary=dict(enabled=False), num_hidden_layers=1, qk_norm=False, hidden_act=act)
     w = _weights(cfg)
     w["model.layers.0.self_attn.o_proj.weight"] = np.zeros_like(w["model.layers.0.self_attn.o_proj.weight"])
     ids = _ids(cfg, (1, 4))
@@ -128,9 +130,13 @@ def test_block_outputs_are_added_to_the_stream():
         return x / np.sqrt((x ** 2).mean(-1, keepdims=True) + eps) * g
     x = f["model.embed_tokens.weight"][ids]
     n = norm(x, f[p + "post_attention_layernorm.weight"])
-    gate, up = n @ f[p + "mlp.gate_proj.weight"].T, n @ f[p + "mlp.up_proj.weight"].T
-    silu = gate * (1 + np.tanh(gate / 2)) / 2  # = gate * sigmoid(gate), written another way
-    x = x + (silu * up) @ f[p + "mlp.down_proj.weight"].T
+    up = n @ f[p + "mlp.up_proj.weight"].T
+    if act == "silu":
+        gate = n @ f[p + "mlp.gate_proj.weight"].T
+        h = gate * (1 + np.tanh(gate / 2)) / 2 * up  # silu = gate * sigmoid(gate), written another way
+    else:
+        h = np.where(up > 0, up * up, 0.0)
+    x = x + h @ f[p + "mlp.down_proj.weight"].T
     want = norm(x, f["model.norm.weight"]) @ f["model.embed_tokens.weight"].T
     np.testing.assert_allclose(reference_logits(cfg, w, ids), want, rtol=1e-10, atol=1e-12)
 
