@@ -6,7 +6,7 @@ mistake they share (a wrong RoPE convention, a missed norm, GQA heads grouped th
 they mirror each other. This file shares no code with them: it is plain NumPy in float64, one
 function per equation, so the float32 backends must land within rounding error of it.
 
-The model (Qwen3 layout, Hugging Face names; see shared/naming.py for parameters and shapes):
+The model (Qwen3 layout, Hugging Face names; see shared/params.py for parameters and shapes):
 
     x = E_used[ids]                                          embedding lookup
     per layer:  x = x + Attn(RMSNorm(x));  x = x + MLP(RMSNorm(x))     pre-norm, residuals
@@ -34,13 +34,12 @@ from shared import ternary as T
 from shared.checkpoint import check_tensor_set
 from shared.config import RunConfig
 from shared.data_checks import check_token_ids
-from shared.naming import parameter_shapes, ternary_parameters
+from shared.params import parameter_shapes, ternary_parameters
 
 
 # ---- which weights are ternary, and what the forward pass uses for them -------------------------
 def ternary_names(cfg: RunConfig) -> frozenset[str]:
-    """The weights that are projected to ternary. The one place that asks the naming module, so
-    replacing `ternary_parameters` (by a parameter-spec module) touches one line."""
+    """The weights that are projected to ternary, as the parameter specs say (shared/params.py)."""
     return frozenset(ternary_parameters(cfg))
 
 
@@ -148,7 +147,10 @@ def attention_block(x: np.ndarray, p: str, fp: _Pass) -> np.ndarray:
         q = rms_norm(q, w[p + "self_attn.q_norm.weight"], m.rms_norm_eps)
         k = rms_norm(k, w[p + "self_attn.k_norm.weight"], m.rms_norm_eps)
     q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))  # (B, heads, T, D)
-    o = causal_attention(rope(q, m.rope_theta), rope(k, m.rope_theta), v)
+    q, k = rope(q, m.rope_theta), rope(k, m.rope_theta)
+    if m.qk_gain is not None:  # q_h <- g_h * q_h, one learned gain per query head, after RoPE
+        q = q * w[p + "self_attn.q_gain"][:, None, None]
+    o = causal_attention(q, k, v)
     o = o.transpose(0, 2, 1, 3).reshape(B, T_, H * D)  # heads concatenated, head-major
     if m.subln:
         o = sub_norm(o, w[p + "self_attn.attn_sub_norm.weight"], m.rms_norm_eps, fp.lam)
