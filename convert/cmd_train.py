@@ -22,7 +22,7 @@ def make_backend(name: str):
     import torch
     from ternary_cuda import parallel
     from ternary_cuda.train import Model, Trainer
-    return Backend("torch", Model, Trainer, torch.__version__, parallel=parallel.PARALLEL)  # torchrun: DDP/FSDP2
+    return Backend("torch", Model, Trainer, torch.__version__, parallel=parallel)  # torchrun: DDP/FSDP2
 
 
 def cmd_train(args) -> int:

@@ -155,7 +155,7 @@ class Trainer(TrainerCommon):
 
 def main(argv: list[str] | None = None) -> int:
     from shared.runner import Backend, main as run_main
-    return run_main(argv, Backend("torch", Model, Trainer, torch.__version__, parallel=parallel.PARALLEL),
+    return run_main(argv, Backend("torch", Model, Trainer, torch.__version__, parallel=parallel),
                     prog="python -m ternary_cuda.train")
 
 
