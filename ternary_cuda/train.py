@@ -46,8 +46,8 @@ class Trainer(TrainerCommon):
         # resumed slot is copied in row by row, EMA clones the sharded parameters), so no rank
         # ever holds the whole optimizer state.
         self.opt = Optimizer(config.train, {k: tuple(v.shape) for k, v in self.params.items()}, self.device,
-                             like=self.params if parallel.sharded(self.params) else None)
-        self.opt.full, self.opt.shard_like, self.opt.from_host = parallel.full, parallel.shard_like, parallel.from_host
+                             like=self.params if parallel.sharded(self.params) else None,
+                             full=parallel.full, shard_like=parallel.shard_like, from_host=parallel.from_host)
         if optimizer_state is not None:
             self.opt.load_numpy_state(optimizer_state)
         elif config.train.ema_decay:
