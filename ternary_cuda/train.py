@@ -154,9 +154,9 @@ class Trainer(TrainerCommon):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from shared.runner import Backend, main as run_main
-    return run_main(argv, Backend("torch", Model, Trainer, torch.__version__, parallel=parallel),
-                    prog="python -m ternary_cuda.train")
+    """`python -m ternary_cuda.train`: the `train` command line (convert/train_args.py) on this backend."""
+    from convert.train_args import main as train_main
+    return train_main(argv, "torch", prog="python -m ternary_cuda.train")
 
 
 if __name__ == "__main__":
