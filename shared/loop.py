@@ -3,8 +3,8 @@
 A backend provides a `Trainer` (train.py) with `step(windows, step) -> handle` (lazy, no host
 sync), `fetch(handles) -> [(loss, grad_norm)]` (one sync), `numpy_weights()`,
 `numpy_optimizer_state()`, `ema_weights()`, `evaluate(tokens, tokenizer, max_tokens)` and
-`save(path, trainer_state)`. This module owns the cadence: logging, evaluation, early stopping,
-checkpoints, the wall-clock budget, the NaN guard and Ctrl-C.
+`save(path, trainer_state)` (shared.interfaces.Trainer). This module owns the cadence: logging,
+evaluation, early stopping, checkpoints, the wall-clock budget, the NaN guard and Ctrl-C.
 
 Data parallel (world_size > 1): every rank runs this loop and takes the same branches (SEEDS S12).
 Each decision that one rank could see differently (its clock, its Ctrl-C, its losses) goes through
