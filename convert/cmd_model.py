@@ -130,50 +130,63 @@ def cmd_demo(args) -> int:
     if weights is None:
         weights = init_weights(m, cfg.train.seed)
     ids = np.random.default_rng(cfg.train.seed).integers(0, m.vocab_size, (batch, seq), dtype=np.int64)
-    names = ternary_parameters(cfg)
-    reference = {n: quantize(weights[n], t.group_size, t.eps)[0] for n in names}
-    ln_v = math.log(m.vocab_size)
+    reference = {n: quantize(weights[n], t.group_size, t.eps)[0] for n in ternary_parameters(cfg)}
     failures, logits = [], {}
     for name in backends:
-        b = _demo_backend(loaded[name], cfg, weights, ids)
-        t0 = time.perf_counter()
-        b.forward()  # warm-up
-        t1 = time.perf_counter()
-        out = b.forward()
-        t2 = time.perf_counter()
-        logits[name], info = b.to_numpy(out), b.info
-        total, tern = counts(cfg, {n: math.prod(p.shape) for n, p in b.params.items()})
-        bad = [n for n in names if not np.array_equal(b.codes(b.params[n]), reference[n])]
-        del b, out  # free this backend's model before the next one is built
-        loss = _loss(logits[name], ids)
-        flag = "ok" if loss <= ln_v + 1 else "RED FLAG"
-        print(f"{name:<5} ({info}): {human(total)} parameters ({human(tern)} ternary); "
-              f"loss {loss:.4f} vs ln(vocab) {ln_v:.4f} {flag}; forward {1e3 * (t2 - t1):.1f} ms "
-              f"(first call {1e3 * (t1 - t0):.1f} ms)")
-        print(f"{'':<5} ternary codes: {len(names) - len(bad)}/{len(names)} ternary weights "
-              "bit-identical to the NumPy reference" + (f"; differ: {', '.join(bad[:5])}" if bad else ""))
-        if loss > ln_v + 1:
-            failures.append(f"{name}: loss {loss:.4f} at initialisation is above ln(vocab) + 1 = "
-                            f"{ln_v + 1:.4f} (SEEDS S1: missing residuals look like this)")
-        if bad:
-            failures.append(f"{name}: ternary codes of {len(bad)} weight(s) differ from the NumPy reference")
+        logits[name] = _demo_one(name, loaded[name], cfg, weights, ids, reference, failures)
     if len(backends) == 2:
-        first, second = backends
-        diff = float(np.abs(logits[first] - logits[second]).max())
-        if t.enabled and t.activation_bits:
-            print(f"{first} vs {second}: max |logit difference| {diff:.3g} (not checked: with "
-                  f"{t.activation_bits}-bit activations, rounding to the activation grid amplifies "
-                  "float32 ulp differences between the backends)")
-        else:
-            ok = diff <= args.tolerance
-            print(f"{first} vs {second}: max |logit difference| {diff:.3g} "
-                  f"({'within' if ok else 'ABOVE'} tolerance {args.tolerance:g})")
-            if not ok:
-                failures.append(f"backends disagree: max |logit difference| {diff:.3g} > {args.tolerance:g}")
+        _compare_backends(*backends, logits, t, args.tolerance, failures)
     for f in failures:
         print(f"FAILED: {f}", file=sys.stderr)
     print("result: " + ("FAILED" if failures else "ok"))
     return 1 if failures else 0
+
+
+def _demo_one(name: str, backend, cfg, weights, ids, reference: dict, failures: list[str]):
+    """Time two forward passes of one backend and check its loss and ternary codes (a failure is
+    appended to `failures`); its logits as NumPy."""
+    import numpy as np
+    names = list(reference)
+    ln_v = math.log(cfg.model.vocab_size)
+    b = _demo_backend(backend, cfg, weights, ids)
+    t0 = time.perf_counter()
+    b.forward()  # warm-up
+    t1 = time.perf_counter()
+    out = b.forward()
+    t2 = time.perf_counter()
+    logits, info = b.to_numpy(out), b.info
+    total, tern = counts(cfg, {n: math.prod(p.shape) for n, p in b.params.items()})
+    bad = [n for n in names if not np.array_equal(b.codes(b.params[n]), reference[n])]
+    del b, out  # free this backend's model before the next one is built
+    loss = _loss(logits, ids)
+    flag = "ok" if loss <= ln_v + 1 else "RED FLAG"
+    print(f"{name:<5} ({info}): {human(total)} parameters ({human(tern)} ternary); "
+          f"loss {loss:.4f} vs ln(vocab) {ln_v:.4f} {flag}; forward {1e3 * (t2 - t1):.1f} ms "
+          f"(first call {1e3 * (t1 - t0):.1f} ms)")
+    print(f"{'':<5} ternary codes: {len(names) - len(bad)}/{len(names)} ternary weights "
+          "bit-identical to the NumPy reference" + (f"; differ: {', '.join(bad[:5])}" if bad else ""))
+    if loss > ln_v + 1:
+        failures.append(f"{name}: loss {loss:.4f} at initialisation is above ln(vocab) + 1 = "
+                        f"{ln_v + 1:.4f} (SEEDS S1: missing residuals look like this)")
+    if bad:
+        failures.append(f"{name}: ternary codes of {len(bad)} weight(s) differ from the NumPy reference")
+    return logits
+
+
+def _compare_backends(first: str, second: str, logits: dict, t, tolerance: float, failures: list[str]) -> None:
+    """The largest logit difference between the two backends, checked unless activations are quantized."""
+    import numpy as np
+    diff = float(np.abs(logits[first] - logits[second]).max())
+    if t.enabled and t.activation_bits:
+        print(f"{first} vs {second}: max |logit difference| {diff:.3g} (not checked: with "
+              f"{t.activation_bits}-bit activations, rounding to the activation grid amplifies "
+              "float32 ulp differences between the backends)")
+    else:
+        ok = diff <= tolerance
+        print(f"{first} vs {second}: max |logit difference| {diff:.3g} "
+              f"({'within' if ok else 'ABOVE'} tolerance {tolerance:g})")
+        if not ok:
+            failures.append(f"backends disagree: max |logit difference| {diff:.3g} > {tolerance:g}")
 
 
 # ---- argument parsing ---------------------------------------------------------------------------
