@@ -29,8 +29,8 @@ from shared.tokenizers import get_tokenizer
 @dataclass
 class Backend:
     name: str  # "mlx" or "torch"
-    Model: type
-    Trainer: type
+    Model: type  # shared.interfaces.ModelClass
+    Trainer: type  # shared.interfaces.TrainerClass
     version: str
     # Data parallelism: the backend's parallel module (shared.interfaces.Parallel; here only
     # `setup()` and `teardown(failed)` are used). None: always one process.
