@@ -69,7 +69,7 @@ def transformers_rewrite(src: Path, dst: Path) -> None:
     model.save_pretrained(dst)
 
 
-def main() -> None:
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--text", type=Path, default=DEFAULT_TEXT, help="training/held-out text (UTF-8)")
     ap.add_argument("--teacher-steps", type=int, default=1500)
@@ -78,7 +78,11 @@ def main() -> None:
     ap.add_argument("--eval-tokens", type=int, default=65536, help="held-out tokens scored per model")
     ap.add_argument("--work", type=Path, help="keep the intermediate files here (default: a temp dir)")
     ap.add_argument("--json-out", type=Path)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = _args()
     if not args.text.exists():
         sys.exit(f"{args.text}: not found; pass --text FILE (any UTF-8 text of ~1 MB)")
     tmp = None if args.work else tempfile.TemporaryDirectory(prefix="ternary-distill-")
@@ -90,6 +94,20 @@ def main() -> None:
     if not (data / "manifest.json").exists():
         cli("data", "prepare", str(args.text), "--tokenizer", "bytes", "--out", str(data), "--val-fraction", "0.1",
             "--no-bos", log=log)
+    runs = _train_all(args, work, data, log)
+    bpb = {name: val_bpb(work / name, data, args.eval_tokens, log)
+           for name in ("teacher", "teacher_continued", "ternarized", *runs)}
+    text = json.dumps(_result(args, bpb, runs, t_start, log), indent=2)
+    print(text)
+    if args.json_out:
+        args.json_out.write_text(text + "\n")
+    if tmp is not None:
+        tmp.cleanup()
+
+
+def _train_all(args: argparse.Namespace, work: Path, data: Path, log: list) -> dict[str, list[str]]:
+    """The float teacher, its HF round trip and imports, the continued teacher (control) and the
+    ternarized fine-tunes; the fine-tunes' names and extra arguments."""
     run = ["--backend", args.backend, "--no-progress"]
     common = [f"data.source={data}", "data.tokenizer=bytes", f"train.seq_len={SEQ_LEN}", "train.batch_size=16",
               "train.eval_every=0", f"train.eval_tokens={args.eval_tokens}", "train.log_every=20"]
@@ -115,11 +133,13 @@ def main() -> None:
         flags, sets = (extra[:2], extra[3:]) if extra else ([], [])
         cli("train", *run, "--init", str(work / "ternarized"), *flags, "--out", str(work / name), "--set", *ft,
             *sets, log=log)
-    bpb = {name: val_bpb(work / name, data, args.eval_tokens, log)
-           for name in ("teacher", "teacher_continued", "ternarized", *runs)}
+    return runs
+
+
+def _result(args: argparse.Namespace, bpb: dict[str, float], runs: dict, t_start: float, log: list) -> dict:
     lost = bpb["ternarized"] - bpb["teacher"]
     lost_control = bpb["ternarized"] - bpb["teacher_continued"]
-    result = {
+    return {
         "benchmark": "distill",
         "text": str(args.text), "backend": args.backend, "tokenizer": "bytes",
         "model": " ".join(MODEL), "teacher_steps": args.teacher_steps, "finetune_steps": args.finetune_steps,
@@ -132,12 +152,6 @@ def main() -> None:
         "total_seconds": round(time.perf_counter() - t_start, 1),
         "steps": log,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json_out:
-        args.json_out.write_text(text + "\n")
-    if tmp is not None:
-        tmp.cleanup()
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -85,85 +86,106 @@ def _dir_bytes(d: Path) -> int:
 
 
 def measure_formats(ckpt: Path, work: Path) -> dict:
-    from convert import export, export_bitnet, export_gguf, export_hf
+    # imported before any export is timed, as before (the helpers below import them again, free)
+    from convert import export, export_bitnet, export_gguf, export_hf  # noqa: F401
     config, weights = read_checkpoint(ckpt)
-    t = config.ternary
     tern = ternary_parameters(config)
     if not tern:
         raise ConfigError(f"{ckpt}: no ternary weights (ternary disabled): nothing to measure")
     n = sum(int(weights[k].size) for k in tern)
+    res = _code_summary(ckpt, config, weights, tern, n)
+    f = res["formats"]
+    for key, fn in _exports(ckpt, work, tern, n):
+        _attempt(f, key, fn)
+    total = res["parameters"]
+    f["bf16_reference"] = {"ternary_bits_per_weight": 16.0, "file_bits_per_ternary_weight": round(16 * total / n, 4),
+                           "note": "computed: every parameter in bf16, no file written"}
+    return res
+
+
+def _code_summary(ckpt: Path, config, weights: dict, tern: list[str], n: int) -> dict:
+    """The checkpoint's code fractions and entropy, with an empty "formats" table to fill."""
+    t = config.ternary
     counts = np.zeros(3, np.int64)
     for k in tern:
         counts += np.bincount((quantize(weights[k], t.group_size, t.eps)[0].reshape(-1) + 1).astype(np.int64),
                               minlength=3)
     p = counts / counts.sum()
     entropy = float(-sum(x * math.log2(x) for x in p if x > 0))
-    res: dict = {"checkpoint": str(ckpt), "group_size": t.group_size, "ternary_weights": n,
-                 "parameters": int(sum(v.size for v in weights.values())),
-                 "code_fractions": {"-1": round(float(p[0]), 4), "0": round(float(p[1]), 4), "+1": round(float(p[2]), 4)},
-                 "code_entropy_bits": round(entropy, 4), "log2_3": round(LOG2_3, 4), "formats": {}}
-    f = res["formats"]
+    return {"checkpoint": str(ckpt), "group_size": t.group_size, "ternary_weights": n,
+            "parameters": int(sum(v.size for v in weights.values())),
+            "code_fractions": {"-1": round(float(p[0]), 4), "0": round(float(p[1]), 4), "+1": round(float(p[2]), 4)},
+            "code_entropy_bits": round(entropy, 4), "log2_3": round(LOG2_3, 4), "formats": {}}
 
-    def attempt(key, fn):
-        t0 = time.perf_counter()
-        try:
-            f[key] = fn()
-            f[key]["export_s"] = round(time.perf_counter() - t0, 3)
-        except ConfigError as e:
-            f[key] = {"refused": str(e)}
-        log(f"  {key}: {f[key].get('ternary_bits_per_weight', 'refused')}")
 
-    def packed(floats="fp16", compress="lzma"):
-        def run():
-            st = export.to_packed(ckpt, work / f"m-{floats}-{compress}.tpk", floats=floats, compress=compress)
-            out = _bits(st.codes_bytes + st.scales_bytes, st.bytes, n)
-            out["codes_bits_per_weight_uncompressed"] = round(st.code_bits_per_weight, 4)
-            out[f"codes_bits_per_weight_{compress}"] = round(st.code_bits_per_weight_compressed, 4)
-            out["float_bytes_uncompressed"] = st.floats_bytes
-            out["note"] = (f"ternary_bytes = base-3 codes + fp16 scales before {compress}; floats {floats}; "
-                           f"the file is {compress}-compressed")
-            return out
-        return run
+def _attempt(f: dict, key: str, fn) -> None:
+    """f[key] = fn() with its export time, or why the export refused the model."""
+    t0 = time.perf_counter()
+    try:
+        f[key] = fn()
+        f[key]["export_s"] = round(time.perf_counter() - t0, 3)
+    except ConfigError as e:
+        f[key] = {"refused": str(e)}
+    log(f"  {key}: {f[key].get('ternary_bits_per_weight', 'refused')}")
 
-    def hf_bitnet():
-        export_bitnet.to_hf_bitnet(ckpt, work / "bitnet")
-        sizes = safetensors_sizes(work / "bitnet" / "model.safetensors")
-        tb = sum(sizes[k] + sizes[k[:-len("weight")] + "weight_scale"] for k in tern if k in sizes
-                 and k[:-len("weight")] + "weight_scale" in sizes)
-        return _bits(tb, _dir_bytes(work / "bitnet"), n)
 
-    def mlx_lm():
-        export_hf.to_mlx_lm(ckpt, work / "mlxlm")
-        sizes = safetensors_sizes(work / "mlxlm" / "model.safetensors")
-        tb = sum(sizes[k] + sizes[k[:-len(".weight")] + ".scales"] + sizes[k[:-len(".weight")] + ".biases"]
-                 for k in tern)
-        return _bits(tb, _dir_bytes(work / "mlxlm"), n)
+def _exports(ckpt: Path, work: Path, tern: list[str], n: int) -> list[tuple[str, Callable[[], dict]]]:
+    """(key, export-and-measure) for every format, in the order of the table."""
+    return [
+        ("packed", lambda: _packed(ckpt, work, n)),
+        ("packed_int8_lzma", lambda: _packed(ckpt, work, n, "int8", "lzma")),
+        ("packed_fp16_zstd", lambda: _packed(ckpt, work, n, "fp16", "zstd")),
+        ("packed_int8_zstd", lambda: _packed(ckpt, work, n, "int8", "zstd")),
+        ("hf_bitnet", lambda: _hf_bitnet(ckpt, work, tern, n)),
+        ("mlx_lm", lambda: _mlx_lm(ckpt, work, tern, n)),
+        ("gguf_tq2_0", lambda: _gguf(ckpt, work, n, "TQ2_0")),
+        ("gguf_tq1_0", lambda: _gguf(ckpt, work, n, "TQ1_0")),
+        ("canonical_fp32", lambda: _canonical(ckpt, work, n)),
+    ]
 
-    def gguf(kind):
-        def run():
-            r = export_gguf.to_gguf(ckpt, work / f"{kind}.gguf", gguf_type=kind)
-            out = _bits(r["ternary_bytes"], r["bytes"], n)
-            out.update(exact_scales=r["exact_scales"], max_rel_weight_error=r["max_rel_weight_error"])
-            return out
-        return run
 
-    def canonical():
-        r = export.to_canonical(ckpt, work / "canonical")
-        return _bits(4 * n, r["bytes"], n)
+def _packed(ckpt: Path, work: Path, n: int, floats: str = "fp16", compress: str = "lzma") -> dict:
+    from convert import export
+    st = export.to_packed(ckpt, work / f"m-{floats}-{compress}.tpk", floats=floats, compress=compress)
+    out = _bits(st.codes_bytes + st.scales_bytes, st.bytes, n)
+    out["codes_bits_per_weight_uncompressed"] = round(st.code_bits_per_weight, 4)
+    out[f"codes_bits_per_weight_{compress}"] = round(st.code_bits_per_weight_compressed, 4)
+    out["float_bytes_uncompressed"] = st.floats_bytes
+    out["note"] = (f"ternary_bytes = base-3 codes + fp16 scales before {compress}; floats {floats}; "
+                   f"the file is {compress}-compressed")
+    return out
 
-    attempt("packed", packed())
-    attempt("packed_int8_lzma", packed("int8", "lzma"))
-    attempt("packed_fp16_zstd", packed("fp16", "zstd"))
-    attempt("packed_int8_zstd", packed("int8", "zstd"))
-    attempt("hf_bitnet", hf_bitnet)
-    attempt("mlx_lm", mlx_lm)
-    attempt("gguf_tq2_0", gguf("TQ2_0"))
-    attempt("gguf_tq1_0", gguf("TQ1_0"))
-    attempt("canonical_fp32", canonical)
-    total = res["parameters"]
-    f["bf16_reference"] = {"ternary_bits_per_weight": 16.0, "file_bits_per_ternary_weight": round(16 * total / n, 4),
-                           "note": "computed: every parameter in bf16, no file written"}
-    return res
+
+def _hf_bitnet(ckpt: Path, work: Path, tern: list[str], n: int) -> dict:
+    from convert import export_bitnet
+    export_bitnet.to_hf_bitnet(ckpt, work / "bitnet")
+    sizes = safetensors_sizes(work / "bitnet" / "model.safetensors")
+    tb = sum(sizes[k] + sizes[k[:-len("weight")] + "weight_scale"] for k in tern if k in sizes
+             and k[:-len("weight")] + "weight_scale" in sizes)
+    return _bits(tb, _dir_bytes(work / "bitnet"), n)
+
+
+def _mlx_lm(ckpt: Path, work: Path, tern: list[str], n: int) -> dict:
+    from convert import export_hf
+    export_hf.to_mlx_lm(ckpt, work / "mlxlm")
+    sizes = safetensors_sizes(work / "mlxlm" / "model.safetensors")
+    tb = sum(sizes[k] + sizes[k[:-len(".weight")] + ".scales"] + sizes[k[:-len(".weight")] + ".biases"]
+             for k in tern)
+    return _bits(tb, _dir_bytes(work / "mlxlm"), n)
+
+
+def _gguf(ckpt: Path, work: Path, n: int, kind: str) -> dict:
+    from convert import export_gguf
+    r = export_gguf.to_gguf(ckpt, work / f"{kind}.gguf", gguf_type=kind)
+    out = _bits(r["ternary_bytes"], r["bytes"], n)
+    out.update(exact_scales=r["exact_scales"], max_rel_weight_error=r["max_rel_weight_error"])
+    return out
+
+
+def _canonical(ckpt: Path, work: Path, n: int) -> dict:
+    from convert import export
+    r = export.to_canonical(ckpt, work / "canonical")
+    return _bits(4 * n, r["bytes"], n)
 
 
 def _hf_qwen3(out: Path, hidden: int, layers: int, vocab: int, shard: str | None) -> None:

@@ -653,6 +653,29 @@ def main(argv=None) -> int:
         return worker_main(args)
     t_start = time.perf_counter()
     machine = machine_info()
+    workers, res, loads = _measure_in_workers(argv, args)
+    _add_worker_info(machine, workers, loads)
+    derived = _derived(res)
+    out = {
+        "benchmark": "train_step",
+        "command": " ".join(["python", "bench/train_step.py"] + argv),
+        "machine": machine,
+        "config": _config_section(args),
+        "rows": res,
+        "derived": derived,
+        "targets": targets(derived),
+        "total_wall_s": round(time.perf_counter() - t_start, 1),
+    }
+    text = json.dumps(out, indent=2)
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def _measure_in_workers(argv: list[str], args) -> tuple[dict[str, Worker], dict, list]:
+    """One worker process per framework the rows need; (workers, rows' results, load per round)."""
     kinds = sorted({backend_of(r) for r in args.rows})
     workers: dict[str, Worker] = {}
     try:
@@ -666,6 +689,10 @@ def main(argv=None) -> int:
     finally:
         for w in workers.values():
             w.close()
+    return workers, res, loads
+
+
+def _add_worker_info(machine: dict, workers: dict[str, Worker], loads: list) -> None:
     machine["loadavg_1m_per_round"] = loads
     machine["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
     machine["workers"] = {k: w.info for k, w in workers.items()}
@@ -674,6 +701,9 @@ def main(argv=None) -> int:
         for key in ("mlx_version", "mlx_lm_version", "torch_version", "transformers_version", "torch_threads"):
             if key in w.info:
                 machine[key] = w.info[key]
+
+
+def _derived(res: dict) -> dict:
     derived = derive(res)
     derived["paired_median"] = derive_paired(res)
     derived["loss_check_ours_float_vs_peer"] = loss_check(res)
@@ -683,42 +713,31 @@ def main(argv=None) -> int:
                        "median over rounds of the per-round time ratio (robust to load drift); from_min_step: "
                        "from the fastest step (least disturbed by other load); from_cpu_time: from process CPU time "
                        "per step (includes BLAS/OpenMP threads spin-waiting; meaningful mostly with --threads 1)")
+    return derived
+
+
+def _config_section(args) -> dict:
     cfg = run_config(args, True, "adamw")
     windows = make_windows(args)
-    out = {
-        "benchmark": "train_step",
-        "command": " ".join(["python", "bench/train_step.py"] + argv),
-        "machine": machine,
-        "config": {
-            "model": {k: v for k, v in cfg.model.__dict__.items() if not k.startswith("_")},
-            "ternary": {"group_size": args.group, "targets": cfg.ternary.targets},
-            "train": {"batch_size": args.batch, "seq_len": args.seq, "grad_accum": 1, "lr_schedule": "constant",
-                      "tokens_per_step": args.batch * args.seq, "lr": cfg.train.lr,
-                      "betas": [cfg.train.beta1, cfg.train.beta2], "adam_eps": cfg.train.adam_eps,
-                      "weight_decay": cfg.train.weight_decay, "grad_clip_ours": args.clip,
-                      "grad_clip_peers": args.peer_clip},
-            "timing": {"warmup_steps": args.warmup, "timed_steps": args.steps, "rounds": args.rounds,
-                       "statistic": "median wall time per step; cpu_ms_per_step = process CPU time (all threads)",
-                       "sync": "host sync of loss, grad norm and the whole updated state after every timed step",
-                       "processes": "MLX rows in one worker (OpenBLAS preloaded), torch rows in another (not)"},
-            "threads": args.threads or "framework defaults",
-            "threads_note": ("--threads 1 (default): single-threaded workers, stable on a shared 2-core machine; "
-                             "with more threads MLX's element-wise work (incl. the ternary projection) does not "
-                             "scale with the matmuls, so the MLX ternary overhead grows"),
-            "data": f"one random int32 batch (seed {args.seed}) of shape {list(windows.shape)}, reused every step",
-            "torch_device": args.torch_device,
-        },
-        "rows": res,
-        "derived": derived,
-        "targets": targets(derived),
-        "total_wall_s": round(time.perf_counter() - t_start, 1),
+    return {
+        "model": {k: v for k, v in cfg.model.__dict__.items() if not k.startswith("_")},
+        "ternary": {"group_size": args.group, "targets": cfg.ternary.targets},
+        "train": {"batch_size": args.batch, "seq_len": args.seq, "grad_accum": 1, "lr_schedule": "constant",
+                  "tokens_per_step": args.batch * args.seq, "lr": cfg.train.lr,
+                  "betas": [cfg.train.beta1, cfg.train.beta2], "adam_eps": cfg.train.adam_eps,
+                  "weight_decay": cfg.train.weight_decay, "grad_clip_ours": args.clip,
+                  "grad_clip_peers": args.peer_clip},
+        "timing": {"warmup_steps": args.warmup, "timed_steps": args.steps, "rounds": args.rounds,
+                   "statistic": "median wall time per step; cpu_ms_per_step = process CPU time (all threads)",
+                   "sync": "host sync of loss, grad norm and the whole updated state after every timed step",
+                   "processes": "MLX rows in one worker (OpenBLAS preloaded), torch rows in another (not)"},
+        "threads": args.threads or "framework defaults",
+        "threads_note": ("--threads 1 (default): single-threaded workers, stable on a shared 2-core machine; "
+                         "with more threads MLX's element-wise work (incl. the ternary projection) does not "
+                         "scale with the matmuls, so the MLX ternary overhead grows"),
+        "data": f"one random int32 batch (seed {args.seed}) of shape {list(windows.shape)}, reused every step",
+        "torch_device": args.torch_device,
     }
-    text = json.dumps(out, indent=2)
-    if args.json_out:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(text + "\n")
-    print(text)
-    return 0
 
 
 if __name__ == "__main__":

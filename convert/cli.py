@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from convert import blas, cmd_convert, cmd_data, cmd_model, cmd_promote, cmd_train
+from convert.backends import NAMES, backend_class
 from convert.common import CliError, user_errors
 
 __all__ = ["CliError", "build_parser", "main"]
@@ -41,10 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _runs_mlx(args) -> bool:
+def _wants_fast_blas(args) -> bool:
+    """Whether this command runs a backend that is re-executed with OpenBLAS (MLX on Linux)."""
     if args.command == "demo":
-        return args.backend in ("mlx", "both")
-    return args.command in ("train", "eval", "generate") and args.backend == "mlx"
+        names = NAMES if args.backend == "both" else [args.backend]
+    elif args.command in ("train", "eval", "generate"):
+        names = [args.backend]
+    else:
+        return False
+    return any(backend_class(n).fast_blas for n in names)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     from_command_line = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    if from_command_line and _runs_mlx(args) and not args.no_fast_blas:
+    if from_command_line and _wants_fast_blas(args) and not args.no_fast_blas:
         blas.ensure_fast_blas(argv)
     try:
         return args.func(args)

@@ -1,7 +1,6 @@
 """`ternary presets`, `config`, `init` and `demo`: configs, fresh checkpoints, the forward-pass parity check."""
 from __future__ import annotations
 
-import importlib
 import math
 import os
 import shutil
@@ -12,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from convert import blas
+from convert.backends import NAMES, load_backend
 from convert.common import CliError, config_sizes, counts, describe, human, resolve, source_args, sub
 
 
@@ -51,9 +50,9 @@ def cmd_init(args) -> int:
     out = Path(args.out)
     if (out / "manifest.json").exists() and not args.force:
         raise CliError(f"{out} is an existing checkpoint; pass --force to replace it")
-    pkg = {"mlx": "ternary_mlx", "torch": "ternary_cuda"}[args.backend]
-    model = importlib.import_module(f"{pkg}.model").Model(cfg, seed=cfg.train.seed)
-    importlib.import_module(f"{pkg}.checkpoint").save(model, cfg, out)
+    backend = load_backend(args.backend)
+    model = backend.Model(cfg, seed=cfg.train.seed)  # on the CPU in either backend: it is only saved
+    backend.checkpoint.save(model, cfg, out)
     total, tern = counts(cfg, config_sizes(cfg))
     print(f"wrote {out}: {source}, {human(total)} parameters ({human(tern)} ternary), "
           f"backend {args.backend}, seed {cfg.train.seed}")
@@ -83,40 +82,12 @@ class _Backend:
     codes: Callable[[Any], Any]            # the backend's ternarize on one of its tensors -> int8 NumPy
 
 
-def _mlx_backend(cfg, weights, ids) -> _Backend:
-    import mlx.core as mx
-    import numpy as np
-    from mlx.utils import tree_flatten
-    from ternary_mlx.layers import ternarize
-    from ternary_mlx.model import Model
-    model, x = Model(cfg, weights), mx.array(ids.astype(np.int32))
-
-    def forward():
-        out = model(x)
-        mx.eval(out)
-        return out
-    return _Backend(f"mlx {mx.__version__}, {mx.default_device()}", forward, np.array,
-                    dict(tree_flatten(model.parameters())),
-                    lambda w: np.array(ternarize(w, cfg.ternary.group_size, cfg.ternary.eps)[0]))
-
-
-def _torch_backend(cfg, weights, ids) -> _Backend:
-    import torch
-    from ternary_cuda.layers import ternarize
-    from ternary_cuda.model import Model
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, x = Model(cfg, weights, device=device), torch.from_numpy(ids).to(device)
-
-    def forward():
-        with torch.inference_mode():
-            out = model(x)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return out
-    threads = f", {torch.get_num_threads()} threads" if device == "cpu" else ""
-    return _Backend(f"torch {torch.__version__}, {device}{threads}", forward,
-                    lambda t: t.float().cpu().numpy(), dict(model.named_parameters()),
-                    lambda w: ternarize(w.detach(), cfg.ternary.group_size, cfg.ternary.eps)[0].cpu().numpy())
+def _demo_backend(backend, cfg, weights, ids) -> _Backend:
+    model = backend.new_model(cfg, weights)
+    threads = f", {backend.cpu_threads} threads" if backend.cpu_threads else ""
+    return _Backend(backend.describe() + threads, backend.forward_fn(model, ids), backend.to_numpy,
+                    backend.parameters(model),
+                    lambda w: backend.ternary_codes(w, cfg.ternary.group_size, cfg.ternary.eps))
 
 
 def _check_memory(n_params: int, n_backends: int, logits_elems: int) -> None:
@@ -146,60 +117,76 @@ def cmd_demo(args) -> int:
     if batch < 1 or not 2 <= seq <= m.max_position_embeddings:
         raise CliError(f"--batch must be >= 1 and --seq-len in [2, {m.max_position_embeddings}] "
                        f"(model.max_position_embeddings); got {batch} and {seq}")
-    backends = ["mlx", "torch"] if args.backend == "both" else [args.backend]
+    backends = list(NAMES) if args.backend == "both" else [args.backend]
     _check_memory(sum(config_sizes(cfg).values()), len(backends), batch * seq * m.vocab_size)
 
     print(f"ternary demo: {source}: {describe(cfg)}")
     print(f"input: {batch} x {seq} random token ids (seed {cfg.train.seed}); a parity check of the "
           "backends (training is `ternary train`)")
-    if "mlx" in backends:
-        print(f"blas: {blas.describe()}")
+    loaded = {name: load_backend(name) for name in backends}
+    for b in loaded.values():
+        if b.blas:
+            print(f"blas: {b.blas}")
     if weights is None:
         weights = init_weights(m, cfg.train.seed)
     ids = np.random.default_rng(cfg.train.seed).integers(0, m.vocab_size, (batch, seq), dtype=np.int64)
-    names = ternary_parameters(cfg)
-    reference = {n: quantize(weights[n], t.group_size, t.eps)[0] for n in names}
-    ln_v = math.log(m.vocab_size)
+    reference = {n: quantize(weights[n], t.group_size, t.eps)[0] for n in ternary_parameters(cfg)}
     failures, logits = [], {}
     for name in backends:
-        b = (_mlx_backend if name == "mlx" else _torch_backend)(cfg, weights, ids)
-        t0 = time.perf_counter()
-        b.forward()  # warm-up
-        t1 = time.perf_counter()
-        out = b.forward()
-        t2 = time.perf_counter()
-        logits[name], info = b.to_numpy(out), b.info
-        total, tern = counts(cfg, {n: math.prod(p.shape) for n, p in b.params.items()})
-        bad = [n for n in names if not np.array_equal(b.codes(b.params[n]), reference[n])]
-        del b, out  # free this backend's model before the next one is built
-        loss = _loss(logits[name], ids)
-        flag = "ok" if loss <= ln_v + 1 else "RED FLAG"
-        print(f"{name:<5} ({info}): {human(total)} parameters ({human(tern)} ternary); "
-              f"loss {loss:.4f} vs ln(vocab) {ln_v:.4f} {flag}; forward {1e3 * (t2 - t1):.1f} ms "
-              f"(first call {1e3 * (t1 - t0):.1f} ms)")
-        print(f"{'':<5} ternary codes: {len(names) - len(bad)}/{len(names)} ternary weights "
-              "bit-identical to the NumPy reference" + (f"; differ: {', '.join(bad[:5])}" if bad else ""))
-        if loss > ln_v + 1:
-            failures.append(f"{name}: loss {loss:.4f} at initialisation is above ln(vocab) + 1 = "
-                            f"{ln_v + 1:.4f} (SEEDS S1: missing residuals look like this)")
-        if bad:
-            failures.append(f"{name}: ternary codes of {len(bad)} weight(s) differ from the NumPy reference")
+        logits[name] = _demo_one(name, loaded[name], cfg, weights, ids, reference, failures)
     if len(backends) == 2:
-        diff = float(np.abs(logits["mlx"] - logits["torch"]).max())
-        if t.enabled and t.activation_bits:
-            print(f"mlx vs torch: max |logit difference| {diff:.3g} (not checked: with "
-                  f"{t.activation_bits}-bit activations, rounding to the activation grid amplifies "
-                  "float32 ulp differences between the backends)")
-        else:
-            ok = diff <= args.tolerance
-            print(f"mlx vs torch: max |logit difference| {diff:.3g} "
-                  f"({'within' if ok else 'ABOVE'} tolerance {args.tolerance:g})")
-            if not ok:
-                failures.append(f"backends disagree: max |logit difference| {diff:.3g} > {args.tolerance:g}")
+        _compare_backends(*backends, logits, t, args.tolerance, failures)
     for f in failures:
         print(f"FAILED: {f}", file=sys.stderr)
     print("result: " + ("FAILED" if failures else "ok"))
     return 1 if failures else 0
+
+
+def _demo_one(name: str, backend, cfg, weights, ids, reference: dict, failures: list[str]):
+    """Time two forward passes of one backend and check its loss and ternary codes (a failure is
+    appended to `failures`); its logits as NumPy."""
+    import numpy as np
+    names = list(reference)
+    ln_v = math.log(cfg.model.vocab_size)
+    b = _demo_backend(backend, cfg, weights, ids)
+    t0 = time.perf_counter()
+    b.forward()  # warm-up
+    t1 = time.perf_counter()
+    out = b.forward()
+    t2 = time.perf_counter()
+    logits, info = b.to_numpy(out), b.info
+    total, tern = counts(cfg, {n: math.prod(p.shape) for n, p in b.params.items()})
+    bad = [n for n in names if not np.array_equal(b.codes(b.params[n]), reference[n])]
+    del b, out  # free this backend's model before the next one is built
+    loss = _loss(logits, ids)
+    flag = "ok" if loss <= ln_v + 1 else "RED FLAG"
+    print(f"{name:<5} ({info}): {human(total)} parameters ({human(tern)} ternary); "
+          f"loss {loss:.4f} vs ln(vocab) {ln_v:.4f} {flag}; forward {1e3 * (t2 - t1):.1f} ms "
+          f"(first call {1e3 * (t1 - t0):.1f} ms)")
+    print(f"{'':<5} ternary codes: {len(names) - len(bad)}/{len(names)} ternary weights "
+          "bit-identical to the NumPy reference" + (f"; differ: {', '.join(bad[:5])}" if bad else ""))
+    if loss > ln_v + 1:
+        failures.append(f"{name}: loss {loss:.4f} at initialisation is above ln(vocab) + 1 = "
+                        f"{ln_v + 1:.4f} (SEEDS S1: missing residuals look like this)")
+    if bad:
+        failures.append(f"{name}: ternary codes of {len(bad)} weight(s) differ from the NumPy reference")
+    return logits
+
+
+def _compare_backends(first: str, second: str, logits: dict, t, tolerance: float, failures: list[str]) -> None:
+    """The largest logit difference between the two backends, checked unless activations are quantized."""
+    import numpy as np
+    diff = float(np.abs(logits[first] - logits[second]).max())
+    if t.enabled and t.activation_bits:
+        print(f"{first} vs {second}: max |logit difference| {diff:.3g} (not checked: with "
+              f"{t.activation_bits}-bit activations, rounding to the activation grid amplifies "
+              "float32 ulp differences between the backends)")
+    else:
+        ok = diff <= tolerance
+        print(f"{first} vs {second}: max |logit difference| {diff:.3g} "
+              f"({'within' if ok else 'ABOVE'} tolerance {tolerance:g})")
+        if not ok:
+            failures.append(f"backends disagree: max |logit difference| {diff:.3g} > {tolerance:g}")
 
 
 # ---- argument parsing ---------------------------------------------------------------------------
@@ -220,7 +207,7 @@ def register(subs) -> None:
             "  ternary init --config run.toml --backend torch --seed 1 --out runs/init", cmd_init)
     source_args(i)
     i.add_argument("--out", metavar="DIR", required=True, help="checkpoint directory to create")
-    i.add_argument("--backend", choices=("mlx", "torch"), default="mlx", help="backend that builds and "
+    i.add_argument("--backend", choices=NAMES, default="mlx", help="backend that builds and "
                    "saves the model (default: mlx; the format is the same)")
     i.add_argument("--seed", type=int, metavar="N", help="initialisation seed (default: train.seed; stored as train.seed)")
     i.add_argument("--force", action="store_true", help="replace an existing checkpoint at --out")
@@ -233,7 +220,7 @@ def register(subs) -> None:
             "Exits 1 if the loss at initialisation is above ln(vocab) + 1 or, with both\n"
             "backends, their logits differ by more than --tolerance.", cmd_demo)
     source_args(d, ckpt=True)
-    d.add_argument("--backend", choices=("mlx", "torch", "both"), default="both",
+    d.add_argument("--backend", choices=(*NAMES, "both"), default="both",
                    help="which backend(s) to run (default: both, compared with each other)")
     d.add_argument("--seq-len", type=int, metavar="N", help="tokens per row (default: train.seq_len)")
     d.add_argument("--batch", type=int, default=2, metavar="N", help="rows (default: 2)")

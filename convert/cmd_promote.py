@@ -236,13 +236,12 @@ def run_check(out: Path, full: bool = False) -> bool:
 def _run_check(cfg, full: bool) -> bool:
     import json
 
-    import torch
     run_cfg, notes = check_config(cfg, full)
     for n in notes:
         print(f"check:   {n}")
-    from shared.runner import Backend, train
-    from ternary_cuda.train import Model, Trainer
-    backend = Backend("torch", Model, Trainer, torch.__version__)
+    from convert.backends import load_backend
+    from shared.runner import train
+    backend = load_backend("torch")
     lines: list[str] = []
     t0 = time.perf_counter()
     try:

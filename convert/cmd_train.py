@@ -1,44 +1,32 @@
 """`ternary train`, `eval` and `generate`: the training run (shared/runner.py), scoring a checkpoint
-and sampling from it, in MLX or PyTorch (imported lazily)."""
+and sampling from it, in MLX or PyTorch (convert/backends.py; imported lazily)."""
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
 
-from convert import blas
+from convert.backends import load_backend
 from convert.common import CliError, backend_arg, checkpoint_dir, positive_int, sub
+from convert.train_args import add_train_args, train_options
 
 
 # ---- train --------------------------------------------------------------------------------------
-def make_backend(name: str):
-    """The shared.runner.Backend that `python -m ternary_{mlx,cuda}.train` builds in its `main`."""
-    from shared.runner import Backend
-    if name == "mlx":
-        import mlx.core as mx
-        from ternary_mlx import parallel as mlx_parallel
-        from ternary_mlx.train import Model, Trainer
-        return Backend("mlx", Model, Trainer, mx.__version__, parallel=mlx_parallel)  # mlx.launch: ring
-    import torch
-    from ternary_cuda import parallel
-    from ternary_cuda.train import Model, Trainer
-    return Backend("torch", Model, Trainer, torch.__version__, parallel=parallel.PARALLEL)  # torchrun: DDP/FSDP2
-
-
 def cmd_train(args) -> int:
     from shared.loop import NonFiniteLoss
-    from shared.runner import default_out_dir, run_from_args
+    from shared.runner import default_out_dir, run_training
     if args.resume is not None and (args.preset or args.config):
         raise CliError("--resume continues with the checkpoint's own config; drop --preset/--config "
                        "(--set may still change train.* values such as train.steps)")
-    if args.resume is None and args.out is None:
-        args.out = default_out_dir(args, args.backend)  # what run_from_args would pick; said up front
-    backend = make_backend(args.backend)
-    extra = f", blas: {blas.describe()}" if args.backend == "mlx" else ""
-    where = args.out or checkpoint_dir(args.resume).parent
+    opts = train_options(args)
+    if opts.resume is None and opts.out is None:
+        opts.out = default_out_dir(opts, args.backend)  # what run_training would pick; said up front
+    backend = load_backend(args.backend)
+    extra = f", blas: {backend.blas}" if backend.blas else ""
+    where = opts.out or checkpoint_dir(opts.resume).parent
     print(f"ternary train: backend {backend.name} {backend.version}{extra}; run directory {where}", flush=True)
     try:
-        code = run_from_args(args, backend)
+        code = run_training(opts, backend)
     except NonFiniteLoss as e:
         print(f"ternary: error: {e}", file=sys.stderr)
         return 1
@@ -65,23 +53,13 @@ def load_model(path: str, backend: str, use_ema: bool):
         cfg, packed_weights = load_packed(ckpt, form="latent")  # same codes; scales from fp16
     else:
         ckpt = checkpoint_dir(path)
-    if backend == "mlx":
-        import mlx.core as mx
-        from ternary_mlx import checkpoint, evaluate, generate
-        from ternary_mlx.model import Model
-        model, cfg = (Model(cfg, packed_weights), cfg) if packed else checkpoint.load(ckpt)
-        info = f"mlx {mx.__version__}, {mx.default_device()}, blas: {blas.describe()}"
-    else:
-        import torch
-        from ternary_cuda import checkpoint, evaluate, generate
-        from ternary_cuda.model import Model
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        model, cfg = (Model(cfg, packed_weights, device=device), cfg) if packed else checkpoint.load(ckpt, device=device)
-        info = f"torch {torch.__version__}, {device}"
+    b = load_backend(backend)
+    model, cfg = (b.new_model(cfg, packed_weights), cfg) if packed else b.load_checkpoint(ckpt)
+    info = b.describe() + (f", blas: {b.blas}" if b.blas else "")
+    functions = (b.evaluate.evaluate, b.generate.generate)
     if packed:
         from convert.export import describe
-        return (model, cfg, ckpt, (evaluate.evaluate, generate.generate), "packed",
-                f"{info}; packed artifact ({describe(ckpt)})")
+        return model, cfg, ckpt, functions, "packed", f"{info}; packed artifact ({describe(ckpt)})"
     weights, note = "latent", "latent weights"
     if cfg.train.ema_decay and use_ema:
         opt = fmt.read_optimizer(ckpt)
@@ -90,7 +68,7 @@ def load_model(path: str, backend: str, use_ema: bool):
             model.load_numpy({n: opt[0][f"{n}.ema"] for n in names})
             weights = "ema"
             note = f"EMA weights (train.ema_decay={cfg.train.ema_decay:g}; --no-ema for the latent ones)"
-    return model, cfg, ckpt, (evaluate.evaluate, generate.generate), weights, f"{info}; {note}"
+    return model, cfg, ckpt, functions, weights, f"{info}; {note}"
 
 
 def _tokenizer(name: str, cfg):
@@ -170,7 +148,6 @@ def _ckpt_args(p) -> None:
 
 
 def register(subs) -> None:
-    from shared.runner import add_train_args
     t = sub(subs, "train", "Train a model: metrics, loss plot, summary and checkpoint in a run directory.",
             "  ternary train --preset smoke\n"
             "  ternary train --preset smoke --backend torch --out runs/smoke-torch\n"

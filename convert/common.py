@@ -9,6 +9,8 @@ import argparse
 import math
 from pathlib import Path
 
+from convert.backends import NAMES
+
 
 class CliError(Exception):
     """A usage problem found after parsing (exit 2, like argparse's own errors)."""
@@ -113,5 +115,5 @@ def positive_int(text: str) -> int:
 
 
 def backend_arg(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--backend", choices=("mlx", "torch"), default="mlx",
+    p.add_argument("--backend", choices=NAMES, default="mlx",
                    help=f"framework that {what} (default: mlx; torch uses CUDA when available)")

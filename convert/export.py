@@ -17,7 +17,7 @@ like data together (sections 3 and 4 are empty unless --floats int8):
   1. codes        of every ternary weight: shared.ternary.pack_base3 (5 codes per byte)
   2. scales       of every ternary weight: float16 (float32 for a tensor whose scales fall outside
                   the fp16 normal range, where fp16 would lose more than 2^-11 relative precision)
-  3. float codes  --floats int8 only: int8 codes of every float MATRIX (ndim >= 2: the embedding, a
+  3. float codes  --floats int8 only: int8 codes of every float MATRIX (by its spec: the embedding, a
                   float lm_head), one row = one slice along the first axis (a token's vector)
   4. float scales --floats int8 only: one scale per such row, float16 (float32 for a tensor whose
                   rows reach 127 * 65504)
@@ -316,6 +316,24 @@ def read_packed(path: str | Path, dequantize_floats: bool = True
     matrix, row scales float32 [rows]) instead of codes * scales."""
     path = Path(path)
     header, start = read_header(path)
+    raw = _raw_payload(path, header, start)
+    config, table = _config_and_table(path, header)
+    tern = set(ternary_parameters(config))
+    int8_ok = header.get("floats") == "int8"
+    out: dict[str, Any] = {}
+    for e in table:
+        name = e["name"]
+        try:
+            out[name] = _read_entry(raw, e, config, tern, int8_ok, dequantize_floats, path)
+        except PackedError:
+            raise
+        except (KeyError, TypeError, ValueError) as err:
+            raise PackedError(f"{path}: {name}: damaged table entry or data ({err})") from None
+    return config, out
+
+
+def _raw_payload(path: Path, header: dict, start: int) -> bytes:
+    """The payload after `start`, its size and checksum verified, decompressed."""
     size = path.stat().st_size
     if size - start != header["payload_bytes"]:
         raise PackedError(f"{path}: payload has {size - start} bytes, the header says {header['payload_bytes']} "
@@ -327,6 +345,11 @@ def read_packed(path: str | Path, dequantize_floats: bool = True
     if len(raw) != header["raw_payload_bytes"]:
         raise PackedError(f"{path}: payload decompresses to {len(raw)} bytes, the header says "
                           f"{header['raw_payload_bytes']}")
+    return raw
+
+
+def _config_and_table(path: Path, header: dict) -> tuple[RunConfig, list[dict]]:
+    """The header's config and tensor table, the table checked against the config's tensor set."""
     try:
         config = RunConfig.from_dict(header["config"], where=f"{path} header config")
     except ConfigError as e:
@@ -339,48 +362,44 @@ def read_packed(path: str | Path, dequantize_floats: bool = True
                          f"{path} tensor table")
     except CheckpointError as e:
         raise PackedError(str(e)) from None
-    tern = set(ternary_parameters(config))
-    int8_ok = header.get("floats") == "int8"
-    out: dict[str, Any] = {}
-    for e in table:
-        name, shape = e["name"], tuple(e["shape"])
-        try:
-            if (e["kind"] == "ternary") != (name in tern):
-                raise PackedError(f"{path}: {name} is stored as {e['kind']} but the config says "
-                                  f"{'ternary' if name in tern else 'float'}")
-            if e["kind"] == "ternary":
-                if e["group_size"] != config.ternary.group_size or e["count"] != math.prod(shape):
-                    raise PackedError(f"{path}: {name}: group size or code count disagrees with the config")
-                codes = unpack_base3(np.frombuffer(_slice(raw, e["codes"], f"{name} codes", path), np.uint8),
-                                     e["count"]).reshape(shape)
-                want = (1, 1) if config.ternary.group_size == 0 else (shape[0], shape[1] // config.ternary.group_size)
-                if tuple(e["scale_shape"]) != want:
-                    raise PackedError(f"{path}: {name}: scales have the wrong shape")
-                scales = _array(raw, e["scales"], e["scale_dtype"], math.prod(want), f"{name} scales", path)
-                out[name] = (codes, scales.astype(np.float32).reshape(want))
-            elif e["dtype"] == "int8":
-                if not int8_ok or len(shape) < 1 or list(e["scale_shape"]) != [shape[0]]:
-                    raise PackedError(f"{path}: {name}: int8 entry in a file without --floats int8, "
-                                      "or its scales have the wrong shape")
-                q = _array(raw, e["data"], "int8", math.prod(shape), name, path)
-                s = _array(raw, e["scales"], e["scale_dtype"], shape[0], f"{name} scales", path).astype(np.float32)
-                if q.size and q.min() < -127:  # the writer never uses -128
-                    raise PackedError(f"{path}: {name}: int8 code -128 (damaged data)")
-                if not (np.isfinite(s).all() and (s >= 0).all()):
-                    raise PackedError(f"{path}: {name}: negative or non-finite row scale (damaged data)")
-                q = q.reshape(shape)
-                out[name] = ((q.reshape(shape[0], -1) * s[:, None]).reshape(shape).astype(np.float32)
-                             if dequantize_floats else (q, s))
-            else:
-                if e["dtype"] not in ("float16", "float32"):
-                    raise PackedError(f"{path}: {name}: unknown float dtype {e['dtype']!r}")
-                arr = _array(raw, e["data"], e["dtype"], math.prod(shape), name, path)
-                out[name] = arr.astype(np.float32).reshape(shape)
-        except PackedError:
-            raise
-        except (KeyError, TypeError, ValueError) as err:
-            raise PackedError(f"{path}: {name}: damaged table entry or data ({err})") from None
-    return config, out
+    return config, table
+
+
+def _read_entry(raw: bytes, e: dict, config: RunConfig, tern: set[str], int8_ok: bool, dequantize_floats: bool,
+                path: Path) -> tuple[np.ndarray, np.ndarray] | np.ndarray:
+    """One tensor of the table: (codes, scales) for a ternary weight, else float32 (or, int8 with
+    dequantize_floats=False, (codes, row scales))."""
+    name, shape = e["name"], tuple(e["shape"])
+    if (e["kind"] == "ternary") != (name in tern):
+        raise PackedError(f"{path}: {name} is stored as {e['kind']} but the config says "
+                          f"{'ternary' if name in tern else 'float'}")
+    if e["kind"] == "ternary":
+        if e["group_size"] != config.ternary.group_size or e["count"] != math.prod(shape):
+            raise PackedError(f"{path}: {name}: group size or code count disagrees with the config")
+        codes = unpack_base3(np.frombuffer(_slice(raw, e["codes"], f"{name} codes", path), np.uint8),
+                             e["count"]).reshape(shape)
+        want = (1, 1) if config.ternary.group_size == 0 else (shape[0], shape[1] // config.ternary.group_size)
+        if tuple(e["scale_shape"]) != want:
+            raise PackedError(f"{path}: {name}: scales have the wrong shape")
+        scales = _array(raw, e["scales"], e["scale_dtype"], math.prod(want), f"{name} scales", path)
+        return codes, scales.astype(np.float32).reshape(want)
+    if e["dtype"] == "int8":
+        if not int8_ok or len(shape) < 1 or list(e["scale_shape"]) != [shape[0]]:
+            raise PackedError(f"{path}: {name}: int8 entry in a file without --floats int8, "
+                              "or its scales have the wrong shape")
+        q = _array(raw, e["data"], "int8", math.prod(shape), name, path)
+        s = _array(raw, e["scales"], e["scale_dtype"], shape[0], f"{name} scales", path).astype(np.float32)
+        if q.size and q.min() < -127:  # the writer never uses -128
+            raise PackedError(f"{path}: {name}: int8 code -128 (damaged data)")
+        if not (np.isfinite(s).all() and (s >= 0).all()):
+            raise PackedError(f"{path}: {name}: negative or non-finite row scale (damaged data)")
+        q = q.reshape(shape)
+        return ((q.reshape(shape[0], -1) * s[:, None]).reshape(shape).astype(np.float32)
+                if dequantize_floats else (q, s))
+    if e["dtype"] not in ("float16", "float32"):
+        raise PackedError(f"{path}: {name}: unknown float dtype {e['dtype']!r}")
+    arr = _array(raw, e["data"], e["dtype"], math.prod(shape), name, path)
+    return arr.astype(np.float32).reshape(shape)
 
 
 def effective_config(config: RunConfig) -> RunConfig:

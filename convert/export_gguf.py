@@ -144,11 +144,11 @@ def to_gguf(src: str | Path, out: str | Path, *, gguf_type: str = "TQ2_0", float
         raise ConfigError(f"--gguf-float {float_type!r}: choose f16 or f32")
     config, weights, tern = _read(src)
     check_qwen3_shape(config, "gguf")
-    m, t = config.model, config.ternary
+    t = config.ternary
     if not tern:
         raise ConfigError("--to gguf: this checkpoint has no ternary weights (ternary disabled); "
                           "use --to hf and llama.cpp's own converter for a float model")
-    shapes = parameter_shapes(m)
+    shapes = parameter_shapes(config.model)
     qtype = gguf.GGMLQuantizationType[gguf_type]
     linear_tern = [n for n in tern if n != "model.embed_tokens.weight"]
     bad = [f"{n} (in {shapes[n][1]})" for n in linear_tern if shapes[n][1] % QK]
@@ -165,12 +165,30 @@ def to_gguf(src: str | Path, out: str | Path, *, gguf_type: str = "TQ2_0", float
         warnings.append(f"lossy: ternary.group_size = {t.group_size} is not a multiple of {QK}, so {gguf_type} blocks "
                         "span several groups and get one scale each (codes are kept exactly; see the max weight error)")
 
+    tensors, stats = _gguf_tensors(config, weights, tern, linear_tern, qtype, float_type)
+    tok_note = _write(out, src, config, gguf_type, tensors)
+    n_tern = sum(int(np.prod(shapes[n])) for n in linear_tern)
+    tern_bytes = sum(a.nbytes for _, a, raw in tensors if raw is not None)
+    return {"out": str(out), "gguf_type": gguf_type, "tensors": len(tensors), "ternary": len(linear_tern),
+            "bytes": out.stat().st_size, "ternary_bytes": tern_bytes,
+            "bits_per_ternary_weight": 8 * tern_bytes / n_tern,
+            "lossless_codes": True, "exact_scales": all(s["exact_scales"] for s in stats.values()),
+            "max_abs_weight_error": max(s["max_abs_error"] for s in stats.values()),
+            "max_rel_weight_error": max(s["max_rel_error"] for s in stats.values()),
+            "tokenizer": tok_note, "warnings": warnings, "per_tensor": stats}
+
+
+def _gguf_tensors(config: RunConfig, weights: dict[str, np.ndarray], tern: set[str], linear_tern: list[str],
+                  qtype, float_type: str) -> tuple[list[tuple[str, np.ndarray, Any]], dict[str, Any]]:
+    """(GGUF name, data, raw dtype or None for floats) of every tensor, and the ternary ones' stats."""
+    import gguf
+    m, t = config.model, config.ternary
     names = gguf.TensorNameMap(gguf.MODEL_ARCH.QWEN3, m.num_hidden_layers)
     fdt = np.float16 if float_type == "f16" else np.float32
     matrices = set(float_matrices(config)) | set(tern)
     tensors: list[tuple[str, np.ndarray, Any]] = []
     stats: dict[str, Any] = {}
-    for name in shapes:
+    for name in parameter_shapes(m):
         w = weights[name]
         target = gguf_name(names, name)
         if name in linear_tern:
@@ -186,7 +204,15 @@ def to_gguf(src: str | Path, out: str | Path, *, gguf_type: str = "TQ2_0", float
         if not np.all(np.isfinite(arr)):
             raise CheckpointError(f"{name}: values outside the {arr.dtype} range (max |w| {np.abs(w).max():.3g})")
         tensors.append((target, arr, None))
+    return tensors, stats
 
+
+def _write(out: Path, src: str | Path, config: RunConfig, gguf_type: str,
+           tensors: list[tuple[str, np.ndarray, Any]]) -> str:
+    """Write the GGUF file (metadata, tokenizer, tensors) through a temporary sibling renamed into
+    place; the tokenizer's note."""
+    import gguf
+    m = config.model
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -216,15 +242,7 @@ def to_gguf(src: str | Path, out: str | Path, *, gguf_type: str = "TQ2_0", float
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    n_tern = sum(int(np.prod(shapes[n])) for n in linear_tern)
-    tern_bytes = sum(a.nbytes for _, a, raw in tensors if raw is not None)
-    return {"out": str(out), "gguf_type": gguf_type, "tensors": len(tensors), "ternary": len(linear_tern),
-            "bytes": out.stat().st_size, "ternary_bytes": tern_bytes,
-            "bits_per_ternary_weight": 8 * tern_bytes / n_tern,
-            "lossless_codes": True, "exact_scales": all(s["exact_scales"] for s in stats.values()),
-            "max_abs_weight_error": max(s["max_abs_error"] for s in stats.values()),
-            "max_rel_weight_error": max(s["max_rel_error"] for s in stats.values()),
-            "tokenizer": tok_note, "warnings": warnings, "per_tensor": stats}
+    return tok_note
 
 
 def tensor_bytes(config: RunConfig, gguf_type: str = "TQ2_0", float_type: str = "f16") -> int | None:

@@ -29,7 +29,6 @@ def _entropy(fracs) -> float:
 
 def inspect(path: str | Path, measure_packed: bool = True) -> dict[str, Any]:
     from convert.common import checkpoint_dir
-    from convert.export import pack
     path = checkpoint_dir(path)
     report: dict[str, Any] = {"path": str(path)}
     try:
@@ -58,6 +57,15 @@ def inspect(path: str | Path, measure_packed: bool = True) -> dict[str, Any]:
     for name, spec in parameter_specs(config.model).items():
         by_role[spec.role] = by_role.get(spec.role, 0) + sizes[name]
     report["parameters"] = {"total": n_total, "ternary": n_tern, "float": n_total - n_tern, "by_role": by_role}
+    report["ternary_weights"], report["codes"], n_scales, two_bit = _code_statistics(weights, tern, t)
+    report["sizes_bytes"] = _sizes(config, weights, tern, n_total, n_total - n_tern, n_scales, two_bit,
+                                   measure_packed)
+    return report
+
+
+def _code_statistics(weights: dict[str, np.ndarray], tern: list[str], t) -> tuple[list, dict, int, int]:
+    """(per ternary weight: code fractions and scale statistics, overall code fractions and
+    entropy, number of scales, bytes of 2-bit codes)."""
     per, counts, n_scales, two_bit = [], np.zeros(3, np.int64), 0, 0
     for name in tern:
         q, s = quantize(weights[name], t.group_size, t.eps)
@@ -69,12 +77,17 @@ def inspect(path: str | Path, measure_packed: bool = True) -> dict[str, Any]:
                     "codes": {"-1": float(c[0] / q.size), "0": float(c[1] / q.size), "+1": float(c[2] / q.size)},
                     "scale": {"count": int(s.size), "min": float(s.min()), "mean": float(s.mean()),
                               "max": float(s.max())}})
-    report["ternary_weights"] = per
     total_codes = int(counts.sum())
     fr = counts / total_codes if total_codes else np.zeros(3)
-    report["codes"] = {"-1": float(fr[0]), "0": float(fr[1]), "+1": float(fr[2]),
-                       "entropy_bits_per_weight": _entropy(fr) if total_codes else None}
-    n_float = n_total - n_tern
+    codes = {"-1": float(fr[0]), "0": float(fr[1]), "+1": float(fr[2]),
+             "entropy_bits_per_weight": _entropy(fr) if total_codes else None}
+    return per, codes, n_scales, two_bit
+
+
+def _sizes(config, weights: dict[str, np.ndarray], tern: list[str], n_total: int, n_float: int, n_scales: int,
+           two_bit: int, measure_packed: bool) -> dict[str, Any]:
+    """Bytes of the model in each format and export (None where an export refuses it)."""
+    from convert.export import pack
     sz: dict[str, Any] = {"float32": 4 * n_total, "bf16": 2 * n_total,
                           "packed_2bit": two_bit + 2 * n_scales + 2 * n_float}
     # tensor data of the stock-tool exports; None where that export refuses this model
@@ -91,8 +104,7 @@ def inspect(path: str | Path, measure_packed: bool = True) -> dict[str, Any]:
             _, st8 = pack(config, weights, "lzma", measure_codes=False, floats="int8")
             sz["packed_base3_int8_lzma"] = st8.bytes
             sz["packed_int8_bits_per_ternary_weight"] = st8.bits_per_ternary_weight
-    report["sizes_bytes"] = sz
-    return report
+    return sz
 
 
 def format_report(r: dict[str, Any]) -> str:

@@ -218,7 +218,13 @@ class RunConfig:
 
     # ---- validation -------------------------------------------------------------------------
     def validate(self) -> "RunConfig":
-        m, t = self.model, self.ternary
+        self._validate_model()
+        self._validate_ternary()
+        self._validate_train()
+        return self
+
+    def _validate_model(self) -> None:
+        m = self.model
         if m.model_type not in ("qwen3", "llama", "ternary"):
             raise ConfigError(f"model.model_type: unsupported architecture {m.model_type!r}; "
                               "supported: qwen3, llama, ternary")
@@ -246,6 +252,8 @@ class RunConfig:
         if m.rope_theta <= 0 or m.rms_norm_eps <= 0:
             raise ConfigError("model.rope_theta and model.rms_norm_eps must be positive")
 
+    def _validate_ternary(self) -> None:
+        m, t = self.model, self.ternary
         for tgt in t.targets:
             if tgt not in TERNARY_TARGETS:
                 raise ConfigError(f"ternary.targets: unknown target {tgt!r}; valid: "
@@ -268,7 +276,9 @@ class RunConfig:
                     raise ConfigError(
                         f"ternary.group_size={t.group_size} does not divide the input dimension "
                         f"{in_dim} of {name}; choose a divisor of {in_dim} or 0 (per tensor)")
-        tr = self.train
+
+    def _validate_train(self) -> None:
+        m, tr = self.model, self.train
         if tr.steps < 0 or tr.batch_size <= 0 or tr.seq_len <= 0 or tr.grad_accum <= 0:
             raise ConfigError("train.steps must be >= 0; train.batch_size, train.seq_len and "
                               "train.grad_accum positive")
@@ -294,7 +304,6 @@ class RunConfig:
         if min(tr.eval_every, tr.checkpoint_every, tr.warmup_steps) < 0 or tr.grad_clip < 0:
             raise ConfigError("train.eval_every, train.checkpoint_every, train.warmup_steps and "
                               "train.grad_clip must be >= 0")
-        return self
 
 
 def model_config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfig:

@@ -249,58 +249,16 @@ def prepare_data(text_files: Iterable[str | os.PathLike], tokenizer: Tokenizer, 
     """Tokenize text files into val_*.bin / train_*.bin shards and manifest.json (see module doc).
     Written into a temporary sibling directory and renamed into place when complete."""
     files = [Path(f) for f in text_files]
-    if not files:
-        raise DataError("prepare_data: no text files given")
-    for f in files:
-        if not f.is_file():
-            raise DataError(f"prepare_data: text file not found: {f}")
-    if documents not in ("file", "paragraph"):
-        raise DataError(f"prepare_data: documents must be 'file' or 'paragraph', got {documents!r}")
-    if shard_tokens <= 0:
-        raise DataError("prepare_data: shard_tokens must be positive")
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise DataError(f"prepare_data: {out_dir} already exists (pass overwrite=True / --overwrite to replace it)")
-    total_in = sum(f.stat().st_size for f in files)
-    if val_bytes is None:
-        if not 0 < val_fraction < 1:
-            raise DataError(f"prepare_data: val_fraction must be in (0, 1), got {val_fraction}")
-        val_bytes = max(1, int(round(val_fraction * total_in)))
-    if val_bytes <= 0:
-        raise DataError(f"prepare_data: val_bytes must be positive, got {val_bytes}")
+    val_bytes = _prepare_args(files, out_dir, val_fraction=val_fraction, val_bytes=val_bytes,
+                              shard_tokens=shard_tokens, documents=documents, overwrite=overwrite)
     bos = tokenizer.bos_id if bos_per_document else None
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
-        writers = {s: _ShardWriter(tmp, s, shard_tokens, tokenizer) for s in ("val", "train")}
-        stats = {s: {"documents": 0, "text_bytes": 0} for s in ("val", "train")}
-        remaining = val_bytes
-        pending: list[tuple[str, str]] = []
-        encode_batch = getattr(tokenizer, "encode_batch", None) or (lambda ts: [tokenizer.encode(t) for t in ts])
-
-        def flush() -> None:  # documents are encoded in batches (multi-threaded where supported)
-            for (split, _), ids in zip(pending, encode_batch([t for _, t in pending])):
-                if bos is not None:
-                    ids = np.concatenate([np.array([bos], np.int32), ids])
-                writers[split].add(np.asarray(ids, dtype=np.int32))
-            pending.clear()
-
-        for doc in _iter_documents(files, documents):
-            for split, text in _split_val(doc, remaining):
-                nb = len(text.encode("utf-8"))
-                remaining = remaining - nb if split == "val" else 0  # val is one prefix of the text
-                pending.append((split, text))
-                stats[split]["documents"] += 1
-                stats[split]["text_bytes"] += nb
-            if len(pending) >= 256:
-                flush()
-        flush()
-        for w in writers.values():
-            w.close()
-        if writers["val"].count < 2 or writers["train"].count < 2:
-            raise DataError(f"prepare_data: too little text for both splits ({writers['val'].count} val and "
-                            f"{writers['train'].count} train tokens); lower val_fraction/val_bytes or add text")
+        writers, stats = _write_shards(files, tokenizer, tmp, val_bytes=val_bytes, shard_tokens=shard_tokens,
+                                       bos=bos, documents=documents)
         manifest = {
             "format": FORMAT, "version": 1,
             "tokenizer": {"name": tokenizer.name, "kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size,
@@ -321,6 +279,64 @@ def prepare_data(text_files: Iterable[str | os.PathLike], tokenizer: Tokenizer, 
     log(f"data: wrote {out_dir}: {t['tokens']:,} train tokens in {len(t['files'])} shard(s), "
         f"{v['tokens']:,} val tokens ({v['bytes']:,} bytes), tokenizer {tokenizer.name}")
     return manifest
+
+
+def _prepare_args(files: list[Path], out_dir: Path, *, val_fraction: float, val_bytes: int | None,
+                  shard_tokens: int, documents: str, overwrite: bool) -> int:
+    """prepare_data's arguments checked before anything is written; the validation split's bytes."""
+    if not files:
+        raise DataError("prepare_data: no text files given")
+    for f in files:
+        if not f.is_file():
+            raise DataError(f"prepare_data: text file not found: {f}")
+    if documents not in ("file", "paragraph"):
+        raise DataError(f"prepare_data: documents must be 'file' or 'paragraph', got {documents!r}")
+    if shard_tokens <= 0:
+        raise DataError("prepare_data: shard_tokens must be positive")
+    if out_dir.exists() and not overwrite:
+        raise DataError(f"prepare_data: {out_dir} already exists (pass overwrite=True / --overwrite to replace it)")
+    total_in = sum(f.stat().st_size for f in files)
+    if val_bytes is None:
+        if not 0 < val_fraction < 1:
+            raise DataError(f"prepare_data: val_fraction must be in (0, 1), got {val_fraction}")
+        val_bytes = max(1, int(round(val_fraction * total_in)))
+    if val_bytes <= 0:
+        raise DataError(f"prepare_data: val_bytes must be positive, got {val_bytes}")
+    return val_bytes
+
+
+def _write_shards(files: list[Path], tokenizer: Tokenizer, tmp: Path, *, val_bytes: int, shard_tokens: int,
+                  bos: int | None, documents: str) -> tuple[dict[str, _ShardWriter], dict[str, dict[str, int]]]:
+    """Tokenize the documents into both splits' shards in `tmp`: (writers, per-split counts)."""
+    writers = {s: _ShardWriter(tmp, s, shard_tokens, tokenizer) for s in ("val", "train")}
+    stats = {s: {"documents": 0, "text_bytes": 0} for s in ("val", "train")}
+    remaining = val_bytes
+    pending: list[tuple[str, str]] = []
+    encode_batch = getattr(tokenizer, "encode_batch", None) or (lambda ts: [tokenizer.encode(t) for t in ts])
+
+    def flush() -> None:  # documents are encoded in batches (multi-threaded where supported)
+        for (split, _), ids in zip(pending, encode_batch([t for _, t in pending])):
+            if bos is not None:
+                ids = np.concatenate([np.array([bos], np.int32), ids])
+            writers[split].add(np.asarray(ids, dtype=np.int32))
+        pending.clear()
+
+    for doc in _iter_documents(files, documents):
+        for split, text in _split_val(doc, remaining):
+            nb = len(text.encode("utf-8"))
+            remaining = remaining - nb if split == "val" else 0  # val is one prefix of the text
+            pending.append((split, text))
+            stats[split]["documents"] += 1
+            stats[split]["text_bytes"] += nb
+        if len(pending) >= 256:
+            flush()
+    flush()
+    for w in writers.values():
+        w.close()
+    if writers["val"].count < 2 or writers["train"].count < 2:
+        raise DataError(f"prepare_data: too little text for both splits ({writers['val'].count} val and "
+                        f"{writers['train'].count} train tokens); lower val_fraction/val_bytes or add text")
+    return writers, stats
 
 
 class _ShardWriter:

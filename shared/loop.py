@@ -3,8 +3,8 @@
 A backend provides a `Trainer` (train.py) with `step(windows, step) -> handle` (lazy, no host
 sync), `fetch(handles) -> [(loss, grad_norm)]` (one sync), `numpy_weights()`,
 `numpy_optimizer_state()`, `ema_weights()`, `evaluate(tokens, tokenizer, max_tokens)` and
-`save(path, trainer_state)`. This module owns the cadence: logging, evaluation, early stopping,
-checkpoints, the wall-clock budget, the NaN guard and Ctrl-C.
+`save(path, trainer_state)` (shared.interfaces.Trainer). This module owns the cadence: logging,
+evaluation, early stopping, checkpoints, the wall-clock budget, the NaN guard and Ctrl-C.
 
 Data parallel (world_size > 1): every rank runs this loop and takes the same branches (SEEDS S12).
 Each decision that one rank could see differently (its clock, its Ctrl-C, its losses) goes through
@@ -86,14 +86,16 @@ def run(cfg: RunConfig, trainer, dataset: TokenDataset, out_dir: Path, *, start_
         loader_state: dict | None = None, best_val: float | None = None, bad_evals: int = 0,
         train_time_s: float = 0.0, rank: int = 0, world_size: int = 1,
         log: Callable[[str], None] = print, progress: bool = True) -> LoopResult:
+    """Train from `start_step` to train.steps (or a stop), evaluating and checkpointing on the way;
+    the resume arguments are a checkpoint's trainer state."""
     t = cfg.train
     is_main = rank == 0
-    # vocab_size: every training id is checked here, once (S13); the trainers rely on it and switch
-    # the model's per-call id check off.
     bar = _progress_bar(t.steps, start_step, progress and is_main)
     if bar is not None:  # log lines above the bar instead of through it
         log = bar.write
     try:
+        # vocab_size: every training id is checked here, once (S13); the trainers rely on it and
+        # switch the model's per-call id check off.
         loader = TokenLoader(dataset.train, t.batch_size, t.seq_len, rank=rank, world_size=world_size,
                              seed=t.seed, vocab_size=cfg.model.vocab_size,
                              log=log if is_main else (lambda _m: None))
@@ -104,120 +106,160 @@ def run(cfg: RunConfig, trainer, dataset: TokenDataset, out_dir: Path, *, start_
             bar.close()
         raise
     metrics_f = open(out_dir / "metrics.jsonl", "a") if is_main else None
-    tokens_per_step = t.grad_accum * t.batch_size * t.seq_len * world_size
-    result = LoopResult(start_step, "finished", train_time_s, 0.0, None)
-    pending: list = []
-    step = start_step
-    last_good: Path | None = None
-    t0 = time.perf_counter()
-
-    def write(rec: dict) -> None:
-        if metrics_f:
-            metrics_f.write(json.dumps(rec) + "\n")
-            metrics_f.flush()
-
-    def sync() -> None:
-        """Fetch pending losses (the only host sync in the loop) and check them."""
-        nonlocal t0
-        if not pending:
-            return
-        values = trainer.fetch(pending)
-        now = time.perf_counter()
-        dt = now - t0
-        result.train_time_s += dt
-        t0 = now
-        first = step - len(values)
-        for i, (loss, gnorm) in enumerate(values):
-            write({"step": first + i + 1, "loss": loss, "grad_norm": gnorm})
-        pending.clear()
-        loss = values[-1][0]
-        bad = [first + i + 1 for i, (lv, gv) in enumerate(values) if not (math.isfinite(lv) and math.isfinite(gv))]
-        if trainer.agree(bool(bad)):
-            where = f"at step {bad[0]}" if bad else "on another rank"
-            raise NonFiniteLoss(f"loss or gradient norm is not finite {where}; stopping. "
-                                f"The last good checkpoint is {last_good or 'none (no checkpoint yet)'}.")
-        result.last_loss = loss
-        if bar is not None:
-            bar.update(len(values))
-            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_step * len(values) / max(dt, 1e-9):,.0f}")
-
-    def save(tag: str) -> Path:
-        nonlocal last_good
-        state = {"step": step, "tokens_seen": step * tokens_per_step, "loader": loader.state(),
-                 "best_val_loss": best_val, "bad_evals": bad_evals, "train_time_s": result.train_time_s,
-                 "seed": t.seed, "saved_because": tag}
-        path = out_dir / "checkpoint"
-        trainer.save(path, state)
-        last_good = path
-        return path
-
-    def evaluate() -> dict:
-        nonlocal best_val, bad_evals, t0
-        e0 = time.perf_counter()
-        ev = trainer.evaluate(dataset.val, dataset.tokenizer, t.eval_tokens)
-        ev_time = time.perf_counter() - e0
-        result.eval_time_s += ev_time
-        t0 += ev_time  # evaluation is not training time
-        ev = {"step": step, **ev, "eval_time_s": round(ev_time, 3)}
-        if dataset.entropy_bits_per_byte is not None:
-            ev["entropy_gap_bpb"] = ev["val_bpb"] - dataset.entropy_bits_per_byte
-        if best_val is None or ev["val_loss"] < best_val - t.min_delta:
-            best_val, bad_evals = ev["val_loss"], 0
-        else:
-            bad_evals += 1
-        result.evals.append(ev)
-        write({"eval": ev})
-        log(f"step {step}: val_loss {ev['val_loss']:.4f}  val_bpb {ev['val_bpb']:.4f}"
-            + (f"  (entropy gap {ev['entropy_gap_bpb']:+.4f})" if "entropy_gap_bpb" in ev else ""))
-        return ev
-
+    loop = _Loop(cfg, trainer, dataset, out_dir, loader, LoopResult(start_step, "finished", train_time_s, 0.0, None),
+                 best_val=best_val, bad_evals=bad_evals, world_size=world_size, log=log, bar=bar, metrics_f=metrics_f)
     stop = _StopFlag(log if is_main else (lambda _m: None), coalesce_s=1.0 if world_size > 1 else 0.0)
-    stopping = False  # Ctrl-C, as agreed by all ranks: each step alone, at sync points with several
     try:
         with stop:
-            while step < t.steps and not stopping:
-                windows = np.stack([loader.next_batch() for _ in range(t.grad_accum)])
-                pending.append(trainer.step(windows, step))
-                step += 1
-                result.step = step
-                eval_due = t.eval_every and step % t.eval_every == 0 and step < t.steps
-                ckpt_due = t.checkpoint_every and step % t.checkpoint_every == 0 and step < t.steps
-                at_sync = step % t.log_every == 0 or eval_due or ckpt_due or step == t.steps
-                if at_sync:
-                    sync()
-                    if t.time_budget_s is not None and trainer.agree(result.train_time_s >= t.time_budget_s):
-                        result.stopped_because = f"time budget of {t.time_budget_s:g}s reached"
-                        break
-                if at_sync or world_size == 1:  # one process checks Ctrl-C every step, at no cost
-                    stopping = trainer.agree(stop.requested)
-                if eval_due:
-                    evaluate()
-                    if t.patience is not None and trainer.agree(bad_evals >= t.patience):
-                        result.stopped_because = (f"early stop: no val_loss improvement > {t.min_delta:g} "
-                                                  f"in {t.patience} evaluations")
-                        break
-                if ckpt_due and not stopping:  # stopping: the interrupted checkpoint below is the same state
-                    save("periodic")
-            sync()
-            tern = cfg.ternary
-            if tern.enabled and step < tern.warmup_steps:  # S15: the score below is not the checkpoint's
-                log(f"warning: stopped at step {step}, inside ternary.warmup_steps={tern.warmup_steps}: the "
-                    "model is evaluated part-way to ternary (lambda < 1), but `ternary eval` and the exports use "
-                    "the fully ternary weights and will score differently; --resume to finish the warm-up")
-            if trainer.agree(stop.requested):
-                result.stopped_because = "interrupted (Ctrl-C)"
-                result.checkpoint = save("interrupted")
-                log(f"interrupted at step {step}; checkpoint saved to {result.checkpoint}")
-                return result
-            if not result.evals or result.evals[-1]["step"] != step:
-                evaluate()
-            result.checkpoint = save("final")
+            loop.train(stop)
+            return loop.finish(stop)
     finally:
         if bar is not None:
             bar.close()
         if metrics_f:
             metrics_f.close()
-    return result
+
+
+class _Loop:
+    """One run() between its setup and its end: the step counter, the losses not yet fetched, the
+    early-stopping record and the metrics file, with the loop's steps and decisions as methods."""
+
+    def __init__(self, cfg: RunConfig, trainer, dataset: TokenDataset, out_dir: Path, loader: TokenLoader,
+                 result: LoopResult, *, best_val: float | None, bad_evals: int, world_size: int,
+                 log: Callable[[str], None], bar, metrics_f):
+        self.cfg, self.t, self.trainer, self.dataset, self.out_dir = cfg, cfg.train, trainer, dataset, out_dir
+        self.loader, self.result, self.best_val, self.bad_evals = loader, result, best_val, bad_evals
+        self.world_size, self.log, self.bar, self.metrics_f = world_size, log, bar, metrics_f
+        self.tokens_per_step = self.t.grad_accum * self.t.batch_size * self.t.seq_len * world_size
+        self.step = result.step
+        self.pending: list = []
+        self.last_good: Path | None = None
+        self.t0 = time.perf_counter()
+
+    def train(self, stop: _StopFlag) -> None:
+        """Steps until train.steps, or until a stop decision (time budget, early stop, Ctrl-C)."""
+        stopping = False  # Ctrl-C, as agreed by all ranks: each step alone, at sync points with several
+        while self.step < self.t.steps and not stopping:
+            eval_due, ckpt_due, at_sync = self._step()
+            if at_sync and self._out_of_time():
+                return
+            if at_sync or self.world_size == 1:  # one process checks Ctrl-C every step, at no cost
+                stopping = self.trainer.agree(stop.requested)
+            if eval_due:
+                self.evaluate()
+                if self._patience_spent():
+                    return
+            if ckpt_due and not stopping:  # stopping: the interrupted checkpoint is the same state
+                self.save("periodic")
+
+    def _step(self) -> tuple[bool, bool, bool]:
+        """One optimizer step; then (evaluation due, checkpoint due, sync point), having fetched
+        the pending losses at a sync point."""
+        t = self.t
+        windows = np.stack([self.loader.next_batch() for _ in range(t.grad_accum)])
+        self.pending.append(self.trainer.step(windows, self.step))
+        self.step += 1
+        step = self.result.step = self.step
+        eval_due = t.eval_every and step % t.eval_every == 0 and step < t.steps
+        ckpt_due = t.checkpoint_every and step % t.checkpoint_every == 0 and step < t.steps
+        at_sync = step % t.log_every == 0 or eval_due or ckpt_due or step == t.steps
+        if at_sync:
+            self.sync()
+        return eval_due, ckpt_due, at_sync
+
+    def _out_of_time(self) -> bool:
+        t = self.t
+        if t.time_budget_s is not None and self.trainer.agree(self.result.train_time_s >= t.time_budget_s):
+            self.result.stopped_because = f"time budget of {t.time_budget_s:g}s reached"
+            return True
+        return False
+
+    def _patience_spent(self) -> bool:
+        t = self.t
+        if t.patience is not None and self.trainer.agree(self.bad_evals >= t.patience):
+            self.result.stopped_because = (f"early stop: no val_loss improvement > {t.min_delta:g} "
+                                           f"in {t.patience} evaluations")
+            return True
+        return False
+
+    def finish(self, stop: _StopFlag) -> LoopResult:
+        """After the last step: the last losses, then the interrupted checkpoint, or a final
+        evaluation (unless this step has one) and the final checkpoint."""
+        result = self.result
+        self.sync()
+        tern = self.cfg.ternary
+        if tern.enabled and self.step < tern.warmup_steps:  # S15: the score below is not the checkpoint's
+            self.log(f"warning: stopped at step {self.step}, inside ternary.warmup_steps={tern.warmup_steps}: the "
+                     "model is evaluated part-way to ternary (lambda < 1), but `ternary eval` and the exports use "
+                     "the fully ternary weights and will score differently; --resume to finish the warm-up")
+        if self.trainer.agree(stop.requested):
+            result.stopped_because = "interrupted (Ctrl-C)"
+            result.checkpoint = self.save("interrupted")
+            self.log(f"interrupted at step {self.step}; checkpoint saved to {result.checkpoint}")
+            return result
+        if not result.evals or result.evals[-1]["step"] != self.step:
+            self.evaluate()
+        result.checkpoint = self.save("final")
+        return result
+
+    def write(self, rec: dict) -> None:
+        if self.metrics_f:
+            self.metrics_f.write(json.dumps(rec) + "\n")
+            self.metrics_f.flush()
+
+    def sync(self) -> None:
+        """Fetch pending losses (the only host sync in the loop) and check them."""
+        pending, result, bar = self.pending, self.result, self.bar
+        if not pending:
+            return
+        values = self.trainer.fetch(pending)
+        now = time.perf_counter()
+        dt = now - self.t0
+        result.train_time_s += dt
+        self.t0 = now
+        first = self.step - len(values)
+        for i, (loss, gnorm) in enumerate(values):
+            self.write({"step": first + i + 1, "loss": loss, "grad_norm": gnorm})
+        pending.clear()
+        loss = values[-1][0]
+        bad = [first + i + 1 for i, (lv, gv) in enumerate(values) if not (math.isfinite(lv) and math.isfinite(gv))]
+        if self.trainer.agree(bool(bad)):
+            where = f"at step {bad[0]}" if bad else "on another rank"
+            raise NonFiniteLoss(f"loss or gradient norm is not finite {where}; stopping. "
+                                f"The last good checkpoint is {self.last_good or 'none (no checkpoint yet)'}.")
+        result.last_loss = loss
+        if bar is not None:
+            bar.update(len(values))
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{self.tokens_per_step * len(values) / max(dt, 1e-9):,.0f}")
+
+    def save(self, tag: str) -> Path:
+        state = {"step": self.step, "tokens_seen": self.step * self.tokens_per_step, "loader": self.loader.state(),
+                 "best_val_loss": self.best_val, "bad_evals": self.bad_evals,
+                 "train_time_s": self.result.train_time_s, "seed": self.t.seed, "saved_because": tag}
+        path = self.out_dir / "checkpoint"
+        self.trainer.save(path, state)
+        self.last_good = path
+        return path
+
+    def evaluate(self) -> dict:
+        t, dataset = self.t, self.dataset
+        e0 = time.perf_counter()
+        ev = self.trainer.evaluate(dataset.val, dataset.tokenizer, t.eval_tokens)
+        ev_time = time.perf_counter() - e0
+        self.result.eval_time_s += ev_time
+        self.t0 += ev_time  # evaluation is not training time
+        ev = {"step": self.step, **ev, "eval_time_s": round(ev_time, 3)}
+        if dataset.entropy_bits_per_byte is not None:
+            ev["entropy_gap_bpb"] = ev["val_bpb"] - dataset.entropy_bits_per_byte
+        if self.best_val is None or ev["val_loss"] < self.best_val - t.min_delta:
+            self.best_val, self.bad_evals = ev["val_loss"], 0
+        else:
+            self.bad_evals += 1
+        self.result.evals.append(ev)
+        self.write({"eval": ev})
+        self.log(f"step {self.step}: val_loss {ev['val_loss']:.4f}  val_bpb {ev['val_bpb']:.4f}"
+                 + (f"  (entropy gap {ev['entropy_gap_bpb']:+.4f})" if "entropy_gap_bpb" in ev else ""))
+        return ev
 
 
 class _StopFlag:

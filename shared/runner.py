@@ -1,16 +1,17 @@
-"""`train` for either backend: arguments, run directory, resume/init, data, loop, summary.
+"""`train` for either backend: run directory, resume/init, data, loop, summary.
 
-Backends call `main(argv, backend)` from their train.py with a small `Backend` record (model and
-trainer classes, checkpoint module); nothing here imports mlx or torch.
+`run_training(options, backend)` is a whole `train` command (`ternary train` and
+`python -m ternary_{mlx,cuda}.train`, whose arguments convert/train_args.py parses into
+`TrainOptions`); `train(cfg, backend, out_dir)` is one run, for library callers. `backend` is a
+`Backend` record (convert/backends.py builds the full one); nothing here imports mlx or torch.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,58 +29,46 @@ from shared.tokenizers import get_tokenizer
 @dataclass
 class Backend:
     name: str  # "mlx" or "torch"
-    Model: type
-    Trainer: type
+    Model: type  # shared.interfaces.ModelClass
+    Trainer: type  # shared.interfaces.TrainerClass
     version: str
-    # Data parallelism: an object with `setup() -> (rank, world_size)` and `teardown(failed=False)`
-    # (ternary_cuda/parallel.py, ternary_mlx/parallel.py). None: always one process.
+    # Data parallelism: the backend's parallel module (shared.interfaces.Parallel; here only
+    # `setup()` and `teardown(failed)` are used). None: always one process.
     parallel: Any = None
 
 
-def add_config_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--preset", help="named configuration (see `ternary presets`); default: smoke")
-    g.add_argument("--config", type=Path, help="TOML run config")
-    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override config values, e.g. --set train.lr=3e-4 train.steps=100 (repeatable)")
+@dataclass
+class TrainOptions:
+    """What a `train` command line asks for, as plain values (convert/train_args.py parses them)."""
+    preset: str | None = None       # a named configuration; None: smoke (or --init's own config)
+    config: Path | None = None      # a TOML run config
+    overrides: list[str] = field(default_factory=list)  # SECTION.KEY=VALUE
+    out: Path | None = None         # the run directory; None: picked by default_out_dir / the resumed run's
+    resume: Path | None = None      # continue this run (a run directory or a checkpoint)
+    init: Path | None = None        # start from these weights with a fresh optimizer
+    teacher: Path | None = None     # distil from this frozen checkpoint
+    progress: bool = True           # the progress bar
 
 
-def add_train_args(p: argparse.ArgumentParser) -> None:
-    add_config_args(p)
-    p.add_argument("--out", type=Path, help="run directory (default: runs/<preset>-<backend>-<time>)")
-    p.add_argument("--resume", type=Path, metavar="DIR",
-                   help="continue a run from its checkpoint (a run directory or a checkpoint); "
-                        "--set may change train.* values such as train.steps")
-    p.add_argument("--init", type=Path, metavar="CKPT",
-                   help="start from these weights (a checkpoint directory) with a fresh optimizer; without "
-                        "--preset/--config the run takes the checkpoint's config (change it with --set, "
-                        "e.g. --set ternary.enabled=true)")
-    p.add_argument("--teacher", type=Path, metavar="CKPT",
-                   help="distil from this frozen checkpoint (run as its config says; import a Hugging Face "
-                        "model with --no-ternary for a float teacher); sets train.teacher, mixed with "
-                        "cross-entropy by train.distill_alpha at train.distill_temperature")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
-
-
-def _teacher_overrides(args) -> list[str]:
+def _teacher_overrides(opts: TrainOptions) -> list[str]:
     """--set overrides plus --teacher as train.teacher (both at once is ambiguous: refused)."""
-    overrides = list(args.overrides)
-    if getattr(args, "teacher", None) is not None:
+    overrides = list(opts.overrides)
+    if opts.teacher is not None:
         if any(o.strip().startswith("train.teacher") for o in overrides):
             raise ConfigError("--teacher and --set train.teacher=... both name a teacher; give one")
-        overrides.append(f"train.teacher={_checkpoint_dir(args.teacher).resolve()}")
+        overrides.append(f"train.teacher={_checkpoint_dir(opts.teacher).resolve()}")
     return overrides
 
 
-def config_from_args(args) -> RunConfig:
-    overrides = _teacher_overrides(args)
-    if args.config:
-        cfg = RunConfig.load_toml(args.config)
-    elif args.preset is None and getattr(args, "init", None) is not None:
-        cfg = fmt.read_config(_checkpoint_dir(args.init))  # fine-tuning: the imported model's own config
+def config_from_options(opts: TrainOptions) -> RunConfig:
+    overrides = _teacher_overrides(opts)
+    if opts.config:
+        cfg = RunConfig.load_toml(opts.config)
+    elif opts.preset is None and opts.init is not None:
+        cfg = fmt.read_config(_checkpoint_dir(opts.init))  # fine-tuning: the imported model's own config
         cfg.train.teacher = None  # a new run distils only from a teacher it names (--teacher)
     else:
-        cfg = get_preset(args.preset or "smoke")
+        cfg = get_preset(opts.preset or "smoke")
     return cfg.with_overrides(overrides)
 
 
@@ -293,41 +282,35 @@ def plot_losses(out_dir: Path) -> Path | None:
     return path
 
 
-def default_out_dir(args, backend: str) -> Path:
-    init = getattr(args, "init", None)
-    if args.preset or args.config or init is None:
-        stem = args.preset or (args.config.stem if args.config else "smoke")
+def default_out_dir(opts: TrainOptions, backend: str) -> Path:
+    if opts.preset or opts.config or opts.init is None:
+        stem = opts.preset or (opts.config.stem if opts.config else "smoke")
     else:  # fine-tuning from a checkpoint's own config: name the run after it
-        d = _checkpoint_dir(init).resolve()
+        d = _checkpoint_dir(opts.init).resolve()
         stem = (d.parent.name if d.name == "checkpoint" else d.name) + "-ft"
     return Path("runs") / f"{stem}-{backend}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
 
 
-def main(argv: list[str] | None, backend: Backend, prog: str) -> int:
-    p = argparse.ArgumentParser(prog=prog, description="Train a ternary language model.")
-    add_train_args(p)
-    args = p.parse_args(argv)
-    return run_from_args(args, backend)
-
-
-def run_from_args(args, backend: Backend) -> int:
-    if args.resume is not None and args.init is not None:
+def run_training(opts: TrainOptions, backend: Backend) -> int:
+    """A whole `train` command: its config and run directory, the data-parallel group around
+    `train`; 0, or 130 when interrupted."""
+    if opts.resume is not None and opts.init is not None:
         raise ConfigError("use --resume (continue a run) or --init (new run from weights), not both")
-    if args.resume is not None:
-        ckpt = _checkpoint_dir(args.resume)
-        cfg = _resume_config(ckpt, _teacher_overrides(args))
-        if args.out is None and ckpt.name != "checkpoint":
-            raise ConfigError(f"--resume {args.resume}: not inside a run directory; say where the run "
+    if opts.resume is not None:
+        ckpt = _checkpoint_dir(opts.resume)
+        cfg = _resume_config(ckpt, _teacher_overrides(opts))
+        if opts.out is None and ckpt.name != "checkpoint":
+            raise ConfigError(f"--resume {opts.resume}: not inside a run directory; say where the run "
                               "continues with --out DIR")
-        out_dir = args.out or ckpt.parent
+        out_dir = opts.out or ckpt.parent
     else:
         ckpt = None
-        cfg = config_from_args(args)
-        out_dir = args.out or default_out_dir(args, backend.name)
-    init = _checkpoint_dir(args.init) if args.init else None
+        cfg = config_from_options(opts)
+        out_dir = opts.out or default_out_dir(opts, backend.name)
+    init = _checkpoint_dir(opts.init) if opts.init else None
     rank, world_size = backend.parallel.setup() if backend.parallel is not None else (0, 1)
     try:
-        result, _ = train(cfg, backend, out_dir, resume=ckpt, init=init, progress=not args.no_progress,
+        result, _ = train(cfg, backend, out_dir, resume=ckpt, init=init, progress=opts.progress,
                           log=print if rank == 0 else (lambda _m: None), rank=rank, world_size=world_size)
     except BaseException:
         if backend.parallel is not None:

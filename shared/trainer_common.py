@@ -4,7 +4,8 @@ Written once so the two backends cannot drift (SEEDS S11). A backend Trainer sub
 `TrainerCommon` and sets `checkpoint` (its checkpoint module) and `evaluate_model` (its
 evaluate function, whose `across_ranks=True` spreads the windows over the data-parallel ranks);
 it provides `model`, `config`, `ema_weights()` and `numpy_optimizer_state()`.
-A data-parallel backend sets `rank` and overrides `agree` (see shared/loop.py).
+A data-parallel backend sets `rank` and overrides `agree` (see shared/loop.py). The whole
+contract is shared.interfaces.Trainer.
 """
 from __future__ import annotations
 

@@ -9,6 +9,8 @@ Per-step scalars (learning rates, bias corrections) are computed on the host by
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -32,26 +34,32 @@ def newton_schulz(g: torch.Tensor) -> torch.Tensor:
     return x.T if tall else x
 
 
+def _host_copy(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(np.asarray(a, np.float32), device=like.device)
+
+
 class Optimizer:
     """AdamW for every parameter, or Muon for block matrices with AdamW for the rest."""
 
     def __init__(self, t: TrainConfig, specs: dict[str, ParamSpec], device: torch.device | str = "cpu",
-                 like: dict[str, torch.Tensor] | None = None):
+                 like: dict[str, torch.Tensor] | None = None, *,
+                 full: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+                 shard_like: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = lambda x, like: x,
+                 from_host: Callable[[np.ndarray, torch.Tensor], torch.Tensor] = _host_copy):
         """State slots are zeros of the specs' shapes on `device`, or, given `like` (the parameters), laid out
         as each parameter: under FSDP2 a DTensor holding only this rank's rows, so no rank ever
-        allocates a whole slot (AdamW at 7B parameters: 56 GB of float32 state)."""
+        allocates a whole slot (AdamW at 7B parameters: 56 GB of float32 state).
+
+        The layout hooks (ternary_cuda/parallel.py passes its own; the defaults are one process's):
+        Muon orthogonalises whole matrices, but under FSDP2 parameters, gradients and state are
+        row shards, so `full` gathers the whole matrix (the same on every rank) and
+        `shard_like(x, p)` takes this rank's rows of the update back. `from_host(a, slot)` lays
+        out a whole host array (a checkpoint's) as a slot; FSDP2 copies only this rank's rows."""
         self.t = t
         self.specs = specs
         self.shapes = {n: s.shape for n, s in specs.items()}
         self.state: dict[str, torch.Tensor] = {}
-        # Muon orthogonalises whole matrices. Under FSDP2 (parallel.py) parameters, gradients and
-        # state are row shards: `full` gathers the whole matrix (the same on every rank) and
-        # `shard_like` takes this rank's rows of the update back. Identity for one process.
-        # `from_host` lays out a whole host array (a checkpoint's) as a given slot; FSDP2 copies
-        # only this rank's rows.
-        self.full = lambda x: x
-        self.shard_like = lambda x, like: x
-        self.from_host = lambda a, like: torch.tensor(np.asarray(a, np.float32), device=like.device)
+        self.full, self.shard_like, self.from_host = full, shard_like, from_host
         for name, shape in self.shapes.items():
             for slot in slots_for(specs[name], t):
                 self.state[f"{name}.{slot}"] = (

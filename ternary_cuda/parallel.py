@@ -1,13 +1,13 @@
 """Data parallelism for the PyTorch backend under torchrun: DDP or FSDP2 (DESIGN 2).
 
-The only module of the project that imports torch.distributed. `PARALLEL` is the backend's
-`shared.runner.Backend.parallel` hook: `setup()` reads the torchrun environment (RANK,
-WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) and, for more than one process, joins the
-process group (gloo on CPU, nccl on CUDA); without torchrun it is one process and touches
-nothing. The Trainer (train.py) asks this module for the device, the wrapped model
-(`wrap`), the gradient-sync context of an accumulation micro-step (`grad_sync`), global means
-(`mean_`), agreed decisions (`agree`), full <-> sharded tensors (`full`, `shard_like`) and this
-rank's share of an evaluation (`eval_shard`).
+The only module of the project that imports torch.distributed. The module itself is the
+backend's data-parallel layer (shared.interfaces.Parallel; ternary_mlx/parallel.py has the same
+names): `setup()` reads the torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
+MASTER_PORT) and, for more than one process, joins the process group (gloo on CPU, nccl on
+CUDA); without torchrun it is one process and touches nothing. The Trainer (train.py) asks this
+module for the device, the wrapped model (`wrap`), the gradient-sync context of an accumulation
+micro-step (`grad_sync`), global means (`mean_`), agreed decisions (`agree`), full <-> sharded
+tensors (`full`, `shard_like`) and this rank's share of an evaluation (`eval_shard`).
 
 Every rank takes the same branches (SEEDS S12): decisions that depend on something only one
 rank sees (a clock, Ctrl-C) go through `agree`, an all-reduce at the loop's sync points.
@@ -113,10 +113,6 @@ def teardown(failed: bool = False) -> None:
             dist.barrier()
         dist.destroy_process_group()
     _world = World()
-
-
-# The Backend.parallel hook (shared/runner.py).
-PARALLEL = types.SimpleNamespace(setup=setup, teardown=teardown)
 
 
 # ---- settings: precision, TF32, compile ----------------------------------------------------------

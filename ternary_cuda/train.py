@@ -47,8 +47,8 @@ class Trainer(TrainerCommon):
         # resumed slot is copied in row by row, EMA clones the sharded parameters), so no rank
         # ever holds the whole optimizer state.
         self.opt = Optimizer(config.train, parameter_specs(config.model), self.device,
-                             like=self.params if parallel.sharded(self.params) else None)
-        self.opt.full, self.opt.shard_like, self.opt.from_host = parallel.full, parallel.shard_like, parallel.from_host
+                             like=self.params if parallel.sharded(self.params) else None,
+                             full=parallel.full, shard_like=parallel.shard_like, from_host=parallel.from_host)
         if optimizer_state is not None:
             self.opt.load_numpy_state(optimizer_state)
         elif config.train.ema_decay:
@@ -155,9 +155,9 @@ class Trainer(TrainerCommon):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from shared.runner import Backend, main as run_main
-    return run_main(argv, Backend("torch", Model, Trainer, torch.__version__, parallel=parallel.PARALLEL),
-                    prog="python -m ternary_cuda.train")
+    """`python -m ternary_cuda.train`: the `train` command line (convert/train_args.py) on this backend."""
+    from convert.train_args import main as train_main
+    return train_main(argv, "torch", prog="python -m ternary_cuda.train")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,6 @@ def evaluate(model, tokens: np.ndarray, tokenizer: Tokenizer, seq_len: int, *, s
 
     across_ranks: every rank of this data-parallel job calls this together and scores its share
     of the batches; all get the metrics one process would (no effect in one process)."""
-    shard = parallel.eval_shard() if across_ranks else None
+    shard = parallel.eval_shard(model) if across_ranks else None
     return evaluate_tokens(lambda x, y: token_nll(model, x, y), tokens, tokenizer, seq_len, stride=stride,
                            max_tokens=max_tokens, batch_size=batch_size, progress=progress, shard=shard)

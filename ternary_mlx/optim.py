@@ -35,6 +35,9 @@ def newton_schulz(g: mx.array) -> mx.array:
 class Optimizer:
     """AdamW for every parameter, or Muon for block matrices with AdamW for the rest."""
 
+    # No `device`, `like` or layout hooks (torch's full / shard_like / from_host): MLX data parallel
+    # only replicates (train.parallel = fsdp2 is refused), so every slot is whole on every rank and
+    # those arguments could only ever be identities here.
     def __init__(self, t: TrainConfig, specs: dict[str, ParamSpec]):
         self.t = t
         self.specs = specs

@@ -73,6 +73,10 @@ def group() -> mx.distributed.Group | None:
     return _group
 
 
+def rank() -> int:
+    return 0 if _group is None else _group.rank()
+
+
 def world_size() -> int:
     return 1 if _group is None else _group.size()
 
@@ -95,27 +99,40 @@ def all_mean(arrays: dict[str, mx.array], g: mx.distributed.Group) -> dict[str, 
     return out
 
 
-def sum_float64(a: np.ndarray, g: mx.distributed.Group) -> np.ndarray:
-    """The elementwise float64 sum of `a` over the ranks of `g`, on every rank. On the CPU stream:
-    Metal has no float64."""
+def agree(flag: bool) -> bool:
+    """True on every rank when `flag` is true on any rank of the group set up by `setup()`."""
+    return any_rank(flag, _group)
+
+
+def any_rank(flag: bool, g: mx.distributed.Group | None) -> bool:
+    """`agree` on a given group: a Trainer's own, taken when it was built, so that it keeps
+    working on that group after `teardown()` forgot the module's (MLX groups need no shutdown)."""
+    if g is None:
+        return bool(flag)
+    return bool(mx.distributed.all_sum(mx.array(1 if flag else 0, mx.int32), group=g).item() > 0)
+
+
+def sum_float64(a: np.ndarray) -> np.ndarray:
+    """The elementwise float64 sum of `a` over all ranks, on every rank (a copy for one process)."""
+    return _sum_float64(a, _group)
+
+
+def _sum_float64(a: np.ndarray, g: mx.distributed.Group | None) -> np.ndarray:
+    """On the CPU stream: Metal has no float64."""
+    if g is None:
+        return np.array(a, np.float64)
     return np.array(mx.distributed.all_sum(mx.array(np.asarray(a, np.float64), mx.float64), group=g,
                                            stream=mx.cpu), np.float64)
 
 
-def eval_shard() -> Shard | None:
-    """This rank's share of an evaluation (shared.evaluation), None for one process. An MLX forward
-    needs no peer (every rank holds the whole model), so the ranks' batch counts may differ."""
+def eval_shard(model) -> Shard | None:
+    """This rank's share of an evaluation (shared.evaluation), None for one process. `model` is
+    not needed: an MLX forward needs no peer (every rank holds the whole model), so the ranks'
+    batch counts may differ."""
     g = _group
     if g is None:
         return None
-    return Shard(g.rank(), g.size(), lambda a: sum_float64(a, g))
-
-
-def any_rank(flag: bool, g: mx.distributed.Group | None) -> bool:
-    """True on every rank when `flag` is true on at least one (stop decisions must agree)."""
-    if g is None:
-        return bool(flag)
-    return bool(mx.distributed.all_sum(mx.array(1 if flag else 0, mx.int32), group=g).item() > 0)
+    return Shard(g.rank(), g.size(), lambda a: _sum_float64(a, g))
 
 
 def check_identical(arrays: dict[str, mx.array], g: mx.distributed.Group | None, what: str) -> None:

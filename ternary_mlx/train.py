@@ -124,8 +124,9 @@ class Trainer(TrainerCommon):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from shared.runner import Backend, main as run_main
-    return run_main(argv, Backend("mlx", Model, Trainer, mx.__version__, parallel=parallel), prog="python -m ternary_mlx.train")
+    """`python -m ternary_mlx.train`: the `train` command line (convert/train_args.py) on this backend."""
+    from convert.train_args import main as train_main
+    return train_main(argv, "mlx", prog="python -m ternary_mlx.train")
 
 
 if __name__ == "__main__":

@@ -74,7 +74,9 @@ def _recording_optimizer(mode):
 def _numpy_held_during_gathers(fn) -> int:
     """Run fn() and return the most bytes of NumPy buffers alive when a gather (parallel.full)
     starts: what the gathers so far have left behind. tracemalloc traces NumPy's buffers in a
-    domain of their own, apart from the Python objects of torch's collectives."""
+    domain of their own, apart from the Python objects of torch's collectives. (parallel.gather_numpy
+    looks `full` up when it runs, so the patch sees every gather of a save; the optimizer's own
+    `full`, given to it at construction, is only used by Muon's step, not by a save.)"""
     import numpy as np
 
     from ternary_cuda import parallel
@@ -135,7 +137,10 @@ def worker(out: Path) -> None:
         res = {"rank": rank, "world": world, "created_largest": created_largest,
                "shard_largest": max(p.to_local().numel() for p in params.values()),
                "param_largest": max(p.numel() for p in params.values()),
-               "created": _state_layout(trainer)}
+               "created": _state_layout(trainer),
+               # the optimizer got parallel.py's layout hooks as constructor arguments
+               "hooks": [trainer.opt.full is parallel.full, trainer.opt.shard_like is parallel.shard_like,
+                         trainer.opt.from_host is parallel.from_host]}
         rng = np.random.default_rng(rank)
         for step in range(2):  # moments and EMA that differ from their initial values
             windows = rng.integers(0, 256, (1, cfg.train.batch_size, cfg.train.seq_len + 1))
@@ -195,6 +200,7 @@ def test_fsdp2_ranks_hold_only_their_shard_of_the_optimizer_state(tmp_path):
         assert res["resumed_largest"] <= res["shard_largest"], res
         assert res["resumed_equal"] and res["resumed_keys"], res
     assert r0["kept"] is not None and r1["kept"] is None
+    assert r0["hooks"] == r1["hooks"] == [True, True, True]
     largest_bytes = 4 * r0["param_largest"]
     # rank 0 holds the whole checkpoint in NumPy while writing it; rank 1 not even one whole tensor
     assert r0["save_numpy_peak"] >= r0["written_bytes"] - largest_bytes  # all but the last tensor gathered

@@ -1,0 +1,49 @@
+"""The `train` command line, the same for `ternary train` and `python -m ternary_{mlx,cuda}.train`:
+its arguments, and the plain options (shared.runner.TrainOptions) the runner takes from them."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from shared.runner import TrainOptions
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--preset", help="named configuration (see `ternary presets`); default: smoke")
+    g.add_argument("--config", type=Path, help="TOML run config")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override config values, e.g. --set train.lr=3e-4 train.steps=100 (repeatable)")
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    add_config_args(p)
+    p.add_argument("--out", type=Path, help="run directory (default: runs/<preset>-<backend>-<time>)")
+    p.add_argument("--resume", type=Path, metavar="DIR",
+                   help="continue a run from its checkpoint (a run directory or a checkpoint); "
+                        "--set may change train.* values such as train.steps")
+    p.add_argument("--init", type=Path, metavar="CKPT",
+                   help="start from these weights (a checkpoint directory) with a fresh optimizer; without "
+                        "--preset/--config the run takes the checkpoint's config (change it with --set, "
+                        "e.g. --set ternary.enabled=true)")
+    p.add_argument("--teacher", type=Path, metavar="CKPT",
+                   help="distil from this frozen checkpoint (run as its config says; import a Hugging Face "
+                        "model with --no-ternary for a float teacher); sets train.teacher, mixed with "
+                        "cross-entropy by train.distill_alpha at train.distill_temperature")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+
+
+def train_options(args: argparse.Namespace) -> TrainOptions:
+    """The parsed arguments of `add_train_args` as the runner's options."""
+    return TrainOptions(preset=args.preset, config=args.config, overrides=list(args.overrides), out=args.out,
+                        resume=args.resume, init=args.init, teacher=args.teacher, progress=not args.no_progress)
+
+
+def main(argv: list[str] | None, backend: str, prog: str) -> int:
+    """`python -m ternary_{mlx,cuda}.train`: parse `argv` and train with `backend` ("mlx" | "torch")."""
+    from convert.backends import load_backend
+    from shared.runner import run_training
+    p = argparse.ArgumentParser(prog=prog, description="Train a ternary language model.")
+    add_train_args(p)
+    opts = train_options(p.parse_args(argv))
+    return run_training(opts, load_backend(backend))
