@@ -7,16 +7,6 @@ import numpy as np
 import pytest
 
 
-# Tiny model overrides and the variants that change the parameter set, shared by the per-backend tests.
-TINY_BASE = ["model.vocab_size=128", "model.hidden_size=64", "model.intermediate_size=128",
-             "model.num_hidden_layers=2", "ternary.group_size=32"]
-TINY_VARIANTS = [
-    [],
-    ["model.tie_word_embeddings=false", "model.hidden_act=relu2", "model.qk_norm=false"],
-    ["model.head_dim=32", "ternary.targets=[\"attn\",\"mlp\",\"embed\",\"lm_head\"]"],
-]
-
-
 class Backend:
     def __init__(self, name: str):
         self.name = name
@@ -72,4 +62,5 @@ BACKENDS = ["mlx", "torch"]
 
 @pytest.fixture(params=BACKENDS)
 def backend(request) -> Backend:
+    """Each test that takes `backend` runs once per backend (tests/conftest.py makes it visible)."""
     return Backend(request.param)

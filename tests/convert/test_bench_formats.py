@@ -14,6 +14,7 @@ from shared.checkpoint import write_checkpoint
 from shared.config import RunConfig
 from shared.init import init_weights
 from shared.params import parameter_shapes, ternary_parameters
+from tests.variants import tiny_sets
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,9 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_bench_formats_smoke(tmp_path):
     pytest.importorskip("gguf")
     pytest.importorskip("mlx.core")
-    cfg = RunConfig().with_overrides(["model.vocab_size=64", "model.hidden_size=256", "model.intermediate_size=256",
-                                      "model.num_hidden_layers=1", "model.num_attention_heads=4",
-                                      "model.num_key_value_heads=2", "ternary.group_size=0"])
+    cfg = RunConfig().with_overrides(tiny_sets(vocab_size=64, hidden_size=256, intermediate_size=256,
+                                               num_hidden_layers=1, ternary=dict(group_size=0)))
     write_checkpoint(tmp_path / "ck", cfg, init_weights(cfg.model, seed=0), writer={"backend": "test"})
     p = subprocess.run([sys.executable, "bench/formats.py", "--checkpoint", str(tmp_path / "ck"), "--no-import",
                         "--json-out", str(tmp_path / "f.json")], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -34,10 +34,10 @@ from shared.config import RunConfig
 from shared.params import parameter_shapes, ternary_parameters
 from shared.ternary import quantize
 from ternary_cuda.checkpoint import save
+from tests.variants import TINY, tiny_sets
 from ternary_cuda.model import Model
 
-BASE = ["model.vocab_size=128", "model.hidden_size=64", "model.intermediate_size=128",
-        "model.num_hidden_layers=2", "ternary.group_size=32"]
+BASE = tiny_sets()
 TOL = 25 * 2.0 ** -11
 TOL_INT8 = TOL + 4 / 254
 UNTIED = ["model.tie_word_embeddings=false"]  # two float matrices: embedding and head
@@ -61,7 +61,7 @@ def _logits(model, ids):
         return model(torch.from_numpy(ids)).numpy()
 
 
-IDS = np.random.default_rng(0).integers(0, 128, size=(2, 16))
+IDS = np.random.default_rng(0).integers(0, TINY["vocab_size"], size=(2, 16))
 
 
 @pytest.mark.parametrize("extra", [[], ["model.tie_word_embeddings=false", "ternary.targets=[\"attn\",\"mlp\",\"lm_head\"]"],

@@ -23,12 +23,11 @@ from convert.export_bitnet import tensor_bytes, to_hf_bitnet  # noqa: E402
 from shared.config import ConfigError, RunConfig  # noqa: E402
 from shared.ternary import quantize, unpack_2bit  # noqa: E402
 from ternary_cuda.checkpoint import load, save  # noqa: E402
+from tests.variants import DEFAULT_INIT, TINY, tiny_sets  # noqa: E402
 from ternary_cuda.model import Model  # noqa: E402
 
-BASE = ["model.vocab_size=128", "model.hidden_size=64", "model.intermediate_size=128",
-        "model.num_hidden_layers=2", "model.num_attention_heads=4", "model.num_key_value_heads=2",
-        "ternary.group_size=0"]
-IDS = np.random.default_rng(0).integers(0, 128, size=(2, 12))
+BASE = tiny_sets(ternary=dict(group_size=0), initializer_range=DEFAULT_INIT)  # the bounds above were measured there
+IDS = np.random.default_rng(0).integers(0, TINY["vocab_size"], size=(2, 12))
 
 
 @pytest.fixture(autouse=True)

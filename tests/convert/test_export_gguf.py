@@ -16,10 +16,10 @@ from shared.config import ConfigError, RunConfig  # noqa: E402
 from shared.init import init_weights  # noqa: E402
 from shared.params import parameter_shapes, ternary_parameters  # noqa: E402
 from shared.ternary import quantize  # noqa: E402
+from tests.variants import tiny_sets  # noqa: E402
 
 # TQ blocks are 256 values of a row: every ternary input dimension is 256 or 512 here.
-BASE = ["model.vocab_size=320", "model.hidden_size=256", "model.intermediate_size=512",
-        "model.num_hidden_layers=2", "model.num_attention_heads=4", "model.num_key_value_heads=2"]
+BASE = tiny_sets(vocab_size=320, hidden_size=256, intermediate_size=512, ternary=dict(group_size=128))
 QWEN3_NAMES = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
                "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
                "self_attn.k_norm": "attn_k_norm", "post_attention_layernorm": "ffn_norm",

@@ -13,12 +13,11 @@ from convert import export_hf  # noqa: E402
 from convert.cli import main  # noqa: E402
 from shared.config import ConfigError, RunConfig  # noqa: E402
 from ternary_mlx.checkpoint import save  # noqa: E402
+from tests.variants import TINY, tiny_sets  # noqa: E402
 from ternary_mlx.model import Model  # noqa: E402
 
-BASE = ["model.vocab_size=256", "model.hidden_size=64", "model.intermediate_size=128",
-        "model.num_hidden_layers=2", "model.num_attention_heads=4", "model.num_key_value_heads=2",
-        "ternary.group_size=32"]
-IDS = np.random.default_rng(0).integers(0, 256, size=(2, 12))
+BASE = tiny_sets()
+IDS = np.random.default_rng(0).integers(0, TINY["vocab_size"], size=(2, 12))
 TIES = {"tied": [], "untied": ["model.tie_word_embeddings=false"]}
 
 

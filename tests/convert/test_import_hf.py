@@ -21,11 +21,10 @@ from safetensors.numpy import load_file, save_file  # noqa: E402
 from convert import hf  # noqa: E402
 from shared.checkpoint import CheckpointError, read_config  # noqa: E402
 from shared.config import ConfigError  # noqa: E402
+from tests.variants import TINY  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-BASE = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=128,
-            rope_theta=10000.0, rms_norm_eps=1e-6, initializer_range=0.1)
+BASE = dict(TINY, head_dim=16, rope_theta=10000.0, rms_norm_eps=1e-6)  # as Hugging Face config kwargs
 CASES = {  # name -> (tie_word_embeddings, dtype, save_pretrained kwargs)
     "f32-tied": (True, torch.float32, {}),
     "f32-untied": (False, torch.float32, {}),
@@ -83,7 +82,7 @@ def _ours(ckpt: Path, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.array(out.astype(mx.float32)), got_torch
 
 
-IDS = np.random.default_rng(0).integers(0, 256, (2, 33))
+IDS = np.random.default_rng(0).integers(0, TINY["vocab_size"], (2, 33))
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -13,10 +13,10 @@ from shared.config import RunConfig
 from shared.params import ternary_parameters
 from shared.ternary import quantize
 from ternary_cuda.checkpoint import save
+from tests.variants import tiny_sets
 from ternary_cuda.model import Model
 
-BASE = ["model.vocab_size=128", "model.hidden_size=64", "model.intermediate_size=128",
-        "model.num_hidden_layers=2", "ternary.group_size=32"]
+BASE = tiny_sets()
 
 
 def _ckpt(path, extra=()):

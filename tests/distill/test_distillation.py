@@ -15,10 +15,9 @@ from ternary_mlx.loss import distillation_loss as mlx_distill
 from ternary_mlx.model import Model as MLXModel
 from ternary_mlx.train import Trainer as MLXTrainer
 from tests.train.common import run as run_training
+from tests.variants import TINY, tiny_sets
 
-BASE = ["model.vocab_size=128", "model.hidden_size=64", "model.intermediate_size=128",
-        "model.num_hidden_layers=2", "model.num_attention_heads=4", "model.num_key_value_heads=2",
-        "ternary.group_size=32", "train.warmup_steps=2", "train.lr=3e-3"]
+BASE = tiny_sets(train=dict(warmup_steps=2, lr=3e-3))
 
 
 def reference_loss(logits, targets, teacher, alpha, T):
@@ -57,7 +56,7 @@ def test_kl_term_vanishes_when_student_is_teacher():
 
 def batches(n, seed=0):
     rng = np.random.default_rng(seed)
-    return [rng.integers(0, 128, (1, 4, 17)).astype(np.int32) for _ in range(n)]
+    return [rng.integers(0, TINY["vocab_size"], (1, 4, 17)).astype(np.int32) for _ in range(n)]
 
 
 def steps(trainer, windows):

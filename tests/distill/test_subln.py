@@ -13,10 +13,9 @@ from ternary_mlx.model import Model as MLXModel
 from ternary_mlx.train import Trainer as MLXTrainer
 from tests.parity.helpers import mlx_logits, torch_logits
 from tests.train.common import run as run_training
+from tests.variants import TINY, tiny_sets
 
-BASE = ["model.vocab_size=128", "model.hidden_size=64", "model.intermediate_size=128", "model.head_dim=8",
-        "model.num_hidden_layers=2", "model.num_attention_heads=4", "model.num_key_value_heads=2",
-        "ternary.group_size=32", "model.initializer_range=0.1"]
+BASE = tiny_sets(head_dim=8)  # the attention sub-norm is heads x head_dim = 32 wide, not hidden (64)
 
 
 def test_subln_names_and_shapes():
@@ -26,7 +25,7 @@ def test_subln_names_and_shapes():
     assert extra == {f"model.layers.{i}.{n}" for i in range(2)
                      for n in ("self_attn.attn_sub_norm.weight", "mlp.ffn_sub_norm.weight")}
     assert shapes["model.layers.0.self_attn.attn_sub_norm.weight"] == (32,)  # heads * head_dim, not hidden
-    assert shapes["model.layers.1.mlp.ffn_sub_norm.weight"] == (128,)
+    assert shapes["model.layers.1.mlp.ffn_sub_norm.weight"] == (TINY["intermediate_size"],)
     for Model in (MLXModel, TorchModel):
         assert set(Model(cfg).numpy_weights()) == set(shapes)
 
@@ -37,7 +36,7 @@ def test_lambda_zero_leaves_the_model_unchanged_and_one_changes_it(Model, logits
     sub = RunConfig().with_overrides(BASE + ["model.subln=true"])
     w = Model(plain, seed=4).numpy_weights()
     w_sub = dict(w, **{k: np.ones(v, np.float32) for k, v in parameter_shapes(sub.model).items() if k not in w})
-    ids = np.random.default_rng(0).integers(0, 128, (2, 9))
+    ids = np.random.default_rng(0).integers(0, TINY["vocab_size"], (2, 9))
     m_plain, m_sub = Model(plain, w), Model(sub, w_sub)
     m_plain.set_quant_lambda(0.0)
     m_sub.set_quant_lambda(0.0)
@@ -51,7 +50,7 @@ def test_subln_training_steps_agree_across_backends():
     cfg = RunConfig().with_overrides(BASE + ["model.subln=true", "ternary.warmup_steps=3", "train.lr=3e-3"])
     w = MLXModel(cfg, seed=1).numpy_weights()
     rng = np.random.default_rng(0)
-    data = [rng.integers(0, 128, (1, 4, 17)).astype(np.int32)] * 5
+    data = [rng.integers(0, TINY["vocab_size"], (1, 4, 17)).astype(np.int32)] * 5
     out = {}
     for name, Model, Trainer in (("mlx", MLXModel, MLXTrainer), ("torch", TorchModel, TorchTrainer)):
         tr = Trainer(cfg, Model(cfg, w))

@@ -23,12 +23,11 @@ import pytest
 
 from shared.evaluation import Shard, evaluate_tokens
 from shared.tokenizers import get_tokenizer
+from tests.variants import tiny_sets
 
 ROOT = Path(__file__).resolve().parents[2]
-SETS = ["model.vocab_size=256", "model.hidden_size=64", "model.intermediate_size=128",
-        "model.num_hidden_layers=2", "model.num_attention_heads=4", "model.num_key_value_heads=2",
-        "ternary.group_size=32", "data.tokenizer=bytes", "data.synthetic_train_bytes=5000",
-        "data.synthetic_val_bytes=10000", "train.seq_len=32"]
+SETS = tiny_sets(data=dict(tokenizer="bytes", synthetic_train_bytes=5000, synthetic_val_bytes=10000),
+                 train=dict(seq_len=32))
 MAX_TOKENS = 37 * 32 + 10  # 38 windows of 32: batches of 8, 8, 8, 8, 6 (the last window 10 long)
 FULL, LAST = [8, 32], [6, 32]
 

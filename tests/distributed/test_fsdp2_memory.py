@@ -24,11 +24,11 @@ import sys
 import tracemalloc
 from pathlib import Path
 
+from tests.variants import tiny_sets
+
 ROOT = Path(__file__).resolve().parents[2]
-SETS = ["model.vocab_size=259", "model.hidden_size=64", "model.intermediate_size=192",
-        "model.num_hidden_layers=2", "model.num_attention_heads=4", "model.num_key_value_heads=2",
-        "ternary.group_size=32", "data.tokenizer=bytes", "train.seq_len=16", "train.batch_size=2",
-        "train.parallel=fsdp2", "train.optimizer=muon", "train.ema_decay=0.9"]
+SETS = tiny_sets(vocab_size=259, intermediate_size=192, data=dict(tokenizer="bytes"),
+                 train=dict(seq_len=16, batch_size=2, parallel="fsdp2", optimizer="muon", ema_decay=0.9))
 
 
 # ---- the worker (one rank) --------------------------------------------------------------------------

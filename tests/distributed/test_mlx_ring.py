@@ -19,15 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.variants import tiny_sets
+
 pytest.importorskip("mlx.core")
 
 ROOT = Path(__file__).resolve().parents[2]
 MLX_LAUNCH = Path(sys.executable).with_name("mlx.launch")
-CONFIG = ["model.vocab_size=256", "model.hidden_size=64", "model.intermediate_size=128",
-          "model.num_hidden_layers=2", "model.num_attention_heads=4", "model.num_key_value_heads=2",
-          "ternary.group_size=32", "data.tokenizer=bytes", "data.synthetic_train_bytes=50000",
-          "data.synthetic_val_bytes=10000", "train.seq_len=32", "train.eval_tokens=2000",
-          "train.eval_every=0", "train.log_every=3", "train.steps=8"]
+CONFIG = tiny_sets(data=dict(tokenizer="bytes", synthetic_train_bytes=50000, synthetic_val_bytes=10000),
+                   train=dict(seq_len=32, eval_tokens=2000, eval_every=0, log_every=3, steps=8))
 RTOL = 2e-6  # float32 reduction order only (observed 3.5e-7 on the loss)
 
 pytestmark = pytest.mark.skipif(not MLX_LAUNCH.exists(), reason="mlx.launch is not installed next to python")

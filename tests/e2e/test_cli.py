@@ -11,13 +11,13 @@ import pytest
 from convert.blas import openblas_library
 from shared.config import RunConfig
 from shared.presets import PRESETS
+from tests.variants import tiny_sets
 
 ROOT = Path(__file__).resolve().parents[2]
 SUBCOMMANDS = ("train", "eval", "generate", "presets", "config", "init", "demo", "tokenizer", "data", "import-hf",
                "inspect", "convert", "promote")
-# A model small enough that a demo with both backends takes a few seconds on 2 cores.
-TINY = ["--set", "model.num_hidden_layers=1", "model.hidden_size=64", "model.intermediate_size=128",
-        "model.vocab_size=128"]
+# A model small enough that a demo with both backends takes a few seconds on 2 cores (one layer).
+TINY = ["--set", *tiny_sets(num_hidden_layers=1)]
 SHORT = ["--seq-len", "16"]
 
 

@@ -11,13 +11,13 @@ import pytest
 
 from convert import cmd_promote
 from shared.config import RunConfig
+from tests.variants import tiny_sets
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # see tests/e2e/test_train_cli.py: one thread on a busy 2-core machine
-TINY = ["model.vocab_size=256", "model.hidden_size=64", "model.intermediate_size=128", "model.num_hidden_layers=2",
-        "model.num_attention_heads=2", "model.num_key_value_heads=1", "model.max_position_embeddings=64",
-        "ternary.group_size=32", "data.tokenizer=bytes", "data.synthetic_train_bytes=20000",
-        "data.synthetic_val_bytes=5000", "train.seq_len=32"]
+TINY = tiny_sets(num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                 data=dict(tokenizer="bytes", synthetic_train_bytes=20000, synthetic_val_bytes=5000),
+                 train=dict(seq_len=32))
 
 
 def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -16,15 +16,14 @@ from pathlib import Path
 import pytest
 
 from shared.corpus import SyntheticCorpus
+from tests.variants import tiny_sets
 
 ROOT = Path(__file__).resolve().parents[2]
 # One thread: these models are tiny, and on a busy 2-core machine torch's second OpenMP thread
 # spin-waits for a core (a 12-step run measured 19 s with 2 threads, 3 s with 1).
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-TINY = ["model.vocab_size=256", "model.hidden_size=64", "model.intermediate_size=128",
-        "model.num_hidden_layers=2", "data.tokenizer=bytes", "data.synthetic_train_bytes=100000",
-        "data.synthetic_val_bytes=20000", "train.steps=12", "train.batch_size=4", "train.seq_len=32",
-        "train.eval_every=6", "train.eval_tokens=2000", "train.log_every=3", "ternary.group_size=32"]
+TINY = tiny_sets(data=dict(tokenizer="bytes", synthetic_train_bytes=100000, synthetic_val_bytes=20000),
+                 train=dict(steps=12, batch_size=4, seq_len=32, eval_every=6, eval_tokens=2000, log_every=3))
 
 
 def cli(*args: str) -> list[str]:

@@ -1,21 +1,11 @@
-"""Shared helpers for the parity tests: tiny configs, running both backends, reporting differences."""
+"""Shared helpers for the parity tests: running both backends, reporting differences. (The tiny
+configs are tests/variants.py's.)"""
 from __future__ import annotations
 
 import json
 import os
 
 import numpy as np
-
-from shared.config import ModelConfig, RunConfig, TernaryConfig, TrainConfig
-
-TINY = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-
-
-def tiny_config(ternary: dict | None = None, **model) -> RunConfig:
-    """A validated 2-layer, width-64 RunConfig; `model` overrides ModelConfig fields."""
-    return RunConfig(model=ModelConfig(**{**TINY, **model}), ternary=TernaryConfig(**(ternary or {})),
-                     train=TrainConfig(seq_len=64)).validate()
 
 
 def mlx_logits(model, ids: np.ndarray) -> np.ndarray:

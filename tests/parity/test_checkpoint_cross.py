@@ -12,18 +12,13 @@ from ternary_cuda.model import Model as TorchModel
 from ternary_mlx import checkpoint as mlx_ckpt
 from ternary_mlx.model import Model as MLXModel
 
-from .helpers import mlx_logits, record, tiny_config, torch_logits
+from tests.variants import VARIANTS, variant_config
+
+from .helpers import mlx_logits, record, torch_logits
 
 BACKENDS = {
     "mlx": (MLXModel, mlx_ckpt, mlx_logits),
     "torch": (TorchModel, torch_ckpt, torch_logits),
-}
-CONFIGS = {
-    "ternary-tied-G64": (dict(), dict(group_size=64)),
-    "ternary-untied-relu2-softcap-pertensor-embed-head": (
-        dict(tie_word_embeddings=False, hidden_act="relu2", final_logit_softcapping=30.0),
-        dict(group_size=0, targets=["attn", "mlp", "embed", "lm_head"])),
-    "float-no-qknorm": (dict(qk_norm=False, tie_word_embeddings=False), dict(enabled=False)),
 }
 
 
@@ -49,11 +44,10 @@ def _assert_same_weights(a: dict, b: dict) -> None:
         assert np.array_equal(a[k].view(np.uint32), b[k].view(np.uint32)), k
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("src,dst", [("mlx", "torch"), ("torch", "mlx")])
-def test_cross_backend_checkpoint(tmp_path, name, src, dst):
-    model_kw, tern_kw = CONFIGS[name]
-    cfg = tiny_config(ternary=tern_kw, initializer_range=0.1, **model_kw)
+def test_cross_backend_checkpoint(tmp_path, variant, src, dst):
+    cfg = variant_config(variant)
     m_src = _random_model(src, cfg, seed=21)
     ids = np.random.default_rng(2).integers(0, cfg.model.vocab_size, (2, 17))
 
@@ -65,7 +59,7 @@ def test_cross_backend_checkpoint(tmp_path, name, src, dst):
     _assert_same_weights(m_dst.numpy_weights(), m_src.numpy_weights())
     l_src, l_dst = BACKENDS[src][2](m_src, ids), BACKENDS[dst][2](m_dst, ids)
     diff = float(np.abs(l_src - l_dst).max())
-    record("checkpoint_cross_logits", f"{name}/{src}->{dst}", max_abs_diff=diff)
+    record("checkpoint_cross_logits", f"{variant}/{src}->{dst}", max_abs_diff=diff)
     assert diff < 1e-4
 
     # Rewritten by the other backend: byte-identical weights file (same sha256 in the manifests).

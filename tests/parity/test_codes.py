@@ -12,8 +12,11 @@ import pytest
 import torch
 
 from shared import ternary as ref
+from tests.variants import VARIANTS, variant_config
 from ternary_cuda import layers as TL
+from ternary_cuda.model import Model as TorchModel
 from ternary_mlx import layers as ML
+from ternary_mlx.model import Model as MLXModel
 
 from .helpers import to_bf16_exact
 
@@ -135,6 +138,34 @@ def test_native_sums_differ_from_the_pairwise_order():
     assert (np.array(mx.sum(mx.array(g), axis=-1)) != want).sum() > 10
     assert (torch.from_numpy(g).sum(-1).numpy() != want).sum() > 10
     assert (g.sum(-1) != want).sum() > 10
+
+
+# ---- in a model: every ternary weight of every variant ---------------------------------------------
+MODELS = {"mlx": MLXModel, "torch": TorchModel}
+TERNARY_VARIANTS = [v for v, (_, tern) in VARIANTS.items() if tern.get("enabled", True)]
+
+
+@pytest.mark.parametrize("backend", list(MODELS))
+@pytest.mark.parametrize("variant", TERNARY_VARIANTS)
+def test_model_ternary_weights_are_the_reference(backend, variant):
+    """Each ternary module of a model has the configured group size, eps and activation bits; its
+    codes and scales, and the effective weight its forward uses, are bit for bit the reference's on
+    the model's own shapes (embedding and head included where they are targets)."""
+    cfg = variant_config(variant)
+    t = cfg.ternary
+    model = MODELS[backend](cfg, seed=9)
+    weights = model.numpy_weights()
+    modules = model.ternary_modules()
+    assert modules
+    for name, mod in modules.items():
+        assert (mod.group_size, mod.eps, mod.activation_bits) == (t.group_size, t.eps, t.activation_bits), name
+        want_codes, want_scales = ref.quantize(weights[name], t.group_size, t.eps)
+        got_codes, got_scales = BACKENDS[backend](weights[name], t.group_size, False)
+        assert_bits_equal(got_codes, want_codes, f"{backend} {name} codes")
+        assert_bits_equal(got_scales, want_scales, f"{backend} {name} scales")
+        eff = mod.effective_weight()
+        eff = np.array(eff) if backend == "mlx" else eff.detach().numpy()
+        assert_bits_equal(eff, ref.dequantize(want_codes, want_scales, t.group_size), f"{backend} {name} weight")
 
 
 # ---- effective weight -------------------------------------------------------------------------

@@ -15,17 +15,9 @@ from ternary_cuda.model import Model as TorchModel
 from ternary_mlx import layers as ML
 from ternary_mlx.model import Model as MLXModel
 
-from .helpers import record, tiny_config
+from tests.variants import VARIANTS, tiny_config, variant_config
 
-CASES = {
-    # name -> (model overrides, ternary overrides, quant lambda)
-    "ternary-grouped-G32": (dict(), dict(group_size=32), 1.0),
-    "ternary-grouped-untied-relu2-embed-head": (dict(tie_word_embeddings=False, hidden_act="relu2"),
-                                                dict(group_size=64, targets=["attn", "mlp", "embed", "lm_head"]),
-                                                1.0),
-    "ternary-pertensor-lambda0.5": (dict(), dict(group_size=0), 0.5),
-    "float": (dict(tie_word_embeddings=False), dict(enabled=False), 1.0),
-}
+from .helpers import record
 
 
 def mlx_grads(model, ids: np.ndarray):
@@ -49,10 +41,8 @@ def torch_grads(model, ids: np.ndarray):
     return float(loss.detach()), {k: p.grad.numpy().copy() for k, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_gradients_match(name):
-    model_kw, tern_kw, lam = CASES[name]
-    cfg = tiny_config(ternary=tern_kw, initializer_range=0.1, **model_kw)
+def _check_gradients(name, cfg, lam):
+    """MLX and torch models of `cfg` (same seed, quantization lambda `lam`): loss and every gradient agree."""
     m_mlx, m_torch = MLXModel(cfg, seed=5), TorchModel(cfg, seed=5)
     m_mlx.set_quant_lambda(lam)
     m_torch.set_quant_lambda(lam)
@@ -70,6 +60,16 @@ def test_gradients_match(name):
         worst = max(worst, rel)
         assert rel < 1e-4, f"{k}: max |g_mlx - g_torch| / max|g| = {rel:.3g}"
     record("grad_rel_diff", name, max_rel_diff=worst, loss_mlx=loss_m, loss_torch=loss_t)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_gradients_match(variant):
+    _check_gradients(variant, variant_config(variant), 1.0)
+
+
+def test_gradients_match_during_the_lambda_warm_up():
+    """lambda 0.5: the projection halfway between the latent and the ternary weight (per tensor)."""
+    _check_gradients("ternary-pertensor-lambda0.5", tiny_config(ternary=dict(group_size=0)), 0.5)
 
 
 # ---- straight-through estimator ---------------------------------------------------------------------

@@ -12,38 +12,15 @@ from ternary_cuda.model import Model as TorchModel
 from ternary_mlx import layers as ML
 from ternary_mlx.model import Model as MLXModel
 
-from .helpers import mlx_logits, next_token_ce, record, tiny_config, torch_logits
+from tests.variants import VARIANTS, variant_config
 
-ATTN_MLP = ["attn", "mlp"]
-ALL_TARGETS = ["attn", "mlp", "embed", "lm_head"]
+from .helpers import mlx_logits, next_token_ce, record, torch_logits
 
-# name -> (model overrides, ternary overrides). initializer_range 0.1 (not 0.02) so that the logits
-# are O(1) and attention is far from uniform: small weights would hide differences.
-CONFIGS = {
-    "gqa-tied-silu-G64": (dict(), dict(group_size=64)),
-    "mha-untied-relu2-G32": (dict(num_key_value_heads=4, tie_word_embeddings=False, hidden_act="relu2"),
-                             dict(group_size=32)),
-    "gqa-untied-softcap30-G128-w128": (dict(hidden_size=128, intermediate_size=256, tie_word_embeddings=False,
-                                            final_logit_softcapping=30.0), dict(group_size=128)),
-    "mha-tied-relu2-softcap30-pertensor": (dict(num_key_value_heads=4, hidden_act="relu2",
-                                                final_logit_softcapping=30.0), dict(group_size=0)),
-    "float-gqa-untied": (dict(tie_word_embeddings=False), dict(enabled=False)),
-    "float-mha-tied-relu2-softcap30": (dict(num_key_value_heads=4, hidden_act="relu2",
-                                            final_logit_softcapping=30.0), dict(enabled=False)),
-    "gqa-no-qknorm-G64": (dict(qk_norm=False), dict(group_size=64)),
-    "gqa-headdim32-G64": (dict(head_dim=32), dict(group_size=64)),  # head_dim != hidden / heads
-    "ternary-embed-head-tied-G64": (dict(), dict(group_size=64, targets=ALL_TARGETS)),
-    "ternary-embed-head-untied-pertensor": (dict(tie_word_embeddings=False),
-                                            dict(group_size=0, targets=ALL_TARGETS)),
-    "subln-gqa-silu-G64": (dict(subln=True), dict(group_size=64)),
-    "subln-relu2-float": (dict(subln=True, hidden_act="relu2"), dict(enabled=False)),
-}
 SEQ_LENS = [1, 7, 64]
 
 
 def build_pair(name: str, seed: int = 3, **ternary_extra):
-    model_kw, tern_kw = CONFIGS[name]
-    cfg = tiny_config(ternary={**tern_kw, **ternary_extra}, initializer_range=0.1, **model_kw)
+    cfg = variant_config(name, ternary=ternary_extra)
     m_mlx, m_torch = MLXModel(cfg, seed=seed), TorchModel(cfg, seed=seed)
     w_mlx, w_torch = m_mlx.numpy_weights(), m_torch.numpy_weights()
     assert sorted(w_mlx) == sorted(w_torch)
@@ -59,9 +36,9 @@ def build_pair(name: str, seed: int = 3, **ternary_extra):
 
 
 @pytest.mark.parametrize("seq_len", SEQ_LENS)
-@pytest.mark.parametrize("name", list(CONFIGS))
-def test_mlx_torch_logits(name, seq_len):
-    cfg, m_mlx, m_torch = build_pair(name)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_mlx_torch_logits(variant, seq_len):
+    cfg, m_mlx, m_torch = build_pair(variant)
     n_ternary = len(m_mlx.ternary_modules())
     assert n_ternary == len(m_torch.ternary_modules())
     assert (n_ternary > 0) == cfg.ternary.enabled
@@ -73,8 +50,8 @@ def test_mlx_torch_logits(name, seq_len):
     if cfg.model.final_logit_softcapping:
         assert np.abs(a).max() <= cfg.model.final_logit_softcapping
     diff = float(np.abs(a - b).max())
-    record("mlx_vs_torch_logits", f"{name}/T{seq_len}", max_abs_diff=diff, max_abs_logit=float(np.abs(a).max()))
-    assert diff < 1e-4, f"{name} T={seq_len}: max |mlx - torch| = {diff}"
+    record("mlx_vs_torch_logits", f"{variant}/T{seq_len}", max_abs_diff=diff, max_abs_logit=float(np.abs(a).max()))
+    assert diff < 1e-4, f"{variant} T={seq_len}: max |mlx - torch| = {diff}"
 
 
 # ---- 8-bit activation quantization ---------------------------------------------------------------

@@ -7,37 +7,39 @@ import pytest
 import ternary_cuda.checkpoint as tck
 import ternary_mlx.checkpoint as mck
 from shared import checkpoint as fmt
-from shared.config import RunConfig
 from ternary_cuda.model import Model as TorchModel
 from ternary_cuda.train import Trainer as TorchTrainer
 from ternary_mlx.model import Model as MLXModel
 from ternary_mlx.train import Trainer as MLXTrainer
+from tests.variants import FAST_VARIANTS, tiny_config, variant_config
 
-BASE = ["model.vocab_size=128", "model.hidden_size=64", "model.intermediate_size=128",
-        "model.num_hidden_layers=2", "model.num_attention_heads=4", "model.num_key_value_heads=2",
-        "ternary.group_size=32", "train.warmup_steps=2", "train.lr=3e-3", "train.muon_lr=0.01"]
+TRAIN = dict(warmup_steps=2, lr=3e-3, muon_lr=0.01)
 BACKENDS = {"mlx": (MLXModel, MLXTrainer, mck), "torch": (TorchModel, TorchTrainer, tck)}
+# name -> (train overrides, ternary overrides), on top of TRAIN and the variant
+STEPS = {
+    "adamw": (dict(optimizer="adamw"), {}),
+    "muon": (dict(optimizer="muon"), {}),
+    "adamw-warmup-accum-wd-ema": (dict(optimizer="adamw", grad_accum=2, weight_decay=0.1, ema_decay=0.9,
+                                       schedule="cosine", steps=5), dict(warmup_steps=3)),
+    "muon-float-warmdown": (dict(optimizer="muon", schedule="warmdown", steps=5), dict(enabled=False)),
+}
 
 
-def batches(n, accum=1, seed=0):
+def batches(n, accum=1, seed=0, vocab=256):
     rng = np.random.default_rng(seed)
-    return [rng.integers(0, 128, (accum, 4, 17)).astype(np.int32) for _ in range(n)]
+    return [rng.integers(0, vocab, (accum, 4, 17)).astype(np.int32) for _ in range(n)]
 
 
 def run(trainer, windows, start=0):
     return np.array(trainer.fetch([trainer.step(w, start + i) for i, w in enumerate(windows)]))
 
 
-@pytest.mark.parametrize("extra", [
-    ["train.optimizer=adamw"],
-    ["train.optimizer=muon"],
-    ["train.optimizer=adamw", "ternary.warmup_steps=3", "train.grad_accum=2", "train.weight_decay=0.1",
-     "train.ema_decay=0.9", "train.schedule=cosine", "train.steps=5"],
-    ["train.optimizer=muon", "ternary.enabled=false", "train.schedule=warmdown", "train.steps=5"],
-], ids=["adamw", "muon", "adamw-warmup-accum-wd-ema", "muon-float-warmdown"])
-def test_first_five_losses_agree(extra):
-    cfg = RunConfig().with_overrides(BASE + extra)
-    data = batches(1, cfg.train.grad_accum) * 5  # one batch, five times: the loss must fall
+@pytest.mark.parametrize("steps", STEPS)
+@pytest.mark.parametrize("variant", FAST_VARIANTS)
+def test_first_five_losses_agree(variant, steps):
+    train, tern = STEPS[steps]
+    cfg = variant_config(variant, ternary=tern, train={**TRAIN, **train})
+    data = batches(1, cfg.train.grad_accum, vocab=cfg.model.vocab_size) * 5  # one batch, five times: the loss must fall
     out = {}
     for name, (Model, Trainer, _) in BACKENDS.items():
         out[name] = run(Trainer(cfg, Model(cfg, seed=1)), data)
@@ -51,7 +53,7 @@ def test_first_five_losses_agree(extra):
 def test_switching_backend_mid_run_matches_one_backend(tmp_path, first, second, optimizer):
     """10 steps on `first`, checkpoint (weights + optimizer state), 10 on `second` ==
     20 steps on `second` alone."""
-    cfg = RunConfig().with_overrides(BASE + [f"train.optimizer={optimizer}", "ternary.enabled=false"])
+    cfg = tiny_config(ternary=dict(enabled=False), train={**TRAIN, "optimizer": optimizer})
     data = batches(20, seed=3)
     M1, T1, ck1 = BACKENDS[first]
     M2, T2, ck2 = BACKENDS[second]
@@ -70,7 +72,7 @@ def test_switching_backend_mid_run_matches_one_backend(tmp_path, first, second, 
 def test_ternary_switch_mid_run_stays_close(tmp_path):
     """With ternary weights a 1-ulp difference can flip a code, so trajectories may separate
     slowly; after 10 + 10 steps the losses must still agree to 1e-3."""
-    cfg = RunConfig().with_overrides(BASE)
+    cfg = tiny_config(train=TRAIN)
     data = batches(20, seed=4)
     t1 = MLXTrainer(cfg, MLXModel(cfg, seed=2))
     run(t1, data[:10])

@@ -19,12 +19,11 @@ from safetensors.numpy import load_file  # noqa: E402
 from shared.config import RunConfig, TernaryConfig, TrainConfig, model_config_from_hf  # noqa: E402
 from ternary_cuda.model import Model as TorchModel  # noqa: E402
 from ternary_mlx.model import Model as MLXModel  # noqa: E402
+from tests.variants import TINY  # noqa: E402
 
 from .helpers import mlx_logits, record, torch_logits  # noqa: E402
 
-BASE = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-            rope_theta=10000.0, rms_norm_eps=1e-6, initializer_range=0.1)
+BASE = dict(TINY, rope_theta=10000.0, rms_norm_eps=1e-6)  # as Hugging Face config kwargs
 CASES = {
     # name -> (architecture, config overrides)
     "qwen3-tied-hd16": ("qwen3", dict(head_dim=16, tie_word_embeddings=True)),

@@ -8,21 +8,13 @@ import pytest
 
 from shared.batching import inputs_and_targets
 from shared.checkpoint import CheckpointError
-from shared.config import RunConfig
 from shared.data_checks import TokenIdError
 from shared.init import init_weights
 from shared.ternary import dequantize, quantize
-
-TINY = ["model.vocab_size=256", "model.hidden_size=64", "model.intermediate_size=128",
-        "model.num_hidden_layers=2", "model.num_attention_heads=4", "model.num_key_value_heads=2",
-        "ternary.group_size=32"]
+from tests.variants import DEFAULT_INIT, TINY, tiny_config
 
 
-def tiny(*extra: str) -> RunConfig:
-    return RunConfig().with_overrides(TINY + list(extra))
-
-
-def rand_ids(shape, vocab=256, seed=0):
+def rand_ids(shape, vocab=TINY["vocab_size"], seed=0):
     return np.random.default_rng(seed).integers(0, vocab, shape)
 
 
@@ -33,8 +25,8 @@ def _rms_norm(x, w, eps):
 @pytest.mark.parametrize("ternary", [True, False])
 def test_fresh_model_loss_is_close_to_ln_vocab(backend, ternary):
     """A loss above ln(V) at initialisation is a red flag (S1: ~22 nats with a 32k vocabulary)."""
-    for vocab, extra in ((256, []), (1024, ["model.tie_word_embeddings=false", "model.hidden_act=relu2"])):
-        cfg = tiny(f"model.vocab_size={vocab}", f"ternary.enabled={str(ternary).lower()}", *extra)
+    for vocab, extra in ((256, {}), (1024, dict(tie_word_embeddings=False, hidden_act="relu2"))):
+        cfg = tiny_config(ternary=dict(enabled=ternary), vocab_size=vocab, initializer_range=DEFAULT_INIT, **extra)
         model = backend.model.Model(cfg, seed=1)
         x, y = inputs_and_targets(rand_ids((4, 33), vocab))
         loss = backend.numpy(backend.loss.next_token_loss(model, backend.tensor(x), backend.tensor(y)))
@@ -45,7 +37,7 @@ def test_s1_blocks_add_to_the_residual_stream(backend):
     """With the attention and MLP output projections zeroed, every block is the identity, so the
     logits are exactly the embedding -> final norm -> head path. A block that returned its
     branch output instead of adding it to its input would give logits of zero vectors instead."""
-    cfg = tiny("ternary.enabled=false")
+    cfg = tiny_config(ternary=dict(enabled=False))
     w = init_weights(cfg.model, seed=2)
     for name in w:
         if name.endswith("o_proj.weight") or name.endswith("down_proj.weight"):
@@ -61,12 +53,12 @@ def test_s1_blocks_add_to_the_residual_stream(backend):
 def test_s2_sublayers_see_normalised_inputs(backend):
     """Pre-norm: a block's branch output is invariant to scaling its input (RMSNorm first), so
     layer(c * x) - c * x == layer(x) - x for the attention half. Without the norm it is not."""
-    cfg = tiny("ternary.enabled=false", "model.num_hidden_layers=1")
+    cfg = tiny_config(ternary=dict(enabled=False), num_hidden_layers=1)
     w = init_weights(cfg.model, seed=3)
     w["model.layers.0.mlp.down_proj.weight"] = np.zeros_like(w["model.layers.0.mlp.down_proj.weight"])
     model = backend.model.Model(cfg, w)
     layer = model.model.layers[0]
-    x = np.random.default_rng(0).standard_normal((2, 8, 64)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((2, 8, TINY["hidden_size"])).astype(np.float32)
 
     def branch(c):
         out = layer(backend.tensor(c * x))
@@ -132,7 +124,7 @@ def test_s5_targets_are_inputs_shifted_by_exactly_one(backend):
     np.testing.assert_array_equal(y[:, :-1], x[:, 1:])
     np.testing.assert_array_equal(y[:, -1], windows[:, -1])
     # the loss scores position t's logits against token t + 1
-    cfg = tiny()
+    cfg = tiny_config()
     model = backend.model.Model(cfg, seed=5)
     logits = backend.logits(model, x).astype(np.float64)
     logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
@@ -145,7 +137,7 @@ def test_s5_targets_are_inputs_shifted_by_exactly_one(backend):
 
 
 def test_s10_loading_is_strict_and_complete(backend):
-    cfg = tiny("model.tie_word_embeddings=false")
+    cfg = tiny_config(tie_word_embeddings=False)
     w = init_weights(cfg.model, seed=6)
     model = backend.model.Model(cfg, w)
     got = model.numpy_weights()
@@ -163,9 +155,9 @@ def test_s10_loading_is_strict_and_complete(backend):
         assert name in msg
 
 
-@pytest.mark.parametrize("bad_id", [-1, 256, 10_000])
+@pytest.mark.parametrize("bad_id", [-1, TINY["vocab_size"], 10_000])
 def test_s13_out_of_range_ids_are_an_error_not_clamped(backend, bad_id):
-    model = backend.model.Model(tiny(), seed=7)
+    model = backend.model.Model(tiny_config(), seed=7)
     ids = rand_ids((1, 8))
     ids[0, 3] = bad_id
     with pytest.raises(TokenIdError, match=str(bad_id)):

@@ -5,16 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from shared.config import RunConfig
 from shared.params import parameter_shapes, ternary_parameters
-from tests.backends import TINY_BASE as BASE, TINY_VARIANTS as CONFIGS
+from tests.variants import VARIANTS, tiny_config, variant_config
 from ternary_cuda.model import Model
 
 
-
-@pytest.mark.parametrize("extra", CONFIGS)
-def test_parameter_names_match_the_spec(extra):
-    cfg = RunConfig().with_overrides(BASE + extra)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_parameter_names_match_the_spec(variant):
+    cfg = variant_config(variant)
     model = Model(cfg)
     got = {k: tuple(v.shape) for k, v in model.named_parameters()}
     assert got == parameter_shapes(cfg.model)
@@ -24,10 +22,10 @@ def test_parameter_names_match_the_spec(extra):
 
 
 def test_quant_lambda_interpolates_between_float_and_ternary():
-    cfg = RunConfig().with_overrides(BASE)
-    float_cfg = RunConfig().with_overrides(BASE + ["ternary.enabled=false"])
+    cfg = tiny_config()
+    float_cfg = tiny_config(ternary=dict(enabled=False))
     model, float_model = Model(cfg, seed=2), Model(float_cfg, seed=2)
-    ids = torch.from_numpy(np.random.default_rng(1).integers(0, 128, (1, 9)))
+    ids = torch.from_numpy(np.random.default_rng(1).integers(0, cfg.model.vocab_size, (1, 9)))
     with torch.no_grad():
         model.set_quant_lambda(0.0)
         torch.testing.assert_close(model(ids), float_model(ids), atol=1e-6, rtol=0)

@@ -7,13 +7,11 @@ from pathlib import Path
 
 from shared.config import RunConfig
 from shared.runner import Backend, train
+from tests.variants import tiny_sets
 
 # A 90k-parameter model on the byte tokenizer: one step takes milliseconds on a CPU.
-BASE = ["model.vocab_size=256", "model.hidden_size=64", "model.intermediate_size=128",
-        "model.num_hidden_layers=2", "model.num_attention_heads=4", "model.num_key_value_heads=2",
-        "ternary.group_size=32", "data.tokenizer=bytes", "data.synthetic_train_bytes=50000",
-        "data.synthetic_val_bytes=10000", "train.seq_len=32", "train.batch_size=4",
-        "train.eval_tokens=2000", "train.eval_every=0", "train.log_every=1"]
+BASE = tiny_sets(data=dict(tokenizer="bytes", synthetic_train_bytes=50000, synthetic_val_bytes=10000),
+                 train=dict(seq_len=32, batch_size=4, eval_tokens=2000, eval_every=0, log_every=1))
 
 
 def config(*overrides: str) -> RunConfig:

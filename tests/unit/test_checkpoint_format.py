@@ -14,16 +14,16 @@ from shared.checkpoint import CheckpointError, read_checkpoint, verify_manifest,
 from shared.config import RunConfig
 from shared.init import init_weights
 from shared.params import parameter_shapes
+from tests.variants import tiny_config
 
 WRITER = {"backend": "unit-test"}
 
 
 def _config(**model) -> RunConfig:
-    m = dict(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-             num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
-    m.update(model)
-    return RunConfig.from_dict({"model": m, "ternary": {"group_size": 8},
-                                "train": {"seq_len": 32, "batch_size": 2}})
+    """The tiny config, narrower (16 wide, 2 query / 1 key-value heads of 8): the tests below
+    write some of these shapes out."""
+    return tiny_config(ternary=dict(group_size=8), train=dict(seq_len=32, batch_size=2),
+                       **{"hidden_size": 16, "num_attention_heads": 2, "num_key_value_heads": 1, **model})
 
 
 @pytest.fixture

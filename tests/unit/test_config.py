@@ -11,6 +11,7 @@ import pytest
 from shared.config import ConfigError, ModelConfig, RunConfig, model_config_from_hf
 from shared.params import parameter_shapes, parameter_specs, ternary_input_dims, ternary_parameters
 from shared.presets import PRESETS, get_preset
+from tests.variants import TINY, tiny_dict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,10 +31,8 @@ QWEN3_COMMON = dict(head_dim=128, vocab_size=151936, rope_theta=1000000.0, rms_n
 
 
 def _tiny(**model) -> dict:
-    base = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2)
-    base.update(model)
-    return {"model": base, "ternary": {"group_size": 8}}
+    """The tiny config's sections as dicts, with group size 8 (a divisor of the odd shapes below)."""
+    return tiny_dict(ternary=dict(group_size=8), **model)
 
 
 # ---- presets -------------------------------------------------------------------------------------
@@ -187,7 +186,7 @@ def test_override_hidden_size_keeps_an_explicit_head_dim(name, width):
 # ---- validation ----------------------------------------------------------------------------------
 def test_tiny_config_is_valid():
     cfg = RunConfig.from_dict(_tiny())
-    assert cfg.model.head_dim == 8
+    assert cfg.model.head_dim == TINY["hidden_size"] // TINY["num_attention_heads"]
 
 
 def test_heads_not_dividing_hidden_size():
@@ -197,9 +196,7 @@ def test_heads_not_dividing_hidden_size():
 
 
 def test_heads_not_dividing_hidden_size_is_fine_with_explicit_head_dim():
-    cfg = RunConfig.from_dict({"model": dict(_tiny()["model"], hidden_size=24, num_attention_heads=4,
-                                             head_dim=8),
-                               "ternary": {"group_size": 8}})
+    cfg = RunConfig.from_dict(_tiny(hidden_size=24, num_attention_heads=4, head_dim=8))
     assert parameter_shapes(cfg.model)["model.layers.0.self_attn.q_proj.weight"] == (32, 24)
 
 
@@ -209,7 +206,9 @@ def test_kv_heads_not_dividing_heads():
 
 
 def test_group_size_not_dividing_an_input_dim_names_the_weight():
-    # Every input dimension is 32 except down_proj's (intermediate 40); 8 divides 32 and 40, 16 only 32.
+    # Every input dimension is 64 (hidden) except down_proj's (intermediate 40); 8 divides 64 and 40,
+    # 16 only 64.
+    assert TINY["hidden_size"] == 64
     d = _tiny(intermediate_size=40)
     RunConfig.from_dict(d)
     d["ternary"]["group_size"] = 16
@@ -455,8 +454,8 @@ def test_spec_targets_and_ternary_parameters():
     assert len(names) == 2 * 7  # q, k, v, o, gate, up, down per layer
     assert all(n.endswith("_proj.weight") for n in names)
     dims = ternary_input_dims(cfg)
-    assert dims["model.layers.1.mlp.down_proj.weight"] == 64
-    assert dims["model.layers.1.self_attn.o_proj.weight"] == 32
+    assert dims["model.layers.1.mlp.down_proj.weight"] == TINY["intermediate_size"]
+    assert dims["model.layers.1.self_attn.o_proj.weight"] == TINY["hidden_size"]
     cfg.ternary.enabled = False
     assert ternary_parameters(cfg) == []
 

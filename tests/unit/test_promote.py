@@ -14,6 +14,7 @@ from shared.loop import count_parameters
 from shared.params import parameter_shapes, parameter_specs
 from shared.optim_rules import muon_scale, uses_muon
 from shared.presets import get_preset
+from tests.variants import tiny_sets
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +30,8 @@ def mac():
 def test_artifact_estimate_matches_pack(extra):
     """Sections and header are exact; the total is an upper bound of the LZMA file, within 10%
     (measured: 6.8% and 4.5% above; LZMA shrinks the random fp16 floats and the scales a little)."""
-    cfg = RunConfig().with_overrides(["model.vocab_size=128", "model.hidden_size=128", "model.intermediate_size=512",
-                                      "model.num_hidden_layers=2", "ternary.group_size=64", *extra])
+    cfg = RunConfig().with_overrides(tiny_sets(vocab_size=128, hidden_size=128, intermediate_size=512,
+                                               ternary=dict(group_size=64)) + extra)
     weights = init_weights(cfg.model, seed=0)
     est = promote.artifact_estimate(cfg)
     blob, stats = pack(cfg, weights, "lzma", measure_codes=False)

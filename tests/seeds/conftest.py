@@ -1,1 +1,0 @@
-from tests.backends import backend  # noqa: F401  (fixture)
