@@ -52,11 +52,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from shared.checkpoint import read_checkpoint, write_checkpoint  # noqa: E402
-from shared.config import ConfigError, RunConfig  # noqa: E402
-from shared.init import init_weights  # noqa: E402
-from shared.params import ternary_parameters  # noqa: E402
-from shared.ternary import quantize  # noqa: E402
+from shared.spec.checkpoint import read_checkpoint, write_checkpoint  # noqa: E402
+from shared.spec.config import ConfigError, RunConfig  # noqa: E402
+from shared.spec.init import init_weights  # noqa: E402
+from shared.spec.params import ternary_parameters  # noqa: E402
+from shared.spec.ternary import quantize  # noqa: E402
 
 LOG2_3 = math.log2(3)
 MODEL = ["model.vocab_size=512", "model.hidden_size=256", "model.intermediate_size=512",

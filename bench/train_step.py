@@ -2,7 +2,7 @@
 """Training-step throughput: ours (MLX and torch, ternary and float) against the peers, one run.
 
 Every row trains the same tiny Qwen3-shaped model (same shape, same initial weights from
-`shared.init.init_weights`, tied embeddings) on the same random token batch:
+`shared.spec.init.init_weights`, tied embeddings) on the same random token batch:
 
   ours_mlx_ternary_adamw    ternary_mlx Trainer, ternary (group 128 by default), hand-written AdamW
   ours_mlx_float_adamw      the same with ternary.enabled = false
@@ -137,7 +137,7 @@ def machine_info() -> dict:
 
 # ---- rows ---------------------------------------------------------------------------------------
 def run_config(args, ternary: bool, optimizer: str):
-    from shared.config import RunConfig
+    from shared.spec.config import RunConfig
     return RunConfig().with_overrides([
         f"model.vocab_size={args.vocab}", f"model.hidden_size={args.hidden}",
         f"model.intermediate_size={args.intermediate}", f"model.num_hidden_layers={args.layers}",
@@ -224,7 +224,7 @@ class PeerMLXLM(Row):
         import mlx.optimizers as optim
         from mlx_lm.models.qwen3 import Model, ModelArgs
 
-        from shared.init import init_weights
+        from shared.spec.init import init_weights
         a, m, t = self.args, self.cfg.model, self.cfg.train
         self.mx = mx
         model = Model(ModelArgs(
@@ -280,7 +280,7 @@ class PeerTransformers(Row):
         import torch.nn.functional as F
         import transformers
 
-        from shared.init import init_weights
+        from shared.spec.init import init_weights
         a, m, t = self.args, self.cfg.model, self.cfg.train
         self.torch, self.F = torch, F
         hf = transformers.Qwen3Config(

@@ -12,7 +12,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from shared.runner import Backend
+from shared.train.runner import Backend
 
 PACKAGES = {"mlx": "ternary_mlx", "torch": "ternary_cuda"}
 NAMES = tuple(PACKAGES)  # the --backend choices
@@ -20,7 +20,7 @@ NAMES = tuple(PACKAGES)  # the --backend choices
 
 @dataclass
 class LoadedBackend(Backend):
-    """shared.runner.Backend (name, Model, Trainer, version, parallel) plus the backend's modules
+    """shared.train.runner.Backend (name, Model, Trainer, version, parallel) plus the backend's modules
     and what the subcommands need to know about it."""
     checkpoint: Any = None  # save(model, cfg, path), load(path, ...) -> (model, cfg)
     evaluate: Any = None    # evaluate.evaluate(model, tokens, tokenizer, seq_len, ...)
@@ -170,7 +170,7 @@ def backend_class(name: str) -> type[LoadedBackend]:
 
 def load_backend(name: str) -> LoadedBackend:
     """Backend `name` with its modules imported: the Model and Trainer, checkpoint, evaluate,
-    generate and layers modules and its data-parallel layer (shared.interfaces.Parallel)."""
+    generate and layers modules and its data-parallel layer (shared.train.interfaces.Parallel)."""
     cls, framework = backend_class(name), _CLASSES[name][1]
     pkg = PACKAGES[name]
 

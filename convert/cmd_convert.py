@@ -129,7 +129,7 @@ def register_export(subs) -> None:
     p = sub(subs, "inspect", "Verify a checkpoint and report its config, parameters, ternary codes and export sizes.",
             "  ternary inspect runs/smoke-mlx\n"
             "  ternary inspect runs/smoke-mlx/checkpoint --json\n\n"
-            "Codes and scales come from the reference projection (shared/ternary.py) of the latent weights;\n"
+            "Codes and scales come from the reference projection (shared/spec/ternary.py) of the latent weights;\n"
             "the packed size is measured by building the `convert --to packed` file in memory (fp16 floats,\n"
             "and --floats int8 too when the model has float matrices such as an embedding).\n"
             "Exit status 2 when the manifest check fails (the report says why).", cmd_inspect)

@@ -1,5 +1,5 @@
 """`ternary tokenizer train` (a SentencePiece model) and `ternary data prepare` (token shards):
-thin wrappers over shared.tokenizers.train_sentencepiece and shared.data.prepare_data."""
+thin wrappers over shared.data.tokenizers.train_sentencepiece and shared.data.dataset.prepare_data."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,7 +20,7 @@ def _literal(raw: str):
 
 
 def cmd_tokenizer_train(args) -> int:
-    from shared.tokenizers import SENTENCEPIECE_DEFAULTS, get_tokenizer, train_sentencepiece
+    from shared.data.tokenizers import SENTENCEPIECE_DEFAULTS, get_tokenizer, train_sentencepiece
     model_path = Path(args.out + ".model")
     if model_path.exists() and not args.force:
         raise CliError(f"{model_path} exists; pass --force to replace it")
@@ -47,8 +47,8 @@ def cmd_tokenizer_train(args) -> int:
 
 
 def cmd_data_prepare(args) -> int:
-    from shared.data import prepare_data
-    from shared.tokenizers import get_tokenizer
+    from shared.data.dataset import prepare_data
+    from shared.data.tokenizers import get_tokenizer
     documents = args.documents
     if documents == "jsonl":
         bad = [t for t in args.text if not t.endswith(".jsonl")]

@@ -17,7 +17,7 @@ from convert.common import CliError, config_sizes, counts, describe, human, reso
 
 # ---- presets / config / init --------------------------------------------------------------------
 def cmd_presets(args) -> int:
-    from shared.presets import PRESETS, get_preset
+    from shared.spec.presets import PRESETS, get_preset
     rows = []
     for name in PRESETS:
         cfg = get_preset(name)
@@ -106,9 +106,9 @@ def _check_memory(n_params: int, n_backends: int, logits_elems: int) -> None:
 
 def cmd_demo(args) -> int:
     import numpy as np
-    from shared.init import init_weights
-    from shared.params import ternary_parameters
-    from shared.ternary import quantize
+    from shared.spec.init import init_weights
+    from shared.spec.params import ternary_parameters
+    from shared.spec.ternary import quantize
 
     cfg, source, weights = resolve(args)
     m, t = cfg.model, cfg.ternary

@@ -2,7 +2,7 @@
 preflight table and the torchrun command, write the promoted TOML, and optionally (--check) run
 two real training steps of it with the torch trainer on this machine's CPU.
 
-The rules and constants live in shared/promote.py; this file parses, prints and runs the check.
+The rules and constants live in shared/train/promote.py; this file parses, prints and runs the check.
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ CHECK_TARGET_S = 20.0
 
 def load_base(source: str, overrides: list[str]):
     """CONFIG is a TOML file (a path that exists or ends in .toml) or a preset name."""
-    from shared.config import ConfigError, RunConfig
-    from shared.presets import PRESETS, get_preset
+    from shared.spec.config import ConfigError, RunConfig
+    from shared.spec.presets import PRESETS, get_preset
     if source.endswith(".toml") or Path(source).exists():
         cfg = RunConfig.load_toml(source)
     elif source in PRESETS:
@@ -38,7 +38,7 @@ def load_base(source: str, overrides: list[str]):
 
 def train_tokens_available(cfg) -> tuple[int | None, str]:
     """An upper bound on the training tokens of data.source here, and how it was found."""
-    from shared.data import read_manifest
+    from shared.data.dataset import read_manifest
     d = cfg.data
     if d.source == "synthetic":
         # every token of the synthetic corpus covers >= 1 byte (BOS aside), so bytes bound tokens
@@ -53,7 +53,7 @@ def _gb(x: float) -> str:
 
 
 def print_plan(p, source: str, data_note: str) -> None:
-    from shared.promote import MEMORY_HEADROOM
+    from shared.train.promote import MEMORY_HEADROOM
     b, m, t = p.base.model, p.config.model, p.config.train
     tg = p.target
     budget = (f"packed artifact <= {p.budget_value:,.0f} bytes" if p.budget == "artifact"
@@ -108,8 +108,8 @@ def available_ram() -> int:
 
 
 def check_ram_bytes(cfg) -> float:
-    from shared.loop import count_parameters
-    from shared.promote import ACT_BYTES_PER_HIDDEN, LOGIT_BYTES_PER_VOCAB, optimizer_state_bytes
+    from shared.train.loop import count_parameters
+    from shared.train.promote import ACT_BYTES_PER_HIDDEN, LOGIT_BYTES_PER_VOCAB, optimizer_state_bytes
     n = count_parameters(cfg)[0]
     opt = optimizer_state_bytes(cfg)
     tokens = cfg.train.batch_size * cfg.train.seq_len
@@ -120,7 +120,7 @@ def check_ram_bytes(cfg) -> float:
 
 def _shrink_to(run_cfg, fits, what: str) -> tuple[object, str | None]:
     """Halve depth, then step width down, until `fits(cfg)`; None note if nothing was shrunk."""
-    from shared.promote import WIDTH_STEP, shape_at
+    from shared.train.promote import WIDTH_STEP, shape_at
     if fits(run_cfg):
         return run_cfg, None
     m = run_cfg.model
@@ -158,16 +158,16 @@ def check_step_seconds(cfg, flops: float, s_per_elem: float) -> float:
     """Estimated seconds of one CPU training step at batch 1: matmuls (6N per token, x1.5 for the
     less efficient shapes) + ~30 elementwise passes over every parameter (ternary projection forward
     and backward, AdamW, clipping; counted from a torch profile of this trainer)."""
-    from shared.loop import count_parameters
-    from shared.promote import flops_per_token
+    from shared.train.loop import count_parameters
+    from shared.train.promote import flops_per_token
     fpt, _ = flops_per_token(cfg, cfg.train.seq_len)
     return 1.5 * fpt * cfg.train.seq_len / flops + 30 * count_parameters(cfg)[0] * s_per_elem
 
 
 def check_config(cfg, full: bool = False) -> tuple[object, list[str]]:
     """The promoted config made runnable here: what was changed, one line each."""
-    from shared.tokenizers import BUILTIN_TOKENIZERS
-    from shared.config import TrainConfig
+    from shared.data.tokenizers import BUILTIN_TOKENIZERS
+    from shared.spec.config import TrainConfig
     import dataclasses
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     t = cfg.train
@@ -216,7 +216,7 @@ def check_config(cfg, full: bool = False) -> tuple[object, list[str]]:
 
 def run_check(out: Path, full: bool = False) -> bool:
     """Validate the written TOML, then two real torch steps on CPU; prints PASS or FAIL."""
-    from shared.config import RunConfig
+    from shared.spec.config import RunConfig
     cfg = RunConfig.load_toml(out)  # what torchrun will read, through validation
     print(f"check: {out} loads and validates; running 2 steps of the torch trainer on CPU")
     import torch
@@ -240,7 +240,7 @@ def _run_check(cfg, full: bool) -> bool:
     for n in notes:
         print(f"check:   {n}")
     from convert.backends import load_backend
-    from shared.runner import train
+    from shared.train.runner import train
     backend = load_backend("torch")
     lines: list[str] = []
     t0 = time.perf_counter()
@@ -277,7 +277,7 @@ def _run_check(cfg, full: bool) -> bool:
 
 # ---- command ------------------------------------------------------------------------------------
 def cmd_promote(args) -> int:
-    from shared.promote import DEFAULT_MFU, parse_count, plan
+    from shared.train.promote import DEFAULT_MFU, parse_count, plan
     if args.params is not None and args.artifact_mb is not None:
         raise CliError("give one budget: --params or --artifact-mb, not both")
     base = load_base(args.config, args.set)
@@ -302,14 +302,14 @@ def cmd_promote(args) -> int:
 
 
 def register(subs) -> None:
-    from shared.promote import DEFAULT_BATCH_TOKENS, DEFAULT_MFU, TARGETS
+    from shared.train.promote import DEFAULT_BATCH_TOKENS, DEFAULT_MFU, TARGETS
     p = sub(subs, "promote", "Scale an ablation config to a GPU target and budget; print the preflight "
             "table and the torchrun command.",
             "  ternary promote mac-ablation --target 8xh100 --artifact-mb 16 --out promoted.toml --check\n"
             "  ternary promote mac-ablation --target 8xh100 --params 120M --seconds 1200 --out big.toml\n"
             "  ternary promote run.toml --target 1xh100 --artifact-mb 16 --set train.optimizer=muon --out p.toml\n\n"
             "targets: " + "; ".join(f"{t.name} ({t.note})" for t in TARGETS.values()) + "\n"
-            "Rules and assumptions: shared/promote.py and README 'Promote to H100s'. Exits 1 if --check fails.",
+            "Rules and assumptions: shared/train/promote.py and README 'Promote to H100s'. Exits 1 if --check fails.",
             cmd_promote)
     p.add_argument("config", metavar="CONFIG", help="a TOML run config or a preset name (see `ternary presets`)")
     p.add_argument("--target", required=True, metavar="NAME", help=f"one of: {', '.join(TARGETS)}")

@@ -1,4 +1,4 @@
-"""`ternary train`, `eval` and `generate`: the training run (shared/runner.py), scoring a checkpoint
+"""`ternary train`, `eval` and `generate`: the training run (shared/train/runner.py), scoring a checkpoint
 and sampling from it, in MLX or PyTorch (convert/backends.py; imported lazily)."""
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from convert.train_args import add_train_args, train_options
 
 # ---- train --------------------------------------------------------------------------------------
 def cmd_train(args) -> int:
-    from shared.loop import NonFiniteLoss
-    from shared.runner import default_out_dir, run_training
+    from shared.train.loop import NonFiniteLoss
+    from shared.train.runner import default_out_dir, run_training
     if args.resume is not None and (args.preset or args.config):
         raise CliError("--resume continues with the checkpoint's own config; drop --preset/--config "
                        "(--set may still change train.* values such as train.steps)")
@@ -45,7 +45,7 @@ def load_model(path: str, backend: str, use_ema: bool):
 
     When the run kept an EMA of the weights (train.ema_decay) and the checkpoint holds it, the EMA
     weights are used unless `use_ema` is False: they are what training evaluated."""
-    from shared import checkpoint as fmt
+    from shared.spec import checkpoint as fmt
     packed = Path(path).is_file()  # a `ternary convert --to packed` artifact: the round trip (S15)
     if packed:
         from convert.export import load_packed
@@ -72,7 +72,7 @@ def load_model(path: str, backend: str, use_ema: bool):
 
 
 def _tokenizer(name: str, cfg):
-    from shared.tokenizers import get_tokenizer
+    from shared.data.tokenizers import get_tokenizer
     tok = get_tokenizer(name)
     if tok.vocab_size > cfg.model.vocab_size:
         raise CliError(f"tokenizer {tok.name!r} has {tok.vocab_size} tokens but the model's vocab_size is "
@@ -82,7 +82,7 @@ def _tokenizer(name: str, cfg):
 
 # ---- eval ---------------------------------------------------------------------------------------
 def cmd_eval(args) -> int:
-    from shared.data import load_token_dataset
+    from shared.data.dataset import load_token_dataset
     model, cfg, ckpt, (evaluate, _), weights, info = load_model(args.ckpt, args.backend, not args.no_ema)
     tok = _tokenizer(args.tokenizer or cfg.data.tokenizer, cfg)
     d = cfg.data

@@ -18,11 +18,11 @@ class CliError(Exception):
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "the input is wrong" (exit 2, one line, no traceback)."""
-    from shared.checkpoint import CheckpointError
-    from shared.config import ConfigError
-    from shared.data import DataError
-    from shared.data_checks import TokenIdError
-    from shared.tokenizers import TokenizerError
+    from shared.spec.checkpoint import CheckpointError
+    from shared.spec.config import ConfigError
+    from shared.data.dataset import DataError
+    from shared.data.checks import TokenIdError
+    from shared.data.tokenizers import TokenizerError
     # OSError: missing files, permissions
     return (ConfigError, CheckpointError, TokenIdError, TokenizerError, DataError, OSError, CliError)
 
@@ -36,12 +36,12 @@ def human(n: int) -> str:
 
 def counts(cfg, sizes: dict[str, int]) -> tuple[int, int]:
     """(total, ternary) parameter counts from per-name sizes."""
-    from shared.params import ternary_parameters
+    from shared.spec.params import ternary_parameters
     return sum(sizes.values()), sum(sizes[n] for n in ternary_parameters(cfg))
 
 
 def config_sizes(cfg) -> dict[str, int]:
-    from shared.params import parameter_shapes
+    from shared.spec.params import parameter_shapes
     return {n: math.prod(s) for n, s in parameter_shapes(cfg.model).items()}
 
 
@@ -50,11 +50,11 @@ def resolve(args):
 
     `weights` are the checkpoint's (verified) latent weights with --ckpt, else None.
     """
-    from shared.config import RunConfig
-    from shared.presets import get_preset
+    from shared.spec.config import RunConfig
+    from shared.spec.presets import get_preset
     weights = None
     if getattr(args, "ckpt", None):
-        from shared.checkpoint import read_checkpoint
+        from shared.spec.checkpoint import read_checkpoint
         (cfg, weights), source = read_checkpoint(args.ckpt), f"checkpoint {args.ckpt}"
     elif args.config:
         cfg, source = RunConfig.load_toml(args.config), f"config {args.config}"

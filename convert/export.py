@@ -1,6 +1,6 @@
 """Exports of a checkpoint: `ternary convert SRC --to canonical|packed` (convert/cmd_convert.py).
 
-canonical: the checkpoint re-written by `shared.checkpoint.write_checkpoint` (atomic) with the
+canonical: the checkpoint re-written by `shared.spec.checkpoint.write_checkpoint` (atomic) with the
 latent weights only (no optimizer or trainer state), float32, and read back (verified) afterwards.
 
 packed: one compact file holding what the ternary forward pass needs, nothing else:
@@ -14,7 +14,7 @@ canonical order its name, kind ("ternary" or "float"), shape, and for ternary we
 size, the code count and the scale shape/dtype, each with (offset, bytes) into the raw
 (decompressed) payload. The raw payload is five sections, in this order so that the compressor sees
 like data together (sections 3 and 4 are empty unless --floats int8):
-  1. codes        of every ternary weight: shared.ternary.pack_base3 (5 codes per byte)
+  1. codes        of every ternary weight: shared.spec.ternary.pack_base3 (5 codes per byte)
   2. scales       of every ternary weight: float16 (float32 for a tensor whose scales fall outside
                   the fp16 normal range, where fp16 would lose more than 2^-11 relative precision)
   3. float codes  --floats int8 only: int8 codes of every float MATRIX (by its spec: the embedding, a
@@ -52,11 +52,11 @@ from typing import Any
 
 import numpy as np
 
-from shared.checkpoint import CheckpointError, check_tensor_set, read_checkpoint, write_checkpoint
-from shared.config import ConfigError, RunConfig
-from shared.options import inexpressible
-from shared.params import float_matrices, parameter_shapes, ternary_parameters
-from shared.ternary import pack_base3, quantize, unpack_base3
+from shared.spec.checkpoint import CheckpointError, check_tensor_set, read_checkpoint, write_checkpoint
+from shared.spec.config import ConfigError, RunConfig
+from shared.spec.options import inexpressible
+from shared.spec.params import float_matrices, parameter_shapes, ternary_parameters
+from shared.spec.ternary import pack_base3, quantize, unpack_base3
 
 from convert.packed_codecs import (COMPRESSIONS, FP16_MAX, FP16_MIN_NORMAL, PackedError, compress_payload,
                                    decompress_payload, quantize_rows_int8, zstd_module)
@@ -70,7 +70,7 @@ MAX_HEADER = 64 << 20
 
 # ---- canonical ----------------------------------------------------------------------------------
 def check_format(config: RunConfig, fmt: str) -> None:
-    """Refuse a model option the format has not declared it can express (shared/options.py)."""
+    """Refuse a model option the format has not declared it can express (shared/spec/options.py)."""
     bad = inexpressible(config.model, fmt)
     if bad:
         raise ConfigError(f"--to {fmt}: this model uses options the format cannot store: " + "; ".join(bad))

@@ -6,7 +6,7 @@ quantization_mode "offline"):
                       "linear_class": "autobitlinear", "quantization_mode": "offline",
                       "use_rms_norm": false, "modules_to_not_convert": [the float nn.Linear modules]}
     model.safetensors every ternary nn.Linear `X.weight` as uint8 (ceil(out/4), in), 4 codes + 1 per byte
-                      along the output dim (shared.ternary.pack_2bit == transformers' pack_weights), and
+                      along the output dim (shared.spec.ternary.pack_2bit == transformers' pack_weights), and
                       `X.weight_scale` float32 of shape (1,); everything else float32 as stored.
 AutoBitLinear (offline) computes y = F.linear(ActQuant(x), codes) * weight_scale: the scale MULTIPLIES
 and its buffer has shape (1,), so only one scale per tensor fits (ternary.group_size = 0). A per-row
@@ -14,7 +14,7 @@ scale of shape (out,) is refused by from_pretrained ("Reinit due to size mismatc
 torch.Size([64]) vs model: torch.Size([1])"), and with ignore_mismatched_sizes it would silently
 become 1: grouped scales are refused here, per-row ones included.
 ActQuant is always on: 8-bit per-token absmax, round half to even, clamp [-128, 127], eps 1e-5 -- the
-same as our ternary.activation_bits = 8 (shared.ternary.quantize_activations). A checkpoint without
+same as our ternary.activation_bits = 8 (shared.spec.ternary.quantize_activations). A checkpoint without
 activation quantization is exported anyway (same weights), with a warning that the exported
 model's outputs differ from ours by that activation rounding.
 Ternary linears are AutoBitLinear (packed); a ternary embedding is stored dequantized (q * s) as a
@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 
 from convert.export_hf import _read, _staged, _tokenizer_files, check_expressible, hf_config
-from shared.config import ConfigError, RunConfig
-from shared.params import parameter_shapes, parameter_specs
-from shared.ternary import pack_2bit, quantize
+from shared.spec.config import ConfigError, RunConfig
+from shared.spec.params import parameter_shapes, parameter_specs
+from shared.spec.ternary import pack_2bit, quantize
 
 QUANTIZATION_CONFIG = {"quant_method": "bitnet", "linear_class": "autobitlinear",
                        "quantization_mode": "offline", "use_rms_norm": False}
@@ -125,7 +125,7 @@ def to_hf_bitnet(src: str | Path, out: str | Path, *, force: bool = False) -> di
 
 def tensor_bytes(config: RunConfig) -> int | None:
     """Bytes of tensor data an hf-bitnet export would hold (None when it refuses this config)."""
-    from shared.params import ternary_parameters
+    from shared.spec.params import ternary_parameters
     tern = set(ternary_parameters(config))
     try:
         packed, _, _ = plan(config, tern)

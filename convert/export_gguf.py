@@ -38,10 +38,10 @@ import numpy as np
 
 from convert.export_bitnet import check_qwen3_shape
 from convert.export_hf import _read
-from shared.checkpoint import CheckpointError
-from shared.config import ConfigError, RunConfig
-from shared.params import float_matrices, parameter_shapes
-from shared.ternary import quantize
+from shared.spec.checkpoint import CheckpointError
+from shared.spec.config import ConfigError, RunConfig
+from shared.spec.params import float_matrices, parameter_shapes
+from shared.spec.ternary import quantize
 
 QK = 256  # llama.cpp's super-block (QK_K): the TQ block size
 GGUF_TYPES = ("TQ2_0", "TQ1_0")
@@ -248,7 +248,7 @@ def _write(out: Path, src: str | Path, config: RunConfig, gguf_type: str,
 def tensor_bytes(config: RunConfig, gguf_type: str = "TQ2_0", float_type: str = "f16") -> int | None:
     """Bytes of tensor data a gguf export would hold (None when it refuses this config)."""
     import gguf
-    from shared.params import ternary_parameters
+    from shared.spec.params import ternary_parameters
     block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[gguf_type]]
     tern = set(ternary_parameters(config)) - {"model.embed_tokens.weight"}
     try:

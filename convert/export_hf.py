@@ -3,7 +3,7 @@
 hf: a float Qwen3 directory that `transformers.Qwen3ForCausalLM.from_pretrained(DIR)` loads:
     config.json (Qwen3ForCausalLM, model_type qwen3, the Hugging Face keys of our model config),
     model.safetensors (float32; every ternary weight dequantized to W_t = q * s, i.e.
-    shared.ternary.ternary_weight at lambda 1; other parameters as stored; tied embeddings: no
+    shared.spec.ternary.ternary_weight at lambda 1; other parameters as stored; tied embeddings: no
     lm_head.weight), and the tokenizer files when data.tokenizer is a Hugging Face tokenizer directory.
     The forward pass of the exported model is the ternary forward pass of the checkpoint.
 
@@ -15,7 +15,7 @@ mlx-lm: the same model in MLX's 2-bit affine quantized layout, which stock `mlx_
     here; other group sizes are refused. Every packed tensor is checked against `mx.dequantize`.
 
 Options that stock Qwen3 cannot express are refused with an error naming them: every model option
-at a non-default value that the format does not declare in shared/options.py (model.qk_norm =
+at a non-default value that the format does not declare in shared/spec/options.py (model.qk_norm =
 false, model.hidden_act = relu2, ...), and ternary.activation_bits.
 Both exports are atomic: written in a temporary sibling folder, then renamed to DIR.
 """
@@ -29,18 +29,18 @@ from typing import Any
 
 import numpy as np
 
-from shared.checkpoint import CheckpointError, read_checkpoint, swap_dir
-from shared.config import ConfigError, RunConfig
-from shared.options import inexpressible
-from shared.params import parameter_shapes, ternary_parameters
-from shared.ternary import quantize
+from shared.spec.checkpoint import CheckpointError, read_checkpoint, swap_dir
+from shared.spec.config import ConfigError, RunConfig
+from shared.spec.options import inexpressible
+from shared.spec.params import parameter_shapes, ternary_parameters
+from shared.spec.ternary import quantize
 
 MLX_GROUP_SIZES = (64, 128)
 
 
 def check_expressible(config: RunConfig, fmt: str = "hf") -> None:
     """Refuse, by name, every model option at a non-default value that `fmt` has not declared it can
-    express (shared/options.py: an allowlist), and activation quantization, which stock Qwen3 lacks."""
+    express (shared/spec/options.py: an allowlist), and activation quantization, which stock Qwen3 lacks."""
     m, t = config.model, config.ternary
     bad = inexpressible(m, fmt)
     if t.enabled and t.activation_bits:

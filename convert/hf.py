@@ -4,15 +4,15 @@
 
 - `src` is a local directory or a hub id; a hub id is fetched with `huggingface_hub.snapshot_download`
   (config, safetensors and tokenizer files only).
-- `config.json` is read strictly by `shared.config.model_config_from_hf`; only the architectures
+- `config.json` is read strictly by `shared.spec.config.model_config_from_hf`; only the architectures
   `Qwen3ForCausalLM` and `LlamaForCausalLM` are accepted.
 - Weights come from `model.safetensors` or the shards named in `model.safetensors.index.json`.
-  Names and shapes are checked against `shared.params.parameter_shapes` from the safetensors headers
+  Names and shapes are checked against `shared.spec.params.parameter_shapes` from the safetensors headers
   before any tensor is read (every problem listed at once); then tensors are read one at a time and
   converted to float32 (bf16 through torch, since NumPy has no bfloat16), so at most one float32 copy
   of the model plus one source tensor is in memory. A tied `lm_head.weight` is checked equal to the
   embedding and dropped; known non-weight buffers (`rotary_emb.inv_freq`) are skipped.
-- The checkpoint is written atomically by `shared.checkpoint.write_checkpoint`. The tokenizer files
+- The checkpoint is written atomically by `shared.spec.checkpoint.write_checkpoint`. The tokenizer files
   are copied afterwards into `<out>/tokenizer/` (staged in a temporary folder, then renamed), and
   `data.tokenizer` points there (absolute path). They are NOT listed in the checkpoint's manifest:
   write_checkpoint owns the manifest and knows nothing of tokenizers. Re-importing into the same
@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.checkpoint import CheckpointError, check_tensor_set, swap_dir, write_checkpoint
-from shared.config import ConfigError, DataConfig, RunConfig, TernaryConfig, TrainConfig, model_config_from_hf
-from shared.params import parameter_shapes
+from shared.spec.checkpoint import CheckpointError, check_tensor_set, swap_dir, write_checkpoint
+from shared.spec.config import ConfigError, DataConfig, RunConfig, TernaryConfig, TrainConfig, model_config_from_hf
+from shared.spec.params import parameter_shapes
 
 SUPPORTED_ARCHITECTURES = ("Qwen3ForCausalLM", "LlamaForCausalLM")
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
@@ -287,7 +287,7 @@ def import_hf(src: str, out: str | Path, *, ternary: bool = True, overrides: lis
     if tok_files:
         copy_tokenizer(tok_files, out / "tokenizer")
     if has_hf_tokenizer and cfg.data.tokenizer == str(out / "tokenizer"):
-        from shared.tokenizers import get_tokenizer
+        from shared.data.tokenizers import get_tokenizer
         tok = get_tokenizer(cfg.data.tokenizer)
         if tok.vocab_size > cfg.model.vocab_size:
             warnings.warn(f"tokenizer has {tok.vocab_size} tokens but model.vocab_size is "

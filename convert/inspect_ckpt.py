@@ -1,9 +1,9 @@
 """`ternary inspect PATH [--json]`: what a checkpoint holds and what each export of it would weigh.
 
 Reports: the manifest check (OK or the exact error), a config summary, parameter counts, for every
-ternary weight the code distribution (fractions of -1 / 0 / +1 from shared.ternary.quantize on the
+ternary weight the code distribution (fractions of -1 / 0 / +1 from shared.spec.ternary.quantize on the
 latent weights) and its scale statistics, the overall code entropy (bits per ternary weight), and
-sizes: float32 and bf16 tensor data, 2-bit packing (shared.ternary.pack_2bit layout: ceil(out/4)
+sizes: float32 and bf16 tensor data, 2-bit packing (shared.spec.ternary.pack_2bit layout: ceil(out/4)
 rows) + fp16 scales + bf16 other parameters, the tensor data of the hf-bitnet and gguf TQ2_0 / TQ1_0
 exports (convert/export_bitnet.py, convert/export_gguf.py; n/a where they refuse the model), and the
 packed artifact of convert/export.py (base-3 + fp16 + LZMA, and with --floats int8 when the model has
@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from shared.checkpoint import MODEL_FILE, CheckpointError, check_tensor_set, read_config, read_safetensors, verify_manifest
-from shared.params import float_matrices, parameter_shapes, parameter_specs, ternary_parameters
-from shared.ternary import quantize
+from shared.spec.checkpoint import MODEL_FILE, CheckpointError, check_tensor_set, read_config, read_safetensors, verify_manifest
+from shared.spec.params import float_matrices, parameter_shapes, parameter_specs, ternary_parameters
+from shared.spec.ternary import quantize
 
 
 def _entropy(fracs) -> float:

@@ -18,8 +18,8 @@ import lzma
 
 import numpy as np
 
-from shared.checkpoint import CheckpointError
-from shared.config import ConfigError
+from shared.spec.checkpoint import CheckpointError
+from shared.spec.config import ConfigError
 
 COMPRESSIONS = ("lzma", "zstd", "none")
 ZSTD_LEVEL = 19  # 22 (ultra) measured byte-identical on our models, with a 16x larger decoder window; see compress_payload

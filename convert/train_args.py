@@ -1,11 +1,11 @@
 """The `train` command line, the same for `ternary train` and `python -m ternary_{mlx,cuda}.train`:
-its arguments, and the plain options (shared.runner.TrainOptions) the runner takes from them."""
+its arguments, and the plain options (shared.train.runner.TrainOptions) the runner takes from them."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from shared.runner import TrainOptions
+from shared.train.runner import TrainOptions
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -42,7 +42,7 @@ def train_options(args: argparse.Namespace) -> TrainOptions:
 def main(argv: list[str] | None, backend: str, prog: str) -> int:
     """`python -m ternary_{mlx,cuda}.train`: parse `argv` and train with `backend` ("mlx" | "torch")."""
     from convert.backends import load_backend
-    from shared.runner import run_training
+    from shared.train.runner import run_training
     p = argparse.ArgumentParser(prog=prog, description="Train a ternary language model.")
     add_train_args(p)
     opts = train_options(p.parse_args(argv))

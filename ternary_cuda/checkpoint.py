@@ -1,4 +1,4 @@
-"""Save and load checkpoints in the shared format (mirrors ternary_mlx/checkpoint.py; format in shared/checkpoint.py)."""
+"""Save and load checkpoints in the shared format (mirrors ternary_mlx/checkpoint.py; format in shared/spec/checkpoint.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +7,8 @@ from typing import Any
 import torch
 import numpy as np
 
-from shared import checkpoint as fmt
-from shared.config import RunConfig
+from shared.spec import checkpoint as fmt
+from shared.spec.config import RunConfig
 from ternary_cuda.model import Model
 
 BACKEND = {"backend": "torch", "torch": torch.__version__}

@@ -5,8 +5,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shared.evaluation import evaluate_tokens
-from shared.tokenizers import Tokenizer
+from shared.train.evaluation import evaluate_tokens
+from shared.data.tokenizers import Tokenizer
 from ternary_cuda import parallel
 
 
@@ -23,7 +23,7 @@ def token_nll(model, inputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
 def evaluate(model, tokens: np.ndarray, tokenizer: Tokenizer, seq_len: int, *, stride: int | None = None,
              max_tokens: int | None = None, batch_size: int = 8, progress: bool = False,
              across_ranks: bool = False) -> dict:
-    """val_loss, val_bpb, perplexity over `tokens` (see shared.evaluation.evaluate_tokens).
+    """val_loss, val_bpb, perplexity over `tokens` (see shared.train.evaluation.evaluate_tokens).
 
     across_ranks: every rank of this data-parallel job calls this together and scores its share
     of the batches; all get the metrics one process would (no effect in one process)."""

@@ -1,11 +1,11 @@
-"""Text generation in PyTorch (mirrors ternary_mlx/generate.py; sampling in shared/generation.py)."""
+"""Text generation in PyTorch (mirrors ternary_mlx/generate.py; sampling in shared/train/generation.py)."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from shared.generation import generate_text
-from shared.tokenizers import Tokenizer
+from shared.train.generation import generate_text
+from shared.data.tokenizers import Tokenizer
 
 
 @torch.no_grad()

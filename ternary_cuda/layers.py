@@ -1,16 +1,16 @@
-"""Ternary building blocks in PyTorch (mirrors ternary_mlx/layers.py; math in shared/ternary.py)."""
+"""Ternary building blocks in PyTorch (mirrors ternary_mlx/layers.py; math in shared/spec/ternary.py)."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from shared.ternary import EPS
+from shared.spec.ternary import EPS
 
 
 # ---- the projection (DESIGN 3.2), step for step as the NumPy reference ----------------------
 def pairwise_sum_last(x: torch.Tensor) -> torch.Tensor:
-    """Fixed-order pairwise sum over the last axis (see shared/ternary.py for why)."""
+    """Fixed-order pairwise sum over the last axis (see shared/spec/ternary.py for why)."""
     n = x.shape[-1]
     p = 1 << max(0, (n - 1).bit_length())
     if p != n:

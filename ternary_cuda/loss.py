@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from shared.data_checks import check_token_ids
+from shared.data.checks import check_token_ids
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -13,7 +13,7 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def next_token_loss(model, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Loss of `model` on inputs whose targets come from shared.batching.inputs_and_targets."""
+    """Loss of `model` on inputs whose targets come from shared.data.batching.inputs_and_targets."""
     if model.check_ids:  # targets out of range are an error, never clamped or ignored (S13)
         check_token_ids(targets.detach().cpu().numpy(), model.config.model.vocab_size, "targets")
     return cross_entropy(model(input_ids), targets)

@@ -5,7 +5,7 @@ Written out by hand rather than taken from torch.optim / mlx.optimizers because 
 first training steps must agree between the backends. State uses canonical names:
 `<param>.exp_avg`, `<param>.exp_avg_sq` (AdamW), `<param>.momentum` (Muon), `<param>.ema`.
 Per-step scalars (learning rates, bias corrections) are computed on the host by
-`shared.optim_rules.step_scalars` and passed in as tensors, so a compiled step never recompiles.
+`shared.train.optim_rules.step_scalars` and passed in as tensors, so a compiled step never recompiles.
 """
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from shared.config import TrainConfig
-from shared.optim_rules import NS_COEFFS, NS_STEPS, muon_scale, slots_for, uses_muon, uses_weight_decay
-from shared.params import ParamSpec
+from shared.spec.config import TrainConfig
+from shared.train.optim_rules import NS_COEFFS, NS_STEPS, muon_scale, slots_for, uses_muon, uses_weight_decay
+from shared.spec.params import ParamSpec
 
 
 def newton_schulz(g: torch.Tensor) -> torch.Tensor:
@@ -101,7 +101,7 @@ class Optimizer:
         return {k: v.detach().float().cpu().numpy().copy() for k, v in self.state.items()}  # no aliasing
 
     def load_numpy_state(self, arrays: dict[str, np.ndarray]) -> None:
-        from shared.checkpoint import check_tensor_set
+        from shared.spec.checkpoint import check_tensor_set
         check_tensor_set({k: tuple(v.shape) for k, v in self.state.items()},
                          {k: tuple(v.shape) for k, v in arrays.items()}, "optimizer state")
         for k in self.state:  # one tensor at a time: FSDP2 never holds a whole slot beside the caller's array

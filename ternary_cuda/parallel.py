@@ -1,7 +1,7 @@
 """Data parallelism for the PyTorch backend under torchrun: DDP or FSDP2 (DESIGN 2).
 
 The only module of the project that imports torch.distributed. The module itself is the
-backend's data-parallel layer (shared.interfaces.Parallel; ternary_mlx/parallel.py has the same
+backend's data-parallel layer (shared.train.interfaces.Parallel; ternary_mlx/parallel.py has the same
 names): `setup()` reads the torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
 MASTER_PORT) and, for more than one process, joins the process group (gloo on CPU, nccl on
 CUDA); without torchrun it is one process and touches nothing. The Trainer (train.py) asks this
@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from shared.config import ConfigError, TrainConfig
-from shared.evaluation import Shard
+from shared.spec.config import ConfigError, TrainConfig
+from shared.train.evaluation import Shard
 
 # A collective that waits longer than this ends the job with an error instead of hanging on a dead
 # peer (NCCL aborts the communicator; gloo raises). Generous, because rank 0 alone writes each
@@ -206,8 +206,8 @@ def _numpy_weights_sharded(model) -> dict[str, np.ndarray]:
 
 
 def _load_numpy_sharded(model, weights: dict[str, np.ndarray], device_=None) -> None:
-    from shared.checkpoint import check_tensor_set
-    from shared.params import parameter_shapes
+    from shared.spec.checkpoint import check_tensor_set
+    from shared.spec.params import parameter_shapes
     check_tensor_set(parameter_shapes(model.config.model), {k: tuple(v.shape) for k, v in weights.items()},
                      "weights")
     with torch.no_grad():
@@ -255,7 +255,7 @@ def sum_float64(a: np.ndarray) -> np.ndarray:
 
 
 def eval_shard(model: torch.nn.Module) -> Shard | None:
-    """This rank's share of an evaluation of `model` (shared.evaluation), None for one process.
+    """This rank's share of an evaluation of `model` (shared.train.evaluation), None for one process.
     The model is the bare one (DDP: its forward needs no peer) or FSDP2-sharded (its forward
     gathers weights, a collective: every rank then runs equally many forward calls)."""
     if not distributed():

@@ -1,4 +1,4 @@
-"""Training in PyTorch (mirrors ternary_mlx/train.py). The loop itself is shared: shared/loop.py.
+"""Training in PyTorch (mirrors ternary_mlx/train.py). The loop itself is shared: shared/train/loop.py.
 
 `Trainer` owns the model, the optimizer and one step function; `main` is
 `python -m ternary_cuda.train` (also `ternary train --backend torch`, and under torchrun).
@@ -13,12 +13,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from shared.batching import inputs_and_targets
-from shared.config import RunConfig
-from shared.optim_rules import step_scalars
-from shared.params import parameter_specs
-from shared.ternary import quant_lambda
-from shared.trainer_common import TrainerCommon
+from shared.data.batching import inputs_and_targets
+from shared.spec.config import RunConfig
+from shared.train.optim_rules import step_scalars
+from shared.spec.params import parameter_specs
+from shared.spec.ternary import quant_lambda
+from shared.train.trainer_common import TrainerCommon
 from ternary_cuda import checkpoint, parallel
 from ternary_cuda.evaluate import evaluate
 from ternary_cuda.loss import cross_entropy, distillation_loss

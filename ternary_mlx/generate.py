@@ -1,11 +1,11 @@
-"""Text generation in MLX (mirrors ternary_cuda/generate.py; sampling in shared/generation.py)."""
+"""Text generation in MLX (mirrors ternary_cuda/generate.py; sampling in shared/train/generation.py)."""
 from __future__ import annotations
 
 import mlx.core as mx
 import numpy as np
 
-from shared.generation import generate_text
-from shared.tokenizers import Tokenizer
+from shared.train.generation import generate_text
+from shared.data.tokenizers import Tokenizer
 
 
 def last_logits(model, ids: np.ndarray) -> np.ndarray:

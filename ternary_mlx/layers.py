@@ -1,15 +1,15 @@
-"""Ternary building blocks in MLX (mirrors ternary_cuda/layers.py; math in shared/ternary.py)."""
+"""Ternary building blocks in MLX (mirrors ternary_cuda/layers.py; math in shared/spec/ternary.py)."""
 from __future__ import annotations
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from shared.ternary import EPS
+from shared.spec.ternary import EPS
 
 
 # ---- the projection (DESIGN 3.2), step for step as the NumPy reference ----------------------
 def pairwise_sum_last(x: mx.array) -> mx.array:
-    """Fixed-order pairwise sum over the last axis (see shared/ternary.py for why)."""
+    """Fixed-order pairwise sum over the last axis (see shared/spec/ternary.py for why)."""
     n = x.shape[-1]
     p = 1 << max(0, (n - 1).bit_length())
     if p != n:

@@ -5,7 +5,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from shared.data_checks import check_token_ids
+from shared.data.checks import check_token_ids
 
 
 def cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
@@ -14,7 +14,7 @@ def cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
 
 
 def next_token_loss(model, input_ids: mx.array, targets: mx.array) -> mx.array:
-    """Loss of `model` on inputs whose targets come from shared.batching.inputs_and_targets."""
+    """Loss of `model` on inputs whose targets come from shared.data.batching.inputs_and_targets."""
     if model.check_ids:  # targets out of range are an error, never clamped or ignored (S13)
         check_token_ids(np.array(targets), model.config.model.vocab_size, "targets")
     return cross_entropy(model(input_ids), targets)

@@ -11,11 +11,11 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
-from shared.checkpoint import check_tensor_set
-from shared.config import RunConfig
-from shared.data_checks import check_token_ids
-from shared.init import init_weights
-from shared.params import parameter_shapes, ternary_parameters
+from shared.spec.checkpoint import check_tensor_set
+from shared.spec.config import RunConfig
+from shared.data.checks import check_token_ids
+from shared.spec.init import init_weights
+from shared.spec.params import parameter_shapes, ternary_parameters
 from ternary_mlx.layers import RMSNorm, SubLN, TernaryEmbedding, TernaryLinear
 
 
@@ -26,7 +26,7 @@ def _linear(cfg: RunConfig, d_in: int, d_out: int) -> TernaryLinear:
 
 
 def mark_ternary(model, names: list[str]) -> None:
-    """Make the weights the config's parameter specs call ternary (shared/params.py) ternary."""
+    """Make the weights the config's parameter specs call ternary (shared/spec/params.py) ternary."""
     modules = dict(model.named_modules())
     for name in names:
         mod = modules.get(name.removesuffix(".weight"))
@@ -57,7 +57,7 @@ class Attention(nn.Module):
         if m.subln:
             self.attn_sub_norm = SubLN(self.n_heads * self.head_dim, m.rms_norm_eps)
         self.subln = m.subln
-        if m.qk_gain is not None:  # values come from the parameter spec's init (shared/init.py)
+        if m.qk_gain is not None:  # values come from the parameter spec's init (shared/spec/init.py)
             self.q_gain = mx.ones((self.n_heads,))
         self.has_q_gain = m.qk_gain is not None
 

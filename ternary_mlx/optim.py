@@ -5,16 +5,16 @@ Written out by hand rather than taken from mlx.optimizers / torch.optim because 
 first training steps must agree between the backends. State uses canonical names:
 `<param>.exp_avg`, `<param>.exp_avg_sq` (AdamW), `<param>.momentum` (Muon), `<param>.ema`.
 Per-step scalars (learning rates, bias corrections) are computed on the host by
-`shared.optim_rules.step_scalars` and passed in as arrays, so a compiled step never retraces.
+`shared.train.optim_rules.step_scalars` and passed in as arrays, so a compiled step never retraces.
 """
 from __future__ import annotations
 
 import mlx.core as mx
 import numpy as np
 
-from shared.config import TrainConfig
-from shared.optim_rules import NS_COEFFS, NS_STEPS, muon_scale, slots_for, uses_muon, uses_weight_decay
-from shared.params import ParamSpec
+from shared.spec.config import TrainConfig
+from shared.train.optim_rules import NS_COEFFS, NS_STEPS, muon_scale, slots_for, uses_muon, uses_weight_decay
+from shared.spec.params import ParamSpec
 
 
 def newton_schulz(g: mx.array) -> mx.array:
@@ -80,7 +80,7 @@ class Optimizer:
         return {k: np.array(v) for k, v in self.state.items()}
 
     def load_numpy_state(self, arrays: dict[str, np.ndarray]) -> None:
-        from shared.checkpoint import check_tensor_set
+        from shared.spec.checkpoint import check_tensor_set
         check_tensor_set({k: tuple(v.shape) for k, v in self.state.items()},
                          {k: tuple(v.shape) for k, v in arrays.items()}, "optimizer state")
         for k, v in arrays.items():

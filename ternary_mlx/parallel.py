@@ -14,12 +14,12 @@ mlx.launch itself exits 0 even when a rank fails: it prints "Node with rank R ex
 on stderr; scripts must look for that. A rank that dies makes the others fail at their next
 all_sum ("[ring] connection to a peer was lost") and mlx.launch then stops them: no hang.
 
-Each rank reads its own slice of every global batch (shared.loader.TokenLoader), so
+Each rank reads its own slice of every global batch (shared.data.loader.TokenLoader), so
 train.batch_size is per rank and the global batch is batch_size * world_size. The Trainer
 averages gradients across ranks (one all_sum per step, inside the compiled step), so every rank
 applies the same update and the weights stay bit-identical; `check_identical` verifies that at
 the start (same seed, same checkpoint on every host). Evaluation is spread over the ranks
-(`eval_shard`, shared/evaluation.py): each scores its share of the validation batches, one
+(`eval_shard`, shared/train/evaluation.py): each scores its share of the validation batches, one
 float64 all_sum completes the table, and every rank gets the same metrics as one process
 (so early stopping agrees).
 """
@@ -31,7 +31,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from shared.evaluation import Shard
+from shared.train.evaluation import Shard
 
 _group: mx.distributed.Group | None = None  # set by setup(); None: one process
 
@@ -126,7 +126,7 @@ def _sum_float64(a: np.ndarray, g: mx.distributed.Group | None) -> np.ndarray:
 
 
 def eval_shard(model) -> Shard | None:
-    """This rank's share of an evaluation (shared.evaluation), None for one process. `model` is
+    """This rank's share of an evaluation (shared.train.evaluation), None for one process. `model` is
     not needed: an MLX forward needs no peer (every rank holds the whole model), so the ranks'
     batch counts may differ."""
     g = _group
@@ -155,7 +155,7 @@ def check_identical(arrays: dict[str, mx.array], g: mx.distributed.Group | None,
 
 def notes(t, g: mx.distributed.Group | None) -> list[str]:
     """What this backend does with the torch/CUDA settings of train.* (said, never silently ignored)."""
-    from shared.config import ConfigError
+    from shared.spec.config import ConfigError
     if t.parallel == "fsdp2" and g is not None and g.size() > 1:
         raise ConfigError("train.parallel = 'fsdp2': MLX data parallel replicates the model on every rank "
                           "(no sharding); use train.parallel = 'ddp' with mlx.launch, or the torch backend")

@@ -1,4 +1,4 @@
-"""Training in MLX (mirrors ternary_cuda/train.py). The loop itself is shared: shared/loop.py.
+"""Training in MLX (mirrors ternary_cuda/train.py). The loop itself is shared: shared/train/loop.py.
 
 `Trainer` owns the model, the optimizer and one compiled step; `main` is
 `python -m ternary_mlx.train` (also `ternary train --backend mlx`). Data parallel on N processes:
@@ -11,12 +11,12 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from shared.batching import inputs_and_targets
-from shared.config import RunConfig
-from shared.optim_rules import step_scalars
-from shared.params import parameter_specs
-from shared.ternary import quant_lambda
-from shared.trainer_common import TrainerCommon
+from shared.data.batching import inputs_and_targets
+from shared.spec.config import RunConfig
+from shared.train.optim_rules import step_scalars
+from shared.spec.params import parameter_specs
+from shared.spec.ternary import quant_lambda
+from shared.train.trainer_common import TrainerCommon
 from ternary_mlx import checkpoint, parallel
 from ternary_mlx.evaluate import evaluate
 from ternary_mlx.loss import cross_entropy, distillation_loss

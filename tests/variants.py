@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tomli_w
 
-from shared.config import DataConfig, ModelConfig, RunConfig, TernaryConfig, TrainConfig
+from shared.spec.config import DataConfig, ModelConfig, RunConfig, TernaryConfig, TrainConfig
 
 # The tiny base: 2 layers x 64, 4 query / 2 key-value heads, vocabulary 256. initializer_range 0.1
 # (not 0.02) so that logits are O(1) and attention is far from uniform: small weights hide mistakes.

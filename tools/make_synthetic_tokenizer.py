@@ -1,4 +1,4 @@
-"""Regenerate the built-in tokenizer `synthetic-bpe-512` (shared/tokenizer_files/synthetic-bpe-512.model).
+"""Regenerate the built-in tokenizer `synthetic-bpe-512` (shared/data/tokenizer_files/synthetic-bpe-512.model).
 
     python tools/make_synthetic_tokenizer.py [--out DIR]
 
@@ -7,7 +7,7 @@ no dummy prefix, pad/bos/eos/unk = 0/1/2/3; vocab 512) on the first 2,000,000 by
 synthetic corpus's train stream, SyntheticCorpus(seed=0), cut into sentences of at most 4192 bytes
 at spaces. Single-threaded training makes the output byte-for-byte reproducible for a given
 sentencepiece version (the file was made with sentencepiece 0.2.3). Prints the file's sha256, which
-must match BUILTIN_TOKENIZERS["synthetic-bpe-512"].sha256 in shared/tokenizers.py.
+must match BUILTIN_TOKENIZERS["synthetic-bpe-512"].sha256 in shared/data/tokenizers.py.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.corpus import SyntheticCorpus  # noqa: E402
-from shared.tokenizers import TOKENIZER_FILES, train_sentencepiece_from_sentences  # noqa: E402
+from shared.data.corpus import SyntheticCorpus  # noqa: E402
+from shared.data.tokenizers import TOKENIZER_FILES, train_sentencepiece_from_sentences  # noqa: E402
 
 NAME = "synthetic-bpe-512"
 VOCAB_SIZE = 512

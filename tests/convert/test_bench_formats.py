@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from shared.checkpoint import write_checkpoint
-from shared.config import RunConfig
-from shared.init import init_weights
-from shared.params import parameter_shapes, ternary_parameters
+from shared.spec.checkpoint import write_checkpoint
+from shared.spec.config import RunConfig
+from shared.spec.init import init_weights
+from shared.spec.params import parameter_shapes, ternary_parameters
 from tests.variants import tiny_sets
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -29,10 +29,10 @@ import torch
 
 from convert import export
 from convert.cli import main
-from shared.checkpoint import read_checkpoint
-from shared.config import RunConfig
-from shared.params import parameter_shapes, ternary_parameters
-from shared.ternary import quantize
+from shared.spec.checkpoint import read_checkpoint
+from shared.spec.config import RunConfig
+from shared.spec.params import parameter_shapes, ternary_parameters
+from shared.spec.ternary import quantize
 from ternary_cuda.checkpoint import save
 from tests.variants import TINY, tiny_sets
 from ternary_cuda.model import Model

@@ -20,8 +20,8 @@ pytest.importorskip("accelerate")  # transformers' BitNet quantizer requires it
 
 from convert.cli import main  # noqa: E402
 from convert.export_bitnet import tensor_bytes, to_hf_bitnet  # noqa: E402
-from shared.config import ConfigError, RunConfig  # noqa: E402
-from shared.ternary import quantize, unpack_2bit  # noqa: E402
+from shared.spec.config import ConfigError, RunConfig  # noqa: E402
+from shared.spec.ternary import quantize, unpack_2bit  # noqa: E402
 from ternary_cuda.checkpoint import load, save  # noqa: E402
 from tests.variants import DEFAULT_INIT, TINY, tiny_sets  # noqa: E402
 from ternary_cuda.model import Model  # noqa: E402

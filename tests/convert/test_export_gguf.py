@@ -11,11 +11,11 @@ gguf = pytest.importorskip("gguf")
 
 from convert.cli import main  # noqa: E402
 from convert.export_gguf import tensor_bytes, to_gguf  # noqa: E402
-from shared.checkpoint import write_checkpoint  # noqa: E402
-from shared.config import ConfigError, RunConfig  # noqa: E402
-from shared.init import init_weights  # noqa: E402
-from shared.params import parameter_shapes, ternary_parameters  # noqa: E402
-from shared.ternary import quantize  # noqa: E402
+from shared.spec.checkpoint import write_checkpoint  # noqa: E402
+from shared.spec.config import ConfigError, RunConfig  # noqa: E402
+from shared.spec.init import init_weights  # noqa: E402
+from shared.spec.params import parameter_shapes, ternary_parameters  # noqa: E402
+from shared.spec.ternary import quantize  # noqa: E402
 from tests.variants import tiny_sets  # noqa: E402
 
 # TQ blocks are 256 values of a row: every ternary input dimension is 256 or 512 here.

@@ -11,7 +11,7 @@ mx = pytest.importorskip("mlx.core")
 
 from convert import export_hf  # noqa: E402
 from convert.cli import main  # noqa: E402
-from shared.config import ConfigError, RunConfig  # noqa: E402
+from shared.spec.config import ConfigError, RunConfig  # noqa: E402
 from ternary_mlx.checkpoint import save  # noqa: E402
 from tests.variants import TINY, tiny_sets  # noqa: E402
 from ternary_mlx.model import Model  # noqa: E402

@@ -19,8 +19,8 @@ transformers = pytest.importorskip("transformers")
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
 from convert import hf  # noqa: E402
-from shared.checkpoint import CheckpointError, read_config  # noqa: E402
-from shared.config import ConfigError  # noqa: E402
+from shared.spec.checkpoint import CheckpointError, read_config  # noqa: E402
+from shared.spec.config import ConfigError  # noqa: E402
 from tests.variants import TINY  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -200,7 +200,7 @@ def test_hub_id_goes_through_snapshot_download(hf_dirs, tmp_path, monkeypatch):
 
 def test_tokenizer_copied(hf_dirs, tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from shared.tokenizers import get_tokenizer
+    from shared.data.tokenizers import get_tokenizer
     src = tmp_path / "src"
     shutil.copytree(hf_dirs["f32-tied"], src)
     vocab = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(["the", "cat", "sat", "on", "mat"])}}

@@ -8,10 +8,10 @@ import numpy as np
 
 from convert import export, inspect_ckpt
 from convert.cli import main
-from shared.checkpoint import read_checkpoint
-from shared.config import RunConfig
-from shared.params import ternary_parameters
-from shared.ternary import quantize
+from shared.spec.checkpoint import read_checkpoint
+from shared.spec.config import RunConfig
+from shared.spec.params import ternary_parameters
+from shared.spec.ternary import quantize
 from ternary_cuda.checkpoint import save
 from tests.variants import tiny_sets
 from ternary_cuda.model import Model

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from shared import checkpoint as fmt
-from shared.config import ConfigError, RunConfig
+from shared.spec import checkpoint as fmt
+from shared.spec.config import ConfigError, RunConfig
 from ternary_cuda.loss import distillation_loss as torch_distill
 from ternary_cuda.model import Model as TorchModel
 from ternary_cuda.train import Trainer as TorchTrainer

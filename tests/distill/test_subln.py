@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.config import ConfigError, RunConfig
-from shared.params import parameter_shapes
+from shared.spec.config import ConfigError, RunConfig
+from shared.spec.params import parameter_shapes
 from ternary_cuda.model import Model as TorchModel
 from ternary_cuda.train import Trainer as TorchTrainer
 from ternary_mlx.model import Model as MLXModel

@@ -17,10 +17,10 @@ import json
 import time
 from pathlib import Path
 
-from shared.config import RunConfig
-from shared.data import load_token_dataset
-from shared.presets import get_preset
-from shared.tokenizers import get_tokenizer
+from shared.spec.config import RunConfig
+from shared.data.dataset import load_token_dataset
+from shared.spec.presets import get_preset
+from shared.data.tokenizers import get_tokenizer
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Evaluation spread over data-parallel ranks (shared/evaluation.py `Shard`) gives one process's metrics.
+"""Evaluation spread over data-parallel ranks (shared/train/evaluation.py `Shard`) gives one process's metrics.
 
 Batch b of the validation windows is scored by rank b % world and the per-batch sums are added in
 batch order on every rank, so the metrics are bit-identical to one process on the same weights
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.evaluation import Shard, evaluate_tokens
-from shared.tokenizers import get_tokenizer
+from shared.train.evaluation import Shard, evaluate_tokens
+from shared.data.tokenizers import get_tokenizer
 from tests.variants import tiny_sets
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -126,8 +126,8 @@ def worker(out: Path) -> None:
     import torch
     import torch.distributed as dist
 
-    from shared import checkpoint as fmt
-    from shared.config import RunConfig
+    from shared.spec import checkpoint as fmt
+    from shared.spec.config import RunConfig
     from ternary_cuda import parallel
     rank, world = parallel.setup()
     try:

@@ -1,4 +1,4 @@
-"""Both backends satisfy shared/interfaces.py: the parallel modules have the Parallel protocol's
+"""Both backends satisfy shared/train/interfaces.py: the parallel modules have the Parallel protocol's
 functions with its exact signatures (so the two mirror each other), and the Models and Trainers
 have every member the shared code calls, with compatible signatures. One process, tiny models."""
 from __future__ import annotations
@@ -9,8 +9,8 @@ import inspect
 import pytest
 
 from convert.backends import NAMES, load_backend
-from shared import interfaces
-from shared.config import RunConfig
+from shared.train import interfaces
+from shared.spec.config import RunConfig
 
 PACKAGES = {"mlx": "ternary_mlx", "torch": "ternary_cuda"}
 TINY = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_hidden_layers=1",
@@ -66,7 +66,7 @@ def test_model_and_trainer_have_the_protocols_members(name):
                 continue
             assert _compatible(getattr(obj, fn), getattr(protocol, fn)), \
                 f"{type(obj).__name__}.{fn}{inspect.signature(getattr(obj, fn))}"
-    # the classes are built as shared/runner.py builds them
+    # the classes are built as shared/train/runner.py builds them
     assert _compatible(backend.Model, interfaces.ModelClass.__call__)
     assert _compatible(backend.Trainer, interfaces.TrainerClass.__call__)
     assert isinstance(backend.parallel, interfaces.Parallel)

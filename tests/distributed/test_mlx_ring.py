@@ -80,9 +80,9 @@ def _check(p: subprocess.CompletedProcess) -> None:
 
 def _float_teacher(path: Path) -> Path:
     """A float checkpoint of CONFIG's shape (another seed) to distil from."""
-    from shared.checkpoint import write_checkpoint
-    from shared.config import RunConfig
-    from shared.init import init_weights
+    from shared.spec.checkpoint import write_checkpoint
+    from shared.spec.config import RunConfig
+    from shared.spec.init import init_weights
     cfg = RunConfig().with_overrides(CONFIG + ["ternary.enabled=false"])
     write_checkpoint(path, cfg, init_weights(cfg.model, seed=5), writer={"backend": "test"})
     return path

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.config import ConfigError, RunConfig
+from shared.spec.config import ConfigError, RunConfig
 
 
 def test_defaults_and_round_trip(tmp_path):

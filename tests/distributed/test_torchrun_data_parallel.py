@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared import checkpoint as fmt
+from shared.spec import checkpoint as fmt
 from tests.train.common import config, records, run, train_losses, trainer_state
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -190,8 +190,8 @@ def test_fsdp2_matches_one_process_dies_cleanly_and_resumes(reference, tmp_path)
 def test_ddp_with_a_teacher_matches_one_process(tmp_path):
     """Distillation under DDP: each rank runs the same frozen teacher on its own rows; the averaged
     gradient is the one-process gradient of the mean distillation loss."""
-    from shared.checkpoint import write_checkpoint
-    from shared.init import init_weights
+    from shared.spec.checkpoint import write_checkpoint
+    from shared.spec.init import init_weights
     teacher_cfg = config("ternary.enabled=false")
     teacher = tmp_path / "teacher"
     write_checkpoint(teacher, teacher_cfg, init_weights(teacher_cfg.model, seed=5), writer={"backend": "test"})

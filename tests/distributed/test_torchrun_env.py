@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.config import RunConfig
+from shared.spec.config import RunConfig
 from ternary_cuda import parallel
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from convert.blas import openblas_library
-from shared.config import RunConfig
-from shared.presets import PRESETS
+from shared.spec.config import RunConfig
+from shared.spec.presets import PRESETS
 from tests.variants import tiny_sets
 
 ROOT = Path(__file__).resolve().parents[2]

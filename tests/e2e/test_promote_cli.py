@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from convert import cmd_promote
-from shared.config import RunConfig
+from shared.spec.config import RunConfig
 from tests.variants import tiny_sets
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,11 +80,11 @@ def test_check_uses_synthetic_when_the_shards_are_missing(tmp_path):
 def test_check_reports_a_failure_with_its_error(tmp_path, capsys, monkeypatch):
     """(The PASS path runs for real in test_mac_ablation_to_8xh100_with_check.)"""
     path = _tiny_promoted(tmp_path)
-    import shared.runner
+    import shared.train.runner
 
     def broken(*a, **k):
         raise RuntimeError("simulated out-of-memory")
-    monkeypatch.setattr(shared.runner, "train", broken)
+    monkeypatch.setattr(shared.train.runner, "train", broken)
     assert not cmd_promote.run_check(path, full=True)
     assert "check: FAIL after" in (o := capsys.readouterr().out) and "RuntimeError: simulated out-of-memory" in o
 

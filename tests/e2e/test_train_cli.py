@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.corpus import SyntheticCorpus
+from shared.data.corpus import SyntheticCorpus
 from tests.variants import tiny_sets
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from shared.params import parameter_shapes, ternary_parameters
+from shared.spec.params import parameter_shapes, ternary_parameters
 from tests.variants import VARIANTS, tiny_config, variant_config
 from ternary_mlx.loss import next_token_loss
 from ternary_mlx.model import Model

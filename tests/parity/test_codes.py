@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from shared import ternary as ref
+from shared.spec import ternary as ref
 from tests.variants import VARIANTS, variant_config
 from ternary_cuda import layers as TL
 from ternary_cuda.model import Model as TorchModel

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from mlx.utils import tree_flatten
 
-from shared import ternary as ref
+from shared.spec import ternary as ref
 from ternary_cuda import layers as TL
 from ternary_cuda.model import Model as TorchModel
 from ternary_mlx import layers as ML

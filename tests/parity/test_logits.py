@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from shared import ternary as ref
+from shared.spec import ternary as ref
 from ternary_cuda import layers as TL
 from ternary_cuda.model import Model as TorchModel
 from ternary_mlx import layers as ML

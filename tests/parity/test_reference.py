@@ -1,4 +1,4 @@
-"""Both backends' float32 logits against the NumPy float64 reference (shared/reference_model.py).
+"""Both backends' float32 logits against the NumPy float64 reference (shared/spec/reference_model.py).
 
 The reference is written from the equations and shares no code with the backends, so this catches
 mistakes the two backends share, which tests/parity/test_logits.py (MLX against torch) cannot.
@@ -28,7 +28,7 @@ import time
 import numpy as np
 import pytest
 
-from shared.reference_model import reference_forward, reference_logits
+from shared.spec.reference_model import reference_forward, reference_logits
 from tests.variants import VARIANTS, variant_config
 
 from .helpers import mlx_logits, record, torch_logits

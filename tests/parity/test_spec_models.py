@@ -1,12 +1,12 @@
-"""Both backends' models have exactly the parameters of the spec (shared/params.py): names, shapes,
+"""Both backends' models have exactly the parameters of the spec (shared/spec/params.py): names, shapes,
 initial values, and the same weights made ternary, for every row of the variant table."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from shared.init import init_weights
-from shared.params import parameter_specs, ternary_parameters
+from shared.spec.init import init_weights
+from shared.spec.params import parameter_specs, ternary_parameters
 from tests.backends import Backend
 from tests.variants import VARIANTS, variant_config
 

@@ -6,7 +6,7 @@ import pytest
 
 import ternary_cuda.checkpoint as tck
 import ternary_mlx.checkpoint as mck
-from shared import checkpoint as fmt
+from shared.spec import checkpoint as fmt
 from ternary_cuda.model import Model as TorchModel
 from ternary_cuda.train import Trainer as TorchTrainer
 from ternary_mlx.model import Model as MLXModel

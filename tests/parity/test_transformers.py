@@ -1,7 +1,7 @@
 """DESIGN 4: with ternary.enabled = false both backends are Hugging Face Qwen3ForCausalLM (and Llama).
 
 A tiny random model is written with transformers' `save_pretrained`, read back through
-shared.config.model_config_from_hf and safetensors, and the logits compared with transformers'.
+shared.spec.config.model_config_from_hf and safetensors, and the logits compared with transformers'.
 Measured differences are printed (pytest -s) and appended to $PARITY_REPORT as JSON lines.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 from safetensors.numpy import load_file  # noqa: E402
 
-from shared.config import RunConfig, TernaryConfig, TrainConfig, model_config_from_hf  # noqa: E402
+from shared.spec.config import RunConfig, TernaryConfig, TrainConfig, model_config_from_hf  # noqa: E402
 from ternary_cuda.model import Model as TorchModel  # noqa: E402
 from ternary_mlx.model import Model as MLXModel  # noqa: E402
 from tests.variants import TINY  # noqa: E402

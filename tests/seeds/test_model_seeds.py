@@ -6,11 +6,11 @@ import math
 import numpy as np
 import pytest
 
-from shared.batching import inputs_and_targets
-from shared.checkpoint import CheckpointError
-from shared.data_checks import TokenIdError
-from shared.init import init_weights
-from shared.ternary import dequantize, quantize
+from shared.data.batching import inputs_and_targets
+from shared.spec.checkpoint import CheckpointError
+from shared.data.checks import TokenIdError
+from shared.spec.init import init_weights
+from shared.spec.ternary import dequantize, quantize
 from tests.variants import DEFAULT_INIT, TINY, tiny_config
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from shared.params import parameter_shapes, ternary_parameters
+from shared.spec.params import parameter_shapes, ternary_parameters
 from tests.variants import VARIANTS, tiny_config, variant_config
 from ternary_cuda.model import Model
 

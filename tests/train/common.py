@@ -1,12 +1,12 @@
-"""Tiny runs of the shared training loop (shared/loop.py via shared/runner.py) for tests/train."""
+"""Tiny runs of the shared training loop (shared/train/loop.py via shared/train/runner.py) for tests/train."""
 from __future__ import annotations
 
 import importlib
 import json
 from pathlib import Path
 
-from shared.config import RunConfig
-from shared.runner import Backend, train
+from shared.spec.config import RunConfig
+from shared.train.runner import Backend, train
 from tests.variants import tiny_sets
 
 # A 90k-parameter model on the byte tokenizer: one step takes milliseconds on a CPU.
@@ -31,7 +31,7 @@ def backend(name: str, wrap=None) -> Backend:
 
 
 def run(cfg: RunConfig, name: str, out: Path, *, wrap=None, **kw):
-    """shared.runner.train without a progress bar; returns (result, summary, log lines)."""
+    """shared.train.runner.train without a progress bar; returns (result, summary, log lines)."""
     logs: list[str] = []
     result, summary = train(cfg, backend(name, wrap), out, log=logs.append, progress=False, **kw)
     return result, summary, logs

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared import checkpoint as fmt
-from shared.data import load_token_dataset
-from shared.loader import TokenLoader
-from shared.ternary import ternary_weight
-from shared.tokenizers import get_tokenizer
+from shared.spec import checkpoint as fmt
+from shared.data.dataset import load_token_dataset
+from shared.data.loader import TokenLoader
+from shared.spec.ternary import ternary_weight
+from shared.data.tokenizers import get_tokenizer
 from tests.train.common import backend, config, run, train_losses
 
 DECAY = 0.9

@@ -1,4 +1,4 @@
-"""The guards of the shared training loop (shared/loop.py): epochs (S7), early stopping (S8),
+"""The guards of the shared training loop (shared/train/loop.py): epochs (S7), early stopping (S8),
 data-budget warnings (S9), the NaN guard, the wall-clock budget, host syncs (S16), token ids (S13)
 and Ctrl-C. The loop is framework-neutral; most tests drive it with the MLX trainer (the faster
 one on a CPU), wrapped where a test needs to inject a fault or count calls."""
@@ -12,14 +12,14 @@ import time
 import numpy as np
 import pytest
 
-from shared import checkpoint as fmt
-from shared.config import ConfigError
-from shared.data import DataError, TokenDataset, load_token_dataset, prepare_data, read_manifest, write_shard
-from shared.loader import TokenLoader
-from shared.data_checks import TokenIdError
-from shared.loop import NonFiniteLoss, count_parameters, preflight
-from shared.loop import run as loop_run
-from shared.tokenizers import get_tokenizer
+from shared.spec import checkpoint as fmt
+from shared.spec.config import ConfigError
+from shared.data.dataset import DataError, TokenDataset, load_token_dataset, prepare_data, read_manifest, write_shard
+from shared.data.loader import TokenLoader
+from shared.data.checks import TokenIdError
+from shared.train.loop import NonFiniteLoss, count_parameters, preflight
+from shared.train.loop import run as loop_run
+from shared.data.tokenizers import get_tokenizer
 from tests.train.common import Wrapper, backend, config, records, run, train_losses, trainer_state
 
 TOKENS_PER_STEP = 4 * 32
@@ -290,7 +290,7 @@ def test_s13_prepared_data_with_an_id_outside_the_vocabulary_is_refused(tmp_path
 
 def test_s13_the_loop_refuses_ids_outside_the_model_vocabulary(tmp_path):
     """The trainers switch the model's per-call id check off because the loop's loader checks every
-    training id once; a dataset handed to shared.loop.run directly must be checked there too."""
+    training id once; a dataset handed to shared.train.loop.run directly must be checked there too."""
     ds = _dataset(5000, 3000)
     ds.train[4321] = 300
     calls = []

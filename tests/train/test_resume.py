@@ -1,4 +1,4 @@
-"""Resuming through shared.runner.train continues the run exactly where it stopped.
+"""Resuming through shared.train.runner.train continues the run exactly where it stopped.
 
 12 uninterrupted steps (checkpoint_every=6, log_every=1: metrics.jsonl holds every step's loss)
 against 6 steps, then `resume=` into the same directory with train.steps=12. train.warmup_steps is
@@ -12,11 +12,11 @@ import shutil
 import numpy as np
 import pytest
 
-from shared import checkpoint as fmt
-from shared.config import ConfigError
-from shared.data import load_token_dataset
-from shared.loader import TokenLoader
-from shared.tokenizers import get_tokenizer
+from shared.spec import checkpoint as fmt
+from shared.spec.config import ConfigError
+from shared.data.dataset import load_token_dataset
+from shared.data.loader import TokenLoader
+from shared.data.tokenizers import get_tokenizer
 from tests.train.common import config, run, train_losses, trainer_state
 
 STEPS, HALF = 12, 6

@@ -5,7 +5,7 @@ import signal
 
 import pytest
 
-from shared.loop import _StopFlag
+from shared.train.loop import _StopFlag
 from tests.train.common import config, run
 
 

@@ -1,4 +1,4 @@
-"""The checkpoint directory format (shared/checkpoint.py, DESIGN 3.4) and seeded init (shared/init.py)."""
+"""The checkpoint directory format (shared/spec/checkpoint.py, DESIGN 3.4) and seeded init (shared/spec/init.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file as st_save_file
 
-import shared.checkpoint as ck
-from shared.checkpoint import CheckpointError, read_checkpoint, verify_manifest, write_checkpoint
-from shared.config import RunConfig
-from shared.init import init_weights
-from shared.params import parameter_shapes
+import shared.spec.checkpoint as ck
+from shared.spec.checkpoint import CheckpointError, read_checkpoint, verify_manifest, write_checkpoint
+from shared.spec.config import RunConfig
+from shared.spec.init import init_weights
+from shared.spec.params import parameter_shapes
 from tests.variants import tiny_config
 
 WRITER = {"backend": "unit-test"}

@@ -1,4 +1,4 @@
-"""Config dataclasses, presets and canonical names (shared/config.py, shared/presets.py, shared/params.py)."""
+"""Config dataclasses, presets and canonical names (shared/spec/config.py, shared/spec/presets.py, shared/spec/params.py)."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import ConfigError, ModelConfig, RunConfig, model_config_from_hf
-from shared.params import parameter_shapes, parameter_specs, ternary_input_dims, ternary_parameters
-from shared.presets import PRESETS, get_preset
+from shared.spec.config import ConfigError, ModelConfig, RunConfig, model_config_from_hf
+from shared.spec.params import parameter_shapes, parameter_specs, ternary_input_dims, ternary_parameters
+from shared.spec.presets import PRESETS, get_preset
 from tests.variants import TINY, tiny_dict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -465,7 +465,7 @@ def test_shared_imports_no_framework():
     code = (
         "import importlib, pkgutil, sys\n"
         "import shared\n"
-        "mods = [m.name for m in pkgutil.iter_modules(shared.__path__, 'shared.')]\n"
+        "mods = [m.name for m in pkgutil.walk_packages(shared.__path__, 'shared.')]\n"
         "for m in mods: importlib.import_module(m)\n"
         "bad = sorted(k for k in sys.modules if k.split('.')[0] in ('mlx', 'torch'))\n"
         "print(len(mods), bad)\n"

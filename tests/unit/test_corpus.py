@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from shared.corpus import SyntheticCorpus
+from shared.data.corpus import SyntheticCorpus
 
 _STEP = re.compile(r"(\. | )([a-z]+)")
 

@@ -5,13 +5,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.batching import inputs_and_targets
-from shared.corpus import SyntheticCorpus
-from shared.data import (HEADER_BYTES, MAGIC, DataError, encode_words, load_token_dataset, prepare_data,
+from shared.data.batching import inputs_and_targets
+from shared.data.corpus import SyntheticCorpus
+from shared.data.dataset import (HEADER_BYTES, MAGIC, DataError, encode_words, load_token_dataset, prepare_data,
                          read_manifest, read_shard, write_shard)
-from shared.loader import TokenLoader, val_windows
-from shared.data_checks import TokenIdError
-from shared.tokenizers import TokenizerError, get_tokenizer
+from shared.data.loader import TokenLoader, val_windows
+from shared.data.checks import TokenIdError
+from shared.data.tokenizers import TokenizerError, get_tokenizer
 
 
 @pytest.fixture(scope="module")

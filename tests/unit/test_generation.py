@@ -1,10 +1,10 @@
-"""Host-side sampling and text assembly (shared/generation.py)."""
+"""Host-side sampling and text assembly (shared/train/generation.py)."""
 from __future__ import annotations
 
 import numpy as np
 
-from shared.generation import generate_ids, generate_text, sample_next
-from shared.tokenizers import get_tokenizer
+from shared.train.generation import generate_ids, generate_text, sample_next
+from shared.data.tokenizers import get_tokenizer
 
 
 def test_greedy_and_top_k():

@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from shared.metrics import EvalAccumulator, bits_per_byte, perplexity
-from shared.tokenizers import Tokenizer, get_tokenizer, sentencepiece_byte_tables
+from shared.data.metrics import EvalAccumulator, bits_per_byte, perplexity
+from shared.data.tokenizers import Tokenizer, get_tokenizer, sentencepiece_byte_tables
 
 
 def test_bits_per_byte_formula():

@@ -1,4 +1,4 @@
-"""Parameter specs and the option table (shared/params.py, shared/options.py): one declaration, read
+"""Parameter specs and the option table (shared/spec/params.py, shared/spec/options.py): one declaration, read
 by init, ternary targeting, optimizer rules and the exporters' allowlist."""
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from shared.config import ConfigError, ModelConfig
-from shared.init import init_weights
-from shared.optim_rules import slots_for, uses_muon, uses_weight_decay
-from shared.options import EXPORT_FORMATS, OPTIONS, ROLES, inexpressible, option_table_markdown
-from shared.params import float_matrices, parameter_specs, ternary_parameters
+from shared.spec.config import ConfigError, ModelConfig
+from shared.spec.init import init_weights
+from shared.train.optim_rules import slots_for, uses_muon, uses_weight_decay
+from shared.spec.options import EXPORT_FORMATS, OPTIONS, ROLES, inexpressible, option_table_markdown
+from shared.spec.params import float_matrices, parameter_specs, ternary_parameters
 from tests.variants import VARIANTS, tiny_config, variant_config
 
 
@@ -121,4 +121,4 @@ def test_design_doc_carries_the_current_option_table():
     text = (Path(__file__).resolve().parents[2] / "docs" / "design.md").read_text()
     start, end = text.index("<!-- option-table:start -->\n"), text.index("<!-- option-table:end -->")
     assert text[start:end].split("\n", 1)[1].strip() == option_table_markdown().strip(), \
-        "docs/design.md 3.7 is out of date: paste shared.options.option_table_markdown() there"
+        "docs/design.md 3.7 is out of date: paste shared.spec.options.option_table_markdown() there"

@@ -1,4 +1,4 @@
-"""shared/promote.py: shape scaling, the artifact estimate against the real packer, the lr rules,
+"""shared/train/promote.py: shape scaling, the artifact estimate against the real packer, the lr rules,
 the memory/FLOP/time model and the errors of `ternary promote` (NumPy only, no backend)."""
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import math
 import pytest
 
 from convert.export import pack
-from shared import promote
-from shared.config import ConfigError, RunConfig
-from shared.init import init_weights
-from shared.loop import count_parameters
-from shared.params import parameter_shapes, parameter_specs
-from shared.optim_rules import muon_scale, uses_muon
-from shared.presets import get_preset
+from shared.train import promote
+from shared.spec.config import ConfigError, RunConfig
+from shared.spec.init import init_weights
+from shared.train.loop import count_parameters
+from shared.spec.params import parameter_shapes, parameter_specs
+from shared.train.optim_rules import muon_scale, uses_muon
+from shared.spec.presets import get_preset
 from tests.variants import tiny_sets
 
 
@@ -220,7 +220,7 @@ def test_errors(mac):
 
 
 def test_step_counts_keep_their_fraction_of_the_run_and_checkpoints_are_periodic():
-    from shared.promote import scale_step_counts
+    from shared.train.promote import scale_step_counts
     base = get_preset("mac-ablation").with_overrides(["train.steps=1000", "train.eval_every=100", "train.warmup_steps=10",
                                                        "ternary.warmup_steps=50", "train.checkpoint_every=0"])
     train, tern = scale_step_counts(base, 5000)

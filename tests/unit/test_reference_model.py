@@ -1,4 +1,4 @@
-"""The NumPy float64 reference model (shared/reference_model.py) against hand-checkable facts.
+"""The NumPy float64 reference model (shared/spec/reference_model.py) against hand-checkable facts.
 
 NumPy only. The parity suite compares the backends with this reference; these tests make sure the
 reference itself is right, from cases whose answer is known without running it: RoPE on unit
@@ -12,11 +12,11 @@ import math
 import numpy as np
 import pytest
 
-from shared import ternary as T
-from shared.checkpoint import CheckpointError
-from shared.data_checks import TokenIdError
-from shared.init import init_weights
-from shared.reference_model import (causal_attention, effective_weight, reference_forward, reference_logits,
+from shared.spec import ternary as T
+from shared.spec.checkpoint import CheckpointError
+from shared.data.checks import TokenIdError
+from shared.spec.init import init_weights
+from shared.spec.reference_model import (causal_attention, effective_weight, reference_forward, reference_logits,
                                     rms_norm, rope, ternary_names)
 from tests.variants import tiny_config
 

@@ -1,4 +1,4 @@
-"""The NumPy reference of the ternary projection and of code packing (shared/ternary.py, DESIGN 3.2).
+"""The NumPy reference of the ternary projection and of code packing (shared/spec/ternary.py, DESIGN 3.2).
 
 Expected values are derived by hand (cases built so every float32 operation is exact) or from an
 independent float64 / pure-Python computation; nothing here is copied from running the code.
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared import ternary as T
+from shared.spec import ternary as T
 
 EPS32 = np.float32(1e-5)
 
@@ -131,7 +131,7 @@ def test_quantize_rejects_non_2d():
 
 # ---- pairwise sum -------------------------------------------------------------------------------
 def _pairwise_reference(values) -> np.float32:
-    """The order documented in shared/ternary.py, in plain Python with float32 scalars:
+    """The order documented in shared/spec/ternary.py, in plain Python with float32 scalars:
     pad with zeros to a power of two, then add the second half onto the first until one is left."""
     v = [np.float32(x) for x in values]
     p = 1

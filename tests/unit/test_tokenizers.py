@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import shared.tokenizers as tk
-from shared.data_checks import TokenIdError
-from shared.tokenizers import (BUILTIN_TOKENIZERS, Tokenizer, TokenizerError, get_tokenizer,
+import shared.data.tokenizers as tk
+from shared.data.checks import TokenIdError
+from shared.data.tokenizers import (BUILTIN_TOKENIZERS, Tokenizer, TokenizerError, get_tokenizer,
                                sentencepiece_byte_tables, train_sentencepiece)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -103,7 +103,7 @@ def test_sentencepiece_byte_counts_sum_to_normalised_text_bytes(sp512, text):
 
 
 def test_synthetic_bpe_512_round_trips_the_corpus(sp512):
-    from shared.corpus import SyntheticCorpus
+    from shared.data.corpus import SyntheticCorpus
     text = SyntheticCorpus(3).generate(20_000, "val").rstrip(" ")
     ids = sp512.encode(text)
     assert sp512.decode(ids) == text
@@ -220,7 +220,7 @@ def test_hf_bos_from_tokenizer_config(tmp_path):
 
 
 def test_spec_package_imports_no_framework():
-    code = ("import sys, shared.tokenizers, shared.data, shared.corpus, shared.metrics; "
+    code = ("import sys, shared.data.tokenizers, shared.data.dataset, shared.data.corpus, shared.data.metrics; "
             "bad = [m for m in ('mlx', 'torch', 'transformers') if m in sys.modules]; "
             "assert not bad, bad")
     import subprocess

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.config import RunConfig
+from shared.spec.config import RunConfig
 from tests.variants import FAST_VARIANTS, VARIANTS, tiny_config, tiny_dict, tiny_sets, variant_config
 
 

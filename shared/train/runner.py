@@ -17,22 +17,22 @@ from typing import Any, Callable
 
 import numpy as np
 
-from shared import checkpoint as fmt
-from shared.config import ConfigError, RunConfig
-from shared.data import load_token_dataset
-from shared.loop import LoopResult, count_parameters, preflight, run
-from shared.params import parameter_shapes
-from shared.presets import get_preset
-from shared.tokenizers import get_tokenizer
+from shared.spec import checkpoint as fmt
+from shared.spec.config import ConfigError, RunConfig
+from shared.data.dataset import load_token_dataset
+from shared.train.loop import LoopResult, count_parameters, preflight, run
+from shared.spec.params import parameter_shapes
+from shared.spec.presets import get_preset
+from shared.data.tokenizers import get_tokenizer
 
 
 @dataclass
 class Backend:
     name: str  # "mlx" or "torch"
-    Model: type  # shared.interfaces.ModelClass
-    Trainer: type  # shared.interfaces.TrainerClass
+    Model: type  # shared.train.interfaces.ModelClass
+    Trainer: type  # shared.train.interfaces.TrainerClass
     version: str
-    # Data parallelism: the backend's parallel module (shared.interfaces.Parallel; here only
+    # Data parallelism: the backend's parallel module (shared.train.interfaces.Parallel; here only
     # `setup()` and `teardown(failed)` are used). None: always one process.
     parallel: Any = None
 
@@ -92,7 +92,7 @@ def _check_resume_config(cfg: RunConfig, saved: RunConfig, ckpt: Path) -> None:
 
 def _absolute_paths(cfg: RunConfig) -> RunConfig:
     """Store data.source / data.tokenizer paths absolute, so the run can be read from anywhere."""
-    from shared.tokenizers import BUILTIN_TOKENIZERS
+    from shared.data.tokenizers import BUILTIN_TOKENIZERS
     d = cfg.data
     if d.source != "synthetic" and Path(d.source).exists():
         d.source = str(Path(d.source).resolve())
@@ -183,7 +183,7 @@ def train(cfg: RunConfig, backend: Backend, out_dir: Path, *, resume: Path | Non
 
 def _add_subln(init_cfg: RunConfig, cfg: RunConfig, weights: dict, init: Path, log: Callable[[str], None]) -> dict:
     """--init into a run with model.subln from a checkpoint without it: unit sub-norm gains, blended
-    in over ternary.warmup_steps (shared/config.py); any other model difference is an error."""
+    in over ternary.warmup_steps (shared/spec/config.py); any other model difference is an error."""
     adding = cfg.model.subln and not init_cfg.model.subln
     if init_cfg.model != (dataclasses.replace(cfg.model, subln=False) if adding else cfg.model):
         diff = [f"{k} {getattr(init_cfg.model, k)!r} -> {getattr(cfg.model, k)!r}"

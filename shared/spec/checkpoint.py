@@ -26,8 +26,8 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from shared.config import RunConfig
-from shared.params import parameter_shapes
+from shared.spec.config import RunConfig
+from shared.spec.params import parameter_shapes
 
 FORMAT = "ternary-checkpoint"
 VERSION = 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from shared.config import ConfigError, RunConfig, _suggest
+from shared.spec.config import ConfigError, RunConfig, _suggest
 
 
 @dataclass(frozen=True)

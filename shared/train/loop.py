@@ -3,7 +3,7 @@
 A backend provides a `Trainer` (train.py) with `step(windows, step) -> handle` (lazy, no host
 sync), `fetch(handles) -> [(loss, grad_norm)]` (one sync), `numpy_weights()`,
 `numpy_optimizer_state()`, `ema_weights()`, `evaluate(tokens, tokenizer, max_tokens)` and
-`save(path, trainer_state)` (shared.interfaces.Trainer). This module owns the cadence: logging,
+`save(path, trainer_state)` (shared.train.interfaces.Trainer). This module owns the cadence: logging,
 evaluation, early stopping, checkpoints, the wall-clock budget, the NaN guard and Ctrl-C.
 
 Data parallel (world_size > 1): every rank runs this loop and takes the same branches (SEEDS S12).
@@ -26,10 +26,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from shared.config import RunConfig
-from shared.data import TokenDataset
-from shared.loader import TokenLoader
-from shared.params import parameter_shapes, ternary_parameters
+from shared.spec.config import RunConfig
+from shared.data.dataset import TokenDataset
+from shared.data.loader import TokenLoader
+from shared.spec.params import parameter_shapes, ternary_parameters
 
 # Tokens per parameter below which a run is data-starved. Compute-optimal LMs see ~20; the smoke
 # preset converges on its simple synthetic source at ~0.6; SEEDS S9 overfit at 0.05.

@@ -5,7 +5,7 @@ val_bpb    = total nats / ln 2 / total UTF-8 bytes of the scored tokens
            = (val_loss / ln 2) * tokens / bytes      (parameter-golf's formula)
 perplexity = exp(val_loss)
 Bytes come from `Tokenizer.byte_counts(targets, prev)`, so a BOS target counts 0 bytes and a
-leading-space piece after a boundary does not count its space (see shared/tokenizers.py).
+leading-space piece after a boundary does not count its space (see shared/data/tokenizers.py).
 """
 from __future__ import annotations
 

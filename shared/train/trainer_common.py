@@ -4,8 +4,8 @@ Written once so the two backends cannot drift (SEEDS S11). A backend Trainer sub
 `TrainerCommon` and sets `checkpoint` (its checkpoint module) and `evaluate_model` (its
 evaluate function, whose `across_ranks=True` spreads the windows over the data-parallel ranks);
 it provides `model`, `config`, `ema_weights()` and `numpy_optimizer_state()`.
-A data-parallel backend sets `rank` and overrides `agree` (see shared/loop.py). The whole
-contract is shared.interfaces.Trainer.
+A data-parallel backend sets `rank` and overrides `agree` (see shared/train/loop.py). The whole
+contract is shared.train.interfaces.Trainer.
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from shared import checkpoint as fmt
-from shared.tokenizers import Tokenizer
+from shared.spec import checkpoint as fmt
+from shared.data.tokenizers import Tokenizer
 
 
 class TrainerCommon:
@@ -28,7 +28,7 @@ class TrainerCommon:
 
     def evaluate(self, tokens: np.ndarray, tokenizer: Tokenizer, max_tokens: int) -> dict:
         """Validation metrics of the current weights (of the EMA weights when EMA is on). Every
-        rank calls this; with several, each scores a share of the windows (shared/evaluation.py)."""
+        rank calls this; with several, each scores a share of the windows (shared/train/evaluation.py)."""
         ema = self.ema_weights()
         current = self.model.numpy_weights() if ema is not None else None
         if ema is not None:

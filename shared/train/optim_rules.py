@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.config import TrainConfig
-from shared.params import ParamSpec
-from shared.schedule import lr_multiplier
+from shared.spec.config import TrainConfig
+from shared.spec.params import ParamSpec
+from shared.train.schedule import lr_multiplier
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)  # Muon's quintic Newton-Schulz coefficients (Keller Jordan)
 NS_STEPS = 5

@@ -6,7 +6,7 @@ mistake they share (a wrong RoPE convention, a missed norm, GQA heads grouped th
 they mirror each other. This file shares no code with them: it is plain NumPy in float64, one
 function per equation, so the float32 backends must land within rounding error of it.
 
-The model (Qwen3 layout, Hugging Face names; see shared/params.py for parameters and shapes):
+The model (Qwen3 layout, Hugging Face names; see shared/spec/params.py for parameters and shapes):
 
     x = E_used[ids]                                          embedding lookup
     per layer:  x = x + Attn(RMSNorm(x));  x = x + MLP(RMSNorm(x))     pre-norm, residuals
@@ -18,7 +18,7 @@ non-interleaved RoPE, causal softmax(q k^T / sqrt(head_dim)). MLP: SwiGLU down(s
 or relu^2 down(relu(up x)^2). SubLN (BitNet) inserts RMSNorms before o_proj and down_proj, blended
 in as x + lambda * (RMSNorm(x) - x).
 
-Ternary projection (DESIGN 3.2): the codes q and scales s come from shared/ternary.py in float32,
+Ternary projection (DESIGN 3.2): the codes q and scales s come from shared/spec/ternary.py in float32,
 bit for bit as the backends compute them (they decide which side of a rounding boundary each weight
 falls on, so they must not be recomputed in float64); W_used = W + lambda * (q * s - W) is then
 evaluated in float64. With ternary.activation_bits = 8 the input of every ternary projection is
@@ -30,16 +30,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared import ternary as T
-from shared.checkpoint import check_tensor_set
-from shared.config import RunConfig
-from shared.data_checks import check_token_ids
-from shared.params import parameter_shapes, ternary_parameters
+from shared.spec import ternary as T
+from shared.spec.checkpoint import check_tensor_set
+from shared.spec.config import RunConfig
+from shared.data.checks import check_token_ids
+from shared.spec.params import parameter_shapes, ternary_parameters
 
 
 # ---- which weights are ternary, and what the forward pass uses for them -------------------------
 def ternary_names(cfg: RunConfig) -> frozenset[str]:
-    """The weights that are projected to ternary, as the parameter specs say (shared/params.py)."""
+    """The weights that are projected to ternary, as the parameter specs say (shared/spec/params.py)."""
     return frozenset(ternary_parameters(cfg))
 
 

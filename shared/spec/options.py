@@ -1,14 +1,14 @@
 """Model options, declared once: config key, default, check, the parameters they add, and which
 export formats can express them.
 
-Everything that needs to know about an option reads this table: `shared.config.ModelConfig` takes
-its option fields from it, `shared.params` builds the parameter list from the `params` rules
+Everything that needs to know about an option reads this table: `shared.spec.config.ModelConfig` takes
+its option fields from it, `shared.spec.params` builds the parameter list from the `params` rules
 (name, shape, role, init, position), and every exporter refuses by name an option at a
 non-default value that is not in its `exporters` set (an allowlist: a new option is refused
 everywhere until a format declares it can express it).
 
 To add an option: one `ModelOption` row here, the forward pass in both model files and in
-`shared/reference_model.py`, and a row in `tests/variants.py`.
+`shared/spec/reference_model.py`, and a row in `tests/variants.py`.
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
-    from shared.config import ModelConfig
+    from shared.spec.config import ModelConfig
 
-# Parameter roles. The role decides the default weight decay and optimizer group (shared/params.py).
+# Parameter roles. The role decides the default weight decay and optimizer group (shared/spec/params.py).
 MATRIX = "matrix"        # a projection inside a block: ternary-capable, Muon under train.optimizer=muon
 EMBEDDING = "embedding"  # the token embedding (also the head when tied)
 HEAD = "head"            # an untied LM head
@@ -38,7 +38,7 @@ class ParamRule:
     """One parameter an option adds. `suffix` is the name inside a layer (`self_attn.q_norm.weight`)
     or, with scope "model", the whole name (`lm_head.weight`). The parameter sits right after
     `after` (and after those placed there before it), so the canonical order, and with it each
-    tensor's random stream in shared/init.py, stays what it was before the option existed."""
+    tensor's random stream in shared/spec/init.py, stays what it was before the option existed."""
     suffix: str
     shape: Callable[["ModelConfig"], tuple[int, ...]]
     role: str
@@ -76,7 +76,7 @@ def _one_of(*choices: str):
     def check(v):
         if v in choices:
             return None
-        from shared.config import _suggest
+        from shared.spec.config import _suggest
         return f"{v!r} is not supported; choose one of {', '.join(choices)}{_suggest(v, choices)}"
     return check
 

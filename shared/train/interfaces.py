@@ -1,6 +1,6 @@
 """What the shared code expects of a backend, written down as typing.Protocols.
 
-`Model` and `Trainer` are what shared/loop.py, shared/runner.py and shared/trainer_common.py call
+`Model` and `Trainer` are what shared/train/loop.py, shared/train/runner.py and shared/train/trainer_common.py call
 on a backend's objects; `Parallel` is its data-parallel module (ternary_mlx/parallel.py,
 ternary_cuda/parallel.py: a module satisfies a Protocol by its functions). Both backends are
 checked against them, names and signatures, by tests/distributed/test_interfaces.py. Arrays are
@@ -12,16 +12,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-if TYPE_CHECKING:  # annotations only: shared.evaluation and shared.config import NumPy
-    from shared.config import RunConfig
-    from shared.evaluation import Shard
-    from shared.tokenizers import Tokenizer
+if TYPE_CHECKING:  # annotations only: shared.train.evaluation and shared.spec.config import NumPy
+    from shared.spec.config import RunConfig
+    from shared.train.evaluation import Shard
+    from shared.data.tokenizers import Tokenizer
 
 
 @runtime_checkable
 class Model(Protocol):
     """model(input_ids (B, T) int tensor) -> logits (B, T, vocab) float32 tensor; weights in and
-    out as NumPy under canonical names (shared/params.py)."""
+    out as NumPy under canonical names (shared/spec/params.py)."""
 
     config: RunConfig
     check_ids: bool  # check every id against the vocabulary per call; trainers that checked on the host switch it off
@@ -49,10 +49,10 @@ class ModelClass(Protocol):
 
 @runtime_checkable
 class Trainer(Protocol):
-    """One backend's training state and step; shared/loop.py owns the cadence around it.
+    """One backend's training state and step; shared/train/loop.py owns the cadence around it.
 
     step / fetch / agree / evaluate / save are what the loop calls (evaluate and save come from
-    shared/trainer_common.py, which builds them on numpy_weights, numpy_optimizer_state,
+    shared/train/trainer_common.py, which builds them on numpy_weights, numpy_optimizer_state,
     ema_weights and checkpoint_tensors)."""
 
     config: RunConfig
@@ -114,4 +114,4 @@ class Parallel(Protocol):
         """The elementwise float64 sum of the NumPy array `a` over the ranks, on every rank."""
 
     def eval_shard(self, model: Model) -> Shard | None:
-        """This rank's share of an evaluation of `model` (shared.evaluation), None for one process."""
+        """This rank's share of an evaluation of `model` (shared.train.evaluation), None for one process."""

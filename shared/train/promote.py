@@ -25,7 +25,7 @@ Learning rates (muP-style width transfer, base width = the ablation's hidden_siz
   has one AdamW rate for every parameter, so embeddings and norms get the scaled rate as well (a
   stated compromise: hidden matrices are almost all of the parameters).
 - optimizer "muon": train.muon_lr and train.lr are kept. Muon's update is orthogonalised
-  (spectral norm ~1 whatever the width) and multiplied by shared.optim_rules.muon_scale(shape) =
+  (spectral norm ~1 whatever the width) and multiplied by shared.train.optim_rules.muon_scale(shape) =
   sqrt(max(1, out / in)); with every matrix's out/in ratio kept by the shape rules above, that
   factor is the same at the new width. Embeddings, head and norms stay on AdamW at train.lr,
   unchanged (their per-element update does not depend on the width).
@@ -41,9 +41,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.config import ConfigError, RunConfig, _suggest
-from shared.options import MATRIX
-from shared.params import parameter_shapes, parameter_specs, ternary_parameters
+from shared.spec.config import ConfigError, RunConfig, _suggest
+from shared.spec.options import MATRIX
+from shared.spec.params import parameter_shapes, parameter_specs, ternary_parameters
 
 
 @dataclass(frozen=True)
@@ -96,9 +96,9 @@ def parse_count(text: str) -> int:
 
 # ---- counts -------------------------------------------------------------------------------------
 def count_parameters(cfg: RunConfig) -> tuple[int, int]:
-    """(total, ternary); shared.loop.count_parameters, imported late so that `ternary --help`
+    """(total, ternary); shared.train.loop.count_parameters, imported late so that `ternary --help`
     (which reads TARGETS) does not load NumPy and the data pipeline."""
-    from shared.loop import count_parameters as count
+    from shared.train.loop import count_parameters as count
     return count(cfg)
 
 
@@ -249,8 +249,8 @@ class Memory:
 
 
 def optimizer_state_bytes(cfg: RunConfig) -> int:
-    """fp32 optimizer slots (shared.optim_rules.slots_for: Adam 2, Muon 1, EMA +1) per parameter."""
-    from shared.optim_rules import slots_for
+    """fp32 optimizer slots (shared.train.optim_rules.slots_for: Adam 2, Muon 1, EMA +1) per parameter."""
+    from shared.train.optim_rules import slots_for
     return sum(4 * math.prod(s.shape) * len(slots_for(s, cfg.train)) for s in parameter_specs(cfg.model).values())
 
 

@@ -5,7 +5,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from shared.tokenizers import Tokenizer
+from shared.data.tokenizers import Tokenizer
 
 
 def sample_next(logits: np.ndarray, rng: np.random.Generator, temperature: float, top_k: int | None) -> int:

@@ -15,9 +15,9 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from shared.batching import inputs_and_targets
-from shared.data import DataError
-from shared.data_checks import TokenIdError, check_token_ids
+from shared.data.batching import inputs_and_targets
+from shared.data.dataset import DataError
+from shared.data.checks import TokenIdError, check_token_ids
 
 
 # ---- training loader ----------------------------------------------------------------------------
@@ -25,7 +25,7 @@ class TokenLoader:
     """Deterministic batches of (seq_len + 1)-token windows for one rank (see the module doc).
 
     `next_batch()` -> int32 (batch_size, seq_len + 1); split it with
-    shared.batching.inputs_and_targets. `state()` / `load_state()` resume the exact stream.
+    shared.data.batching.inputs_and_targets. `state()` / `load_state()` resume the exact stream.
     """
 
     def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, *, rank: int = 0,

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.config import ModelConfig
-from shared.params import parameter_specs
+from shared.spec.config import ModelConfig
+from shared.spec.params import parameter_specs
 
 
 def init_weights(m: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:

@@ -40,7 +40,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from shared.data_checks import check_token_ids
+from shared.data.checks import check_token_ids
 
 TOKENIZER_FILES = Path(__file__).resolve().parent / "tokenizer_files"
 _SPACE_MARK = "\u2581"  # SentencePiece's '▁'
@@ -57,7 +57,7 @@ class TokenizerSpec:
     name: str
     kind: str  # 'bytes' | 'sentencepiece' | 'hf'
     vocab_size: int
-    file: str | None  # relative to shared/tokenizer_files/; None for 'bytes'
+    file: str | None  # relative to shared/data/tokenizer_files/; None for 'bytes'
     sha256: str
     description: str
 

@@ -19,9 +19,9 @@ from typing import Callable
 
 import numpy as np
 
-from shared.loader import val_windows
-from shared.metrics import EvalAccumulator
-from shared.tokenizers import Tokenizer
+from shared.data.loader import val_windows
+from shared.data.metrics import EvalAccumulator
+from shared.data.tokenizers import Tokenizer
 
 
 @dataclass(frozen=True)

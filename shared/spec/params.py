@@ -3,7 +3,7 @@ weight-decay flag, optimizer group and ternary target. The one source of truth a
 
 Names are the Hugging Face Qwen3/Llama ones; linear weights are (out, in) in both backends. The
 base architecture is below; options add parameters through their declarations in
-`shared/options.py` (one place), never through special cases here or in the consumers: ternary
+`shared/spec/options.py` (one place), never through special cases here or in the consumers: ternary
 targeting, init, optimizer grouping, `inspect`, promote's counts and the exporters all read these
 specs, and nothing guesses what a tensor is from its name or its number of dimensions.
 """
@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from shared.options import CONTROL, EMBEDDING, HEAD, MATRIX, NORM, OPTIONS, ParamRule
+from shared.spec.options import CONTROL, EMBEDDING, HEAD, MATRIX, NORM, OPTIONS, ParamRule
 
 if TYPE_CHECKING:
-    from shared.config import ModelConfig, RunConfig
+    from shared.spec.config import ModelConfig, RunConfig
 
 # The optimizer group of each role: block matrices ("matrix", Muon when train.optimizer = muon),
 # the token embedding, an untied head, and the small float tensors ("scalar": gains, controls).
@@ -53,7 +53,7 @@ def _kv_out(m: "ModelConfig") -> int:
     return m.num_key_value_heads * m.head_dim
 
 
-_BASE_LAYER = (  # a pre-norm decoder layer; options add to it (shared/options.py)
+_BASE_LAYER = (  # a pre-norm decoder layer; options add to it (shared/spec/options.py)
     _rule("input_layernorm.weight", lambda m: (m.hidden_size,), NORM, init="ones"),
     _rule("self_attn.q_proj.weight", lambda m: (_q_out(m), m.hidden_size), MATRIX, "attn"),
     _rule("self_attn.k_proj.weight", lambda m: (_kv_out(m), m.hidden_size), MATRIX, "attn"),
@@ -97,7 +97,7 @@ def _spec(name: str, r: ParamRule, m: "ModelConfig", option_value) -> ParamSpec:
 
 
 def parameter_specs(m: "ModelConfig") -> dict[str, ParamSpec]:
-    """Every parameter of the model, in canonical order (the order of shared/init.py's streams)."""
+    """Every parameter of the model, in canonical order (the order of shared/spec/init.py's streams)."""
     (embed, _), *rest = _place(_BASE_MODEL, "model", m)
     layer = _place(_BASE_LAYER, "layer", m)
     out = {embed.suffix: _spec(embed.suffix, embed, m, None)}

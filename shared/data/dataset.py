@@ -1,4 +1,4 @@
-"""Token shards and text -> tokens (DESIGN 3.5); the training loader and eval windows are in shared/loader.py.
+"""Token shards and text -> tokens (DESIGN 3.5); the training loader and eval windows are in shared/data/loader.py.
 
 Shard format (parameter-golf's, extended for large vocabularies)
 ----------------------------------------------------------------
@@ -35,9 +35,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from shared.checkpoint import swap_dir
-from shared.data_checks import check_token_ids
-from shared.tokenizers import Tokenizer, TokenizerError
+from shared.spec.checkpoint import swap_dir
+from shared.data.checks import check_token_ids
+from shared.data.tokenizers import Tokenizer, TokenizerError
 
 MAGIC = 20240520
 HEADER_INTS = 256
@@ -171,7 +171,7 @@ def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
 
 
 def _synthetic_dataset(tokenizer: Tokenizer, train_bytes: int, val_bytes: int, seed: int) -> TokenDataset:
-    from shared.corpus import SyntheticCorpus
+    from shared.data.corpus import SyntheticCorpus
     for name, v in (("synthetic_train_bytes", train_bytes), ("synthetic_val_bytes", val_bytes)):
         if v <= 0:
             raise DataError(f"data.{name} must be positive, got {v}")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from shared.config import TrainConfig
+from shared.spec.config import TrainConfig
 
 
 def lr_multiplier(step: int, t: TrainConfig) -> float:

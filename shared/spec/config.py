@@ -68,13 +68,13 @@ class ModelShape:
 
 
 def _with_options(base: type) -> type:
-    """ModelConfig = the shape fields plus one field per model option of shared/options.py (the
+    """ModelConfig = the shape fields plus one field per model option of shared/spec/options.py (the
     option table is where an option's key, type, default and meaning are declared)."""
-    from shared.options import OPTIONS
+    from shared.spec.options import OPTIONS
     fields_ = [(o.key, o.type, field(default=o.default)) for o in OPTIONS]
     cls = dataclasses.make_dataclass("ModelConfig", fields_, bases=(base,))
     cls.__module__ = __name__
-    cls.__doc__ = (base.__doc__ + " Option fields (shared/options.py): "
+    cls.__doc__ = (base.__doc__ + " Option fields (shared/spec/options.py): "
                    + ", ".join(o.key for o in OPTIONS) + ".")
     return cls
 
@@ -244,7 +244,7 @@ class RunConfig:
         if m.num_attention_heads % m.num_key_value_heads:
             raise ConfigError(f"model.num_key_value_heads={m.num_key_value_heads} must divide "
                               f"model.num_attention_heads={m.num_attention_heads} (grouped-query attention)")
-        from shared.options import OPTIONS
+        from shared.spec.options import OPTIONS
         for opt in OPTIONS:
             problem = opt.check(getattr(m, opt.key))
             if problem:
@@ -270,7 +270,7 @@ class RunConfig:
         if t.eps <= 0:
             raise ConfigError("ternary.eps must be positive")
         if t.enabled and t.group_size:
-            from shared.params import ternary_input_dims
+            from shared.spec.params import ternary_input_dims
             for name, in_dim in ternary_input_dims(self).items():
                 if in_dim % t.group_size:
                     raise ConfigError(
