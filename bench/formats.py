@@ -5,14 +5,14 @@ Part 1, sizes. For each model (default: two random ternary Qwen3 checkpoints mad
 folder, hidden 256, 4 layers, intermediate 512, vocab 512, group 128 and group 0; or `--checkpoint
 DIR`), every export is written for real and measured:
 
-  packed        convert.export.to_packed (base-3 codes, fp16 scales and floats, LZMA): PackedStats;
+  packed        convert.formats.packed.to_packed (base-3 codes, fp16 scales and floats, LZMA): PackedStats;
                 packed_int8_lzma / packed_fp16_zstd / packed_int8_zstd: the same with --floats int8
                 (per-row int8 float matrices) and/or --compress zstd
-  hf_bitnet     convert.export_bitnet.to_hf_bitnet (2-bit packed uint8 + fp32 per-tensor scale)
-  mlx_lm        convert.export_hf.to_mlx_lm (uint32 2-bit words + fp32 scales and biases per group)
-  gguf_tq2_0    convert.export_gguf.to_gguf TQ2_0 (66 bytes per 256 values)
+  hf_bitnet     convert.formats.hf_bitnet.to_hf_bitnet (2-bit packed uint8 + fp32 per-tensor scale)
+  mlx_lm        convert.formats.hf_export.to_mlx_lm (uint32 2-bit words + fp32 scales and biases per group)
+  gguf_tq2_0    convert.formats.gguf_export.to_gguf TQ2_0 (66 bytes per 256 values)
   gguf_tq1_0    the same, TQ1_0 (54 bytes per 256 values)
-  canonical     convert.export.to_canonical (fp32 latent weights), and bf16 (16 bits) for reference
+  canonical     convert.formats.packed.to_canonical (fp32 latent weights), and bf16 (16 bits) for reference
 
 `ternary_bits_per_weight` = 8 * (bytes of the ternary tensors: codes and their scales/biases) / the
 number of ternary weights, read from each written file's tensor table; `file_bits_per_ternary_weight`
@@ -21,7 +21,7 @@ bound for independent uniform codes) and the empirical entropy of the model's co
 refuses the model is listed with its error message.
 
 Part 2, import time. A random Qwen3ForCausalLM written by transformers' save_pretrained (float32;
-one model.safetensors, and sharded with max_shard_size) is imported with convert.hf.import_hf
+one model.safetensors, and sharded with max_shard_size) is imported with convert.formats.hf_import.import_hf
 (`ternary import-hf`: read, check, ternary config, write a verified checkpoint), and compared with
 only reading the same files with safetensors.numpy.load_file. Median of `--repeats` runs.
 
@@ -87,7 +87,10 @@ def _dir_bytes(d: Path) -> int:
 
 def measure_formats(ckpt: Path, work: Path) -> dict:
     # imported before any export is timed, as before (the helpers below import them again, free)
-    from convert import export, export_bitnet, export_gguf, export_hf  # noqa: F401
+    from convert.formats import packed as export
+    from convert.formats import hf_bitnet as export_bitnet
+    from convert.formats import gguf_export as export_gguf
+    from convert.formats import hf_export  # noqa: F401
     config, weights = read_checkpoint(ckpt)
     tern = ternary_parameters(config)
     if not tern:
@@ -145,7 +148,7 @@ def _exports(ckpt: Path, work: Path, tern: list[str], n: int) -> list[tuple[str,
 
 
 def _packed(ckpt: Path, work: Path, n: int, floats: str = "fp16", compress: str = "lzma") -> dict:
-    from convert import export
+    from convert.formats import packed as export
     st = export.to_packed(ckpt, work / f"m-{floats}-{compress}.tpk", floats=floats, compress=compress)
     out = _bits(st.codes_bytes + st.scales_bytes, st.bytes, n)
     out["codes_bits_per_weight_uncompressed"] = round(st.code_bits_per_weight, 4)
@@ -157,7 +160,7 @@ def _packed(ckpt: Path, work: Path, n: int, floats: str = "fp16", compress: str 
 
 
 def _hf_bitnet(ckpt: Path, work: Path, tern: list[str], n: int) -> dict:
-    from convert import export_bitnet
+    from convert.formats import hf_bitnet as export_bitnet
     export_bitnet.to_hf_bitnet(ckpt, work / "bitnet")
     sizes = safetensors_sizes(work / "bitnet" / "model.safetensors")
     tb = sum(sizes[k] + sizes[k[:-len("weight")] + "weight_scale"] for k in tern if k in sizes
@@ -166,7 +169,7 @@ def _hf_bitnet(ckpt: Path, work: Path, tern: list[str], n: int) -> dict:
 
 
 def _mlx_lm(ckpt: Path, work: Path, tern: list[str], n: int) -> dict:
-    from convert import export_hf
+    from convert.formats import hf_export as export_hf
     export_hf.to_mlx_lm(ckpt, work / "mlxlm")
     sizes = safetensors_sizes(work / "mlxlm" / "model.safetensors")
     tb = sum(sizes[k] + sizes[k[:-len(".weight")] + ".scales"] + sizes[k[:-len(".weight")] + ".biases"]
@@ -175,7 +178,7 @@ def _mlx_lm(ckpt: Path, work: Path, tern: list[str], n: int) -> dict:
 
 
 def _gguf(ckpt: Path, work: Path, n: int, kind: str) -> dict:
-    from convert import export_gguf
+    from convert.formats import gguf_export as export_gguf
     r = export_gguf.to_gguf(ckpt, work / f"{kind}.gguf", gguf_type=kind)
     out = _bits(r["ternary_bytes"], r["bytes"], n)
     out.update(exact_scales=r["exact_scales"], max_rel_weight_error=r["max_rel_weight_error"])
@@ -183,7 +186,7 @@ def _gguf(ckpt: Path, work: Path, n: int, kind: str) -> dict:
 
 
 def _canonical(ckpt: Path, work: Path, n: int) -> dict:
-    from convert import export
+    from convert.formats import packed as export
     r = export.to_canonical(ckpt, work / "canonical")
     return _bits(4 * n, r["bytes"], n)
 
@@ -203,7 +206,7 @@ def _hf_qwen3(out: Path, hidden: int, layers: int, vocab: int, shard: str | None
 def measure_import(work: Path, hidden: int, layers: int, vocab: int, repeats: int) -> dict:
     from safetensors.numpy import load_file
 
-    from convert.hf import import_hf
+    from convert.formats.hf_import import import_hf
     res: dict = {"model": {"hidden_size": hidden, "num_hidden_layers": layers, "vocab_size": vocab,
                            "intermediate_size": 3 * hidden, "dtype": "float32", "tied": True}}
     import warnings

@@ -1,5 +1,5 @@
 """`ternary import-hf`: a Hugging Face Qwen3/Llama checkpoint (local or hub) -> a ternary checkpoint;
-`ternary inspect` and `ternary convert` (convert/inspect_ckpt.py, convert/export.py)."""
+`ternary inspect` and `ternary convert` (convert/formats/inspect_ckpt.py, convert/formats/packed.py)."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +10,7 @@ from convert.common import sub
 
 
 def cmd_import_hf(args) -> int:
-    from convert import hf
+    from convert.formats import hf_import as hf
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = hf.import_hf(args.src, args.out, ternary=args.ternary, overrides=list(args.set or []),
@@ -42,20 +42,20 @@ def register(subs) -> None:
 
 # ---- inspect / convert ----------------------------------------------------------------------------
 def cmd_inspect(args) -> int:
-    from convert import inspect_ckpt
+    from convert.formats import inspect_ckpt
     report = inspect_ckpt.inspect(args.path, measure_packed=not args.no_measure)
     print(inspect_ckpt.to_json(report) if args.json else inspect_ckpt.format_report(report))
     return 0 if report["manifest"] == "OK" else 2
 
 
 def cmd_convert(args) -> int:
-    from convert import export
+    from convert.formats import packed as export
     from convert.common import CliError, checkpoint_dir
     src = checkpoint_dir(args.src)
     if args.to != "gguf" and (args.gguf_type is not None or args.gguf_float is not None):
         raise CliError("--gguf-type and --gguf-float apply to --to gguf only")
     if args.to in ("hf", "mlx-lm"):
-        from convert import export_hf
+        from convert.formats import hf_export as export_hf
         if args.compress is not None or args.floats is not None or args.dtype != "float32":
             raise CliError(f"--compress, --floats and --dtype do not apply to --to {args.to}")
         fn = export_hf.to_hf if args.to == "hf" else export_hf.to_mlx_lm
@@ -102,7 +102,7 @@ def _convert_quantized(args, src) -> int:
     if args.compress is not None or args.floats is not None or args.dtype != "float32":
         raise CliError(f"--compress, --floats and --dtype do not apply to --to {args.to}")
     if args.to == "hf-bitnet":
-        from convert.export_bitnet import to_hf_bitnet
+        from convert.formats.hf_bitnet import to_hf_bitnet
         r = to_hf_bitnet(src, args.out, force=args.force)
         for w in r["warnings"]:
             print(f"ternary: warning: {w}", file=sys.stderr)
@@ -110,7 +110,7 @@ def _convert_quantized(args, src) -> int:
               f"{r['tensors']} tensors ({r['packed']} ternary linears 2-bit packed, per-tensor scale); "
               f"tokenizer {r['tokenizer']}")
         return 0
-    from convert.export_gguf import to_gguf
+    from convert.formats.gguf_export import to_gguf
     r = to_gguf(src, args.out, gguf_type=args.gguf_type or "TQ2_0", float_type=args.gguf_float or "f16",
                 force=args.force)
     for w in r["warnings"]:
@@ -151,7 +151,7 @@ def register_export(subs) -> None:
             "packed: one file, a JSON header (config, tensor table) and base-3 codes (5 per byte), fp16 scales\n"
             "and the other parameters in fp16 (--floats int8: float matrices such as the embedding in per-row\n"
             "absmax int8, each element within half a row scale; norm gains stay fp16), compressed with LZMA,\n"
-            "zstd or not at all; load it with convert.export.load_packed or score it with `ternary eval FILE`.\n"
+            "zstd or not at all; load it with convert.formats.packed.load_packed or score it with `ternary eval FILE`.\n"
             "The ternary forward pass is kept up to fp16 rounding of the scales (<= 2^-11 relative); latent\n"
             "weights are not.\n\n"
             "hf-bitnet: transformers' BitNet quantizer (AutoBitLinear, offline): ternary linears 2-bit packed\n"

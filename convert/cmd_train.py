@@ -48,7 +48,7 @@ def load_model(path: str, backend: str, use_ema: bool):
     from shared.spec import checkpoint as fmt
     packed = Path(path).is_file()  # a `ternary convert --to packed` artifact: the round trip (S15)
     if packed:
-        from convert.export import load_packed
+        from convert.formats.packed import load_packed
         ckpt = Path(path)
         cfg, packed_weights = load_packed(ckpt, form="latent")  # same codes; scales from fp16
     else:
@@ -58,7 +58,7 @@ def load_model(path: str, backend: str, use_ema: bool):
     info = b.describe() + (f", blas: {b.blas}" if b.blas else "")
     functions = (b.evaluate.evaluate, b.generate.generate)
     if packed:
-        from convert.export import describe
+        from convert.formats.packed import describe
         return model, cfg, ckpt, functions, "packed", f"{info}; packed artifact ({describe(ckpt)})"
     weights, note = "latent", "latent weights"
     if cfg.train.ema_decay and use_ema:

@@ -1,4 +1,4 @@
-"""`ternary convert --to canonical|packed` (convert/export.py) on tiny torch models (CPU).
+"""`ternary convert --to canonical|packed` (convert/formats/packed.py) on tiny torch models (CPU).
 
 Tolerance of the logits check: the packed file keeps the codes exactly and rounds each scale to
 fp16 (normal range, so relative error <= 2^-11) and each float parameter (norm gains, the tied
@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import torch
 
-from convert import export
+from convert.formats import packed as export
 from convert.cli import main
 from shared.spec.checkpoint import read_checkpoint
 from shared.spec.config import RunConfig

@@ -1,4 +1,4 @@
-"""`ternary convert --to hf-bitnet` (convert/export_bitnet.py): stock transformers loads the export with
+"""`ternary convert --to hf-bitnet` (convert/formats/hf_bitnet.py): stock transformers loads the export with
 its BitNet quantizer (AutoBitLinear, offline, 2-bit packed) on CPU and computes our ternary forward pass.
 
 AutoBitLinear always quantizes its input to 8 bits per token, as our ternary.activation_bits = 8 does.
@@ -19,7 +19,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("accelerate")  # transformers' BitNet quantizer requires it
 
 from convert.cli import main  # noqa: E402
-from convert.export_bitnet import tensor_bytes, to_hf_bitnet  # noqa: E402
+from convert.formats.hf_bitnet import tensor_bytes, to_hf_bitnet  # noqa: E402
 from shared.spec.config import ConfigError, RunConfig  # noqa: E402
 from shared.spec.ternary import quantize, unpack_2bit  # noqa: E402
 from ternary_cuda.checkpoint import load, save  # noqa: E402

@@ -1,4 +1,4 @@
-"""`ternary convert --to gguf` (convert/export_gguf.py): read the file back with gguf.GGUFReader,
+"""`ternary convert --to gguf` (convert/formats/gguf_export.py): read the file back with gguf.GGUFReader,
 dequantize every tensor with gguf.quants.dequantize and compare with our effective weights: codes
 exact; scales exact up to fp16 rounding when the group is 0 or a multiple of 256, else the
 least-squares block scale (lossy, warned); llama.cpp's qwen3 names and hparams; tokenizer metadata."""
@@ -10,7 +10,7 @@ import pytest
 gguf = pytest.importorskip("gguf")
 
 from convert.cli import main  # noqa: E402
-from convert.export_gguf import tensor_bytes, to_gguf  # noqa: E402
+from convert.formats.gguf_export import tensor_bytes, to_gguf  # noqa: E402
 from shared.spec.checkpoint import write_checkpoint  # noqa: E402
 from shared.spec.config import ConfigError, RunConfig  # noqa: E402
 from shared.spec.init import init_weights  # noqa: E402

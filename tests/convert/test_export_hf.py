@@ -1,4 +1,4 @@
-"""`ternary convert --to hf|mlx-lm` (convert/export_hf.py): stock transformers / mlx-lm load the
+"""`ternary convert --to hf|mlx-lm` (convert/formats/hf_export.py): stock transformers / mlx-lm load the
 export and give our ternary forward pass's logits (CPU, float32, within 1e-4)."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 mx = pytest.importorskip("mlx.core")
 
-from convert import export_hf  # noqa: E402
+from convert.formats import hf_export as export_hf  # noqa: E402
 from convert.cli import main  # noqa: E402
 from shared.spec.config import ConfigError, RunConfig  # noqa: E402
 from ternary_mlx.checkpoint import save  # noqa: E402

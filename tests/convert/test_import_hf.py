@@ -1,4 +1,4 @@
-"""`ternary import-hf` (convert/hf.py): Hugging Face Qwen3 directories -> ternary checkpoints.
+"""`ternary import-hf` (convert/formats/hf_import.py): Hugging Face Qwen3 directories -> ternary checkpoints.
 
 Tiny random Qwen3 models are written with transformers' save_pretrained (float32 tied/untied, bf16,
 sharded), imported, loaded by both backends and compared with transformers (eager) logits.
@@ -18,7 +18,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
-from convert import hf  # noqa: E402
+from convert.formats import hf_import as hf  # noqa: E402
 from shared.spec.checkpoint import CheckpointError, read_config  # noqa: E402
 from shared.spec.config import ConfigError  # noqa: E402
 from tests.variants import TINY  # noqa: E402

@@ -1,4 +1,4 @@
-"""`ternary inspect` (convert/inspect_ckpt.py) on a tiny torch checkpoint."""
+"""`ternary inspect` (convert/formats/inspect_ckpt.py) on a tiny torch checkpoint."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,9 @@ import math
 
 import numpy as np
 
-from convert import export, inspect_ckpt
+from convert.formats import packed as export
+
+from convert.formats import inspect_ckpt
 from convert.cli import main
 from shared.spec.checkpoint import read_checkpoint
 from shared.spec.config import RunConfig

@@ -78,7 +78,7 @@ def test_init_adds_subln_to_a_checkpoint_without_it(tmp_path):
 
 
 def test_hf_export_refuses_subln():
-    from convert.export_hf import check_expressible
+    from convert.formats.hf_export import check_expressible
     cfg = RunConfig().with_overrides(BASE + ["model.subln=true"])
     with pytest.raises(ConfigError, match="subln"):
         check_expressible(cfg)

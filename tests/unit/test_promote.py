@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from convert.export import pack
+from convert.formats.packed import pack
 from shared.train import promote
 from shared.spec.config import ConfigError, RunConfig
 from shared.spec.init import init_weights

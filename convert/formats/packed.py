@@ -26,7 +26,7 @@ like data together (sections 3 and 4 are empty unless --floats int8):
                   they are few and an error in a gain scales a whole channel.
 All numbers are little endian.
 
-The int8 rule and the compressors: convert/packed_codecs.py.
+The int8 rule and the compressors: convert/formats/packed_codecs.py.
 
 Versions: 2 (this writer) added "zstd", --floats int8 and the header key "floats"; version 1 files
 (lzma/none, fp16 floats) are a subset of version 2 and still read.
@@ -58,7 +58,7 @@ from shared.spec.options import inexpressible
 from shared.spec.params import float_matrices, parameter_shapes, ternary_parameters
 from shared.spec.ternary import pack_base3, quantize, unpack_base3
 
-from convert.packed_codecs import (COMPRESSIONS, FP16_MAX, FP16_MIN_NORMAL, PackedError, compress_payload,
+from convert.formats.packed_codecs import (COMPRESSIONS, FP16_MAX, FP16_MIN_NORMAL, PackedError, compress_payload,
                                    decompress_payload, quantize_rows_int8, zstd_module)
 
 MAGIC = b"TERNPK1\n"  # unchanged across versions: the version lives in the header

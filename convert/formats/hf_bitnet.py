@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from convert.export_hf import _read, _staged, _tokenizer_files, check_expressible, hf_config
+from convert.formats.hf_export import _read, _staged, _tokenizer_files, check_expressible, hf_config
 from shared.spec.config import ConfigError, RunConfig
 from shared.spec.params import parameter_shapes, parameter_specs
 from shared.spec.ternary import pack_2bit, quantize

@@ -1,4 +1,4 @@
-"""The number codecs of the packed artifact (convert/export.py): per-row int8 for float matrices,
+"""The number codecs of the packed artifact (convert/formats/packed.py): per-row int8 for float matrices,
 and the payload compressors.
 
 int8 rule (per row, symmetric absmax): s = fp16(max|row| / 127), rounded to nearest and then moved

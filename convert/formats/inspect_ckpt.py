@@ -5,8 +5,8 @@ ternary weight the code distribution (fractions of -1 / 0 / +1 from shared.spec.
 latent weights) and its scale statistics, the overall code entropy (bits per ternary weight), and
 sizes: float32 and bf16 tensor data, 2-bit packing (shared.spec.ternary.pack_2bit layout: ceil(out/4)
 rows) + fp16 scales + bf16 other parameters, the tensor data of the hf-bitnet and gguf TQ2_0 / TQ1_0
-exports (convert/export_bitnet.py, convert/export_gguf.py; n/a where they refuse the model), and the
-packed artifact of convert/export.py (base-3 + fp16 + LZMA, and with --floats int8 when the model has
+exports (convert/formats/hf_bitnet.py, convert/formats/gguf_export.py; n/a where they refuse the model), and the
+packed artifact of convert/formats/packed.py (base-3 + fp16 + LZMA, and with --floats int8 when the model has
 float matrices), built in memory to measure it.
 """
 from __future__ import annotations
@@ -87,11 +87,12 @@ def _code_statistics(weights: dict[str, np.ndarray], tern: list[str], t) -> tupl
 def _sizes(config, weights: dict[str, np.ndarray], tern: list[str], n_total: int, n_float: int, n_scales: int,
            two_bit: int, measure_packed: bool) -> dict[str, Any]:
     """Bytes of the model in each format and export (None where an export refuses it)."""
-    from convert.export import pack
+    from convert.formats.packed import pack
     sz: dict[str, Any] = {"float32": 4 * n_total, "bf16": 2 * n_total,
                           "packed_2bit": two_bit + 2 * n_scales + 2 * n_float}
     # tensor data of the stock-tool exports; None where that export refuses this model
-    from convert import export_bitnet, export_gguf
+    from convert.formats import hf_bitnet as export_bitnet
+    from convert.formats import gguf_export as export_gguf
     sz["hf_bitnet"] = export_bitnet.tensor_bytes(config)
     sz["gguf_tq2_0"] = export_gguf.tensor_bytes(config, "TQ2_0")
     sz["gguf_tq1_0"] = export_gguf.tensor_bytes(config, "TQ1_0")

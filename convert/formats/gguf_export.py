@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from convert.export_bitnet import check_qwen3_shape
-from convert.export_hf import _read
+from convert.formats.hf_bitnet import check_qwen3_shape
+from convert.formats.hf_export import _read
 from shared.spec.checkpoint import CheckpointError
 from shared.spec.config import ConfigError, RunConfig
 from shared.spec.params import float_matrices, parameter_shapes

@@ -81,7 +81,7 @@ def _tokenizer_files(config: RunConfig) -> tuple[list[Path], str]:
     tok = config.data.tokenizer
     d = Path(tok).expanduser()
     if d.is_dir() and (d / "tokenizer.json").is_file():
-        from convert.hf import tokenizer_files
+        from convert.formats.hf_import import tokenizer_files
         return tokenizer_files(d), f"copied from {d}"
     return [], (f"not copied: data.tokenizer {tok!r} is not a Hugging Face tokenizer directory "
                 "(no tokenizer.json); add tokenizer files to the output yourself")
