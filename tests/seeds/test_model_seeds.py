@@ -1,4 +1,4 @@
-"""Regression tests for the model-level bug classes of SEEDS.md (S1-S5, S10, S13), in both backends."""
+"""Regression tests for the model-level bug classes of docs/pitfalls.md (SEEDS S1-S5, S10, S13), in both backends."""
 from __future__ import annotations
 
 import math
