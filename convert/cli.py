@@ -1,8 +1,7 @@
 """The `ternary` command line: one console script whose subcommands dispatch to the packages.
 
-The subcommands live in convert/cmd_model.py (presets, config, init, demo), convert/cmd_train.py
-(train, eval, generate), convert/cmd_data.py (tokenizer train, data prepare) and
-convert/cmd_convert.py (import-hf). mlx and torch are
+Each subcommand is a module of convert/commands/ (one per verb; its index docstring lists them), and
+build_parser registers them in the order of convert.commands.COMMANDS. mlx and torch are
 imported inside the subcommands that need them, so `ternary --help`, `presets` and `config` start
 fast. User errors (bad config, bad checkpoint, bad token ids, bad data or tokenizer, missing or
 unwritable files) print `ternary: error: <message>` on stderr and exit 2; a failed demo check or a
@@ -13,8 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from convert import blas, cmd_convert, cmd_data, cmd_model, cmd_promote, cmd_train
+from convert import blas
 from convert.backends import NAMES, backend_class
+from convert.commands import COMMANDS
 from convert.common import CliError, user_errors
 
 __all__ = ["CliError", "build_parser", "main"]
@@ -34,11 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fast-blas", action="store_true",
                    help="on Linux, do not re-run MLX commands with Debian's OpenBLAS preloaded")
     subs = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    cmd_train.register(subs)
-    cmd_model.register(subs)
-    cmd_data.register(subs)
-    cmd_convert.register(subs)
-    cmd_promote.register(subs)
+    for command in COMMANDS:
+        command.register(subs)
     return p
 
 

@@ -1,4 +1,4 @@
-"""Helpers shared by the `ternary` subcommands (convert/cmd_*.py): errors, argument groups, configs.
+"""Helpers shared by the `ternary` subcommands (convert/commands/): errors, argument groups, configs.
 
 Nothing here imports mlx or torch; the subcommands import them lazily, so `ternary --help`,
 `presets` and `config` start fast.

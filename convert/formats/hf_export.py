@@ -1,4 +1,4 @@
-"""Exports for stock tools: `ternary convert SRC --to hf|mlx-lm --out DIR` (convert/cmd_convert.py).
+"""Exports for stock tools: `ternary convert SRC --to hf|mlx-lm --out DIR` (convert/commands/convert.py).
 
 hf: a float Qwen3 directory that `transformers.Qwen3ForCausalLM.from_pretrained(DIR)` loads:
     config.json (Qwen3ForCausalLM, model_type qwen3, the Hugging Face keys of our model config),

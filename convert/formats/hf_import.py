@@ -1,6 +1,6 @@
 """Import a Hugging Face Qwen3 / Llama checkpoint (config.json + safetensors) as a ternary checkpoint.
 
-`import_hf(src, out, ...)` is what `ternary import-hf` runs (convert/cmd_convert.py):
+`import_hf(src, out, ...)` is what `ternary import-hf` runs (convert/commands/import_hf.py):
 
 - `src` is a local directory or a hub id; a hub id is fetched with `huggingface_hub.snapshot_download`
   (config, safetensors and tokenizer files only).

@@ -1,4 +1,4 @@
-"""Exports of a checkpoint: `ternary convert SRC --to canonical|packed` (convert/cmd_convert.py).
+"""Exports of a checkpoint: `ternary convert SRC --to canonical|packed` (convert/commands/convert.py).
 
 canonical: the checkpoint re-written by `shared.spec.checkpoint.write_checkpoint` (atomic) with the
 latent weights only (no optimizer or trainer state), float32, and read back (verified) afterwards.

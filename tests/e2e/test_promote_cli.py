@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from convert import cmd_promote
+from convert.commands import promote_check
 from shared.spec.config import RunConfig
 from tests.variants import tiny_sets
 
@@ -69,7 +69,7 @@ def _tiny_promoted(tmp_path, *extra: str) -> Path:
 def test_check_uses_synthetic_when_the_shards_are_missing(tmp_path):
     cfg = RunConfig.load_toml(_tiny_promoted(tmp_path, f"data.source={tmp_path / 'no-shards'}",
                                              f"data.tokenizer={tmp_path / 'no.model'}", "train.batch_size=16"))
-    run_cfg, notes = cmd_promote.check_config(cfg, full=True)
+    run_cfg, notes = promote_check.check_config(cfg, full=True)
     assert run_cfg.data.source == "synthetic" and run_cfg.data.tokenizer == "bytes"  # vocab 256 < 512
     assert any("does not exist here: the check trains on the synthetic corpus" in n for n in notes)
     t = run_cfg.train
@@ -85,14 +85,14 @@ def test_check_reports_a_failure_with_its_error(tmp_path, capsys, monkeypatch):
     def broken(*a, **k):
         raise RuntimeError("simulated out-of-memory")
     monkeypatch.setattr(shared.train.runner, "train", broken)
-    assert not cmd_promote.run_check(path, full=True)
+    assert not promote_check.run_check(path, full=True)
     assert "check: FAIL after" in (o := capsys.readouterr().out) and "RuntimeError: simulated out-of-memory" in o
 
 
 def test_check_shrinks_depth_when_ram_is_short(tmp_path, monkeypatch):
     cfg = RunConfig.load_toml(_tiny_promoted(tmp_path, "model.num_hidden_layers=8"))
-    need = cmd_promote.check_ram_bytes(cfg.with_overrides(["train.batch_size=1"]))
-    monkeypatch.setattr(cmd_promote, "available_ram", lambda: need * 0.5 / cmd_promote.CHECK_RAM_FRACTION)
-    run_cfg, notes = cmd_promote.check_config(cfg, full=True)
+    need = promote_check.check_ram_bytes(cfg.with_overrides(["train.batch_size=1"]))
+    monkeypatch.setattr(promote_check, "available_ram", lambda: need * 0.5 / promote_check.CHECK_RAM_FRACTION)
+    run_cfg, notes = promote_check.check_config(cfg, full=True)
     assert run_cfg.model.num_hidden_layers < 8 and run_cfg.model.hidden_size == 64
     assert any(n.startswith("MODEL SHRUNK") and "RAM" in n for n in notes)

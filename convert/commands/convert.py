@@ -1,56 +1,14 @@
-"""`ternary import-hf`: a Hugging Face Qwen3/Llama checkpoint (local or hub) -> a ternary checkpoint;
-`ternary inspect` and `ternary convert` (convert/formats/inspect_ckpt.py, convert/formats/packed.py)."""
+"""`ternary convert`: export a checkpoint as canonical, packed (convert/formats/packed.py), hf or mlx-lm
+(hf_export.py), hf-bitnet (hf_bitnet.py) or gguf (gguf_export.py)."""
 from __future__ import annotations
 
-import argparse
 import sys
-import warnings
 
-from convert.common import sub
-
-
-def cmd_import_hf(args) -> int:
-    from convert.formats import hf_import as hf
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = hf.import_hf(args.src, args.out, ternary=args.ternary, overrides=list(args.set or []),
-                              revision=args.revision, force=args.force)
-    for w in caught:
-        print(f"ternary: warning: {w.message}", file=sys.stderr)
-    print(hf.summary(result))
-    return 0
+from convert.common import CliError, checkpoint_dir, sub
 
 
-def register(subs) -> None:
-    p = sub(subs, "import-hf", "Import a Hugging Face Qwen3/Llama model (directory or hub id) as a checkpoint.",
-            "  ternary import-hf Qwen/Qwen3-0.6B --out runs/qwen3-0.6b-ternary\n"
-            "  ternary import-hf ./my-hf-model --out runs/float --no-ternary\n"
-            "  ternary import-hf Qwen/Qwen3-0.6B --revision main --out runs/q --set ternary.group_size=64\n\n"
-            "The model section comes from config.json; weights (float32, float16 or bfloat16 safetensors,\n"
-            "single or sharded) are stored as float32. Tokenizer files are copied to OUT/tokenizer/\n"
-            "(outside the checkpoint manifest) and data.tokenizer points there.", cmd_import_hf)
-    p.add_argument("src", metavar="SRC", help="a local Hugging Face model directory or a hub id (owner/name)")
-    p.add_argument("--out", metavar="DIR", required=True, help="checkpoint directory to create")
-    p.add_argument("--ternary", action=argparse.BooleanOptionalAction, default=True,
-                   help="enable ternary projection (default: on, group 128, attn+mlp; tune with --set ternary.*)")
-    p.add_argument("--set", metavar="SECTION.KEY=VALUE", action="extend", nargs="+", default=[],
-                   help="override ternary/train/data config values, e.g. ternary.group_size=64")
-    p.add_argument("--revision", metavar="R", help="hub revision (branch, tag or commit) for a hub id")
-    p.add_argument("--force", action="store_true", help="replace an existing checkpoint at --out")
-    register_export(subs)
-
-
-# ---- inspect / convert ----------------------------------------------------------------------------
-def cmd_inspect(args) -> int:
-    from convert.formats import inspect_ckpt
-    report = inspect_ckpt.inspect(args.path, measure_packed=not args.no_measure)
-    print(inspect_ckpt.to_json(report) if args.json else inspect_ckpt.format_report(report))
-    return 0 if report["manifest"] == "OK" else 2
-
-
-def cmd_convert(args) -> int:
+def run(args) -> int:
     from convert.formats import packed as export
-    from convert.common import CliError, checkpoint_dir
     src = checkpoint_dir(args.src)
     if args.to != "gguf" and (args.gguf_type is not None or args.gguf_float is not None):
         raise CliError("--gguf-type and --gguf-float apply to --to gguf only")
@@ -98,7 +56,6 @@ def cmd_convert(args) -> int:
 
 def _convert_quantized(args, src) -> int:
     """--to hf-bitnet (transformers BitNet, 2-bit packed) and --to gguf (llama.cpp TQ2_0 / TQ1_0)."""
-    from convert.common import CliError
     if args.compress is not None or args.floats is not None or args.dtype != "float32":
         raise CliError(f"--compress, --floats and --dtype do not apply to --to {args.to}")
     if args.to == "hf-bitnet":
@@ -125,17 +82,7 @@ def _convert_quantized(args, src) -> int:
     return 0
 
 
-def register_export(subs) -> None:
-    p = sub(subs, "inspect", "Verify a checkpoint and report its config, parameters, ternary codes and export sizes.",
-            "  ternary inspect runs/smoke-mlx\n"
-            "  ternary inspect runs/smoke-mlx/checkpoint --json\n\n"
-            "Codes and scales come from the reference projection (shared/spec/ternary.py) of the latent weights;\n"
-            "the packed size is measured by building the `convert --to packed` file in memory (fp16 floats,\n"
-            "and --floats int8 too when the model has float matrices such as an embedding).\n"
-            "Exit status 2 when the manifest check fails (the report says why).", cmd_inspect)
-    p.add_argument("path", metavar="PATH", help="a checkpoint directory, or a run directory holding checkpoint/")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--no-measure", action="store_true", help="skip building the LZMA packed files (slow on big models)")
+def register(subs) -> None:
     c = sub(subs, "convert", "Export a checkpoint: canonical, packed (base-3 + LZMA/zstd), hf, mlx-lm, hf-bitnet or gguf.",
             "  ternary convert runs/smoke-mlx --to canonical --out runs/smoke-clean\n"
             "  ternary convert runs/smoke-mlx --to packed --out smoke.tpk\n"
@@ -164,7 +111,7 @@ def register_export(subs) -> None:
             "(refused otherwise). Codes are always exact; scales are exact up to fp16 rounding when\n"
             "group_size is 0 or a multiple of 256, else one least-squares scale per block (lossy, warned).\n"
             "Norms float32, other float matrices float16 (--gguf-float f32); tokenizer metadata is written\n"
-            "for a Hugging Face byte-level BPE tokenizer directory.", cmd_convert)
+            "for a Hugging Face byte-level BPE tokenizer directory.", run)
     c.add_argument("src", metavar="SRC", help="a checkpoint directory, or a run directory holding checkpoint/")
     c.add_argument("--to", choices=("canonical", "packed", "hf", "mlx-lm", "hf-bitnet", "gguf"), required=True,
                    help="export format (hf: float32 Qwen3 for transformers; mlx-lm: 2-bit quantized for mlx_lm.load; "

@@ -1,65 +1,18 @@
-"""`ternary presets`, `config`, `init` and `demo`: configs, fresh checkpoints, the forward-pass parity check."""
+"""`ternary demo`: a forward pass on random tokens in MLX and/or torch, checking the loss at
+initialisation, the ternary codes against the NumPy reference, and (with both) the logits' parity."""
 from __future__ import annotations
 
 import math
 import os
-import shutil
 import sys
-import textwrap
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 from convert.backends import NAMES, load_backend
 from convert.common import CliError, config_sizes, counts, describe, human, resolve, source_args, sub
 
 
-# ---- presets / config / init --------------------------------------------------------------------
-def cmd_presets(args) -> int:
-    from shared.spec.presets import PRESETS, get_preset
-    rows = []
-    for name in PRESETS:
-        cfg = get_preset(name)
-        total, tern = counts(cfg, config_sizes(cfg))
-        rows.append((name, human(total), human(tern), PRESETS[name].note))
-    w = [max(len(r[i]) for r in rows + [("NAME", "PARAMS", "TERNARY")]) for i in range(3)]
-    indent = sum(w) + 6
-    width = max(indent + 30, shutil.get_terminal_size((120, 24)).columns)
-    print(f"{'NAME':<{w[0]}}  {'PARAMS':>{w[1]}}  {'TERNARY':>{w[2]}}  NOTE")
-    for name, total, tern, note in rows:
-        lines = textwrap.wrap(note, width - indent) or [""]
-        print(f"{name:<{w[0]}}  {total:>{w[1]}}  {tern:>{w[2]}}  {lines[0]}")
-        for line in lines[1:]:
-            print(" " * indent + line)
-    return 0
-
-
-def cmd_config(args) -> int:
-    cfg, _, _ = resolve(args)
-    if args.out:
-        cfg.save_toml(args.out)
-        print(f"wrote {args.out}")
-    else:
-        sys.stdout.write(cfg.to_toml())
-    return 0
-
-
-def cmd_init(args) -> int:
-    cfg, source, _ = resolve(args)
-    out = Path(args.out)
-    if (out / "manifest.json").exists() and not args.force:
-        raise CliError(f"{out} is an existing checkpoint; pass --force to replace it")
-    backend = load_backend(args.backend)
-    model = backend.Model(cfg, seed=cfg.train.seed)  # on the CPU in either backend: it is only saved
-    backend.checkpoint.save(model, cfg, out)
-    total, tern = counts(cfg, config_sizes(cfg))
-    print(f"wrote {out}: {source}, {human(total)} parameters ({human(tern)} ternary), "
-          f"backend {args.backend}, seed {cfg.train.seed}")
-    return 0
-
-
-# ---- demo ---------------------------------------------------------------------------------------
 def _loss(logits, ids) -> float:
     """Mean next-token cross-entropy (nats) in float64, one batch row at a time."""
     import numpy as np
@@ -104,7 +57,7 @@ def _check_memory(n_params: int, n_backends: int, logits_elems: int) -> None:
                        "--batch or --seq-len")
 
 
-def cmd_demo(args) -> int:
+def run(args) -> int:
     import numpy as np
     from shared.spec.init import init_weights
     from shared.spec.params import ternary_parameters
@@ -189,36 +142,14 @@ def _compare_backends(first: str, second: str, logits: dict, t, tolerance: float
             failures.append(f"backends disagree: max |logit difference| {diff:.3g} > {tolerance:g}")
 
 
-# ---- argument parsing ---------------------------------------------------------------------------
 def register(subs) -> None:
-    sub(subs, "presets", "List the named presets with their parameter counts and notes.",
-        "  ternary presets", cmd_presets)
-
-    c = sub(subs, "config", "Print (or write) the fully resolved, validated run config as TOML.",
-            "  ternary config --preset pg-ternary\n"
-            "  ternary config --preset smoke --set train.lr=1e-3 model.num_hidden_layers=2\n"
-            "  ternary config --config run.toml --set ternary.group_size=64 --out resolved.toml",
-            cmd_config)
-    source_args(c)
-    c.add_argument("--out", metavar="FILE.toml", help="write the TOML here (atomically) instead of stdout")
-
-    i = sub(subs, "init", "Write a freshly initialised checkpoint directory.",
-            "  ternary init --preset smoke --out runs/smoke-init\n"
-            "  ternary init --config run.toml --backend torch --seed 1 --out runs/init", cmd_init)
-    source_args(i)
-    i.add_argument("--out", metavar="DIR", required=True, help="checkpoint directory to create")
-    i.add_argument("--backend", choices=NAMES, default="mlx", help="backend that builds and "
-                   "saves the model (default: mlx; the format is the same)")
-    i.add_argument("--seed", type=int, metavar="N", help="initialisation seed (default: train.seed; stored as train.seed)")
-    i.add_argument("--force", action="store_true", help="replace an existing checkpoint at --out")
-
     d = sub(subs, "demo", "Forward pass on random tokens in MLX and/or torch: loss, speed, parity.",
             "  ternary demo --preset smoke\n"
             "  ternary demo --ckpt runs/smoke-init --backend both\n"
             "  ternary demo --preset pg-ternary --backend mlx --batch 1 --seq-len 256\n"
             "  ternary demo --set model.num_hidden_layers=2 ternary.activation_bits=8\n\n"
             "Exits 1 if the loss at initialisation is above ln(vocab) + 1 or, with both\n"
-            "backends, their logits differ by more than --tolerance.", cmd_demo)
+            "backends, their logits differ by more than --tolerance.", run)
     source_args(d, ckpt=True)
     d.add_argument("--backend", choices=(*NAMES, "both"), default="both",
                    help="which backend(s) to run (default: both, compared with each other)")

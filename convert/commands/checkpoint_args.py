@@ -1,0 +1,61 @@
+"""What `ternary eval` and `ternary generate` share: loading a checkpoint (a directory, a run directory
+or a `convert --to packed` file) in a backend, its tokenizer, and their CKPT/--backend/--tokenizer/--no-ema
+arguments."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from convert.backends import load_backend
+from convert.common import CliError, backend_arg, checkpoint_dir
+
+
+def load_model(path: str, backend: str, use_ema: bool):
+    """(model, config, checkpoint dir, (evaluate, generate), "latent" | "ema", info line) for a
+    checkpoint or run directory.
+
+    When the run kept an EMA of the weights (train.ema_decay) and the checkpoint holds it, the EMA
+    weights are used unless `use_ema` is False: they are what training evaluated."""
+    from shared.spec import checkpoint as fmt
+    packed = Path(path).is_file()  # a `ternary convert --to packed` artifact: the round trip (S15)
+    if packed:
+        from convert.formats.packed import load_packed
+        ckpt = Path(path)
+        cfg, packed_weights = load_packed(ckpt, form="latent")  # same codes; scales from fp16
+    else:
+        ckpt = checkpoint_dir(path)
+    b = load_backend(backend)
+    model, cfg = (b.new_model(cfg, packed_weights), cfg) if packed else b.load_checkpoint(ckpt)
+    info = b.describe() + (f", blas: {b.blas}" if b.blas else "")
+    functions = (b.evaluate.evaluate, b.generate.generate)
+    if packed:
+        from convert.formats.packed import describe
+        return model, cfg, ckpt, functions, "packed", f"{info}; packed artifact ({describe(ckpt)})"
+    weights, note = "latent", "latent weights"
+    if cfg.train.ema_decay and use_ema:
+        opt = fmt.read_optimizer(ckpt)
+        names = list(model.numpy_weights())
+        if opt is not None and all(f"{n}.ema" in opt[0] for n in names):
+            model.load_numpy({n: opt[0][f"{n}.ema"] for n in names})
+            weights = "ema"
+            note = f"EMA weights (train.ema_decay={cfg.train.ema_decay:g}; --no-ema for the latent ones)"
+    return model, cfg, ckpt, functions, weights, f"{info}; {note}"
+
+
+def load_tokenizer(name: str, cfg):
+    """The tokenizer `name`, refused if it has more tokens than the model's vocabulary."""
+    from shared.data.tokenizers import get_tokenizer
+    tok = get_tokenizer(name)
+    if tok.vocab_size > cfg.model.vocab_size:
+        raise CliError(f"tokenizer {tok.name!r} has {tok.vocab_size} tokens but the model's vocab_size is "
+                       f"{cfg.model.vocab_size}")
+    return tok
+
+
+def add_ckpt_args(p) -> None:
+    """CKPT, --backend, --tokenizer and --no-ema: the arguments of eval and generate."""
+    p.add_argument("ckpt", metavar="CKPT", help="a checkpoint directory, or a run directory (its checkpoint/)")
+    backend_arg(p, "runs the model")
+    p.add_argument("--tokenizer", metavar="NAME_OR_PATH",
+                   help="tokenizer (default: the checkpoint config's data.tokenizer)")
+    p.add_argument("--no-ema", action="store_true",
+                   help="with a run that kept an EMA of the weights, use the latent weights instead")

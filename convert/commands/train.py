@@ -1,0 +1,54 @@
+"""`ternary train`: the training run (shared/train/runner.py) in MLX or PyTorch (convert/backends.py;
+imported lazily); its options are convert/train_args.py's, shared with `python -m ternary_{mlx,cuda}.train`."""
+from __future__ import annotations
+
+import sys
+
+from convert.backends import load_backend
+from convert.common import CliError, backend_arg, checkpoint_dir, sub
+from convert.train_args import add_train_args, train_options
+
+
+def run(args) -> int:
+    from shared.train.loop import NonFiniteLoss
+    from shared.train.runner import default_out_dir, run_training
+    if args.resume is not None and (args.preset or args.config):
+        raise CliError("--resume continues with the checkpoint's own config; drop --preset/--config "
+                       "(--set may still change train.* values such as train.steps)")
+    opts = train_options(args)
+    if opts.resume is None and opts.out is None:
+        opts.out = default_out_dir(opts, args.backend)  # what run_training would pick; said up front
+    backend = load_backend(args.backend)
+    extra = f", blas: {backend.blas}" if backend.blas else ""
+    where = opts.out or checkpoint_dir(opts.resume).parent
+    print(f"ternary train: backend {backend.name} {backend.version}{extra}; run directory {where}", flush=True)
+    try:
+        code = run_training(opts, backend)
+    except NonFiniteLoss as e:
+        print(f"ternary: error: {e}", file=sys.stderr)
+        return 1
+    if code == 0:
+        print(f"\nnext: ternary eval {where} --backend {args.backend}\n"
+              f"      ternary generate {where} --backend {args.backend} --prompt \"...\"")
+    else:
+        print(f"\nresume with: ternary train --backend {args.backend} --resume {where}")
+    return code
+
+
+def register(subs) -> None:
+    t = sub(subs, "train", "Train a model: metrics, loss plot, summary and checkpoint in a run directory.",
+            "  ternary train --preset smoke\n"
+            "  ternary train --preset smoke --backend torch --out runs/smoke-torch\n"
+            "  ternary train --config run.toml --set train.steps=1000 train.lr=2e-3\n"
+            "  ternary train --resume runs/smoke-torch --backend torch --set train.steps=600\n"
+            "  ternary train --preset smoke --init runs/smoke-torch/checkpoint --out runs/finetune\n"
+            "  ternary train --init ckpt/student --teacher ckpt/teacher --set ternary.warmup_steps=200 model.subln=true\n\n"
+            "Several processes (train.batch_size is per rank):\n"
+            "  torchrun --standalone --nproc_per_node=8 -m ternary_cuda.train --config run.toml --out runs/big\n"
+            "  mlx.launch --backend ring -n 2 -- python -m ternary_mlx.train --preset smoke --out runs/dp2\n\n"
+            "The run directory holds config.toml, metrics.jsonl, loss.png, summary.json and\n"
+            "checkpoint/. The first Ctrl-C finishes the current step, saves checkpoint/ and exits\n"
+            "130 (resume with --resume DIR); a second Ctrl-C aborts at once. Exits 1 if the loss\n"
+            "becomes non-finite.", run)
+    add_train_args(t)
+    backend_arg(t, "trains")
