@@ -122,3 +122,9 @@ def test_design_doc_carries_the_current_option_table():
     start, end = text.index("<!-- option-table:start -->\n"), text.index("<!-- option-table:end -->")
     assert text[start:end].split("\n", 1)[1].strip() == option_table_markdown().strip(), \
         "docs/design.md 3.7 is out of date: paste shared.spec.options.option_table_markdown() there"
+
+
+def test_readme_carries_the_current_option_table():
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert option_table_markdown() in text, "README.md 'Model options' is out of date"
