@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from shared.spec.checkpoint import CheckpointError
-from shared.spec.ownership import checkpoint_refusal, foreign_entries, listing, source_conflict
+from shared.spec.ownership import checkpoint_refusal, foreign_entries, listing, occupied, source_conflict
 
 MARKER = "ternary_export.json"
 MARKER_FORMAT = "ternary-export"
@@ -61,7 +61,7 @@ def marker_refusal(out: Path, fmt: str) -> str | None:
 
 def check_dir_out(out: Path, src: str | Path, fmt: str, force: bool) -> None:
     """--to hf | mlx-lm | hf-bitnet: may `out` be written (CheckpointError if not)."""
-    if not _existing(out, src, force):
+    if not _existing(out, src, force) or not occupied(out):  # an empty directory holds nothing to lose
         return
     if out.is_symlink() or not out.is_dir():
         raise CheckpointError(f"{out} exists and is not a directory")
@@ -79,7 +79,7 @@ def write_marker(tmp: Path, fmt: str, src: str | Path) -> None:
 
 def check_checkpoint_out(out: Path, src: str | Path, force: bool) -> None:
     """--to canonical: may `out` be written (CheckpointError if not)."""
-    if not _existing(out, src, force):
+    if not _existing(out, src, force) or not occupied(out):
         return
     why = checkpoint_refusal(out)
     if why:

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from shared.spec.checkpoint import swap_dir
-from shared.spec.ownership import foreign_entries, listing, source_conflict
+from shared.spec.ownership import foreign_entries, listing, occupied, source_conflict
 from shared.data.checks import check_token_ids
 from shared.data.tokenizers import Tokenizer, TokenizerError
 
@@ -316,7 +316,7 @@ def _check_out(files: list[Path], out_dir: Path, overwrite: bool) -> None:
         return
     if not overwrite:
         raise DataError(f"prepare_data: {out_dir} already exists (pass overwrite=True / --overwrite to replace it)")
-    why = _data_dir_refusal(out_dir)
+    why = _data_dir_refusal(out_dir) if occupied(out_dir) else None  # an empty directory holds nothing to lose
     if why:
         raise DataError(f"prepare_data: {why}; overwrite replaces only a directory written by `ternary data "
                         f"prepare` ({MANIFEST} and the shards it lists); nothing was changed")
