@@ -100,7 +100,8 @@ def test_force_replaces_only_our_export_of_that_format(tmp_path, capsys, fmt):
 def test_canonical_force_replaces_only_a_checkpoint(tmp_path, capsys):
     run = _run_for("canonical", tmp_path / "run")
     out = tmp_path / "copy"
-    assert convert(run, "canonical", out) == 0
+    out.mkdir()  # an empty directory holds nothing to lose
+    assert convert(run, "canonical", out, "--force") == 0
     assert convert(run, "canonical", out, "--force") == 0
     (out / "notes.txt").write_text("precious")
     refused(capsys, run, "canonical", out, "notes.txt")

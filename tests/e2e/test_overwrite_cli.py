@@ -45,7 +45,8 @@ def test_data_prepare_overwrite_replaces_only_a_data_directory(tmp_path, capsys,
     (home / "thesis.tex").write_text("precious")
     refused(capsys, _prepare(text, home, "--overwrite"), tmp_path, "not a data directory")
     data = tmp_path / "data"
-    assert main(_prepare(text, data)) == 0
+    data.mkdir()  # an empty directory holds nothing to lose
+    assert main(_prepare(text, data, "--overwrite")) == 0
     assert main(_prepare(text, data, "--overwrite")) == 0  # its own output: replaced
     (data / "README").write_text("precious")
     refused(capsys, _prepare(text, data, "--overwrite"), tmp_path, "README")
