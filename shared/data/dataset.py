@@ -18,10 +18,10 @@ A prepared data directory (`prepare_data`, i.e. `ternary data prepare`) holds `v
 `train_000000.bin ...` and `manifest.json` (tokenizer name, kind, vocab size and sha256, token and
 byte counts); overwrite=True replaces only such a directory, holding nothing else. Documents: each
 `.jsonl` line's "text" field is a document; any other file is one document (documents="file", the
-default) or one document per blank-line-separated paragraph (documents="paragraph"). Each document is tokenized on its own and, if the tokenizer has a BOS id,
-prefixed with it (parameter-golf: BOS per document, no EOS). The validation split is the first
-`val_bytes` (default: `val_fraction` of the input size) of text, in file order; the document that
-straddles the boundary is cut at a whitespace.
+default) or one document per blank-line-separated paragraph (documents="paragraph"). Each document
+is tokenized on its own and, if the tokenizer has a BOS id, prefixed with it (parameter-golf: BOS per
+document, no EOS). The validation split is the first `val_bytes` (default: `val_fraction` of the
+input size) of text, in file order; the document that straddles the boundary is cut at a whitespace.
 """
 from __future__ import annotations
 
