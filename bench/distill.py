@@ -108,7 +108,7 @@ def main() -> None:
 def _train_all(args: argparse.Namespace, work: Path, data: Path, log: list) -> dict[str, list[str]]:
     """The float teacher, its HF round trip and imports, the continued teacher (control) and the
     ternarized fine-tunes; the fine-tunes' names and extra arguments."""
-    run = ["--backend", args.backend, "--no-progress"]
+    run = ["--backend", args.backend, "--no-progress", "--overwrite"]  # a reused --work: its own runs, afresh
     common = [f"data.source={data}", "data.tokenizer=bytes", f"train.seq_len={SEQ_LEN}", "train.batch_size=16",
               "train.eval_every=0", f"train.eval_tokens={args.eval_tokens}", "train.log_every=20"]
     cli("train", *run, "--out", str(work / "teacher-run"), "--set", *MODEL, *common, "ternary.enabled=false",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from shared.train.run_dir import OVERWRITE_HELP
 from shared.train.runner import TrainOptions
 
 
@@ -18,7 +19,11 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
     add_config_args(p)
-    p.add_argument("--out", type=Path, help="run directory (default: runs/<preset>-<backend>-<time>)")
+    p.add_argument("--out", type=Path, help="run directory (default: runs/<preset>-<backend>-<time>); an existing "
+                   "one that is not empty is refused unless --resume continues it or --overwrite replaces it, and "
+                   "one training at a time writes there (it holds DIR/.lock)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP + " or the checkpoint or config this "
+                   "run reads")
     p.add_argument("--resume", type=Path, metavar="DIR",
                    help="continue a run from its checkpoint (a run directory or a checkpoint); "
                         "--set may change train.* values such as train.steps")
@@ -36,7 +41,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 def train_options(args: argparse.Namespace) -> TrainOptions:
     """The parsed arguments of `add_train_args` as the runner's options."""
     return TrainOptions(preset=args.preset, config=args.config, overrides=list(args.overrides), out=args.out,
-                        resume=args.resume, init=args.init, teacher=args.teacher, progress=not args.no_progress)
+                        resume=args.resume, init=args.init, teacher=args.teacher, progress=not args.no_progress,
+                        overwrite=args.overwrite)
 
 
 def main(argv: list[str] | None, backend: str, prog: str) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from convert.common import CliError, checkpoint_dir, sub
+from convert.formats.replace import FORCE_HELP
 
 
 def run(args) -> int:
@@ -129,4 +130,4 @@ def register(subs) -> None:
     c.add_argument("--floats", choices=("fp16", "int8"), default=None,
                    help="packed float parameters (default fp16; int8: per-row absmax int8 + one fp16 scale per "
                         "row for float matrices, 1-D norm gains stay fp16)")
-    c.add_argument("--force", action="store_true", help="replace an existing output")
+    c.add_argument("--force", action="store_true", help=FORCE_HELP)

@@ -60,4 +60,5 @@ def register(subs) -> None:
     dp.add_argument("--shard-tokens", type=positive_int, default=100_000_000, metavar="N",
                     help="tokens per shard (default: 100,000,000)")
     dp.add_argument("--no-bos", action="store_true", help="do not put BOS in front of each document")
-    dp.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    dp.add_argument("--overwrite", action="store_true", help="replace an existing --out directory, but only one "
+                    "that `data prepare` wrote: its manifest.json and the shards it lists, nothing else")

@@ -36,4 +36,5 @@ def register(subs) -> None:
     p.add_argument("--set", metavar="SECTION.KEY=VALUE", action="extend", nargs="+", default=[],
                    help="override ternary/train/data config values, e.g. ternary.group_size=64")
     p.add_argument("--revision", metavar="R", help="hub revision (branch, tag or commit) for a hub id")
-    p.add_argument("--force", action="store_true", help="replace an existing checkpoint at --out")
+    p.add_argument("--force", action="store_true", help="replace an existing checkpoint at --out, but only "
+                   "what import-hf writes: the checkpoint's manifest and the files it lists, and tokenizer/")

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from convert.backends import NAMES, load_backend
 from convert.common import CliError, config_sizes, counts, human, resolve, source_args, sub
+from shared.spec.ownership import checkpoint_refusal, occupied
 
 
 def run(args) -> int:
@@ -12,6 +13,10 @@ def run(args) -> int:
     out = Path(args.out)
     if (out / "manifest.json").exists() and not args.force:
         raise CliError(f"{out} is an existing checkpoint; pass --force to replace it")
+    why = checkpoint_refusal(out) if args.force and occupied(out) else None
+    if why:
+        raise CliError(f"--force: {why}; it replaces only a checkpoint directory holding only the files its "
+                       "manifest lists (nothing was changed)")
     backend = load_backend(args.backend)
     model = backend.Model(cfg, seed=cfg.train.seed)  # on the CPU in either backend: it is only saved
     backend.checkpoint.save(model, cfg, out)
@@ -30,4 +35,5 @@ def register(subs) -> None:
     i.add_argument("--backend", choices=NAMES, default="mlx", help="backend that builds and "
                    "saves the model (default: mlx; the format is the same)")
     i.add_argument("--seed", type=int, metavar="N", help="initialisation seed (default: train.seed; stored as train.seed)")
-    i.add_argument("--force", action="store_true", help="replace an existing checkpoint at --out")
+    i.add_argument("--force", action="store_true", help="replace an existing checkpoint at --out, but only a "
+                   "checkpoint directory holding nothing but the files its manifest lists")

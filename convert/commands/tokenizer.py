@@ -19,11 +19,28 @@ def _literal(raw: str):
     return raw
 
 
+def _check_out(args, model_path: Path, vocab_path: Path) -> None:
+    """Never an input text; an existing PREFIX.model or PREFIX.vocab only with --force, and then only a
+    pair that `tokenizer train` wrote."""
+    from shared.data.tokenizers import trained_pair_refusal
+    from shared.spec.ownership import inside
+    for text in args.text:
+        for p in (model_path, vocab_path):
+            if inside(p, Path(text)):
+                raise CliError(f"--out {args.out}: {p} is the input text {text}; choose another --out")
+    existing = [str(p) for p in (model_path, vocab_path) if p.exists() or p.is_symlink()]
+    if existing and not args.force:
+        raise CliError(f"{' and '.join(existing)} exist{'s' if len(existing) == 1 else ''}; pass --force to replace")
+    why = trained_pair_refusal(model_path, vocab_path) if existing else None
+    if why:
+        raise CliError(f"--force: {why}; it replaces only a PREFIX.model and PREFIX.vocab that `tokenizer train` "
+                       "wrote (nothing was changed)")
+
+
 def run_train(args) -> int:
     from shared.data.tokenizers import SENTENCEPIECE_DEFAULTS, get_tokenizer, train_sentencepiece
     model_path = Path(args.out + ".model")
-    if model_path.exists() and not args.force:
-        raise CliError(f"{model_path} exists; pass --force to replace it")
+    _check_out(args, model_path, Path(args.out + ".vocab"))
     options = {"model_type": args.model_type}
     for item in args.option:
         key, sep, raw = item.partition("=")
@@ -63,4 +80,5 @@ def register(subs) -> None:
     tt.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe", help="default: bpe")
     tt.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="any other SentencePiece trainer option, e.g. character_coverage=1.0 (repeatable)")
-    tt.add_argument("--force", action="store_true", help="replace an existing PREFIX.model")
+    tt.add_argument("--force", action="store_true", help="replace an existing PREFIX.model and PREFIX.vocab, but "
+                    "only a pair this command wrote (a SentencePiece model and exactly its .vocab)")

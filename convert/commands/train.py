@@ -47,7 +47,9 @@ def register(subs) -> None:
             "  torchrun --standalone --nproc_per_node=8 -m ternary_cuda.train --config run.toml --out runs/big\n"
             "  mlx.launch --backend ring -n 2 -- python -m ternary_mlx.train --preset smoke --out runs/dp2\n\n"
             "The run directory holds config.toml, metrics.jsonl, loss.png, summary.json and\n"
-            "checkpoint/. The first Ctrl-C finishes the current step, saves checkpoint/ and exits\n"
+            "checkpoint/. An existing one is refused unless --resume continues it or --overwrite\n"
+            "starts it afresh (deleting only those), and one training at a time holds DIR/.lock.\n"
+            "The first Ctrl-C finishes the current step, saves checkpoint/ and exits\n"
             "130 (resume with --resume DIR); a second Ctrl-C aborts at once. Exits 1 if the loss\n"
             "becomes non-finite.", run)
     add_train_args(t)

@@ -38,12 +38,14 @@ import numpy as np
 
 from convert.formats.hf_bitnet import check_qwen3_shape
 from convert.formats.hf_export import _read
+from convert.formats.replace import check_file_out
 from shared.spec.checkpoint import CheckpointError
 from shared.spec.config import ConfigError, RunConfig
 from shared.spec.params import float_matrices, parameter_shapes
 from shared.spec.ternary import quantize
 
 QK = 256  # llama.cpp's super-block (QK_K): the TQ block size
+GGUF_MAGIC = b"GGUF"  # the first four bytes of every GGUF file: what --force may replace
 GGUF_TYPES = ("TQ2_0", "TQ1_0")
 QWEN2_REGEX_START = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}"
 ACT_WARNING = ("ternary.activation_bits = 8 has no GGUF setting: llama.cpp's CPU TQ kernels quantize activations "
@@ -156,10 +158,7 @@ def to_gguf(src: str | Path, out: str | Path, *, gguf_type: str = "TQ2_0", float
         raise ConfigError(f"--to gguf: {gguf_type} stores blocks of {QK} values of a row, so every ternary weight "
                           f"needs in_features % {QK} == 0: {', '.join(bad)}")
     out = Path(out)
-    if out.exists() and not force:
-        raise CheckpointError(f"{out} exists; pass --force to replace it")
-    if out.exists() and not out.is_file():
-        raise CheckpointError(f"{out} exists and is not a file")
+    check_file_out(out, src, "gguf", force, GGUF_MAGIC, "GGUF file")
     warnings = [ACT_WARNING if t.activation_bits else ACT_WARNING_FLOAT]
     if t.group_size and t.group_size % QK:
         warnings.append(f"lossy: ternary.group_size = {t.group_size} is not a multiple of {QK}, so {gguf_type} blocks "

@@ -20,7 +20,8 @@ model's outputs differ from ours by that activation rounding.
 Ternary linears are AutoBitLinear (packed); a ternary embedding is stored dequantized (q * s) as a
 float embedding, which is exact since the lookup has no activation quantization; with tied
 embeddings the head reads that float matrix, so a ternary tied head with activation_bits is refused.
-Written atomically (a temporary sibling folder renamed to DIR).
+Written atomically (a temporary sibling folder renamed to DIR), with the marker ternary_export.json
+(convert/formats/replace.py).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from convert.formats.hf_export import _read, _staged, _tokenizer_files, check_expressible, hf_config
+from convert.formats.replace import check_dir_out
 from shared.spec.config import ConfigError, RunConfig
 from shared.spec.params import parameter_shapes, parameter_specs
 from shared.spec.ternary import pack_2bit, quantize
@@ -90,6 +92,7 @@ def plan(config: RunConfig, tern: set[str]) -> tuple[set[str], list[str], list[s
 def to_hf_bitnet(src: str | Path, out: str | Path, *, force: bool = False) -> dict[str, Any]:
     """The checkpoint `src` as a transformers BitNet (AutoBitLinear, offline, 2-bit packed) Qwen3 at `out`."""
     from safetensors.numpy import save_file
+    check_dir_out(Path(out), src, "hf-bitnet", force)  # before the work
     config, weights, tern = _read(src)
     packed, skip, warnings = plan(config, tern)
     eps = config.ternary.eps
@@ -117,7 +120,7 @@ def to_hf_bitnet(src: str | Path, out: str | Path, *, force: bool = False) -> di
         for f in tok_files:
             shutil.copy2(f, tmp / f.name)
 
-    _staged(out, force, write)
+    _staged(out, force, write, "hf-bitnet", src)
     return {"out": str(out), "tensors": len(tensors), "ternary": len(tern), "packed": len(packed),
             "tokenizer": tok_note, "warnings": warnings,
             "bytes": sum(f.stat().st_size for f in out.iterdir() if f.is_file())}

@@ -17,7 +17,8 @@ mlx-lm: the same model in MLX's 2-bit affine quantized layout, which stock `mlx_
 Options that stock Qwen3 cannot express are refused with an error naming them: every model option
 at a non-default value that the format does not declare in shared/spec/options.py (model.qk_norm =
 false, model.hidden_act = relu2, ...), and ternary.activation_bits.
-Both exports are atomic: written in a temporary sibling folder, then renamed to DIR.
+Both exports are atomic: written in a temporary sibling folder, then renamed to DIR. Each also holds
+ternary_export.json, the marker by which --force recognises our own export (convert/formats/replace.py).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from convert.formats.replace import check_dir_out, write_marker
 from shared.spec.checkpoint import CheckpointError, read_checkpoint, swap_dir
 from shared.spec.config import ConfigError, RunConfig
 from shared.spec.options import inexpressible
@@ -87,17 +89,16 @@ def _tokenizer_files(config: RunConfig) -> tuple[list[Path], str]:
                 "(no tokenizer.json); add tokenizer files to the output yourself")
 
 
-def _staged(out: Path, force: bool, write) -> None:
-    """Run write(tmp_dir) in a temporary sibling of `out`, then rename it to `out` (atomic)."""
-    if out.exists() and not force:
-        raise CheckpointError(f"{out} exists; pass --force to replace it")
-    if out.exists() and not out.is_dir():
-        raise CheckpointError(f"{out} exists and is not a directory")
+def _staged(out: Path, force: bool, write, fmt: str, src: str | Path) -> None:
+    """Run write(tmp_dir) in a temporary sibling of `out`, add the export marker, then rename it to
+    `out` (atomic); an existing `out` only if --force may replace it (convert/formats/replace.py)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         write(tmp)
+        write_marker(tmp, fmt, src)
+        check_dir_out(out, src, fmt, force)  # (the callers checked before the work; it may have taken minutes)
         swap_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -112,6 +113,7 @@ def _read(src) -> tuple[RunConfig, dict[str, np.ndarray], set[str]]:
 def to_hf(src: str | Path, out: str | Path, *, force: bool = False) -> dict[str, Any]:
     """The checkpoint `src` as a float32 Qwen3ForCausalLM directory at `out`."""
     from safetensors.numpy import save_file
+    check_dir_out(Path(out), src, "hf", force)  # before the work
     config, weights, tern = _read(src)
     check_expressible(config, "hf")
     G, eps = config.ternary.group_size, config.ternary.eps
@@ -133,7 +135,7 @@ def to_hf(src: str | Path, out: str | Path, *, force: bool = False) -> dict[str,
         for f in tok_files:
             shutil.copy2(f, tmp / f.name)
 
-    _staged(out, force, write)
+    _staged(out, force, write, "hf", src)
     return {"out": str(out), "tensors": len(tensors), "ternary": len(tern), "tokenizer": tok_note,
             "bytes": sum(f.stat().st_size for f in out.iterdir() if f.is_file())}
 
@@ -150,6 +152,7 @@ def pack_mlx_2bit(codes: np.ndarray) -> np.ndarray:
 def to_mlx_lm(src: str | Path, out: str | Path, *, force: bool = False) -> dict[str, Any]:
     """The checkpoint `src` in mlx-lm's 2-bit affine quantized Qwen3 layout at `out`."""
     import mlx.core as mx
+    check_dir_out(Path(out), src, "mlx-lm", force)  # before the work
     config, weights, tern = _read(src)
     check_expressible(config, "mlx-lm")
     G, eps = config.ternary.group_size, config.ternary.eps
@@ -188,6 +191,6 @@ def to_mlx_lm(src: str | Path, out: str | Path, *, force: bool = False) -> dict[
         for f in tok_files:
             shutil.copy2(f, tmp / f.name)
 
-    _staged(out, force, write)
+    _staged(out, force, write, "mlx-lm", src)
     return {"out": str(out), "tensors": len(tensors), "ternary": len(tern), "tokenizer": tok_note,
             "group_size": G, "bytes": sum(f.stat().st_size for f in out.iterdir() if f.is_file())}

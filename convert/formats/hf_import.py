@@ -16,7 +16,9 @@
   are copied afterwards into `<out>/tokenizer/` (staged in a temporary folder, then renamed), and
   `data.tokenizer` points there (absolute path). They are NOT listed in the checkpoint's manifest:
   write_checkpoint owns the manifest and knows nothing of tokenizers. Re-importing into the same
-  directory replaces the checkpoint (and with it the old tokenizer folder) and copies the new one.
+  directory (force) replaces the checkpoint (and with it the old tokenizer folder) and copies the new
+  one; force replaces only that: a directory holding anything else is refused, as is one that holds
+  the source.
   Without a tokenizer.json the run config uses the built-in `bytes` tokenizer and a warning is given.
 """
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.spec.checkpoint import CheckpointError, check_tensor_set, swap_dir, write_checkpoint
+from shared.spec.ownership import checkpoint_refusal, occupied, source_conflict
 from shared.spec.config import ConfigError, DataConfig, RunConfig, TernaryConfig, TrainConfig, model_config_from_hf
 from shared.spec.params import parameter_shapes
 
@@ -248,6 +251,14 @@ def tokenizer_files(src_dir: Path) -> list[Path]:
                   if p.is_file() and (p.name in names or p.suffix == ".model"))
 
 
+def _own_tokenizer_dir(entry: Path) -> bool:
+    """The tokenizer/ folder an import writes into its checkpoint: tokenizer files only."""
+    names = set(TOKENIZER_FILES)
+    return (entry.name == "tokenizer" and entry.is_dir() and not entry.is_symlink()
+            and all(f.is_file() and not f.is_symlink() and (f.name in names or f.suffix == ".model")
+                    for f in entry.iterdir()))
+
+
 def copy_tokenizer(files: list[Path], dest: Path) -> None:
     """Copy into `dest` via a temporary sibling folder and a rename (replaces an existing `dest`)."""
     tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -269,7 +280,15 @@ def import_hf(src: str, out: str | Path, *, ternary: bool = True, overrides: lis
         raise ImportHFError(f"{out} is an existing checkpoint; pass --force to replace it")
     if out.exists() and not out.is_dir():
         raise ImportHFError(f"{out} exists and is not a directory")
+    if force and occupied(out):
+        why = checkpoint_refusal(out, extra=_own_tokenizer_dir)
+        if why:
+            raise ImportHFError(f"--force: {why}; it replaces only a checkpoint directory (the files its manifest "
+                                "lists) and its tokenizer/ folder (nothing was changed)")
     src_dir = resolve_source(str(src), revision)
+    why = source_conflict(out, {"the Hugging Face model": src_dir})
+    if why:
+        raise ImportHFError(f"--out {why}; write the checkpoint somewhere else")
     model, arch = read_hf_config(src_dir)
     tok_files = tokenizer_files(src_dir)
     has_hf_tokenizer = any(f.name == "tokenizer.json" for f in tok_files)

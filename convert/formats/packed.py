@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from convert.formats.replace import check_checkpoint_out, check_file_out
 from shared.spec.checkpoint import CheckpointError, check_tensor_set, read_checkpoint, write_checkpoint
 from shared.spec.config import ConfigError, RunConfig
 from shared.spec.options import inexpressible
@@ -81,10 +82,7 @@ def to_canonical(src: str | Path, out: str | Path, *, dtype: str = "float32", fo
     if dtype != "float32":
         raise ConfigError(f"--dtype {dtype}: only float32 is supported (NumPy has no bfloat16)")
     src, out = Path(src), Path(out)
-    if out.exists() and not force:
-        raise CheckpointError(f"{out} exists; pass --force to replace it")
-    if out.exists() and out.resolve() == src.resolve():
-        raise CheckpointError(f"{out} is the source checkpoint; write the copy somewhere else")
+    check_checkpoint_out(out, src, force)  # only a checkpoint, never the source (convert/formats/replace.py)
     config, weights = read_checkpoint(src)
     check_format(config, "canonical")
     weights = {k: np.ascontiguousarray(v, np.float32) for k, v in weights.items()}
@@ -219,10 +217,7 @@ def to_packed(src: str | Path, out: str | Path, *, compress: str = "lzma", float
               force: bool = False) -> PackedStats:
     """Verified read of the checkpoint `src`, packed into the single file `out` (written atomically)."""
     out = Path(out)
-    if out.exists() and not force:
-        raise CheckpointError(f"{out} exists; pass --force to replace it")
-    if out.is_dir():
-        raise CheckpointError(f"{out} is a directory; --to packed writes one file")
+    check_file_out(out, src, "packed", force, MAGIC, "ternary packed file")
     _check_options(compress, floats)  # before the (slow) read
     config, weights = read_checkpoint(src)
     check_format(config, "packed")

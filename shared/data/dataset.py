@@ -16,12 +16,12 @@ match the header.
 
 A prepared data directory (`prepare_data`, i.e. `ternary data prepare`) holds `val_000000.bin ...`,
 `train_000000.bin ...` and `manifest.json` (tokenizer name, kind, vocab size and sha256, token and
-byte counts). Documents: each `.jsonl` line's "text" field is a document; any other file is one
-document (documents="file", the default) or one document per blank-line-separated paragraph
-(documents="paragraph"). Each document is tokenized on its own and, if the tokenizer has a BOS id,
-prefixed with it (parameter-golf: BOS per document, no EOS). The validation split is the first
-`val_bytes` (default: `val_fraction` of the input size) of text, in file order; the document that
-straddles the boundary is cut at a whitespace.
+byte counts); overwrite=True replaces only such a directory, holding nothing else. Documents: each
+`.jsonl` line's "text" field is a document; any other file is one document (documents="file", the
+default) or one document per blank-line-separated paragraph (documents="paragraph"). Each document
+is tokenized on its own and, if the tokenizer has a BOS id, prefixed with it (parameter-golf: BOS per
+document, no EOS). The validation split is the first `val_bytes` (default: `val_fraction` of the
+input size) of text, in file order; the document that straddles the boundary is cut at a whitespace.
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from shared.spec.checkpoint import swap_dir
+from shared.spec.ownership import foreign_entries, listing, occupied, source_conflict
 from shared.data.checks import check_token_ids
 from shared.data.tokenizers import Tokenizer, TokenizerError
 
@@ -293,8 +294,7 @@ def _prepare_args(files: list[Path], out_dir: Path, *, val_fraction: float, val_
         raise DataError(f"prepare_data: documents must be 'file' or 'paragraph', got {documents!r}")
     if shard_tokens <= 0:
         raise DataError("prepare_data: shard_tokens must be positive")
-    if out_dir.exists() and not overwrite:
-        raise DataError(f"prepare_data: {out_dir} already exists (pass overwrite=True / --overwrite to replace it)")
+    _check_out(files, out_dir, overwrite)
     total_in = sum(f.stat().st_size for f in files)
     if val_bytes is None:
         if not 0 < val_fraction < 1:
@@ -303,6 +303,37 @@ def _prepare_args(files: list[Path], out_dir: Path, *, val_fraction: float, val_
     if val_bytes <= 0:
         raise DataError(f"prepare_data: val_bytes must be positive, got {val_bytes}")
     return val_bytes
+
+
+def _check_out(files: list[Path], out_dir: Path, overwrite: bool) -> None:
+    """Refuse an existing `out_dir` unless `overwrite` and it is a data directory we wrote; and never
+    one that holds (or is) an input text file."""
+    for f in files:
+        why = source_conflict(out_dir, {"the input text": f})
+        if why:
+            raise DataError(f"prepare_data: {why}; choose another --out (nothing was changed)")
+    if not (out_dir.exists() or out_dir.is_symlink()):
+        return
+    if not overwrite:
+        raise DataError(f"prepare_data: {out_dir} already exists (pass overwrite=True / --overwrite to replace it)")
+    why = _data_dir_refusal(out_dir) if occupied(out_dir) else None  # an empty directory holds nothing to lose
+    if why:
+        raise DataError(f"prepare_data: {why}; overwrite replaces only a directory written by `ternary data "
+                        f"prepare` ({MANIFEST} and the shards it lists); nothing was changed")
+
+
+def _data_dir_refusal(out_dir: Path) -> str | None:
+    """None when `out_dir` is a prepared data directory holding only its manifest and the shards it
+    lists (what overwrite may replace), else why not."""
+    if out_dir.is_symlink() or not out_dir.is_dir():
+        return f"{out_dir} is not a directory"
+    try:
+        splits = read_manifest(out_dir)["splits"]
+        own = {MANIFEST} | {name for split in splits.values() for name in split["files"]}
+    except (DataError, OSError, TypeError, KeyError, AttributeError):
+        return f"{out_dir} is not a data directory of `ternary data prepare` (no readable {MANIFEST})"
+    other = foreign_entries(out_dir, lambda e: e.name in own and e.is_file())
+    return f"{out_dir} holds {listing(other)}, which its {MANIFEST} does not list" if other else None
 
 
 def _write_shards(files: list[Path], tokenizer: Tokenizer, tmp: Path, *, val_bytes: int, shard_tokens: int,

@@ -334,12 +334,34 @@ def train_sentencepiece_from_sentences(sentences: Iterable[str], vocab_size: int
     except RuntimeError as e:
         raise TokenizerError(f"SentencePiece training failed: {e}") from None
     model = buf.getvalue()
-    sp = spm.SentencePieceProcessor(model_proto=model)
-    vocab = "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.vocab_size()))
+    vocab = _vocab_text(spm.SentencePieceProcessor(model_proto=model))
     model_path = out_prefix.with_name(out_prefix.name + ".model")
     _atomic_write(out_prefix.with_name(out_prefix.name + ".vocab"), vocab.encode("utf-8"))
     _atomic_write(model_path, model)
     return model_path
+
+
+def _vocab_text(sp) -> str:
+    """The .vocab file written next to a model: one 'piece<TAB>score' line per id."""
+    return "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.vocab_size()))
+
+
+def trained_pair_refusal(model_path: Path, vocab_path: Path) -> str | None:
+    """None when `model_path` and `vocab_path` are a pair that train_sentencepiece wrote (a SentencePiece
+    model and exactly the .vocab it writes for it), the only files --force may replace; else why not."""
+    import sentencepiece as spm
+    for p in (model_path, vocab_path):
+        if p.is_symlink() or not p.is_file():
+            return f"{p} is missing or not a file (tokenizer train writes PREFIX.model and PREFIX.vocab together)"
+    try:
+        sp = spm.SentencePieceProcessor(model_file=str(model_path))
+    except (RuntimeError, OSError):
+        return f"{model_path} is not a SentencePiece model"
+    try:
+        same = vocab_path.read_text(encoding="utf-8") == _vocab_text(sp)
+    except (OSError, UnicodeDecodeError):
+        same = False
+    return None if same else f"{vocab_path} is not the vocabulary of {model_path}"
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

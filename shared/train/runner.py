@@ -19,6 +19,8 @@ import numpy as np
 
 from shared.spec import checkpoint as fmt
 from shared.spec.config import ConfigError, RunConfig
+from shared.spec.ownership import inside
+from shared.train import run_dir
 from shared.data.dataset import load_token_dataset
 from shared.train.loop import LoopResult, count_parameters, preflight, run
 from shared.spec.params import parameter_shapes
@@ -48,6 +50,7 @@ class TrainOptions:
     init: Path | None = None        # start from these weights with a fresh optimizer
     teacher: Path | None = None     # distil from this frozen checkpoint
     progress: bool = True           # the progress bar
+    overwrite: bool = False         # start an existing run directory afresh (shared/train/run_dir.py)
 
 
 def _teacher_overrides(opts: TrainOptions) -> list[str]:
@@ -129,8 +132,11 @@ def load_teacher(cfg: RunConfig, backend: Backend, tokenizer, log: Callable[[str
 
 def train(cfg: RunConfig, backend: Backend, out_dir: Path, *, resume: Path | None = None,
           init: Path | None = None, log: Callable[[str], None] = print, progress: bool = True,
-          rank: int = 0, world_size: int = 1) -> tuple[LoopResult, dict[str, Any]]:
-    """Train `cfg` with `backend`, writing metrics, checkpoints, plot and summary into `out_dir`."""
+          rank: int = 0, world_size: int = 1,
+          before_write: Callable[[], None] | None = None) -> tuple[LoopResult, dict[str, Any]]:
+    """Train `cfg` with `backend`, writing metrics, checkpoints, plot and summary into `out_dir`.
+    `before_write` runs on rank 0 after every check, just before the first write (--overwrite's
+    deletion of the previous run: a refused config or missing data leaves that run as it was)."""
     if resume is None:
         cfg = _absolute_paths(cfg)
     tokenizer = get_tokenizer(cfg.data.tokenizer)
@@ -158,6 +164,8 @@ def train(cfg: RunConfig, backend: Backend, out_dir: Path, *, resume: Path | Non
     teacher = load_teacher(cfg, backend, tokenizer, log) if cfg.train.teacher else None
     if init is not None and init_cfg.train.teacher and not cfg.train.teacher:
         log(f"note: {init} was distilled from {init_cfg.train.teacher}; this run is not (add --teacher to distil)")
+    if rank == 0 and before_write is not None:
+        before_write()
     out_dir.mkdir(parents=True, exist_ok=True)  # after the checks: a refused resume leaves the run's config.toml as it was
     if rank == 0:  # data parallel: one writer per file
         cfg.save_toml(out_dir / "config.toml")
@@ -288,7 +296,11 @@ def default_out_dir(opts: TrainOptions, backend: str) -> Path:
     else:  # fine-tuning from a checkpoint's own config: name the run after it
         d = _checkpoint_dir(opts.init).resolve()
         stem = (d.parent.name if d.name == "checkpoint" else d.name) + "-ft"
-    return Path("runs") / f"{stem}-{backend}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    base = Path("runs") / f"{stem}-{backend}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    out, n = base, 2
+    while out.exists():  # two runs started in the same second: the second gets its own directory
+        out, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return out
 
 
 def run_training(opts: TrainOptions, backend: Backend) -> int:
@@ -309,13 +321,43 @@ def run_training(opts: TrainOptions, backend: Backend) -> int:
         out_dir = opts.out or default_out_dir(opts, backend.name)
     init = _checkpoint_dir(opts.init) if opts.init else None
     rank, world_size = backend.parallel.setup() if backend.parallel is not None else (0, 1)
+    log = print if rank == 0 else (lambda _m: None)
+    lock = None
     try:
-        result, _ = train(cfg, backend, out_dir, resume=ckpt, init=init, progress=opts.progress,
-                          log=print if rank == 0 else (lambda _m: None), rank=rank, world_size=world_size)
+        lock = _claim_run_dir(out_dir, opts, cfg, ckpt, init, rank, backend.parallel)
+        if lock is not None and lock.note:
+            log(lock.note)
+        result, _ = train(cfg, backend, out_dir, resume=ckpt, init=init, progress=opts.progress, log=log,
+                          rank=rank, world_size=world_size, before_write=lock.clear if lock else None)
     except BaseException:
         if backend.parallel is not None:
             backend.parallel.teardown(failed=True)
         raise
+    finally:
+        if lock is not None:
+            lock.release()
     if backend.parallel is not None:
         backend.parallel.teardown()
     return 0 if not result.stopped_because.startswith("interrupted") else 130
+
+
+def _claim_run_dir(out_dir: Path, opts: TrainOptions, cfg: RunConfig, ckpt: Path | None, init: Path | None,
+                   rank: int, parallel) -> run_dir.RunLock | None:
+    """Rank 0 checks and locks the run directory (shared/train/run_dir.py); every rank learns its
+    verdict through one `agree`, so all of them stop, or none (SEEDS S12). Rank 0's lock, else None."""
+    lock, error = None, None
+    if rank == 0:
+        teacher = _checkpoint_dir(Path(cfg.train.teacher)) if cfg.train.teacher else None
+        sources = {"the checkpoint --resume continues from": ckpt, "the --init checkpoint": init,
+                   "the teacher checkpoint": teacher, "the --config file": opts.config}
+        try:
+            lock = run_dir.claim(out_dir, resumes_here=ckpt is not None and inside(ckpt, out_dir),
+                                 overwrite=opts.overwrite, sources=sources)
+        except Exception as e:  # any failure here (a refusal, a disk error) must reach the agree below
+            error = e
+    refused = parallel.agree(error is not None) if parallel is not None else error is not None
+    if error is not None:
+        raise error
+    if refused:
+        raise run_dir.RunDirError(f"--out {out_dir}: refused by rank 0 (its error says why)")
+    return lock

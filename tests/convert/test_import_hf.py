@@ -238,3 +238,24 @@ def test_cli(hf_dirs, tmp_path):
         r = _cli(*bad)
         assert r.returncode == 2 and r.stderr.startswith("ternary: error:"), r.stderr
         assert "Traceback" not in r.stderr
+
+
+def test_force_replaces_only_what_import_hf_wrote(hf_dirs, tmp_path):
+    out = tmp_path / "ck"
+    _import(hf_dirs["f32-tied"], out, ternary=False)
+    _import(hf_dirs["f32-tied"], out, ternary=False, force=True)  # its own checkpoint: replaced
+    for extra in ("notes.md", "experiments/a.txt"):
+        (out / extra).parent.mkdir(exist_ok=True)
+        (out / extra).write_text("precious")
+        with pytest.raises(CheckpointError, match=f"{extra.split('/')[0]}.*nothing was changed"):
+            hf.import_hf(str(hf_dirs["f32-tied"]), out, ternary=False, force=True)
+        assert (out / extra).read_text() == "precious" and (out / "manifest.json").exists()
+        (out / extra).unlink()
+        if "/" in extra:
+            (out / extra).parent.rmdir()
+    # never a directory holding the source: a Hugging Face model kept inside the checkpoint directory
+    src = out / "tokenizer"
+    shutil.copytree(hf_dirs["f32-tied"], src)
+    with pytest.raises(CheckpointError, match="nothing was changed"):
+        hf.import_hf(str(src), out, ternary=False, force=True)
+    assert (src / "model.safetensors").exists()
