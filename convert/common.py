@@ -78,7 +78,9 @@ def describe(cfg) -> str:
 
 def checkpoint_dir(path: str | Path) -> Path:
     """A checkpoint directory, or a run directory holding one in `checkpoint/`."""
+    from shared.spec.atomic_dir import recover
     path = Path(path)
+    recover(path / "checkpoint")  # a save killed mid-swap where the filesystem has no atomic exchange
     return path / "checkpoint" if (path / "checkpoint" / "manifest.json").exists() else path
 
 

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from shared.spec.checkpoint import CheckpointError, read_checkpoint, swap_dir
+from shared.spec.atomic_dir import discard, staging_dir, swap_dir
+from shared.spec.checkpoint import CheckpointError, read_checkpoint
 from shared.spec.config import ConfigError, RunConfig
 from shared.spec.options import inexpressible
 from shared.spec.params import parameter_shapes, ternary_parameters
@@ -93,14 +93,12 @@ def _staged(out: Path, force: bool, write) -> None:
         raise CheckpointError(f"{out} exists; pass --force to replace it")
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"{out} exists and is not a directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    tmp = staging_dir(out)  # also clears what killed earlier exports left behind
     try:
         write(tmp)
         swap_dir(tmp, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard(tmp)
         raise
 
 

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from shared.spec import checkpoint as fmt
+from shared.spec.atomic_dir import recover
 from shared.spec.config import ConfigError, RunConfig
 from shared.data.dataset import load_token_dataset
 from shared.train.loop import LoopResult, count_parameters, preflight, run
@@ -73,6 +74,7 @@ def config_from_options(opts: TrainOptions) -> RunConfig:
 
 
 def _checkpoint_dir(path: Path) -> Path:
+    recover(path / "checkpoint")  # a save killed mid-swap where the filesystem has no atomic exchange
     return path / "checkpoint" if (path / "checkpoint" / "manifest.json").exists() else path
 
 
