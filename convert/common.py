@@ -80,7 +80,8 @@ def checkpoint_dir(path: str | Path) -> Path:
     """A checkpoint directory, or a run directory holding one in `checkpoint/`."""
     from shared.spec.atomic_dir import recover
     path = Path(path)
-    recover(path / "checkpoint")  # a save killed mid-swap where the filesystem has no atomic exchange
+    for candidate in (path, path / "checkpoint"):  # a save killed mid-swap, on a filesystem without an atomic exchange
+        recover(candidate)
     return path / "checkpoint" if (path / "checkpoint" / "manifest.json").exists() else path
 
 

@@ -74,7 +74,8 @@ def config_from_options(opts: TrainOptions) -> RunConfig:
 
 
 def _checkpoint_dir(path: Path) -> Path:
-    recover(path / "checkpoint")  # a save killed mid-swap where the filesystem has no atomic exchange
+    for candidate in (path, path / "checkpoint"):  # a save killed mid-swap, on a filesystem without an atomic exchange
+        recover(candidate)
     return path / "checkpoint" if (path / "checkpoint" / "manifest.json").exists() else path
 
 

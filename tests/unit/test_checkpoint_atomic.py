@@ -237,3 +237,26 @@ def test_a_sigkilled_save(tmp_path, target, protocol, survivor):
     assert loaded_version(path) == survivor
     save_version(path, 3)  # another process (this one): the child's pid is gone, its leftovers stale
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint"] and loaded_version(path) == 3
+
+
+@pytest.mark.parametrize("arg", ["run", "checkpoint"], ids=["run-directory", "checkpoint-directory"])
+def test_every_reader_recovers_a_checkpoint_hidden_by_a_kill_between_the_renames(tmp_path, arg, capsys):
+    """The state a writer killed between the fallback's two renames leaves: no checkpoint/, the
+    complete old copy under .checkpoint.old-*. inspect (the CLI), the checkpoint_dir helpers behind
+    --resume / --init / --teacher / eval / generate / convert, and the format readers all find it."""
+    from convert.cli import main as cli
+    from convert.common import checkpoint_dir
+    from shared.train.runner import _checkpoint_dir
+    readers = [lambda p: cli(["inspect", str(p)]) == 0 and "manifest:   OK" in capsys.readouterr().out,
+               lambda p: checkpoint_dir(p) == run / "checkpoint", lambda p: _checkpoint_dir(p) == run / "checkpoint",
+               lambda p: ck.read_checkpoint(run / "checkpoint") and True,
+               lambda p: ck.read_config(run / "checkpoint") and True]
+    run = tmp_path / "run"
+    for reader in readers:
+        save_version(run / "checkpoint", 1)
+        os.rename(run / "checkpoint", run / f".checkpoint.old-{_dead_pid()}-{ad._host()}-0123abcd")
+        assert reader(run if arg == "run" else run / "checkpoint")
+        assert (run / "checkpoint" / "manifest.json").exists()  # put back by the reader itself
+        assert loaded_version(run / "checkpoint") == 1
+        assert sorted(p.name for p in run.iterdir()) == ["checkpoint"]
+        save_version(run / "checkpoint", 2)
