@@ -191,6 +191,13 @@ def test_other_directory_writers_clean_their_leftovers_too(tmp_path):
     copy_tokenizer([src / "tokenizer.json"], tmp_path / "tok")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src", "tok"]
 
+    from shared.data.dataset import prepare_data
+    from shared.data.tokenizers import get_tokenizer
+    (src / "a.txt").write_text("some text to tokenize, twice over. " * 200)
+    (tmp_path / f".data.tmp-{_dead_pid()}-{ad._host()}-0123abcd").mkdir()
+    prepare_data([src / "a.txt"], get_tokenizer("bytes"), tmp_path / "data", val_fraction=0.1, log=lambda _m: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "src", "tok"]
+
 
 # ---- a real process, SIGKILLed ---------------------------------------------------------------------
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
