@@ -78,7 +78,10 @@ def describe(cfg) -> str:
 
 def checkpoint_dir(path: str | Path) -> Path:
     """A checkpoint directory, or a run directory holding one in `checkpoint/`."""
+    from shared.spec.atomic_dir import recover
     path = Path(path)
+    for candidate in (path, path / "checkpoint"):  # a save killed mid-swap, on a filesystem without an atomic exchange
+        recover(candidate)
     return path / "checkpoint" if (path / "checkpoint" / "manifest.json").exists() else path
 
 

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from convert.formats.replace import check_dir_out, write_marker
-from shared.spec.checkpoint import CheckpointError, read_checkpoint, swap_dir
+from shared.spec.atomic_dir import discard, staging_dir, swap_dir
+from shared.spec.checkpoint import CheckpointError, read_checkpoint
 from shared.spec.config import ConfigError, RunConfig
 from shared.spec.options import inexpressible
 from shared.spec.params import parameter_shapes, ternary_parameters
@@ -92,16 +92,14 @@ def _tokenizer_files(config: RunConfig) -> tuple[list[Path], str]:
 def _staged(out: Path, force: bool, write, fmt: str, src: str | Path) -> None:
     """Run write(tmp_dir) in a temporary sibling of `out`, add the export marker, then rename it to
     `out` (atomic); an existing `out` only if --force may replace it (convert/formats/replace.py)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    tmp = staging_dir(out)  # also clears what killed earlier exports left behind
     try:
         write(tmp)
         write_marker(tmp, fmt, src)
         check_dir_out(out, src, fmt, force)  # (the callers checked before the work; it may have taken minutes)
         swap_dir(tmp, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard(tmp)
         raise
 
 

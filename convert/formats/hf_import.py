@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from shared.spec.checkpoint import CheckpointError, check_tensor_set, swap_dir, write_checkpoint
+from shared.spec.atomic_dir import discard, staging_dir, swap_dir
+from shared.spec.checkpoint import CheckpointError, check_tensor_set, write_checkpoint
 from shared.spec.ownership import checkpoint_refusal, occupied, source_conflict
 from shared.spec.config import ConfigError, DataConfig, RunConfig, TernaryConfig, TrainConfig, model_config_from_hf
 from shared.spec.params import parameter_shapes
@@ -261,14 +261,13 @@ def _own_tokenizer_dir(entry: Path) -> bool:
 
 def copy_tokenizer(files: list[Path], dest: Path) -> None:
     """Copy into `dest` via a temporary sibling folder and a rename (replaces an existing `dest`)."""
-    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
+    tmp = staging_dir(dest)  # also clears what killed earlier copies left behind
     try:
         for f in files:
             shutil.copy2(f, tmp / f.name)
         swap_dir(tmp, dest)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard(tmp)
         raise
 
 

@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from shared.spec.checkpoint import swap_dir
+from shared.spec.atomic_dir import discard, staging_dir, swap_dir
 from shared.spec.ownership import foreign_entries, listing, occupied, source_conflict
 from shared.data.checks import check_token_ids
 from shared.data.tokenizers import Tokenizer, TokenizerError
@@ -254,9 +254,7 @@ def prepare_data(text_files: Iterable[str | os.PathLike], tokenizer: Tokenizer, 
     val_bytes = _prepare_args(files, out_dir, val_fraction=val_fraction, val_bytes=val_bytes,
                               shard_tokens=shard_tokens, documents=documents, overwrite=overwrite)
     bos = tokenizer.bos_id if bos_per_document else None
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
+    tmp = staging_dir(out_dir)  # also clears what killed earlier prepares left behind
     try:
         writers, stats = _write_shards(files, tokenizer, tmp, val_bytes=val_bytes, shard_tokens=shard_tokens,
                                        bos=bos, documents=documents)
@@ -275,7 +273,7 @@ def prepare_data(text_files: Iterable[str | os.PathLike], tokenizer: Tokenizer, 
         swap_dir(tmp, out_dir)
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            discard(tmp)
     v, t = manifest["splits"]["val"], manifest["splits"]["train"]
     log(f"data: wrote {out_dir}: {t['tokens']:,} train tokens in {len(t['files'])} shard(s), "
         f"{v['tokens']:,} val tokens ({v['bytes']:,} bytes), tokenizer {tokenizer.name}")

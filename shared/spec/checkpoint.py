@@ -1,6 +1,7 @@
 """The checkpoint format shared by both backends (DESIGN 3.4), in NumPy and JSON only.
 
-A checkpoint is a directory written atomically (a temporary sibling, then a rename):
+A checkpoint is a directory written atomically (a hidden sibling, then one atomic exchange of the
+two names: shared/spec/atomic_dir.py):
   config.json             the resolved RunConfig
   model.safetensors       latent weights under canonical names
   optimizer.safetensors   optional: optimizer state under '<param>.<slot>' names
@@ -16,16 +17,16 @@ import hashlib
 import json
 import os
 import platform
-import shutil
+import re
 import subprocess
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from shared.spec.atomic_dir import discard, recover, staging_dir, swap_dir  # noqa: F401 - swap_dir: for the other writers
 from shared.spec.config import RunConfig
 from shared.spec.params import parameter_shapes
 
@@ -83,38 +84,35 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def swap_dir(tmp: Path, dest: Path) -> None:
-    """Put the finished directory `tmp` at `dest` (a sibling): an existing `dest` is moved aside,
-    `tmp` renamed in, then the old one removed, so there is never a moment with neither."""
-    if dest.exists():
-        old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(dest, old)
-        os.replace(tmp, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, dest)
+def _save_tensors(tensors: dict[str, np.ndarray], file: Path) -> None:
+    """safetensors' save_file, whose I/O failures (a full disk) come back as the OSError they are:
+    safetensors raises its own SafetensorError with the OS error only in its message."""
+    try:
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(file), metadata={"format": FORMAT})
+    except SafetensorError as e:
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(file)) from None
 
 
 def write_checkpoint(path: str | Path, config: RunConfig, weights: dict[str, np.ndarray], *,
                      writer: dict[str, Any], optimizer_state: dict[str, np.ndarray] | None = None,
                      optimizer_meta: dict[str, Any] | None = None,
                      trainer_state: dict[str, Any] | None = None) -> Path:
-    """Write a checkpoint directory atomically; an existing checkpoint at `path` is replaced."""
+    """Write a checkpoint directory atomically; an existing checkpoint at `path` is replaced. On
+    any exception (a full disk: OSError ENOSPC) the checkpoint at `path` is as it was."""
     path = Path(path)
     check_tensor_set(parameter_shapes(config.model), {k: v.shape for k, v in weights.items()},
                      "weights to save")
     if path.exists() and not (path.is_dir() and ((path / "manifest.json").exists() or not any(path.iterdir()))):
         raise CheckpointError(f"{path} exists and is not a checkpoint; refusing to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    tmp = staging_dir(path)  # also clears what killed writes to `path` left behind
     try:
         _write_json(tmp / "config.json", config.to_dict())
-        save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(tmp / MODEL_FILE),
-                  metadata={"format": FORMAT})
+        _save_tensors(weights, tmp / MODEL_FILE)
         if optimizer_state is not None:
-            save_file({k: np.ascontiguousarray(v) for k, v in optimizer_state.items()},
-                      str(tmp / OPTIMIZER_FILE), metadata={"format": FORMAT})
+            _save_tensors(optimizer_state, tmp / OPTIMIZER_FILE)
             _write_json(tmp / "optimizer.json", optimizer_meta or {})
         if trainer_state is not None:
             _write_json(tmp / "trainer_state.json", trainer_state)
@@ -131,7 +129,7 @@ def write_checkpoint(path: str | Path, config: RunConfig, weights: dict[str, np.
         _fsync(tmp / "manifest.json")
         swap_dir(tmp, path)
     except BaseException:  # includes KeyboardInterrupt: leave nothing half-written behind
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard(tmp)
         raise
     return path
 
@@ -173,6 +171,7 @@ def verify_manifest(path: str | Path) -> dict[str, Any]:
 
 def read_config(path: str | Path) -> RunConfig:
     path = Path(path)
+    recover(path)  # a writer killed mid-swap on a filesystem without an atomic exchange
     return RunConfig.from_json((path / "config.json").read_text(), where=str(path / "config.json"))
 
 
@@ -187,6 +186,7 @@ def read_safetensors(file: Path) -> dict[str, np.ndarray]:
 def read_checkpoint(path: str | Path) -> tuple[RunConfig, dict[str, np.ndarray]]:
     """Verify and read a checkpoint: (config, latent weights as float32 arrays), strictly checked."""
     path = Path(path)
+    recover(path)  # a writer killed mid-swap on a filesystem without an atomic exchange
     verify_manifest(path)
     config = read_config(path)
     weights = read_safetensors(path / MODEL_FILE)

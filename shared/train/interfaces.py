@@ -51,9 +51,9 @@ class ModelClass(Protocol):
 class Trainer(Protocol):
     """One backend's training state and step; shared/train/loop.py owns the cadence around it.
 
-    step / fetch / agree / evaluate / save are what the loop calls (evaluate and save come from
-    shared/train/trainer_common.py, which builds them on numpy_weights, numpy_optimizer_state,
-    ema_weights and checkpoint_tensors)."""
+    step / fetch / agree / evaluate / check_room / save are what the loop calls (the last three
+    come from shared/train/trainer_common.py, which builds them on numpy_weights,
+    numpy_optimizer_state, ema_weights and checkpoint_tensors)."""
 
     config: RunConfig
     model: Model
@@ -72,8 +72,12 @@ class Trainer(Protocol):
     def evaluate(self, tokens: Any, tokenizer: Tokenizer, max_tokens: int) -> dict:
         """Validation metrics of the current (or EMA) weights; every rank calls it."""
 
+    def check_room(self, path: Path, *, training_started: bool = True) -> None:
+        """CheckpointSaveError on every rank unless rank 0's disk has room for a checkpoint at `path`."""
+
     def save(self, path: Path, trainer_state: dict) -> None:
-        """A resumable checkpoint; every rank calls it, rank 0 writes."""
+        """A resumable checkpoint; every rank calls it, rank 0 writes; CheckpointSaveError on every
+        rank when it cannot (the previous checkpoint kept)."""
 
     def numpy_weights(self) -> dict[str, Any]: ...
 

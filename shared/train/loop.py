@@ -3,7 +3,8 @@
 A backend provides a `Trainer` (train.py) with `step(windows, step) -> handle` (lazy, no host
 sync), `fetch(handles) -> [(loss, grad_norm)]` (one sync), `numpy_weights()`,
 `numpy_optimizer_state()`, `ema_weights()`, `evaluate(tokens, tokenizer, max_tokens)` and
-`save(path, trainer_state)` (shared.train.interfaces.Trainer). This module owns the cadence: logging,
+`check_room(path)` and `save(path, trainer_state)` (shared.train.interfaces.Trainer; a save that
+cannot happen raises CheckpointSaveError on every rank). This module owns the cadence: logging,
 evaluation, early stopping, checkpoints, the wall-clock budget, the NaN guard and Ctrl-C.
 
 Data parallel (world_size > 1): every rank runs this loop and takes the same branches (SEEDS S12).
@@ -110,6 +111,8 @@ def run(cfg: RunConfig, trainer, dataset: TokenDataset, out_dir: Path, *, start_
                  best_val=best_val, bad_evals=bad_evals, world_size=world_size, log=log, bar=bar, metrics_f=metrics_f)
     stop = _StopFlag(log if is_main else (lambda _m: None), coalesce_s=1.0 if world_size > 1 else 0.0)
     try:
+        # a disk without room for the checkpoint fails now, not at the first save after the compute
+        trainer.check_room(out_dir / "checkpoint", training_started=False)
         with stop:
             loop.train(stop)
             return loop.finish(stop)

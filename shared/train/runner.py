@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from shared.spec import checkpoint as fmt
+from shared.spec.atomic_dir import recover
 from shared.spec.config import ConfigError, RunConfig
 from shared.spec.ownership import inside
 from shared.train import run_dir
@@ -76,6 +77,8 @@ def config_from_options(opts: TrainOptions) -> RunConfig:
 
 
 def _checkpoint_dir(path: Path) -> Path:
+    for candidate in (path, path / "checkpoint"):  # a save killed mid-swap, on a filesystem without an atomic exchange
+        recover(candidate)
     return path / "checkpoint" if (path / "checkpoint" / "manifest.json").exists() else path
 
 

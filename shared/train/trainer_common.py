@@ -3,7 +3,9 @@
 Written once so the two backends cannot drift (SEEDS S11). A backend Trainer subclasses
 `TrainerCommon` and sets `checkpoint` (its checkpoint module) and `evaluate_model` (its
 evaluate function, whose `across_ranks=True` spreads the windows over the data-parallel ranks);
-it provides `model`, `config`, `ema_weights()` and `numpy_optimizer_state()`.
+it provides `model`, `config`, `ema_weights()` and `numpy_optimizer_state()`. Checkpoints need
+disk room for a new copy beside the old one (shared/train/checkpoint_space.py): checked before
+training and before each save, and a failed save ends every rank alike, the previous checkpoint kept.
 A data-parallel backend sets `rank` and overrides `agree` (see shared/train/loop.py). The whole
 contract is shared.train.interfaces.Trainer.
 """
@@ -14,6 +16,8 @@ from typing import Any, Callable
 import numpy as np
 
 from shared.spec import checkpoint as fmt
+from shared.spec.atomic_dir import clean_leftovers
+from shared.train.checkpoint_space import CheckpointSaveError, checkpoint_bytes, room_problem, save_failure
 from shared.data.tokenizers import Tokenizer
 
 
@@ -43,17 +47,39 @@ class TrainerCommon:
             if current is not None:
                 self.model.load_numpy(current)
 
+    def check_room(self, path, *, training_started: bool = True) -> None:
+        """Rank 0 (the writer) has disk room for a new checkpoint at `path` beside the old one;
+        else every rank raises CheckpointSaveError (one decision for all, SEEDS S12). Every rank
+        calls this: before the first step and before each save. Killed saves' leftovers go first."""
+        problem = None
+        if self.rank == 0:
+            clean_leftovers(path)
+            problem = room_problem(path, checkpoint_bytes(self.config), training_started=training_started)
+        self._stop_if(problem, path)
+
     def save(self, path, trainer_state: dict) -> None:
         """Checkpoint with optimizer state and trainer state: enough to resume exactly. Every rank
-        calls this (gathering sharded state is a collective); only rank 0 writes."""
+        calls this (gathering sharded state is a collective); only rank 0 writes. A write that
+        fails (a full disk) keeps the previous checkpoint and raises CheckpointSaveError on every rank."""
         t = self.config.train
+        self.check_room(path)
         tensors = self.checkpoint_tensors()
+        problem = None
         if tensors is not None:
             weights, optimizer_state = tensors
-            fmt.write_checkpoint(path, self.config, weights, writer=self.checkpoint.BACKEND,
-                                 optimizer_state=optimizer_state,
-                                 optimizer_meta={"optimizer": t.optimizer, "step": trainer_state["step"]},
-                                 trainer_state=trainer_state)
+            try:
+                fmt.write_checkpoint(path, self.config, weights, writer=self.checkpoint.BACKEND,
+                                     optimizer_state=optimizer_state,
+                                     optimizer_meta={"optimizer": t.optimizer, "step": trainer_state["step"]},
+                                     trainer_state=trainer_state)
+            except (OSError, fmt.CheckpointError) as e:
+                problem = save_failure(path, checkpoint_bytes(self.config), e)
+        self._stop_if(problem, path)
+
+    def _stop_if(self, problem: str | None, path) -> None:
+        """Raise on every rank when rank 0 has a problem (the others learn of it through agree)."""
+        if self.agree(problem is not None):
+            raise CheckpointSaveError(problem or f"rank 0 could not save the checkpoint {path} (its output says why)")
 
     def checkpoint_tensors(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:
         """(weights, optimizer state) as NumPy on the rank that writes (rank 0), None on the others.
