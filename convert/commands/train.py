@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from convert.backends import load_backend
-from convert.common import CliError, backend_arg, checkpoint_dir, sub
+from convert.common import CliError, backend_arg, checkpoint_dir, sub, writing
 from convert.train_args import add_train_args, train_options
 
 
@@ -23,7 +23,8 @@ def run(args) -> int:
     where = opts.out or checkpoint_dir(opts.resume).parent
     print(f"ternary train: backend {backend.name} {backend.version}{extra}; run directory {where}", flush=True)
     try:
-        code = run_training(opts, backend)
+        with writing(where):
+            code = run_training(opts, backend)
     except NonFiniteLoss as e:
         print(f"ternary: error: {e}", file=sys.stderr)
         return 1

@@ -106,3 +106,89 @@ def test_weights_with_nan_are_refused_by_every_command(trained, tmp_path):
         assert_one_line_error(run(*cmd), msg)
     assert not (tmp_path / "m.tpk").exists() and not (tmp_path / "canon").exists()
     assert not (tmp_path / "ft" / "checkpoint").exists()
+
+
+# ---- Ctrl-C during start-up ----------------------------------------------------------------------
+# `python -m interrupt_at_import MODULE ENTRY ARGS` runs `python -m ENTRY ARGS` with a Ctrl-C at the
+# moment MODULE is first imported, raised inside exec()'d source as a real one often is (dataclasses
+# and namedtuple exec code while numpy, torch and mlx import, and CPython then remembers it). It is a
+# module run with -m, as the entry points are, so that the interpreter exits the way theirs do.
+INTERRUPT_AT_IMPORT = """
+import importlib.abc, runpy, sys
+module, entry, sys.argv = sys.argv[1], sys.argv[2], [sys.argv[2], *sys.argv[3:]]
+class Interrupt(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == module:
+            exec("raise KeyboardInterrupt")
+sys.meta_path.insert(0, Interrupt())
+runpy.run_module(entry, run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("module,entry,args", [
+    ("numpy", "convert.cli", ["--no-fast-blas", "eval", "runs/x"]),
+    ("convert.commands", "convert.cli", ["presets"]),
+    ("torch", "convert.cli", ["eval", "--backend", "torch", "runs/x"]),
+    ("mlx.core", "convert.cli", ["--no-fast-blas", "generate", "runs/x", "--prompt", "a"]),
+    ("numpy", "ternary_mlx.train", ["--no-progress"]),
+    ("mlx.core", "ternary_mlx.train", ["--no-progress"]),
+    ("torch", "ternary_cuda.train", ["--no-progress"]),
+])
+def test_ctrl_c_while_starting_exits_130_in_one_line(module, entry, args, tmp_path):
+    """Before: a KeyboardInterrupt traceback, then death by SIGINT (exit -2), or exit 1."""
+    args = [*args, "--out", str(tmp_path / "out")] if entry.endswith(".train") else args
+    (tmp_path / "boot").mkdir()
+    (tmp_path / "boot" / "interrupt_at_import.py").write_text(INTERRUPT_AT_IMPORT)
+    r = subprocess.run([sys.executable, "-m", "interrupt_at_import", module, entry, *args], cwd=ROOT,
+                       env={**ENV, "PYTHONPATH": str(tmp_path / "boot")}, capture_output=True, text=True,
+                       timeout=300, stdin=subprocess.DEVNULL)
+    assert (r.returncode, r.stderr) == (130, "ternary: interrupted\n"), (r.returncode, r.stdout, r.stderr)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args", [["-m", "ternary_cuda.train"], ["-m", "ternary_mlx.train"],
+                                  ["-m", "convert.cli", "eval", "--backend", "torch"]])
+def test_a_real_ctrl_c_half_a_second_in(args, tmp_path):
+    """0.5 s in, the process is importing torch or mlx (or, on a fast machine, already running)."""
+    cmd = [*args, "--no-progress", "--out", str(tmp_path / "run")] if "train" in args[1] else [*args, "runs/x"]
+    p = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, stdin=subprocess.DEVNULL)
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 130 and "Traceback" not in err, (p.returncode, out, err)
+
+
+# ---- argument parsing ----------------------------------------------------------------------------
+def _parsers(p):
+    yield p
+    for action in p._actions:
+        if isinstance(action, __import__("argparse")._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _parsers(sub)
+
+
+def test_no_parser_takes_abbreviations():
+    from convert.cli import build_parser
+    parsers = list(_parsers(build_parser()))
+    assert len(parsers) > 15 and all(not p.allow_abbrev for p in parsers), [p.prog for p in parsers if p.allow_abbrev]
+
+
+def test_an_abbreviated_option_is_refused(trained):
+    """Before: `--max-token 50` was silently taken as --max-tokens (and --res as --resume)."""
+    for args in (("eval", trained, "--max-token", "50"), ("generate", trained, "--prompt", "a", "--max", "3"),
+                 ("train", "--res", trained), ("--no-fast", "presets")):
+        r = run(*args)
+        assert r.returncode == 2 and "unrecognized arguments: --" in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "ternary_mlx.train", "--pres", "smoke"], cwd=ROOT, env=ENV,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "unrecognized arguments: --pres smoke" in r.stderr, r.stderr
+
+
+def test_train_module_errors_are_one_line(tmp_path):
+    """Before: `python -m ternary_mlx.train` printed a ConfigError traceback (exit 1)."""
+    for module in ("ternary_mlx.train", "ternary_cuda.train"):
+        r = subprocess.run([sys.executable, "-m", module, "--set", "train.lrr=1", "--out", str(tmp_path / "r")],
+                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+        assert_one_line_error(r, "'lrr'", "did you mean 'lr'?")
+    assert list(tmp_path.iterdir()) == []
