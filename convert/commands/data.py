@@ -55,8 +55,8 @@ def register(subs) -> None:
     v.add_argument("--val-bytes", type=positive_int, metavar="N", help="bytes of text for the validation split")
     v.add_argument("--val-fraction", type=float, metavar="X", help="... or this fraction of the text (default: 0.05)")
     dp.add_argument("--documents", choices=("file", "paragraph", "jsonl"), default="file",
-                    help="a document is a whole file (default), a blank-line-separated paragraph, or a "
-                         "line of a .jsonl file (.jsonl files are always read that way)")
+                    help="a document is a whole file (default), a paragraph (lines between blank lines; a line of "
+                         "only whitespace is blank), or a line of a .jsonl file (.jsonl files are always read that way)")
     dp.add_argument("--shard-tokens", type=positive_int, default=100_000_000, metavar="N",
                     help="tokens per shard (default: 100,000,000)")
     dp.add_argument("--no-bos", action="store_true", help="do not put BOS in front of each document")

@@ -312,8 +312,12 @@ def train_sentencepiece(text_files: Iterable[str | os.PathLike], vocab_size: int
     def lines() -> Iterator[str]:
         for f in files:
             with open(f, encoding="utf-8") as fh:
-                for line in fh:
-                    yield line.strip()
+                try:
+                    for line in fh:
+                        yield line.strip()
+                except UnicodeDecodeError as e:
+                    raise TokenizerError(f"{f}: not UTF-8 text ({e.reason}); a tokenizer is trained on "
+                                         "text files") from None
 
     return train_sentencepiece_from_sentences(lines(), vocab_size, out_prefix, **opts)
 

@@ -192,3 +192,53 @@ def test_train_module_errors_are_one_line(tmp_path):
                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
         assert_one_line_error(r, "'lrr'", "did you mean 'lr'?")
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- numeric options -----------------------------------------------------------------------------
+def _argparse_error(r: subprocess.CompletedProcess, fragment: str) -> None:
+    assert r.returncode == 2 and "Traceback" not in r.stderr, (r.stdout, r.stderr)
+    assert r.stderr.strip().splitlines()[-1].endswith(fragment), r.stderr
+
+
+@pytest.mark.parametrize("value,fragment", [("nan", "expected a finite number, got 'nan'"),  # was: a traceback
+                                            ("inf", "expected a finite number, got 'inf'"),  # a traceback
+                                            ("-1", "expected a number >= 0, got '-1'")])     # silently greedy
+def test_generate_refuses_a_temperature_that_is_not_a_number_or_negative(trained, value, fragment):
+    _argparse_error(run("generate", trained, "--prompt", "a", "--temperature", value), fragment)
+
+
+def test_generate_top_k_and_max_new_tokens(trained):
+    """Already right before issue 13, kept so: negative k and a non-positive length are refused, k = 0 means all."""
+    assert_one_line_error(run("generate", trained, "--prompt", "a", "--top-k", "-1"), "--top-k must be >= 0")
+    for n in ("0", "-3"):
+        _argparse_error(run("generate", trained, "--prompt", "a", "--max-new-tokens", n),
+                        f"expected a positive integer, got {n}")
+    r = run("generate", trained, "--prompt", "a", "--top-k", "0", "--max-new-tokens", "2", "--temperature", "0")
+    assert r.returncode == 0 and r.stdout.startswith("a"), r.stderr
+
+
+@pytest.mark.parametrize("value,fragment", [("-1", "expected a number >= 0, got '-1'"),  # was: ran and FAILED
+                                            ("nan", "expected a finite number, got 'nan'")])
+def test_demo_refuses_a_negative_or_nan_tolerance(value, fragment):
+    _argparse_error(run("demo", "--tolerance", value), fragment)
+
+
+# ---- text inputs ---------------------------------------------------------------------------------
+def test_tokenizer_train_on_a_binary_file(tmp_path):
+    """Before: a UnicodeDecodeError traceback (exit 1)."""
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(bytes(range(256)) * 64)
+    assert_one_line_error(run("tokenizer", "train", blob, "--vocab-size", "300", "--out", tmp_path / "tok"),
+                          f"{blob}: not UTF-8 text")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blob.bin"]
+
+
+def test_data_prepare_paragraphs_split_at_whitespace_only_lines(tmp_path):
+    """Before: WikiText's ' ' lines were not paragraph breaks, so --documents paragraph found one document."""
+    text = tmp_path / "wiki.txt"
+    text.write_text(" \n = Title = \n \n One paragraph here . \n \n Another one there . \n \n" * 20)
+    r = run("data", "prepare", text, "--tokenizer", "bytes", "--out", tmp_path / "d", "--documents", "paragraph",
+            "--val-bytes", "200")
+    assert r.returncode == 0, r.stderr
+    man = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    assert man["splits"]["val"]["documents"] + man["splits"]["train"]["documents"] >= 60
