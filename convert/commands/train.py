@@ -5,13 +5,13 @@ from __future__ import annotations
 import sys
 
 from convert.backends import load_backend
-from convert.common import CliError, backend_arg, checkpoint_dir, sub, writing
+from convert.common import CliError, backend_arg, sub, writing
 from convert.train_args import add_train_args, train_options
 
 
 def run(args) -> int:
     from shared.train.loop import NonFiniteLoss
-    from shared.train.runner import default_out_dir, run_training
+    from shared.train.runner import default_out_dir, existing_checkpoint, run_training
     if args.resume is not None and (args.preset or args.config):
         raise CliError("--resume continues with the checkpoint's own config; drop --preset/--config "
                        "(--set may still change train.* values such as train.steps)")
@@ -20,7 +20,7 @@ def run(args) -> int:
         opts.out = default_out_dir(opts, args.backend)  # what run_training would pick; said up front
     backend = load_backend(args.backend)
     extra = f", blas: {backend.blas}" if backend.blas else ""
-    where = opts.out or checkpoint_dir(opts.resume).parent
+    where = opts.out or existing_checkpoint(opts.resume, "--resume").parent
     print(f"ternary train: backend {backend.name} {backend.version}{extra}; run directory {where}", flush=True)
     try:
         with writing(where):

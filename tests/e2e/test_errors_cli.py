@@ -242,3 +242,45 @@ def test_data_prepare_paragraphs_split_at_whitespace_only_lines(tmp_path):
     assert r.returncode == 0, r.stderr
     man = json.loads((tmp_path / "d" / "manifest.json").read_text())
     assert man["splits"]["val"]["documents"] + man["splits"]["train"]["documents"] >= 60
+
+
+# ---- run directories -----------------------------------------------------------------------------
+@pytest.mark.parametrize("flag", ["--resume", "--init"])
+def test_a_missing_resume_or_init_directory_is_named(tmp_path, flag):
+    """Before: `run directory <its parent>` was announced, then '[Errno 2] No such file or directory:
+    .../config.json'."""
+    for missing in (tmp_path / "nope", tmp_path / "nope" / "checkpoint"):
+        r = run("train", flag, missing, "--no-progress", "--out", tmp_path / "out")
+        line = assert_one_line_error(r, f"{flag} {missing}: no such directory")
+        assert "config.json" not in line
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(run("train", flag, tmp_path / "empty", "--no-progress", "--out", tmp_path / "out"),
+                          f"{flag} {tmp_path / 'empty'}: not a run directory or a checkpoint")
+    r = run("train", "--resume", tmp_path / "nope", "--no-progress")
+    assert f"run directory {tmp_path}\n" not in r.stdout  # the missing directory's parent is never announced
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_fine_tuning_run_keeps_its_own_tokenizer(tmp_path):
+    """Before: data.tokenizer pointed into the --init checkpoint, so deleting it broke the run."""
+    pytest.importorskip("tokenizers")
+    from tests.convert.test_import_hf_checks import make_hf_dir
+    src = make_hf_dir(tmp_path / "hf", tokenizer_tokens=200)
+    ckpt = tmp_path / "imported"
+    r = run("import-hf", src, "--out", ckpt, "--set", "ternary.group_size=16")
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "ft"
+    r = run("train", "--init", ckpt, "--no-progress", "--out", out, "--set", "train.steps=2", "train.eval_every=0",
+            "train.eval_tokens=64", "train.seq_len=16", "train.batch_size=2", "data.synthetic_train_bytes=20000",
+            "data.synthetic_val_bytes=2000")
+    assert r.returncode == 0, r.stdout + r.stderr
+    own = str((out / "tokenizer").resolve())
+    assert f"tokenizer: copied {ckpt.resolve() / 'tokenizer'} into {own}" in r.stdout
+    assert json.loads((out / "checkpoint" / "config.json").read_text())["data"]["tokenizer"] == own
+    assert f'tokenizer = "{own}"' in (out / "config.toml").read_text()
+    shutil.rmtree(ckpt)
+    r = run("eval", out, "--max-tokens", "32", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["tokenizer"] == "tokenizer"
+    r = run("train", "--resume", out, "--set", "train.steps=3", "--no-progress")
+    assert r.returncode == 0, r.stdout + r.stderr
