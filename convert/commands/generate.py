@@ -9,7 +9,7 @@ from convert.common import CliError, non_negative_float, positive_int, sub
 
 def run(args) -> int:
     model, cfg, ckpt, (_, generate), _, info = load_model(args.ckpt, args.backend, not args.no_ema)
-    tok = load_tokenizer(args.tokenizer or cfg.data.tokenizer, cfg)
+    tok = load_tokenizer(args.tokenizer, cfg)
     if tok.bos_id is None and len(tok.encode(args.prompt)) == 0:
         raise CliError(f"--prompt: an empty prompt needs a tokenizer with a BOS token; {tok.name!r} has none")
     if args.top_k < 0:

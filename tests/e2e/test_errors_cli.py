@@ -284,3 +284,57 @@ def test_a_fine_tuning_run_keeps_its_own_tokenizer(tmp_path):
     assert json.loads(r.stdout)["tokenizer"] == "tokenizer"
     r = run("train", "--resume", out, "--set", "train.steps=3", "--no-progress")
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+# ---- eval / generate with another tokenizer ------------------------------------------------------
+def test_eval_and_generate_refuse_a_tokenizer_the_model_was_not_trained_with(trained, tmp_path):
+    """Before: `eval --tokenizer T --data D` (D prepared with T) scored the bytes model through T."""
+    from shared.data.corpus import SyntheticCorpus
+    words = SyntheticCorpus(1).generate(60_000, "train").split(" ")
+    text = tmp_path / "c.txt"
+    text.write_text("\n".join(" ".join(words[i:i + 30]) for i in range(0, len(words), 30)))
+    r = run("tokenizer", "train", text, "--vocab-size", "120", "--option", "byte_fallback=false",
+            "--out", tmp_path / "tok")
+    assert r.returncode == 0, r.stderr
+    tok = tmp_path / "tok.model"
+    assert run("data", "prepare", text, "--tokenizer", tok, "--out", tmp_path / "data", "--val-bytes", "5000").returncode == 0
+    refusal = f"--tokenizer {tok}: 'tok' (sha256 "
+    assert_one_line_error(run("eval", trained, "--tokenizer", tok, "--data", tmp_path / "data"), refusal,
+                          "is not the tokenizer the model was trained with, data.tokenizer bytes")
+    assert_one_line_error(run("generate", trained, "--tokenizer", tok, "--prompt", "a"), refusal)
+    # A model trained with tok.model, which was moved since: --tokenizer points at it again, with a warning.
+    out = tmp_path / "run"
+    r = run("train", "--set", *TINY, f"data.tokenizer={tok}", f"data.source={tmp_path / 'data'}", "model.vocab_size=120",
+            "--no-progress", "--out", out)
+    assert r.returncode == 0, r.stdout + r.stderr
+    moved = tmp_path / "moved.model"
+    tok.rename(moved)
+    r = run("eval", out, "--tokenizer", moved, "--data", tmp_path / "data", "--max-tokens", "100", "--json")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.startswith(f"ternary: warning: --tokenizer {moved} cannot be compared with the model's data.tokenizer")
+
+
+# ---- hints ---------------------------------------------------------------------------------------
+def test_data_prepare_suggests_a_vocab_size_that_works(tmp_path):
+    """Before: `model.vocab_size=<the tokenizer's size>` (151,669 for Qwen3), which a fine-tune of the
+    imported model (151,936 rows) refuses: only model.subln may change under --init."""
+    pytest.importorskip("tokenizers")
+    from tests.convert.test_import_hf_checks import make_hf_dir
+    ckpt = tmp_path / "imported"
+    r = run("import-hf", make_hf_dir(tmp_path / "hf", tokenizer_tokens=200), "--out", ckpt, "--set", "ternary.group_size=16")
+    assert r.returncode == 0, r.stderr
+    text = tmp_path / "t.txt"
+    text.write_text(" ".join(chr(0x100 + i % 199 + 1) for i in range(4000)))
+    data = tmp_path / "d"
+    r = run("data", "prepare", text, "--tokenizer", ckpt / "tokenizer", "--out", data, "--val-bytes", "2000")
+    assert r.returncode == 0, r.stderr
+    hint = r.stdout.strip().splitlines()[-1]
+    assert hint == f"next: ternary train --init {ckpt} --set data.source={data}"
+    r = run(*hint.split()[2:], "train.steps=1", "train.eval_every=0", "train.eval_tokens=64", "train.seq_len=16",
+            "train.batch_size=2", "--no-progress", "--out", tmp_path / "ft")
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run("data", "prepare", text, "--tokenizer", "bytes", "--out", tmp_path / "d2")
+    assert r.stdout.strip().splitlines()[-2:] == [
+        f"next: ternary train --set data.source={tmp_path / 'd2'} data.tokenizer=bytes model.vocab_size=256",
+        "      (model.vocab_size must be at least 256, the tokenizer's size; to fine-tune a checkpoint, use --init "
+        "CKPT without model.vocab_size: the model keeps its own)"]
