@@ -338,3 +338,33 @@ def test_data_prepare_suggests_a_vocab_size_that_works(tmp_path):
         f"next: ternary train --set data.source={tmp_path / 'd2'} data.tokenizer=bytes model.vocab_size=256",
         "      (model.vocab_size must be at least 256, the tokenizer's size; to fine-tune a checkpoint, use --init "
         "CKPT without model.vocab_size: the model keeps its own)"]
+
+
+# ---- file modes ----------------------------------------------------------------------------------
+def test_every_file_written_gets_the_mode_the_umask_gives(tmp_path):
+    """Before: model.safetensors (and optimizer.safetensors, the hf and hf-bitnet weights) were 0600
+    while the JSON beside them was 0644: safetensors' save_file leaves 0600."""
+    def umask_027():
+        os.umask(0o027)
+
+    def cli(*args):
+        r = subprocess.run([sys.executable, "-m", "convert.cli", *map(str, args)], cwd=ROOT, env=ENV, capture_output=True,
+                           text=True, timeout=300, stdin=subprocess.DEVNULL, preexec_fn=umask_027)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    for group in (128, 0):  # hf-bitnet takes per-tensor scales only, mlx-lm groups of 64 or 128
+        cli("init", "--set", *tiny_sets(vocab_size=320, hidden_size=256, intermediate_size=512, num_hidden_layers=1,
+                                        hidden_act="silu", ternary=dict(group_size=group)), "--out", tmp_path / f"ck{group}")
+    cli("train", "--set", *TINY, "--no-progress", "--out", tmp_path / "run")
+    for to, out in (("canonical", "canon"), ("packed", "m.tpk"), ("hf", "hf"), ("mlx-lm", "mlx-lm"),
+                    ("hf-bitnet", "bitnet"), ("gguf", "m.gguf")):
+        cli("convert", tmp_path / ("ck0" if to == "hf-bitnet" else "ck128"), "--to", to, "--out", tmp_path / out)
+    text = tmp_path / "c.txt"
+    text.write_text("some words of text, a line of it\n" * 200)
+    cli("tokenizer", "train", text, "--vocab-size", "280", "--out", tmp_path / "tok" / "t")
+    cli("data", "prepare", text, "--tokenizer", "bytes", "--out", tmp_path / "data")
+    modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in tmp_path.rglob("*")
+             if p.is_file() and p != text}
+    assert {"ck0/model.safetensors", "run/checkpoint/optimizer.safetensors", "hf/model.safetensors",
+            "bitnet/model.safetensors", "m.gguf", "tok/t.model", "data/train_000000.bin"} <= set(modes)
+    assert {m for m in modes.values()} == {"0o640"}, {p: m for p, m in modes.items() if m != "0o640"}
