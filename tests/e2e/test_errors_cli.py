@@ -368,3 +368,26 @@ def test_every_file_written_gets_the_mode_the_umask_gives(tmp_path):
     assert {"ck0/model.safetensors", "run/checkpoint/optimizer.safetensors", "hf/model.safetensors",
             "bitnet/model.safetensors", "m.gguf", "tok/t.model", "data/train_000000.bin"} <= set(modes)
     assert {m for m in modes.values()} == {"0o640"}, {p: m for p, m in modes.items() if m != "0o640"}
+
+
+# ---- errors name the user's path -----------------------------------------------------------------
+def test_write_errors_name_the_output_not_a_temporary(tmp_path):
+    """Before: '[Errno 36] File name too long: '.../.NAME.tmp-1a2b3c4d'' (our staging sibling, a
+    name the user never gave), or, with no file name from the OS, '[Errno 27] File too large'."""
+    text = tmp_path / "c.txt"
+    text.write_text("words of text on a line\n" * 2000)
+    assert run("init", "--out", tmp_path / "ck").returncode == 0
+    for args in (("init", "--out"), ("data", "prepare", text, "--tokenizer", "bytes", "--out"),
+                 ("convert", tmp_path / "ck", "--to", "packed", "--out"), ("config", "--out")):
+        long = tmp_path / ("n" * (251 if args[0] == "config" else 248))  # fits; its temporary does not
+        line = assert_one_line_error(run(*args, long), f"ternary: error: {long}: File name too long")
+        assert ".tmp" not in line, line
+    def small_files():
+        import resource
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    for args, out in ((("data", "prepare", text, "--tokenizer", "bytes", "--out"), tmp_path / "d"),
+                      (("tokenizer", "train", text, "--vocab-size", "280", "--out"), tmp_path / "tok")):
+        r = subprocess.run([sys.executable, "-m", "convert.cli", *map(str, args), str(out)], cwd=ROOT, env=ENV,
+                           capture_output=True, text=True, timeout=300, preexec_fn=small_files)
+        assert_one_line_error(r, f"ternary: error: {out}: cannot write: File too large")
