@@ -48,8 +48,8 @@ def register(subs) -> None:
             "  torchrun --standalone --nproc_per_node=8 -m ternary_cuda.train --config run.toml --out runs/big\n"
             "  mlx.launch --backend ring -n 2 -- python -m ternary_mlx.train --preset smoke --out runs/dp2\n\n"
             "The run directory holds config.toml, metrics.jsonl, loss.png, summary.json and\n"
-            "checkpoint/. The first Ctrl-C finishes the current step, saves checkpoint/ and exits\n"
-            "130 (resume with --resume DIR); a second Ctrl-C aborts at once. Exits 1 if the loss\n"
-            "becomes non-finite.", run)
+            "checkpoint/ (and tokenizer/, a copy of the one inside an --init checkpoint). The first\n"
+            "Ctrl-C finishes the current step, saves checkpoint/ and exits 130 (resume with\n"
+            "--resume DIR); a second Ctrl-C aborts at once. Exits 1 if the loss becomes non-finite.", run)
     add_train_args(t)
     backend_arg(t, "trains")
