@@ -10,7 +10,8 @@ training run stopped by a non-finite loss exits 1; an interrupted command exits 
 from __future__ import annotations
 
 # Only the standard library here: everything else is imported inside `guarded`, so that a Ctrl-C
-# while it imports (start-up takes a second or more) exits 130 with one line like any other.
+# while it imports (start-up takes a second or more) exits 130 with one line like any other. (The
+# interpreter's own start, the few tens of milliseconds before this file runs, is out of our hands.)
 import argparse
 import sys
 
