@@ -70,7 +70,8 @@ def transformers_rewrite(src: Path, dst: Path) -> None:
 
 
 def _args() -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
     ap.add_argument("--text", type=Path, default=DEFAULT_TEXT, help="training/held-out text (UTF-8)")
     ap.add_argument("--teacher-steps", type=int, default=1500)
     ap.add_argument("--finetune-steps", type=int, default=100)

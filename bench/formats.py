@@ -250,7 +250,7 @@ def machine() -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
                                  epilog="examples:\n  python bench/formats.py\n"
                                         "  python bench/formats.py --checkpoint runs/my-run --json-out f.json")
     ap.add_argument("--checkpoint", metavar="DIR", help="measure this checkpoint instead of the two random ones")

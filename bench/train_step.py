@@ -596,7 +596,7 @@ def targets(derived: dict) -> dict:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
-        prog="python bench/train_step.py",
+        prog="python bench/train_step.py", allow_abbrev=False,
         description="Training-step throughput of ours (MLX/torch, ternary/float) vs mlx-lm and transformers, "
                     "on one tiny Qwen3-shaped model and one random batch. Prints one JSON object. "
                     "MLX rows run in a worker process with Debian's OpenBLAS preloaded (--mlx-preload), "

@@ -9,20 +9,26 @@ training run stopped by a non-finite loss exits 1; an interrupted command exits 
 """
 from __future__ import annotations
 
+# Only the standard library here: everything else is imported inside `guarded`, so that a Ctrl-C
+# while it imports (start-up takes a second or more) exits 130 with one line like any other. (The
+# interpreter's own start, the few tens of milliseconds before this file runs, is out of our hands.)
 import argparse
 import sys
 
-from convert import blas
-from convert.backends import NAMES, backend_class
-from convert.commands import COMMANDS
-from convert.common import CliError, user_errors
+__all__ = ["CliError", "build_parser", "guarded", "main", "train_module"]
 
-__all__ = ["CliError", "build_parser", "main"]
+
+def __getattr__(name: str):
+    if name == "CliError":  # convert.cli.CliError, without importing convert.common at start-up
+        from convert.common import CliError
+        return CliError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from convert.commands import COMMANDS
     p = argparse.ArgumentParser(
-        prog="ternary", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="ternary", formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
         description="Ternary (BitNet b1.58-style) language models: one spec, MLX and PyTorch backends.",
         epilog="examples:\n"
                "  ternary train --preset smoke\n"
@@ -41,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _wants_fast_blas(args) -> bool:
     """Whether this command runs a backend that is re-executed with OpenBLAS (MLX on Linux)."""
+    from convert.backends import NAMES, backend_class
     if args.command == "demo":
         names = NAMES if args.backend == "both" else [args.backend]
     elif args.command in ("train", "eval", "generate"):
@@ -48,6 +55,32 @@ def _wants_fast_blas(args) -> bool:
     else:
         return False
     return any(backend_class(n).fast_blas for n in names)
+
+
+def guarded(command) -> int:
+    """Run `command()` (its imports included) as the command line does: a user error is one line
+    `ternary: error: ...` and exit 2 (convert.common.user_errors), Ctrl-C is `ternary: interrupted`
+    and exit 130."""
+    try:
+        from convert.common import error_line, user_errors
+        try:
+            return command()
+        except Exception as e:
+            if not isinstance(e, user_errors()):
+                raise
+            print(f"ternary: error: {error_line(e)}", file=sys.stderr)
+            return 2
+    except KeyboardInterrupt:
+        print("ternary: interrupted", file=sys.stderr)
+        _forget_interrupt()
+        return 130
+
+
+def _forget_interrupt() -> None:
+    """CPython (3.11) remembers a KeyboardInterrupt raised inside exec()'d source, which dataclasses
+    and namedtuple run while torch or mlx import, even once it is caught, and then ends the process
+    by SIGINT instead of with our exit status. Running any source resets that flag."""
+    exec("None")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,19 +91,32 @@ def main(argv: list[str] | None = None) -> int:
     """
     from_command_line = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
-    if from_command_line and _wants_fast_blas(args) and not args.no_fast_blas:
-        blas.ensure_fast_blas(argv)
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print("ternary: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:
-        if not isinstance(e, user_errors()):
-            raise
-        print(f"ternary: error: {e}", file=sys.stderr)
-        return 2
+
+    def command() -> int:
+        args = build_parser().parse_args(argv)
+        if from_command_line and _wants_fast_blas(args) and not args.no_fast_blas:
+            from convert import blas
+            blas.ensure_fast_blas(argv)
+        from convert.common import writing
+        with writing(getattr(args, "out", None)):  # the --out of the commands that have one
+            return args.func(args)
+    return guarded(command)
+
+
+def train_module(backend: str) -> int:
+    """`python -m ternary_{mlx,cuda}.train`: the `train` command line of convert/train_args.py on one
+    backend, with `ternary`'s handling of errors and Ctrl-C (its modules are imported inside)."""
+    package = {"mlx": "ternary_mlx", "torch": "ternary_cuda"}[backend]
+
+    def command() -> int:
+        from convert.train_args import main as train_main
+        from shared.train.loop import NonFiniteLoss
+        try:
+            return train_main(sys.argv[1:], backend, prog=f"python -m {package}.train")
+        except NonFiniteLoss as e:  # as `ternary train`: exit 1, the last good checkpoint named
+            print(f"ternary: error: {e}", file=sys.stderr)
+            return 1
+    return guarded(command)
 
 
 if __name__ == "__main__":

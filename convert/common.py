@@ -6,7 +6,11 @@ Nothing here imports mlx or torch; the subcommands import them lazily, so `terna
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import math
+import os
+import re
 from pathlib import Path
 
 from convert.backends import NAMES
@@ -25,6 +29,40 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from shared.data.tokenizers import TokenizerError
     # OSError: missing files, permissions
     return (ConfigError, CheckpointError, TokenIdError, TokenizerError, DataError, OSError, CliError)
+
+
+# Our temporaries: `.NAME.tmp-XXXXXXXX` (or `.NAME.tmp`), a sibling written in full, then renamed to NAME.
+_STAGING = re.compile(r"^\.(?P<name>.+)\.tmp(-[0-9a-f]+)?$")
+# Errors of a write that the OS reports without a file name.
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS)
+
+
+def user_path(path: str | os.PathLike) -> str:
+    """`path` as the user knows it: a temporary of ours is named after what it becomes."""
+    return str(Path(*[m["name"] if (m := _STAGING.match(part)) else part for part in Path(path).parts]))
+
+
+def error_line(e: BaseException) -> str:
+    """The one line a user error prints: an OSError as `PATH: reason` (PATH the user's, never a
+    temporary of ours), anything else as its message."""
+    if isinstance(e, OSError) and e.filename is not None:
+        where = user_path(os.fsdecode(e.filename))
+        if e.filename2 is not None:
+            where += f" -> {user_path(os.fsdecode(e.filename2))}"
+        return f"{where}: {e.strerror or e}"
+    return str(e)
+
+
+@contextlib.contextmanager
+def writing(dest: str | os.PathLike | None):
+    """A write error the OS gives without a file name (a full disk, a file size limit) names `dest`,
+    the output the user asked for (None: nothing to name), instead of nothing."""
+    try:
+        yield
+    except OSError as e:
+        if dest is not None and e.filename is None and e.errno in _WRITE_ERRNOS:
+            raise OSError(e.errno, f"cannot write: {e.strerror}", str(dest)) from None
+        raise
 
 
 def human(n: int) -> str:
@@ -99,7 +137,8 @@ def source_args(p: argparse.ArgumentParser, ckpt: bool = False) -> None:
 def sub(subs, name: str, help_: str, examples: str, func=None) -> argparse.ArgumentParser:
     """A subcommand parser with a description, an examples epilog and the hidden --no-fast-blas."""
     p = subs.add_parser(name, help=help_, description=help_, epilog="examples:\n" + examples,
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        allow_abbrev=False)  # --max-token must not quietly mean --max-tokens
     p.add_argument("--no-fast-blas", action="store_true", default=argparse.SUPPRESS,
                    help=argparse.SUPPRESS)
     if func is not None:
@@ -114,6 +153,24 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if v <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a float that is not NaN or infinite (float() accepts 'nan' and 'inf')."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return v
+
+
+def non_negative_float(text: str) -> float:
+    v = finite_float(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
     return v
 
 

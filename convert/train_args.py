@@ -48,8 +48,10 @@ def train_options(args: argparse.Namespace) -> TrainOptions:
 def main(argv: list[str] | None, backend: str, prog: str) -> int:
     """`python -m ternary_{mlx,cuda}.train`: parse `argv` and train with `backend` ("mlx" | "torch")."""
     from convert.backends import load_backend
+    from convert.common import checkpoint_dir, writing
     from shared.train.runner import run_training
-    p = argparse.ArgumentParser(prog=prog, description="Train a ternary language model.")
+    p = argparse.ArgumentParser(prog=prog, description="Train a ternary language model.", allow_abbrev=False)
     add_train_args(p)
     opts = train_options(p.parse_args(argv))
-    return run_training(opts, load_backend(backend))
+    with writing(opts.out or (checkpoint_dir(opts.resume).parent if opts.resume else None)):
+        return run_training(opts, load_backend(backend))

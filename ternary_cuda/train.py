@@ -10,6 +10,10 @@ The training forward goes through `self.forward` (DDP / compiled); `self.model` 
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # `python -m ternary_cuda.train`: run from convert.cli, before the imports
+    from convert.cli import train_module  # below (seconds), so a Ctrl-C during them exits 130 in one line
+    raise SystemExit(train_module("torch"))
+
 import numpy as np
 import torch
 
@@ -155,10 +159,8 @@ class Trainer(TrainerCommon):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m ternary_cuda.train`: the `train` command line (convert/train_args.py) on this backend."""
+    """The `train` command line (convert/train_args.py) on this backend, for callers in Python;
+    `python -m ternary_cuda.train` runs it through convert.cli.train_module (see the top of this file)."""
     from convert.train_args import main as train_main
     return train_main(argv, "torch", prog="python -m ternary_cuda.train")
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

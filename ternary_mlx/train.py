@@ -6,6 +6,10 @@
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # `python -m ternary_mlx.train`: run from convert.cli, before the imports
+    from convert.cli import train_module  # below (seconds), so a Ctrl-C during them exits 130 in one line
+    raise SystemExit(train_module("mlx"))
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
@@ -124,10 +128,8 @@ class Trainer(TrainerCommon):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m ternary_mlx.train`: the `train` command line (convert/train_args.py) on this backend."""
+    """The `train` command line (convert/train_args.py) on this backend, for callers in Python;
+    `python -m ternary_mlx.train` runs it through convert.cli.train_module (see the top of this file)."""
     from convert.train_args import main as train_main
     return train_main(argv, "mlx", prog="python -m ternary_mlx.train")
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

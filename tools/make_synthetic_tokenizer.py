@@ -33,7 +33,7 @@ def make(out_dir: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     ap.add_argument("--out", type=Path, default=TOKENIZER_FILES, help="output directory")
     args = ap.parse_args(argv)
     path = make(args.out)

@@ -41,13 +41,27 @@ def load_model(path: str, backend: str, use_ema: bool):
     return model, cfg, ckpt, functions, weights, f"{info}; {note}"
 
 
-def load_tokenizer(name: str, cfg):
-    """The tokenizer `name`, refused if it has more tokens than the model's vocabulary."""
-    from shared.data.tokenizers import get_tokenizer
-    tok = get_tokenizer(name)
+def load_tokenizer(name: str | None, cfg):
+    """The tokenizer `name` (--tokenizer; None: the model's data.tokenizer), refused if it has more tokens
+    than the model's vocabulary or is not the tokenizer the model was trained with (as `train` refuses
+    data tokenized with another): scores and samples through another tokenizer mean nothing."""
+    import sys
+    from shared.data.tokenizers import TokenizerError, get_tokenizer
+    tok = get_tokenizer(name or cfg.data.tokenizer)
     if tok.vocab_size > cfg.model.vocab_size:
         raise CliError(f"tokenizer {tok.name!r} has {tok.vocab_size} tokens but the model's vocab_size is "
                        f"{cfg.model.vocab_size}")
+    if name is not None and name != cfg.data.tokenizer:
+        try:
+            own = get_tokenizer(cfg.data.tokenizer)
+        except TokenizerError as e:  # moved or deleted: --tokenizer is how to point at it again
+            print(f"ternary: warning: --tokenizer {name} cannot be compared with the model's data.tokenizer "
+                  f"({e})", file=sys.stderr)
+            return tok
+        if own.sha256 != tok.sha256:
+            raise CliError(f"--tokenizer {name}: {tok.name!r} (sha256 {tok.sha256[:16]}...) is not the tokenizer "
+                           f"the model was trained with, data.tokenizer {cfg.data.tokenizer} (sha256 "
+                           f"{own.sha256[:16]}...); leave --tokenizer out")
     return tok
 
 

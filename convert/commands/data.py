@@ -2,6 +2,8 @@
 shared.data.dataset.prepare_data."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from convert.common import CliError, positive_int, sub
 
 
@@ -29,9 +31,19 @@ def run_prepare(args) -> int:
               f"document(s), {s['text_bytes']:,} text bytes, {s['bytes']:,} scored bytes")
     print(f"wrote {args.out}/manifest.json (tokenizer {tok.name}, vocab {tok.vocab_size}, shard version "
           f"{man['shard_version']})")
-    print(f"next: ternary train --set data.source={args.out} data.tokenizer={args.tokenizer} "
-          f"model.vocab_size={tok.vocab_size}")
+    print(_next_hint(args.out, args.tokenizer, tok.vocab_size))
     return 0
+
+
+def _next_hint(out: str, tokenizer: str, vocab_size: int) -> str:
+    """What to train next. A tokenizer inside a checkpoint (`ternary import-hf` copies it there) means
+    fine-tuning that model, which keeps its own vocab_size (151,936 rows for Qwen3's 151,669 tokens)."""
+    ckpt = Path(tokenizer).parent
+    if (ckpt / "manifest.json").is_file():
+        return f"next: ternary train --init {ckpt} --set data.source={out}"
+    return (f"next: ternary train --set data.source={out} data.tokenizer={tokenizer} model.vocab_size={vocab_size}\n"
+            f"      (model.vocab_size must be at least {vocab_size:,}, the tokenizer's size; to fine-tune a "
+            "checkpoint, use --init CKPT without model.vocab_size: the model keeps its own)")
 
 
 def register(subs) -> None:
@@ -55,8 +67,8 @@ def register(subs) -> None:
     v.add_argument("--val-bytes", type=positive_int, metavar="N", help="bytes of text for the validation split")
     v.add_argument("--val-fraction", type=float, metavar="X", help="... or this fraction of the text (default: 0.05)")
     dp.add_argument("--documents", choices=("file", "paragraph", "jsonl"), default="file",
-                    help="a document is a whole file (default), a blank-line-separated paragraph, or a "
-                         "line of a .jsonl file (.jsonl files are always read that way)")
+                    help="a document is a whole file (default), a paragraph (lines between blank lines; a line of "
+                         "only whitespace is blank), or a line of a .jsonl file (.jsonl files are always read that way)")
     dp.add_argument("--shard-tokens", type=positive_int, default=100_000_000, metavar="N",
                     help="tokens per shard (default: 100,000,000)")
     dp.add_argument("--no-bos", action="store_true", help="do not put BOS in front of each document")

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from convert.backends import NAMES, load_backend
-from convert.common import CliError, config_sizes, counts, describe, human, resolve, source_args, sub
+from convert.common import (CliError, config_sizes, counts, describe, human, non_negative_float, resolve,
+                            source_args, sub)
 
 
 def _loss(logits, ids) -> float:
@@ -157,5 +158,5 @@ def register(subs) -> None:
     d.add_argument("--batch", type=int, default=2, metavar="N", help="rows (default: 2)")
     d.add_argument("--seed", type=int, metavar="N",
                    help="seed of the token ids and, without --ckpt, the weights (default: train.seed)")
-    d.add_argument("--tolerance", type=float, default=1e-4, metavar="X",
+    d.add_argument("--tolerance", type=non_negative_float, default=1e-4, metavar="X",
                    help="largest allowed |logit difference| between the backends (default: 1e-4)")

@@ -10,7 +10,7 @@ from convert.common import CliError, positive_int, sub
 def run(args) -> int:
     from shared.data.dataset import load_token_dataset
     model, cfg, ckpt, (evaluate, _), weights, info = load_model(args.ckpt, args.backend, not args.no_ema)
-    tok = load_tokenizer(args.tokenizer or cfg.data.tokenizer, cfg)
+    tok = load_tokenizer(args.tokenizer, cfg)
     d = cfg.data
     dataset = load_token_dataset(args.data or d.source, tok, synthetic_train_bytes=d.synthetic_train_bytes,
                                  synthetic_val_bytes=d.synthetic_val_bytes, seed=d.seed)

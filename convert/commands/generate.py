@@ -4,12 +4,12 @@ from __future__ import annotations
 import sys
 
 from convert.commands.checkpoint_args import add_ckpt_args, load_model, load_tokenizer
-from convert.common import CliError, positive_int, sub
+from convert.common import CliError, non_negative_float, positive_int, sub
 
 
 def run(args) -> int:
     model, cfg, ckpt, (_, generate), _, info = load_model(args.ckpt, args.backend, not args.no_ema)
-    tok = load_tokenizer(args.tokenizer or cfg.data.tokenizer, cfg)
+    tok = load_tokenizer(args.tokenizer, cfg)
     if tok.bos_id is None and len(tok.encode(args.prompt)) == 0:
         raise CliError(f"--prompt: an empty prompt needs a tokenizer with a BOS token; {tok.name!r} has none")
     if args.top_k < 0:
@@ -32,6 +32,7 @@ def register(subs) -> None:
     add_ckpt_args(g)
     g.add_argument("--prompt", required=True, metavar="TEXT", help="text to continue")
     g.add_argument("--max-new-tokens", type=positive_int, default=100, metavar="N", help="default: 100")
-    g.add_argument("--temperature", type=float, default=0.8, metavar="X", help="0 = greedy (default: 0.8)")
+    g.add_argument("--temperature", type=non_negative_float, default=0.8, metavar="X",
+                   help="0 = greedy (default: 0.8)")
     g.add_argument("--top-k", type=int, default=50, metavar="N", help="sample among the N likeliest (0 = all; default: 50)")
     g.add_argument("--seed", type=int, default=0, metavar="N", help="sampling seed (default: 0)")

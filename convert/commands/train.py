@@ -5,13 +5,13 @@ from __future__ import annotations
 import sys
 
 from convert.backends import load_backend
-from convert.common import CliError, backend_arg, checkpoint_dir, sub
+from convert.common import CliError, backend_arg, sub, writing
 from convert.train_args import add_train_args, train_options
 
 
 def run(args) -> int:
     from shared.train.loop import NonFiniteLoss
-    from shared.train.runner import default_out_dir, run_training
+    from shared.train.runner import default_out_dir, existing_checkpoint, run_training
     if args.resume is not None and (args.preset or args.config):
         raise CliError("--resume continues with the checkpoint's own config; drop --preset/--config "
                        "(--set may still change train.* values such as train.steps)")
@@ -20,10 +20,11 @@ def run(args) -> int:
         opts.out = default_out_dir(opts, args.backend)  # what run_training would pick; said up front
     backend = load_backend(args.backend)
     extra = f", blas: {backend.blas}" if backend.blas else ""
-    where = opts.out or checkpoint_dir(opts.resume).parent
+    where = opts.out or existing_checkpoint(opts.resume, "--resume").parent
     print(f"ternary train: backend {backend.name} {backend.version}{extra}; run directory {where}", flush=True)
     try:
-        code = run_training(opts, backend)
+        with writing(where):
+            code = run_training(opts, backend)
     except NonFiniteLoss as e:
         print(f"ternary: error: {e}", file=sys.stderr)
         return 1
@@ -47,10 +48,10 @@ def register(subs) -> None:
             "  torchrun --standalone --nproc_per_node=8 -m ternary_cuda.train --config run.toml --out runs/big\n"
             "  mlx.launch --backend ring -n 2 -- python -m ternary_mlx.train --preset smoke --out runs/dp2\n\n"
             "The run directory holds config.toml, metrics.jsonl, loss.png, summary.json and\n"
-            "checkpoint/. An existing one is refused unless --resume continues it or --overwrite\n"
-            "starts it afresh (deleting only those), and one training at a time holds DIR/.lock.\n"
-            "The first Ctrl-C finishes the current step, saves checkpoint/ and exits\n"
-            "130 (resume with --resume DIR); a second Ctrl-C aborts at once. Exits 1 if the loss\n"
-            "becomes non-finite.", run)
+            "checkpoint/ (and tokenizer/, a copy of the one inside an --init checkpoint). An existing\n"
+            "one is refused unless --resume continues it or --overwrite starts it afresh (deleting\n"
+            "only those), and one training at a time holds DIR/.lock. The first Ctrl-C finishes the\n"
+            "current step, saves checkpoint/ and exits 130 (resume with --resume DIR); a second\n"
+            "Ctrl-C aborts at once. Exits 1 if the loss becomes non-finite.", run)
     add_train_args(t)
     backend_arg(t, "trains")

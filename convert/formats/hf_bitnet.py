@@ -91,7 +91,7 @@ def plan(config: RunConfig, tern: set[str]) -> tuple[set[str], list[str], list[s
 
 def to_hf_bitnet(src: str | Path, out: str | Path, *, force: bool = False) -> dict[str, Any]:
     """The checkpoint `src` as a transformers BitNet (AutoBitLinear, offline, 2-bit packed) Qwen3 at `out`."""
-    from safetensors.numpy import save_file
+    from shared.spec.checkpoint import save_safetensors
     check_dir_out(Path(out), src, "hf-bitnet", force)  # before the work
     config, weights, tern = _read(src)
     packed, skip, warnings = plan(config, tern)
@@ -116,7 +116,7 @@ def to_hf_bitnet(src: str | Path, out: str | Path, *, force: bool = False) -> di
     def write(tmp: Path) -> None:
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps({"do_sample": False}) + "\n")
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_safetensors(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         for f in tok_files:
             shutil.copy2(f, tmp / f.name)
 

@@ -110,7 +110,7 @@ def _read(src) -> tuple[RunConfig, dict[str, np.ndarray], set[str]]:
 
 def to_hf(src: str | Path, out: str | Path, *, force: bool = False) -> dict[str, Any]:
     """The checkpoint `src` as a float32 Qwen3ForCausalLM directory at `out`."""
-    from safetensors.numpy import save_file
+    from shared.spec.checkpoint import save_safetensors
     check_dir_out(Path(out), src, "hf", force)  # before the work
     config, weights, tern = _read(src)
     check_expressible(config, "hf")
@@ -129,7 +129,7 @@ def to_hf(src: str | Path, out: str | Path, *, force: bool = False) -> dict[str,
     def write(tmp: Path) -> None:
         (tmp / "config.json").write_text(json.dumps(hf_config(config), indent=2) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps({"do_sample": False}) + "\n")
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_safetensors(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         for f in tok_files:
             shutil.copy2(f, tmp / f.name)
 

@@ -31,18 +31,19 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.data.tokenizers import HF_TOKENIZER_FILES, get_tokenizer
 from shared.spec.atomic_dir import discard, staging_dir, swap_dir
 from shared.spec.checkpoint import CheckpointError, check_tensor_set, write_checkpoint
 from shared.spec.ownership import checkpoint_refusal, occupied, source_conflict
 from shared.spec.config import ConfigError, DataConfig, RunConfig, TernaryConfig, TrainConfig, model_config_from_hf
 from shared.spec.params import parameter_shapes
+from shared.spec.presets import FINETUNE_TRAIN
 
 SUPPORTED_ARCHITECTURES = ("Qwen3ForCausalLM", "LlamaForCausalLM")
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
 # Buffers some exporters write next to the weights; they are recomputed from the config.
 SKIPPED_SUFFIXES = ("rotary_emb.inv_freq",)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "vocab.json", "vocab.txt", "merges.txt", "added_tokens.json")
+TOKENIZER_FILES = HF_TOKENIZER_FILES
 SINGLE_FILE, INDEX_FILE = "model.safetensors", "model.safetensors.index.json"
 # safetensors dtype names -> readable names
 _DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
@@ -124,8 +125,10 @@ def read_hf_config(src_dir: Path):
 
 
 def build_run_config(model, *, ternary: bool, tokenizer: str, overrides: list[str] | None = None) -> RunConfig:
-    seq_len = min(TrainConfig().seq_len, model.max_position_embeddings)
-    cfg = RunConfig(model=model, ternary=TernaryConfig(enabled=ternary), train=TrainConfig(seq_len=seq_len),
+    """The checkpoint's run config: the source's model, and training settings for fine-tuning a
+    pretrained model (shared.spec.presets.FINETUNE_TRAIN), not a small model's from scratch."""
+    train = TrainConfig(**{**FINETUNE_TRAIN, "seq_len": min(FINETUNE_TRAIN["seq_len"], model.max_position_embeddings)})
+    cfg = RunConfig(model=model, ternary=TernaryConfig(enabled=ternary), train=train,
                     data=DataConfig(tokenizer=tokenizer))
     bad = [o for o in overrides or [] if o.strip().startswith("model.")]
     if bad:
@@ -271,6 +274,15 @@ def copy_tokenizer(files: list[Path], dest: Path) -> None:
         raise
 
 
+def _check_tokenizer_fits(name_or_path: str | Path, vocab_size: int) -> None:
+    """Refuse, before anything is written, a tokenizer with ids the model has no embedding rows for."""
+    tok = get_tokenizer(name_or_path)
+    if tok.vocab_size > vocab_size:
+        where = Path(name_or_path) / "tokenizer.json" if isinstance(name_or_path, Path) else f"data.tokenizer {tok.name!r}"
+        raise ImportHFError(f"{where}: the tokenizer has {tok.vocab_size:,} tokens but the model's vocab_size "
+                            f"(config.json) is {vocab_size:,}: its ids {vocab_size:,} and up have no embedding rows")
+
+
 # ---- the whole import -----------------------------------------------------------------------------
 def import_hf(src: str, out: str | Path, *, ternary: bool = True, overrides: list[str] | None = None,
               revision: str | None = None, force: bool = False) -> ImportResult:
@@ -293,6 +305,9 @@ def import_hf(src: str, out: str | Path, *, ternary: bool = True, overrides: lis
     has_hf_tokenizer = any(f.name == "tokenizer.json" for f in tok_files)
     tokenizer = str(out / "tokenizer") if has_hf_tokenizer else "bytes"
     cfg = build_run_config(model, ternary=ternary, tokenizer=tokenizer, overrides=overrides)
+    # the tokenizer data.tokenizer names: the source's (copied below) unless --set named another
+    _check_tokenizer_fits(src_dir if cfg.data.tokenizer == tokenizer and has_hf_tokenizer else cfg.data.tokenizer,
+                          cfg.model.vocab_size)
     if not has_hf_tokenizer:
         models = [f.name for f in tok_files if f.suffix == ".model"]
         warnings.warn(f"{src}: no tokenizer.json" + (f" (found {', '.join(models)}; copied, but pass "
@@ -304,12 +319,6 @@ def import_hf(src: str, out: str | Path, *, ternary: bool = True, overrides: lis
     del weights
     if tok_files:
         copy_tokenizer(tok_files, out / "tokenizer")
-    if has_hf_tokenizer and cfg.data.tokenizer == str(out / "tokenizer"):
-        from shared.data.tokenizers import get_tokenizer
-        tok = get_tokenizer(cfg.data.tokenizer)
-        if tok.vocab_size > cfg.model.vocab_size:
-            warnings.warn(f"tokenizer has {tok.vocab_size} tokens but model.vocab_size is "
-                          f"{cfg.model.vocab_size}", stacklevel=2)
     return ImportResult(out=out, config=cfg, architecture=arch, source_dir=src_dir, source_dtypes=dtypes,
                         tokenizer=cfg.data.tokenizer, skipped=skipped, dropped_tied_head=dropped)
 
@@ -326,8 +335,15 @@ def summary(r: ImportResult) -> str:
         + (", tied lm_head.weight dropped" if r.dropped_tied_head else "")
         + (f", skipped {', '.join(r.skipped)}" if r.skipped else ""),
         f"  tokenizer:  {r.tokenizer}",
+        f"  training:   {_train_defaults(r.config)}",
         f"  wrote:      {r.out}",
         f"next: ternary eval {r.out}   |   ternary train --init {r.out}",
     ]
     return "\n".join(lines)
 
+
+def _train_defaults(cfg: RunConfig) -> str:
+    """The train.* settings the checkpoint stores, which `ternary train --init` starts from."""
+    t = cfg.train
+    return (f"lr {t.lr:g}, batch {t.batch_size} x {t.seq_len} tokens, {t.steps} steps, evaluation of "
+            f"{t.eval_tokens:,} tokens every {t.eval_every} steps (fine-tuning defaults; change with --set train.*)")

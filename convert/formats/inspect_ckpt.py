@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from shared.spec.checkpoint import MODEL_FILE, CheckpointError, check_tensor_set, read_config, read_safetensors, verify_manifest
+from shared.spec.checkpoint import (MODEL_FILE, CheckpointError, check_finite, check_tensor_set, read_config,
+                                   read_safetensors, verify_manifest)
 from shared.spec.params import float_matrices, parameter_shapes, parameter_specs, ternary_parameters
 from shared.spec.ternary import quantize
 
@@ -40,6 +41,7 @@ def inspect(path: str | Path, measure_packed: bool = True) -> dict[str, Any]:
     config = read_config(path)
     weights = read_safetensors(path / MODEL_FILE)
     check_tensor_set(parameter_shapes(config.model), {k: v.shape for k, v in weights.items()}, str(path / MODEL_FILE))
+    check_finite(weights, str(path / MODEL_FILE))  # the code statistics of NaN are noise: refused like everywhere
     m, t = config.model, config.ternary
     report["config"] = {
         "architecture": m.model_type,

@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from convert.formats.replace import check_checkpoint_out, check_file_out
-from shared.spec.checkpoint import CheckpointError, check_tensor_set, read_checkpoint, write_checkpoint
+from shared.spec.checkpoint import CheckpointError, check_finite, check_tensor_set, read_checkpoint, write_checkpoint
 from shared.spec.config import ConfigError, RunConfig
 from shared.spec.options import inexpressible
 from shared.spec.params import float_matrices, parameter_shapes, ternary_parameters
@@ -433,4 +433,5 @@ def load_packed(path: str | Path, form: str = "dequantized") -> tuple[RunConfig,
             nnz = np.count_nonzero(g, axis=-1).astype(np.float32)
             s = np.where(nnz > 0, s * (np.float32(g.shape[-1]) / np.maximum(nnz, 1)), np.float32(0))
         weights[name] = (g.astype(np.float32) * s[..., None]).reshape(codes.shape).astype(np.float32)
+    check_finite(weights, str(path))  # refused as a checkpoint's would be (fp16 overflows to inf)
     return config, weights

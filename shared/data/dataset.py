@@ -18,9 +18,9 @@ A prepared data directory (`prepare_data`, i.e. `ternary data prepare`) holds `v
 `train_000000.bin ...` and `manifest.json` (tokenizer name, kind, vocab size and sha256, token and
 byte counts); overwrite=True replaces only such a directory, holding nothing else. Documents: each
 `.jsonl` line's "text" field is a document; any other file is one document (documents="file", the
-default) or one document per blank-line-separated paragraph (documents="paragraph"). Each document
-is tokenized on its own and, if the tokenizer has a BOS id, prefixed with it (parameter-golf: BOS per
-document, no EOS). The validation split is the first `val_bytes` (default: `val_fraction` of the
+default) or one document per blank-line-separated paragraph (documents="paragraph"; a line holding
+only whitespace is blank). Each document is tokenized on its own and, if the tokenizer has a BOS
+id, prefixed with it (parameter-golf: BOS per document, no EOS). The validation split is the first `val_bytes` (default: `val_fraction` of the
 input size) of text, in file order; the document that straddles the boundary is cut at a whitespace.
 """
 from __future__ import annotations
@@ -414,16 +414,7 @@ class _ShardWriter:
 def _iter_documents(files: list[Path], documents: str) -> Iterator[str]:
     for f in files:
         if f.suffix == ".jsonl":
-            with open(f, encoding="utf-8") as fh:
-                for i, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        text = json.loads(line)["text"]
-                    except (json.JSONDecodeError, KeyError, TypeError) as e:
-                        raise DataError(f"{f}:{i}: expected a JSON object with a 'text' field ({e})") from None
-                    if text:
-                        yield text
+            yield from _jsonl_documents(f)
             continue
         try:
             text = f.read_text(encoding="utf-8")
@@ -433,9 +424,38 @@ def _iter_documents(files: list[Path], documents: str) -> Iterator[str]:
             if text:
                 yield text
         else:
-            for para in text.split("\n\n"):
-                if para.strip():
-                    yield para
+            yield from _paragraphs(text)
+
+
+def _paragraphs(text: str) -> Iterator[str]:
+    """The paragraphs of `text`: runs of lines between lines that are empty or hold only whitespace
+    (WikiText's blank lines hold a space)."""
+    para: list[str] = []
+    for line in text.split("\n"):
+        if line.strip():
+            para.append(line)
+        elif para:
+            yield "\n".join(para)
+            para = []
+    if para:
+        yield "\n".join(para)
+
+
+def _jsonl_documents(f: Path) -> Iterator[str]:
+    """The "text" of each line of a .jsonl file."""
+    with open(f, encoding="utf-8") as fh:
+        try:
+            for i, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    text = json.loads(line)["text"]
+                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    raise DataError(f"{f}:{i}: expected a JSON object with a 'text' field ({e})") from None
+                if text:
+                    yield text
+        except UnicodeDecodeError as e:
+            raise DataError(f"{f}: not UTF-8 text ({e.reason})") from None
 
 
 def _split_val(doc: str, remaining: int) -> list[tuple[str, str]]:

@@ -284,6 +284,42 @@ def _load_builtin(spec: TokenizerSpec) -> Tokenizer:
     return tok
 
 
+# The files of a Hugging Face tokenizer directory that matter to a tokenizer (what `ternary import-hf`
+# copies, and copy_tokenizer).
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                      "vocab.json", "vocab.txt", "merges.txt", "added_tokens.json")
+
+
+def copy_tokenizer(tok: Tokenizer, dest: Path) -> str:
+    """Copy a tokenizer loaded from a file or directory into the directory `dest` (staged in a
+    temporary sibling, then renamed) and return its name there, for data.tokenizer. A `dest` that
+    already holds this tokenizer (same sha256) is used as it is; one holding anything else is refused."""
+    import shutil
+    import uuid
+    src = Path(tok.path)
+    files = [src] if src.is_file() else [src / n for n in HF_TOKENIZER_FILES if (src / n).is_file()]
+    target = dest / src.name if src.is_file() else dest
+    if dest.exists():
+        try:
+            same = get_tokenizer(target).sha256 == tok.sha256
+        except TokenizerError:
+            same = False
+        if not same:
+            raise TokenizerError(f"{dest} exists and does not hold the tokenizer {tok.name!r} of {src}; "
+                                 "refusing to replace it")
+        return str(target)
+    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        for f in files:
+            shutil.copy2(f, tmp / f.name)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return str(target)
+
+
 # ---- SentencePiece training ---------------------------------------------------------------------
 # parameter-golf's settings (DESIGN 5): BPE, byte fallback, split digits, nmt_nfkc, no dummy
 # prefix, ids pad/bos/eos/unk = 0/1/2/3. num_threads=1 keeps the output byte-for-byte reproducible
@@ -312,8 +348,12 @@ def train_sentencepiece(text_files: Iterable[str | os.PathLike], vocab_size: int
     def lines() -> Iterator[str]:
         for f in files:
             with open(f, encoding="utf-8") as fh:
-                for line in fh:
-                    yield line.strip()
+                try:
+                    for line in fh:
+                        yield line.strip()
+                except UnicodeDecodeError as e:
+                    raise TokenizerError(f"{f}: not UTF-8 text ({e.reason}); a tokenizer is trained on "
+                                         "text files") from None
 
     return train_sentencepiece_from_sentences(lines(), vocab_size, out_prefix, **opts)
 

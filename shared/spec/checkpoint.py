@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import math
 import os
 import platform
 import re
@@ -72,6 +73,19 @@ def _git_commit() -> str | None:
         return None
 
 
+def save_safetensors(tensors: dict[str, np.ndarray], filename: str, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' save_file, leaving the file with the mode open() gives (0666 less the umask), as the
+    JSON files beside it: save_file itself leaves 0600 (safetensors 0.8)."""
+    save_file(tensors, filename, metadata=metadata)
+    os.chmod(filename, 0o666 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
 def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
 
@@ -88,7 +102,8 @@ def _save_tensors(tensors: dict[str, np.ndarray], file: Path) -> None:
     """safetensors' save_file, whose I/O failures (a full disk) come back as the OSError they are:
     safetensors raises its own SafetensorError with the OS error only in its message."""
     try:
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(file), metadata={"format": FORMAT})
+        save_safetensors({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(file),
+                         metadata={"format": FORMAT})
     except SafetensorError as e:
         code = re.search(r"os error (\d+)", str(e))
         if code is None:
@@ -146,14 +161,10 @@ def verify_manifest(path: str | Path) -> dict[str, Any]:
                               "whose write did not finish")
     try:
         manifest = json.loads(mf.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{mf}: damaged manifest ({e})") from None
-    if manifest.get("format") != FORMAT:
-        raise CheckpointError(f"{mf}: format {manifest.get('format')!r} is not {FORMAT!r}")
-    if manifest.get("version", 0) > VERSION:
-        raise CheckpointError(f"{mf}: format version {manifest['version']} is newer than this "
-                              f"tool reads ({VERSION}); upgrade ternary")
-    for name, meta in manifest.get("files", {}).items():
+    files = _manifest_files(manifest, mf)
+    for name, meta in files.items():
         f = path / name
         if not f.exists():
             raise CheckpointError(f"{path}: {name} is listed in the manifest but missing")
@@ -164,9 +175,63 @@ def verify_manifest(path: str | Path) -> dict[str, Any]:
             raise CheckpointError(f"{path}: {name} fails its sha256 checksum (the file is damaged "
                                   "or was changed after saving)")
     for required in ("config.json", MODEL_FILE):
-        if required not in manifest.get("files", {}):
+        if required not in files:
             raise CheckpointError(f"{path}: manifest does not list {required}")
     return manifest
+
+
+def _manifest_files(manifest: Any, mf: Path) -> dict[str, dict[str, Any]]:
+    """The manifest's file table, {name: {"sha256": str, "bytes": int}}, after checking the shape of
+    everything verify_manifest reads (valid JSON of another shape is as damaged as invalid JSON)."""
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{mf}: damaged manifest (a JSON {type(manifest).__name__}, expected an object)")
+    if manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{mf}: format {manifest.get('format')!r} is not {FORMAT!r}")
+    version = manifest.get("version", 0)
+    if not _is_count(version):
+        raise CheckpointError(f"{mf}: damaged manifest (version {version!r} is not an integer)")
+    if version > VERSION:
+        raise CheckpointError(f"{mf}: format version {version} is newer than this tool reads ({VERSION}); "
+                              "upgrade ternary")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise CheckpointError(f"{mf}: damaged manifest ('files' is {type(files).__name__}, expected an object "
+                              "of file name -> {sha256, bytes})")
+    for name, meta in files.items():
+        if Path(name).name != name or name in (".", ".."):
+            raise CheckpointError(f"{mf}: damaged manifest (file name {name!r} is not a plain name)")
+        if not (isinstance(meta, dict) and isinstance(meta.get("sha256"), str) and _is_count(meta.get("bytes"))):
+            raise CheckpointError(f"{mf}: damaged manifest (the entry of {name} needs a 'sha256' string and a "
+                                  f"'bytes' count, got {json.dumps(meta)[:80]})")
+    return files
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def check_finite(tensors: dict[str, np.ndarray], where: str) -> None:
+    """Refuse NaN or inf in stored tensors, naming them: no command can use such weights (a run that
+    diverged, or a file changed after saving), and each would fail later and less clearly."""
+    bad = []
+    for name, t in tensors.items():
+        if np.issubdtype(t.dtype, np.floating) and not np.isfinite(t).all():
+            bad.append(f"{name} ({int(np.isnan(t).sum())} NaN, {int(np.isinf(t).sum())} inf)")
+    if bad:
+        raise CheckpointError(f"{where}: non-finite values in {len(bad)} tensor(s): {', '.join(bad[:3])}"
+                              + (", ..." if len(bad) > 3 else "") + "; these weights cannot be used")
+
+
+def _read_json_object(f: Path) -> dict[str, Any]:
+    try:
+        obj = json.loads(f.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{f}: missing (the checkpoint is incomplete)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{f}: damaged ({e})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{f}: damaged (a JSON {type(obj).__name__}, expected an object)")
+    return obj
 
 
 def read_config(path: str | Path) -> RunConfig:
@@ -192,6 +257,7 @@ def read_checkpoint(path: str | Path) -> tuple[RunConfig, dict[str, np.ndarray]]
     weights = read_safetensors(path / MODEL_FILE)
     check_tensor_set(parameter_shapes(config.model), {k: v.shape for k, v in weights.items()},
                      f"{path / MODEL_FILE}")
+    check_finite(weights, str(path / MODEL_FILE))
     return config, weights
 
 
@@ -199,9 +265,33 @@ def read_optimizer(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, A
     path = Path(path)
     if not (path / OPTIMIZER_FILE).exists():
         return None
-    return read_safetensors(path / OPTIMIZER_FILE), json.loads((path / "optimizer.json").read_text())
+    state = read_safetensors(path / OPTIMIZER_FILE)
+    check_finite(state, str(path / OPTIMIZER_FILE))  # moments and the EMA weights eval uses
+    return state, _read_json_object(path / "optimizer.json")
 
 
 def read_trainer_state(path: str | Path) -> dict[str, Any] | None:
     f = Path(path) / "trainer_state.json"
-    return json.loads(f.read_text()) if f.exists() else None
+    if not f.exists():
+        return None
+    state = _read_json_object(f)
+    for key, (ok, what) in _TRAINER_STATE.items():
+        if key in state and not ok(state[key]):
+            raise CheckpointError(f"{f}: {key} must be {what}, got {json.dumps(state[key])[:80]}")
+    return state
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+
+
+# The trainer_state.json keys `--resume` reads (shared/train/runner.py, loop.py, loader.py) and what each must be.
+_TRAINER_STATE = {
+    "step": (_is_count, "a count (an integer >= 0)"),
+    "bad_evals": (_is_count, "a count (an integer >= 0)"),
+    "train_time_s": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "best_val_loss": (lambda v: v is None or _is_number(v), "a number or null"),
+    "loader": (lambda v: v is None or (isinstance(v, dict) and all(_is_count(v.get(k)) for k in ("epoch", "position"))
+                                       and all(_is_count(v[k]) for k in ("seed", "seq_len", "num_windows") if k in v)),
+               "an object with counts epoch and position (and seed, seq_len, num_windows)"),
+}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import sys
 import types
 import typing
@@ -249,8 +250,9 @@ class RunConfig:
             problem = opt.check(getattr(m, opt.key))
             if problem:
                 raise ConfigError(f"model.{opt.key}: {problem}")
-        if m.rope_theta <= 0 or m.rms_norm_eps <= 0:
-            raise ConfigError("model.rope_theta and model.rms_norm_eps must be positive")
+        for k in ("rope_theta", "rms_norm_eps"):
+            _require(f"model.{k}", getattr(m, k), getattr(m, k) > 0, "positive")
+        _require("model.initializer_range", m.initializer_range, m.initializer_range >= 0, ">= 0")
 
     def _validate_ternary(self) -> None:
         m, t = self.model, self.ternary
@@ -265,10 +267,8 @@ class RunConfig:
             raise ConfigError(f"ternary.group_size must be >= 0 (0 = per tensor), got {t.group_size}")
         if t.activation_bits not in (None, 8):
             raise ConfigError(f"ternary.activation_bits must be 8 or absent, got {t.activation_bits}")
-        if t.warmup_steps < 0:
-            raise ConfigError("ternary.warmup_steps must be >= 0")
-        if t.eps <= 0:
-            raise ConfigError("ternary.eps must be positive")
+        _require("ternary.warmup_steps", t.warmup_steps, t.warmup_steps >= 0, ">= 0")
+        _require("ternary.eps", t.eps, t.eps > 0, "positive")
         if t.enabled and t.group_size:
             from shared.spec.params import ternary_input_dims
             for name, in_dim in ternary_input_dims(self).items():
@@ -279,9 +279,16 @@ class RunConfig:
 
     def _validate_train(self) -> None:
         m, tr = self.model, self.train
-        if tr.steps < 0 or tr.batch_size <= 0 or tr.seq_len <= 0 or tr.grad_accum <= 0:
-            raise ConfigError("train.steps must be >= 0; train.batch_size, train.seq_len and "
-                              "train.grad_accum positive")
+        for key in ("batch_size", "seq_len", "grad_accum", "log_every", "eval_tokens", "lr", "muon_lr",
+                    "adam_eps", "distill_temperature"):
+            _require(f"train.{key}", getattr(tr, key), getattr(tr, key) > 0, "positive")
+        for key in ("steps", "eval_every", "checkpoint_every", "warmup_steps", "grad_clip", "weight_decay",
+                    "min_delta"):
+            _require(f"train.{key}", getattr(tr, key), getattr(tr, key) >= 0, ">= 0")
+        for key in ("warmdown_frac", "min_lr_frac", "distill_alpha"):
+            _require(f"train.{key}", getattr(tr, key), 0 <= getattr(tr, key) <= 1, "in [0, 1]")
+        for key in ("beta1", "beta2", "muon_momentum"):
+            _require(f"train.{key}", getattr(tr, key), 0 <= getattr(tr, key) < 1, "in [0, 1)")
         for key, options in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("parallel", PARALLEL_MODES),
                              ("precision", PRECISIONS)):
             if getattr(tr, key) not in options:
@@ -290,20 +297,13 @@ class RunConfig:
         if tr.seq_len > m.max_position_embeddings:
             raise ConfigError(f"train.seq_len={tr.seq_len} exceeds model.max_position_embeddings="
                               f"{m.max_position_embeddings}")
-        if not (0 <= tr.warmdown_frac <= 1 and 0 <= tr.min_lr_frac <= 1):
-            raise ConfigError("train.warmdown_frac and train.min_lr_frac must be in [0, 1]")
-        if tr.ema_decay is not None and not 0 < tr.ema_decay < 1:
-            raise ConfigError(f"train.ema_decay must be in (0, 1), got {tr.ema_decay}")
-        if tr.patience is not None and tr.patience < 1:
-            raise ConfigError("train.patience counts evaluations and must be >= 1 (or absent)")
-        if min(tr.lr, tr.muon_lr, tr.log_every, tr.eval_tokens) <= 0:
-            raise ConfigError("train.lr, train.muon_lr, train.log_every and train.eval_tokens must be positive")
-        if not 0 <= tr.distill_alpha <= 1 or tr.distill_temperature <= 0:
-            raise ConfigError(f"train.distill_alpha must be in [0, 1] and train.distill_temperature positive, "
-                              f"got {tr.distill_alpha} and {tr.distill_temperature}")
-        if min(tr.eval_every, tr.checkpoint_every, tr.warmup_steps) < 0 or tr.grad_clip < 0:
-            raise ConfigError("train.eval_every, train.checkpoint_every, train.warmup_steps and "
-                              "train.grad_clip must be >= 0")
+        if tr.ema_decay is not None:
+            _require("train.ema_decay", tr.ema_decay, 0 < tr.ema_decay < 1, "in (0, 1) (or absent)")
+        if tr.patience is not None:
+            _require("train.patience", tr.patience, tr.patience >= 1,
+                     ">= 1 (it counts evaluations; absent = never stop early)")
+        if tr.time_budget_s is not None:
+            _require("train.time_budget_s", tr.time_budget_s, tr.time_budget_s > 0, "positive (or absent)")
 
 
 def model_config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfig:
@@ -333,6 +333,12 @@ def model_config_from_hf(hf: dict[str, Any], where: str = "config.json") -> Mode
 
 # ---- helpers ----------------------------------------------------------------------------------
 _SECTIONS = {"model": ModelConfig, "ternary": TernaryConfig, "train": TrainConfig, "data": DataConfig}
+
+
+def _require(key: str, value: Any, ok: bool, rule: str) -> None:
+    """One failed check, one key: `section.key must be <rule>, got <value>`."""
+    if not ok:
+        raise ConfigError(f"{key} must be {rule}, got {value!r}")
 
 
 def _suggest(key: str, valid) -> str:
@@ -379,6 +385,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # TOML and JSON readers accept nan and inf; no setting means them
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):

@@ -26,7 +26,7 @@ from shared.data.dataset import load_token_dataset
 from shared.train.loop import LoopResult, count_parameters, preflight, run
 from shared.spec.params import parameter_shapes
 from shared.spec.presets import get_preset
-from shared.data.tokenizers import get_tokenizer
+from shared.data.tokenizers import copy_tokenizer, get_tokenizer
 
 
 @dataclass
@@ -69,7 +69,7 @@ def config_from_options(opts: TrainOptions) -> RunConfig:
     if opts.config:
         cfg = RunConfig.load_toml(opts.config)
     elif opts.preset is None and opts.init is not None:
-        cfg = fmt.read_config(_checkpoint_dir(opts.init))  # fine-tuning: the imported model's own config
+        cfg = fmt.read_config(existing_checkpoint(opts.init, "--init"))  # fine-tuning: the imported model's own config
         cfg.train.teacher = None  # a new run distils only from a teacher it names (--teacher)
     else:
         cfg = get_preset(opts.preset or "smoke")
@@ -80,6 +80,18 @@ def _checkpoint_dir(path: Path) -> Path:
     for candidate in (path, path / "checkpoint"):  # a save killed mid-swap, on a filesystem without an atomic exchange
         recover(candidate)
     return path / "checkpoint" if (path / "checkpoint" / "manifest.json").exists() else path
+
+
+def existing_checkpoint(path: Path, flag: str) -> Path:
+    """The checkpoint that `flag PATH` names (a run directory or a checkpoint directory), or an error
+    naming PATH itself, before anything reads it or is derived from it (its parent, say)."""
+    ckpt = _checkpoint_dir(path)
+    if not path.exists():
+        raise fmt.CheckpointError(f"{flag} {path}: no such directory")
+    if not (ckpt / "manifest.json").is_file():
+        raise fmt.CheckpointError(f"{flag} {path}: not a run directory or a checkpoint (no manifest.json in it "
+                                  "or in its checkpoint/)")
+    return ckpt
 
 
 def _resume_config(ckpt: Path, overrides: list[str]) -> RunConfig:
@@ -170,6 +182,8 @@ def train(cfg: RunConfig, backend: Backend, out_dir: Path, *, resume: Path | Non
     if rank == 0 and before_write is not None:
         before_write()
     out_dir.mkdir(parents=True, exist_ok=True)  # after the checks: a refused resume leaves the run's config.toml as it was
+    if init is not None:
+        _own_tokenizer(cfg, tokenizer, init, out_dir, log, write=rank == 0)
     if rank == 0:  # data parallel: one writer per file
         cfg.save_toml(out_dir / "config.toml")
         if resume is not None:
@@ -190,6 +204,24 @@ def train(cfg: RunConfig, backend: Backend, out_dir: Path, *, resume: Path | Non
         plot_losses(out_dir)
         log(format_summary(summary))
     return result, summary
+
+
+def _own_tokenizer(cfg: RunConfig, tokenizer, init: Path, out_dir: Path, log: Callable[[str], None],
+                   write: bool) -> None:
+    """A tokenizer that lives inside the --init checkpoint (`ternary import-hf` puts it there) is
+    copied into the run directory and data.tokenizer points at the copy: the run must not break
+    when that checkpoint is deleted or moved. (Only rank 0 `write`s; every rank points there.)"""
+    if tokenizer.path is None:
+        return
+    root = (init.parent if init.name == "checkpoint" else init).resolve()
+    if not Path(tokenizer.path).resolve().is_relative_to(root):
+        return
+    dest = (out_dir / "tokenizer").resolve()
+    if write:
+        cfg.data.tokenizer = copy_tokenizer(tokenizer, dest)
+        log(f"tokenizer: copied {tokenizer.path} into {dest} (the run's own copy, independent of --init)")
+    else:
+        cfg.data.tokenizer = str(dest / Path(tokenizer.path).name if Path(tokenizer.path).is_file() else dest)
 
 
 def _add_subln(init_cfg: RunConfig, cfg: RunConfig, weights: dict, init: Path, log: Callable[[str], None]) -> dict:
@@ -312,7 +344,7 @@ def run_training(opts: TrainOptions, backend: Backend) -> int:
     if opts.resume is not None and opts.init is not None:
         raise ConfigError("use --resume (continue a run) or --init (new run from weights), not both")
     if opts.resume is not None:
-        ckpt = _checkpoint_dir(opts.resume)
+        ckpt = existing_checkpoint(opts.resume, "--resume")
         cfg = _resume_config(ckpt, _teacher_overrides(opts))
         if opts.out is None and ckpt.name != "checkpoint":
             raise ConfigError(f"--resume {opts.resume}: not inside a run directory; say where the run "
@@ -322,7 +354,7 @@ def run_training(opts: TrainOptions, backend: Backend) -> int:
         ckpt = None
         cfg = config_from_options(opts)
         out_dir = opts.out or default_out_dir(opts, backend.name)
-    init = _checkpoint_dir(opts.init) if opts.init else None
+    init = existing_checkpoint(opts.init, "--init") if opts.init else None
     rank, world_size = backend.parallel.setup() if backend.parallel is not None else (0, 1)
     log = print if rank == 0 else (lambda _m: None)
     lock = None

@@ -237,6 +237,57 @@ def test_tied_embeddings_need_both_embed_and_lm_head():
     RunConfig.from_dict(d)
 
 
+def _float_fields() -> list[str]:
+    """section.key of every float (or optional float) field of the run config."""
+    import dataclasses
+    import typing
+    from shared.spec.config import _SECTIONS
+    keys = []
+    for section, cls in _SECTIONS.items():
+        for name, hint in typing.get_type_hints(cls).items():
+            if hint is float or float in typing.get_args(hint):
+                keys.append(f"{section}.{name}")
+    assert {"train.lr", "model.rope_theta", "ternary.eps", "train.time_budget_s"} <= set(keys)
+    return keys
+
+
+@pytest.mark.parametrize("key", _float_fields())
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_floats_are_refused_naming_the_key(key, value):
+    """Issue 13: `train.lr=nan` was accepted (TOML reads nan and inf as floats)."""
+    base = RunConfig.from_dict(_tiny())
+    with pytest.raises(ConfigError, match=rf"{key}: expected a finite number, got {value}"):
+        base.with_overrides([f"{key}={value}"])
+    d = _tiny()
+    section, name = key.split(".")
+    d.setdefault(section, {})[name] = float(value)
+    with pytest.raises(ConfigError, match=rf"{key}: expected a finite number"):
+        RunConfig.from_json(json.dumps(d))  # checkpoints' config.json: Python's json reads NaN too
+
+
+# Each bad value and the one key its message must name (issue 13: some messages grouped several keys).
+ONE_KEY = [("train.steps", "-1"), ("train.batch_size", "0"), ("train.seq_len", "0"), ("train.grad_accum", "0"),
+           ("train.log_every", "0"), ("train.eval_tokens", "0"), ("train.lr", "0.0"), ("train.lr", "-0.001"),
+           ("train.muon_lr", "0.0"), ("train.adam_eps", "0.0"), ("train.distill_temperature", "0.0"),
+           ("train.eval_every", "-1"), ("train.checkpoint_every", "-1"), ("train.warmup_steps", "-1"),
+           ("train.grad_clip", "-1.0"), ("train.weight_decay", "-0.1"), ("train.min_delta", "-0.1"),
+           ("train.warmdown_frac", "1.5"), ("train.min_lr_frac", "-0.5"), ("train.distill_alpha", "2.0"),
+           ("train.beta1", "1.0"), ("train.beta2", "-0.1"), ("train.muon_momentum", "1.0"),
+           ("train.ema_decay", "1.0"), ("train.patience", "0"), ("train.time_budget_s", "0.0"),
+           ("model.rope_theta", "0.0"), ("model.rms_norm_eps", "-1e-06"), ("model.initializer_range", "-0.1"),
+           ("ternary.warmup_steps", "-1"), ("ternary.eps", "0.0")]
+
+
+@pytest.mark.parametrize("key,value", ONE_KEY)
+def test_each_validation_failure_names_its_key_and_value(key, value):
+    with pytest.raises(ConfigError) as e:
+        RunConfig.from_dict(_tiny()).with_overrides([f"{key}={value}"])
+    msg = str(e.value)
+    assert msg.startswith(f"{key} must be ") and msg.endswith(f", got {value}"), msg
+    others = {k for k, _ in ONE_KEY if k != key and k.split(".")[1] != key.split(".")[1]}
+    assert not [k for k in others if k in msg], msg
+
+
 def test_unknown_target_suggests():
     d = _tiny()
     d["ternary"]["targets"] = ["atn"]
