@@ -31,8 +31,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, CheckpointError, TokenIdError, TokenizerError, DataError, OSError, CliError)
 
 
-# Our temporaries: `.NAME.tmp-XXXXXXXX` (or `.NAME.tmp`), a sibling written in full, then renamed to NAME.
-_STAGING = re.compile(r"^\.(?P<name>.+)\.tmp(-[0-9a-f]+)?$")
+# Our temporaries: `.NAME.tmp-XXXXXXXX`, `.NAME.tmp-PID-HOST-XXXXXXXX` (shared/spec/atomic_dir.py) or
+# `.NAME.tmp`, a sibling written in full, then renamed to NAME.
+_STAGING = re.compile(r"^\.(?P<name>.+)\.tmp(-\d+-[^/]+)?(-[0-9a-f]+)?$")
 # Errors of a write that the OS reports without a file name.
 _WRITE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS)
 

@@ -75,8 +75,16 @@ def _git_commit() -> str | None:
 
 def save_safetensors(tensors: dict[str, np.ndarray], filename: str, metadata: dict[str, str] | None = None) -> None:
     """safetensors' save_file, leaving the file with the mode open() gives (0666 less the umask), as the
-    JSON files beside it: save_file itself leaves 0600 (safetensors 0.8)."""
-    save_file(tensors, filename, metadata=metadata)
+    JSON files beside it (save_file itself leaves 0600, safetensors 0.8), and turning its I/O failures
+    (a full disk) back into the OSError they are: safetensors raises its own SafetensorError with the
+    OS error only in its message."""
+    try:
+        save_file(tensors, filename, metadata=metadata)
+    except SafetensorError as e:
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(filename)) from None
     os.chmod(filename, 0o666 & ~_umask())
 
 
@@ -99,16 +107,7 @@ def _fsync(path: Path) -> None:
 
 
 def _save_tensors(tensors: dict[str, np.ndarray], file: Path) -> None:
-    """safetensors' save_file, whose I/O failures (a full disk) come back as the OSError they are:
-    safetensors raises its own SafetensorError with the OS error only in its message."""
-    try:
-        save_safetensors({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(file),
-                         metadata={"format": FORMAT})
-    except SafetensorError as e:
-        code = re.search(r"os error (\d+)", str(e))
-        if code is None:
-            raise
-        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(file)) from None
+    save_safetensors({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(file), metadata={"format": FORMAT})
 
 
 def write_checkpoint(path: str | Path, config: RunConfig, weights: dict[str, np.ndarray], *,
