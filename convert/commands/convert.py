@@ -10,8 +10,8 @@ from convert.common import CliError, checkpoint_dir, sub
 def run(args) -> int:
     from convert.formats import packed as export
     src = checkpoint_dir(args.src)
-    if args.to != "gguf" and (args.gguf_type is not None or args.gguf_float is not None):
-        raise CliError("--gguf-type and --gguf-float apply to --to gguf only")
+    if args.to != "gguf" and (args.gguf_type is not None or args.gguf_float is not None or args.no_tokenizer):
+        raise CliError("--gguf-type, --gguf-float and --no-tokenizer apply to --to gguf only")
     if args.to in ("hf", "mlx-lm"):
         from convert.formats import hf_export as export_hf
         if args.compress is not None or args.floats is not None or args.dtype != "float32":
@@ -69,7 +69,7 @@ def _convert_quantized(args, src) -> int:
         return 0
     from convert.formats.gguf_export import to_gguf
     r = to_gguf(src, args.out, gguf_type=args.gguf_type or "TQ2_0", float_type=args.gguf_float or "f16",
-                force=args.force)
+                force=args.force, no_tokenizer=args.no_tokenizer)
     for w in r["warnings"]:
         print(f"ternary: warning: {w}", file=sys.stderr)
     scales = ("exact up to fp16 rounding" if r["exact_scales"]
@@ -110,8 +110,9 @@ def register(subs) -> None:
             "row with one fp16 scale, so every ternary weight's in_features must be a multiple of 256\n"
             "(refused otherwise). Codes are always exact; scales are exact up to fp16 rounding when\n"
             "group_size is 0 or a multiple of 256, else one least-squares scale per block (lossy, warned).\n"
-            "Norms float32, other float matrices float16 (--gguf-float f32); tokenizer metadata is written\n"
-            "for a Hugging Face byte-level BPE tokenizer directory.", run)
+            "Norms float32, other float matrices float16 (--gguf-float f32). Tokenizer metadata: SentencePiece\n"
+            "as llama.cpp's llama vocabulary, a Hugging Face byte-level BPE directory as gpt2, the bytes\n"
+            "tokenizer as 256 byte tokens; any other tokenizer is refused unless --no-tokenizer.", run)
     c.add_argument("src", metavar="SRC", help="a checkpoint directory, or a run directory holding checkpoint/")
     c.add_argument("--to", choices=("canonical", "packed", "hf", "mlx-lm", "hf-bitnet", "gguf"), required=True,
                    help="export format (hf: float32 Qwen3 for transformers; mlx-lm: 2-bit quantized for mlx_lm.load; "
@@ -122,6 +123,9 @@ def register(subs) -> None:
                    help="GGUF ternary block type (default TQ2_0; rows must be multiples of 256)")
     c.add_argument("--gguf-float", choices=("f16", "f32"), default=None,
                    help="GGUF type of the float matrices (embeddings, float head; default f16); norms are f32")
+    c.add_argument("--no-tokenizer", action="store_true",
+                   help="--to gguf: write no tokenizer metadata (tokenizer.ggml.model = no_vocab), e.g. when "
+                        "data.tokenizer cannot be expressed; llama.cpp then cannot use the file for text")
     c.add_argument("--dtype", choices=("float32",), default="float32", help="canonical weight dtype (float32 only)")
     c.add_argument("--compress", choices=("lzma", "zstd", "none"), default=None,
                    help="packed payload compression (default lzma: xz preset 9e, the smallest; zstd: level 19, about "

@@ -22,8 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_bench_formats_smoke(tmp_path):
     pytest.importorskip("gguf")
     pytest.importorskip("mlx.core")
-    cfg = RunConfig().with_overrides(tiny_sets(vocab_size=64, hidden_size=256, intermediate_size=256,
-                                               num_hidden_layers=1, ternary=dict(group_size=0)))
+    cfg = RunConfig().with_overrides(tiny_sets(vocab_size=256, hidden_size=256, intermediate_size=256,
+                                               num_hidden_layers=1, ternary=dict(group_size=0),
+                                               data=dict(tokenizer="bytes")))  # a GGUF needs a tokenizer
     write_checkpoint(tmp_path / "ck", cfg, init_weights(cfg.model, seed=0), writer={"backend": "test"})
     p = subprocess.run([sys.executable, "bench/formats.py", "--checkpoint", str(tmp_path / "ck"), "--no-import",
                         "--json-out", str(tmp_path / "f.json")], cwd=ROOT, capture_output=True, text=True, timeout=120)
