@@ -89,7 +89,7 @@ def register(subs) -> None:
             "  ternary convert runs/smoke-mlx --to packed --out smoke.tpk --compress none\n"
             "  ternary convert runs/smoke-mlx --to packed --out smoke.tpk --floats int8 --compress zstd\n"
             "  ternary convert ckpt/qwen3 --to hf --out qwen3-hf           (Qwen3ForCausalLM.from_pretrained)\n"
-            "  ternary convert ckpt/qwen3 --to mlx-lm --out qwen3-mlx-lm   (mlx_lm.load; group 64/128)\n"
+            "  ternary convert ckpt/qwen3 --to mlx-lm --out qwen3-mlx-lm   (mlx_lm.load; MLX groups of 64/128)\n"
             "  ternary convert ckpt/qwen3 --to hf-bitnet --out qwen3-bitnet  (AutoModelForCausalLM; group_size 0)\n"
             "  ternary convert ckpt/qwen3 --to gguf --out qwen3.gguf          (llama.cpp; TQ2_0)\n"
             "  ternary convert ckpt/qwen3 --to gguf --gguf-type TQ1_0 --gguf-float f32 --out qwen3-tq1.gguf\n"
