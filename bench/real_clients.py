@@ -148,8 +148,14 @@ def mlx_lm(path: Path, ours: Ours, job: dict) -> dict:
     def logits(ids: list[int]) -> np.ndarray:
         return np.array(model(mx.array([ids])).astype(mx.float32))[0]
 
-    out["tokenization"] = (_hf_tokenization(ours, job["texts"], tokenizer) if tokenizer is not None else
-                           {"skipped": "no tokenizer loaded"})
+    if tokenizer is None:
+        out["tokenization"] = {"skipped": "no tokenizer loaded"}
+    elif not _has_tokenizer_files(path):  # mlx_lm.load then builds an empty tokenizer: say so, do not score it
+        out["tokenization"] = {"skipped": "the export holds no tokenizer files; mlx_lm.load built a "
+                                          f"{type(getattr(tokenizer, '_tokenizer', tokenizer)).__name__} that "
+                                          f"encodes 'hello world' as {list(tokenizer.encode('hello world'))}"}
+    else:
+        out["tokenization"] = _hf_tokenization(ours, job["texts"], tokenizer)
     out.update(compare(ours, job["window"], job["prompt"], job["new_tokens"], job["greedy"], logits))
     return out
 
@@ -166,11 +172,14 @@ def transformers(path: Path, ours: Ours, job: dict) -> dict:
         with torch.no_grad():
             return model(torch.tensor([ids])).logits[0].float().numpy()
 
-    has_tok = any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model", "vocab.json"))
     out = {"tokenization": (_hf_tokenization(ours, job["texts"], AutoTokenizer.from_pretrained(str(path)))
-                            if has_tok else {"skipped": "the export holds no tokenizer files"})}
+                            if _has_tokenizer_files(path) else {"skipped": "the export holds no tokenizer files"})}
     out.update(compare(ours, job["window"], job["prompt"], job["new_tokens"], job["greedy"], logits))
     return out
+
+
+def _has_tokenizer_files(path: Path) -> bool:
+    return any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model", "vocab.json"))
 
 
 def _hf_tokenization(ours: Ours, texts: list[str], tok) -> dict:

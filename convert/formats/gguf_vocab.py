@@ -95,7 +95,8 @@ def _pad(tokens: list[str], types: list[int], scores: list[float] | None, n: int
 
 def _sentencepiece(tok, n: int) -> Vocab:
     sp = tok.sp
-    types, norm = sentencepiece_types(sp.serialized_model_proto())
+    norm = sentencepiece_spec(sp.serialized_model_proto())
+    types = norm["types"]
     if len(types) != sp.vocab_size():
         raise _refuse(f"{tok.path}: {len(types)} piece types for {sp.vocab_size()} pieces")
     tokens = [sp.id_to_piece(i) for i in range(sp.vocab_size())]
@@ -116,23 +117,26 @@ def _sentencepiece(tok, n: int) -> Vocab:
     return Vocab("llama", note, tokens, types, scores, pre="default", special=special, flags=flags)
 
 
-def sentencepiece_types(model: bytes) -> tuple[list[int], dict]:
-    """The type of every piece (SentencePiece's numbers, which are gguf.TokenType's) and the normalizer
-    settings of a serialized SentencePiece ModelProto, read from the protobuf wire format: the
-    Python API has no predicate for USER_DEFINED pieces nor a getter for the normalizer spec, and
-    sentencepiece's generated protobuf module pins a protobuf runtime version."""
-    types: list[int] = []
-    norm = {"name": "", "add_dummy_prefix": True, "remove_extra_whitespaces": True}  # proto2 defaults
+def sentencepiece_spec(model: bytes) -> dict:
+    """From a serialized SentencePiece ModelProto, read in the protobuf wire format (the Python API has
+    no predicate for USER_DEFINED pieces nor getters for the normalizer and trainer specs, and
+    sentencepiece's generated protobuf module pins a protobuf runtime version): `types`, the type of
+    every piece (SentencePiece's numbers, which are gguf.TokenType's); the normalizer's `name`,
+    `charsmap`, `add_dummy_prefix` and `remove_extra_whitespaces`; the trainer's `model_type`
+    (1 unigram, 2 BPE) and `split_by_whitespace`. Absent fields take the proto2 defaults."""
+    spec = {"types": [], "name": "", "charsmap": b"", "add_dummy_prefix": True, "remove_extra_whitespaces": True,
+            "model_type": 1, "split_by_whitespace": True}
+    norm = {1: "name", 2: "charsmap", 3: "add_dummy_prefix", 4: "remove_extra_whitespaces"}
+    trainer = {3: "model_type", 22: "split_by_whitespace"}
     for num, value in _proto_fields(model):
         if num == 1:  # repeated SentencePiece pieces = 1 {piece = 1; score = 2; type = 3 [default NORMAL]}
-            types.append(next((v for k, v in _proto_fields(value) if k == 3), 1))
-        elif num == 3:  # NormalizerSpec normalizer_spec = 3 {name = 1; add_dummy_prefix = 3; ... = 4}
+            spec["types"].append(next((v for k, v in _proto_fields(value) if k == 3), 1))
+        elif num in (2, 3):  # TrainerSpec trainer_spec = 2; NormalizerSpec normalizer_spec = 3
             for k, v in _proto_fields(value):
-                if k == 1:
-                    norm["name"] = v.decode("utf-8")
-                elif k in (3, 4):
-                    norm["add_dummy_prefix" if k == 3 else "remove_extra_whitespaces"] = bool(v)
-    return types, norm
+                key = (trainer if num == 2 else norm).get(k)
+                if key is not None:
+                    spec[key] = v.decode("utf-8") if key == "name" else v if key in ("charsmap", "model_type") else bool(v)
+    return spec
 
 
 def _proto_fields(buf: bytes):

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from convert.formats.hf_export import _read, _staged, _tokenizer_files, check_expressible, hf_config
+from convert.formats.hf_tokenizer import write_files
 from shared.spec.config import ConfigError, RunConfig
 from shared.spec.params import parameter_shapes, parameter_specs
 from shared.spec.ternary import pack_2bit, quantize
@@ -114,8 +114,7 @@ def to_hf_bitnet(src: str | Path, out: str | Path, *, force: bool = False) -> di
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps({"do_sample": False}) + "\n")
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        for f in tok_files:
-            shutil.copy2(f, tmp / f.name)
+        write_files(tok_files, tmp)
 
     _staged(out, force, write)
     return {"out": str(out), "tensors": len(tensors), "ternary": len(tern), "packed": len(packed),

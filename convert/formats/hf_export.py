@@ -4,7 +4,8 @@ hf: a float Qwen3 directory that `transformers.Qwen3ForCausalLM.from_pretrained(
     config.json (Qwen3ForCausalLM, model_type qwen3, the Hugging Face keys of our model config),
     model.safetensors (float32; every ternary weight dequantized to W_t = q * s, i.e.
     shared.spec.ternary.ternary_weight at lambda 1; other parameters as stored; tied embeddings: no
-    lm_head.weight), and the tokenizer files when data.tokenizer is a Hugging Face tokenizer directory.
+    lm_head.weight), and tokenizer files (convert/formats/hf_tokenizer.py: a Hugging Face
+    directory's own, or a tokenizer.json built for a SentencePiece BPE model or the bytes tokenizer).
     The forward pass of the exported model is the ternary forward pass of the checkpoint.
 
 mlx-lm: the same model in MLX's 2-bit affine quantized layout, which stock `mlx_lm.load(DIR)` reads:
@@ -32,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from convert.formats.hf_tokenizer import write_files
 from shared.spec.checkpoint import CheckpointError, read_checkpoint, swap_dir
 from shared.spec.config import ConfigError, RunConfig
 from shared.spec.options import inexpressible
@@ -79,15 +81,10 @@ def hf_config(config: RunConfig) -> dict[str, Any]:
     }
 
 
-def _tokenizer_files(config: RunConfig) -> tuple[list[Path], str]:
-    """(files to copy, a note for the report)."""
-    tok = config.data.tokenizer
-    d = Path(tok).expanduser()
-    if d.is_dir() and (d / "tokenizer.json").is_file():
-        from convert.formats.hf_import import tokenizer_files
-        return tokenizer_files(d), f"copied from {d}"
-    return [], (f"not copied: data.tokenizer {tok!r} is not a Hugging Face tokenizer directory "
-                "(no tokenizer.json); add tokenizer files to the output yourself")
+def _tokenizer_files(config: RunConfig) -> tuple[dict[str, bytes], str]:
+    """(file name -> contents, a note for the report): convert/formats/hf_tokenizer.py."""
+    from convert.formats.hf_tokenizer import tokenizer_files
+    return tokenizer_files(config)
 
 
 def _staged(out: Path, force: bool, write) -> None:
@@ -133,8 +130,7 @@ def to_hf(src: str | Path, out: str | Path, *, force: bool = False) -> dict[str,
         (tmp / "config.json").write_text(json.dumps(hf_config(config), indent=2) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps({"do_sample": False}) + "\n")
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        for f in tok_files:
-            shutil.copy2(f, tmp / f.name)
+        write_files(tok_files, tmp)
 
     _staged(out, force, write)
     return {"out": str(out), "tensors": len(tensors), "ternary": len(tern), "tokenizer": tok_note,
@@ -209,8 +205,7 @@ def to_mlx_lm(src: str | Path, out: str | Path, *, force: bool = False) -> dict[
     def write(tmp: Path) -> None:
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         mx.save_safetensors(str(tmp / "model.safetensors"), tensors, metadata={"format": "mlx"})
-        for f in tok_files:
-            shutil.copy2(f, tmp / f.name)
+        write_files(tok_files, tmp)
 
     _staged(out, force, write)
     return {"out": str(out), "tensors": len(tensors), "ternary": len(tern), "tokenizer": tok_note,

@@ -27,8 +27,8 @@ def _qwen3(hidden, inter, layers, heads, kv, tie, note) -> Preset:
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         "Tiny stock Qwen3 (2 layers x 256, SwiGLU MLP 512, 4/2 heads of 64, vocab 512, tied, one ternary "
-        "scale per tensor) sized so `ternary train --preset smoke` finishes in a few minutes on a 2-core "
-        "Linux CPU (64-token windows) and learns most of the embedded synthetic corpus; every width a "
+        "scale per tensor) sized so `ternary train --preset smoke` finishes in under three minutes on a "
+        "2-core Linux CPU (64-token windows) and learns most of the embedded synthetic corpus; every width a "
         "multiple of 256 and group 0, so the model exports to every format (hf, mlx-lm, hf-bitnet, gguf).",
         {"model": dict(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512),

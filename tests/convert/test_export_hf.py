@@ -88,7 +88,7 @@ def test_hf_export_refuses_and_is_atomic(tmp_path, capsys):
     with pytest.raises(Exception, match="--force"):
         export_hf.to_hf(tmp_path / "ok", tmp_path / "out")
     r = export_hf.to_hf(tmp_path / "ok", tmp_path / "out", force=True)
-    assert "not copied" in r["tokenizer"]
+    assert "not written" in r["tokenizer"]  # synthetic-bpe-512's 512 ids do not fit this 256-id model
 
 
 def test_hf_export_copies_hf_tokenizer(tmp_path):

@@ -86,3 +86,12 @@ def _help_table() -> dict[str, list[str]]:
 
 def test_convert_help_says_which_presets_export_where():
     assert _help_table() == {name: stock_formats(get_preset(name)) for name in PRESETS}
+
+
+def test_presets_command_lists_the_export_formats(capsys):
+    assert main(["presets"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:] if line and not line[0].isspace()]
+    listed = {r[0]: r[3] for r in rows}
+    want = {name: stock_formats(get_preset(name)) for name in PRESETS}
+    assert listed == {n: "all" if len(f) == len(STOCK_FORMATS) else ",".join(f) or "-" for n, f in want.items()}
+    assert listed["smoke"] == "all"
