@@ -11,8 +11,8 @@ from convert.formats.replace import FORCE_HELP
 def run(args) -> int:
     from convert.formats import packed as export
     src = checkpoint_dir(args.src)
-    if args.to != "gguf" and (args.gguf_type is not None or args.gguf_float is not None):
-        raise CliError("--gguf-type and --gguf-float apply to --to gguf only")
+    if args.to != "gguf" and (args.gguf_type is not None or args.gguf_float is not None or args.no_tokenizer):
+        raise CliError("--gguf-type, --gguf-float and --no-tokenizer apply to --to gguf only")
     if args.to in ("hf", "mlx-lm"):
         from convert.formats import hf_export as export_hf
         if args.compress is not None or args.floats is not None or args.dtype != "float32":
@@ -70,7 +70,7 @@ def _convert_quantized(args, src) -> int:
         return 0
     from convert.formats.gguf_export import to_gguf
     r = to_gguf(src, args.out, gguf_type=args.gguf_type or "TQ2_0", float_type=args.gguf_float or "f16",
-                force=args.force)
+                force=args.force, no_tokenizer=args.no_tokenizer)
     for w in r["warnings"]:
         print(f"ternary: warning: {w}", file=sys.stderr)
     scales = ("exact up to fp16 rounding" if r["exact_scales"]
@@ -89,13 +89,17 @@ def register(subs) -> None:
             "  ternary convert runs/smoke-mlx --to packed --out smoke.tpk\n"
             "  ternary convert runs/smoke-mlx --to packed --out smoke.tpk --compress none\n"
             "  ternary convert runs/smoke-mlx --to packed --out smoke.tpk --floats int8 --compress zstd\n"
+            "  ternary convert runs/smoke-mlx --to gguf --out smoke.gguf     (the smoke model: every format below)\n"
             "  ternary convert ckpt/qwen3 --to hf --out qwen3-hf           (Qwen3ForCausalLM.from_pretrained)\n"
-            "  ternary convert ckpt/qwen3 --to mlx-lm --out qwen3-mlx-lm   (mlx_lm.load; group 64/128)\n"
+            "  ternary convert ckpt/qwen3 --to mlx-lm --out qwen3-mlx-lm   (mlx_lm.load; MLX groups of 64/128)\n"
             "  ternary convert ckpt/qwen3 --to hf-bitnet --out qwen3-bitnet  (AutoModelForCausalLM; group_size 0)\n"
             "  ternary convert ckpt/qwen3 --to gguf --out qwen3.gguf          (llama.cpp; TQ2_0)\n"
             "  ternary convert ckpt/qwen3 --to gguf --gguf-type TQ1_0 --gguf-float f32 --out qwen3-tq1.gguf\n"
-            "  (hf, mlx-lm, hf-bitnet and gguf need a stock Qwen3 shape: SwiGLU, q/k norm, no soft-cap; not the\n"
-            "  relu^2 smoke)\n\n"
+            "\nhf, mlx-lm, hf-bitnet and gguf need a stock Qwen3 shape (SwiGLU, q/k norm, no soft-cap) and\n"
+            "refuse any other by name. Stock formats per preset (`ternary presets` shows the same):\n"
+            "  all (hf, mlx-lm, hf-bitnet, gguf)  smoke, mac-stock\n"
+            "  hf, mlx-lm, gguf                   qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b (group 128; hf-bitnet needs 0)\n"
+            "  none (canonical, packed only)      mac-ablation, pg-ternary (relu^2, soft-cap)\n\n"
             "packed: one file, a JSON header (config, tensor table) and base-3 codes (5 per byte), fp16 scales\n"
             "and the other parameters in fp16 (--floats int8: float matrices such as the embedding in per-row\n"
             "absmax int8, each element within half a row scale; norm gains stay fp16), compressed with LZMA,\n"
@@ -111,8 +115,9 @@ def register(subs) -> None:
             "row with one fp16 scale, so every ternary weight's in_features must be a multiple of 256\n"
             "(refused otherwise). Codes are always exact; scales are exact up to fp16 rounding when\n"
             "group_size is 0 or a multiple of 256, else one least-squares scale per block (lossy, warned).\n"
-            "Norms float32, other float matrices float16 (--gguf-float f32); tokenizer metadata is written\n"
-            "for a Hugging Face byte-level BPE tokenizer directory.", run)
+            "Norms float32, other float matrices float16 (--gguf-float f32). Tokenizer metadata: SentencePiece\n"
+            "as llama.cpp's llama vocabulary, a Hugging Face byte-level BPE directory as gpt2, the bytes\n"
+            "tokenizer as 256 byte tokens; any other tokenizer is refused unless --no-tokenizer.", run)
     c.add_argument("src", metavar="SRC", help="a checkpoint directory, or a run directory holding checkpoint/")
     c.add_argument("--to", choices=("canonical", "packed", "hf", "mlx-lm", "hf-bitnet", "gguf"), required=True,
                    help="export format (hf: float32 Qwen3 for transformers; mlx-lm: 2-bit quantized for mlx_lm.load; "
@@ -123,6 +128,9 @@ def register(subs) -> None:
                    help="GGUF ternary block type (default TQ2_0; rows must be multiples of 256)")
     c.add_argument("--gguf-float", choices=("f16", "f32"), default=None,
                    help="GGUF type of the float matrices (embeddings, float head; default f16); norms are f32")
+    c.add_argument("--no-tokenizer", action="store_true",
+                   help="--to gguf: write no tokenizer metadata (tokenizer.ggml.model = no_vocab), e.g. when "
+                        "data.tokenizer cannot be expressed; llama.cpp then cannot use the file for text")
     c.add_argument("--dtype", choices=("float32",), default="float32", help="canonical weight dtype (float32 only)")
     c.add_argument("--compress", choices=("lzma", "zstd", "none"), default=None,
                    help="packed payload compression (default lzma: xz preset 9e, the smallest; zstd: level 19, about "

@@ -22,13 +22,14 @@ ternary embedding is stored as its dequantized float matrix.
 Activations: a GGUF has no activation-quantization setting; llama.cpp's CPU TQ kernels quantize
 activations to 8 bits per block of 256 (Q8_K), not per token, so ternary.activation_bits = 8 is not
 reproduced exactly (a warning says so).
-Tokenizer: a Hugging Face byte-level BPE tokenizer directory (data.tokenizer) is written as a gpt2
-vocab with merges and special tokens; anything else is left out, and the report says so.
+Tokenizer (convert/formats/gguf_vocab.py): SentencePiece as llama.cpp's "llama" vocabulary, a Hugging
+Face byte-level BPE directory as "gpt2", the built-in bytes tokenizer as 256 byte tokens; any other
+data.tokenizer is refused (llama.cpp cannot load a GGUF without tokenizer.ggml.model) unless
+no_tokenizer (--no-tokenizer) is given, which writes "no_vocab".
 Written atomically (a temporary sibling file renamed to FILE).
 """
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from pathlib import Path
@@ -36,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from convert.formats import gguf_vocab
 from convert.formats.hf_bitnet import check_qwen3_shape
 from convert.formats.hf_export import _read
 from convert.formats.replace import check_file_out
@@ -47,7 +49,6 @@ from shared.spec.ternary import quantize
 QK = 256  # llama.cpp's super-block (QK_K): the TQ block size
 GGUF_MAGIC = b"GGUF"  # the first four bytes of every GGUF file: what --force may replace
 GGUF_TYPES = ("TQ2_0", "TQ1_0")
-QWEN2_REGEX_START = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}"
 ACT_WARNING = ("ternary.activation_bits = 8 has no GGUF setting: llama.cpp's CPU TQ kernels quantize activations "
                "to 8 bits per block of 256 values (Q8_K), not per token, so its outputs differ slightly from ours")
 ACT_WARNING_FLOAT = ("lossy at run time: llama.cpp's CPU TQ kernels quantize activations to 8 bits per block of 256 "
@@ -99,45 +100,8 @@ def quantize_ternary(name: str, w: np.ndarray, config: RunConfig, qtype) -> tupl
                     "max_rel_error": float(err.max() / max(float(s.max()), 1e-30))}
 
 
-def _tokenizer(writer, config: RunConfig) -> str:
-    """Write the gpt2 vocab of an HF byte-level BPE tokenizer directory; return a note for the report."""
-    import gguf
-    tok = config.data.tokenizer
-    d = Path(tok).expanduser()
-    if not (d.is_dir() and (d / "tokenizer.json").is_file()):
-        return (f"not written: data.tokenizer {tok!r} is not a Hugging Face tokenizer directory; "
-                "llama.cpp needs tokenizer.ggml.* metadata to tokenize text")
-    try:
-        vocab = gguf.BpeVocab(d)
-    except (FileNotFoundError, ValueError) as e:
-        return f"not written: {d} is not a byte-level BPE tokenizer llama.cpp's gpt2 model reads ({e})"
-    n = config.model.vocab_size
-    toks = list(vocab.all_tokens())
-    if len(toks) > n:
-        raise ConfigError(f"--to gguf: tokenizer {d} has {len(toks)} tokens, more than model.vocab_size = {n}")
-    tj = json.loads((d / "tokenizer.json").read_text())
-    pre = "qwen2" if json.dumps(QWEN2_REGEX_START)[1:-1] in json.dumps(tj.get("pre_tokenizer")) else "default"
-    texts = [t if isinstance(t, str) else t.decode("utf-8") for t, _, _ in toks]
-    types = [int(ty) for _, _, ty in toks]
-    for a in tj.get("added_tokens") or []:  # special tokens kept in the BPE vocab are control tokens too
-        if a.get("special") and a["id"] < len(types):
-            types[a["id"]] = int(gguf.TokenType.CONTROL)
-    texts += [f"[PAD{i}]" for i in range(len(toks), n)]  # llama.cpp's convention for unused ids
-    types += [int(gguf.TokenType.UNUSED)] * (n - len(toks))
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre)
-    writer.add_token_list(texts)
-    writer.add_token_types(types)
-    special = gguf.SpecialVocab(d, load_merges=True, n_vocab=n)
-    special.add_to_gguf(writer, quiet=True)
-    return (f"written from {d} (gpt2 BPE, pre-tokenizer {pre!r}, {len(toks)} tokens"
-            + (f" + {n - len(toks)} padding" if n > len(toks) else "") + f", {len(special.merges)} merges)"
-            + ("" if pre == "qwen2" else "; WARNING: the pre-tokenizer is not Qwen2's, so it is written as "
-               "llama.cpp's 'default', which may split text differently from this tokenizer"))
-
-
 def to_gguf(src: str | Path, out: str | Path, *, gguf_type: str = "TQ2_0", float_type: str = "f16",
-            force: bool = False) -> dict[str, Any]:
+            force: bool = False, no_tokenizer: bool = False) -> dict[str, Any]:
     """The checkpoint `src` as a llama.cpp Qwen3 GGUF file at `out`, ternary weights as TQ2_0 / TQ1_0."""
     import gguf
     if gguf_type not in GGUF_TYPES:
@@ -157,6 +121,7 @@ def to_gguf(src: str | Path, out: str | Path, *, gguf_type: str = "TQ2_0", float
     if bad:
         raise ConfigError(f"--to gguf: {gguf_type} stores blocks of {QK} values of a row, so every ternary weight "
                           f"needs in_features % {QK} == 0: {', '.join(bad)}")
+    vocab = gguf_vocab.plan(config, no_tokenizer)
     out = Path(out)
     check_file_out(out, src, "gguf", force, GGUF_MAGIC, "GGUF file")
     warnings = [ACT_WARNING if t.activation_bits else ACT_WARNING_FLOAT]
@@ -165,7 +130,7 @@ def to_gguf(src: str | Path, out: str | Path, *, gguf_type: str = "TQ2_0", float
                         "span several groups and get one scale each (codes are kept exactly; see the max weight error)")
 
     tensors, stats = _gguf_tensors(config, weights, tern, linear_tern, qtype, float_type)
-    tok_note = _write(out, src, config, gguf_type, tensors)
+    _write(out, src, config, gguf_type, tensors, vocab)
     n_tern = sum(int(np.prod(shapes[n])) for n in linear_tern)
     tern_bytes = sum(a.nbytes for _, a, raw in tensors if raw is not None)
     return {"out": str(out), "gguf_type": gguf_type, "tensors": len(tensors), "ternary": len(linear_tern),
@@ -174,7 +139,7 @@ def to_gguf(src: str | Path, out: str | Path, *, gguf_type: str = "TQ2_0", float
             "lossless_codes": True, "exact_scales": all(s["exact_scales"] for s in stats.values()),
             "max_abs_weight_error": max(s["max_abs_error"] for s in stats.values()),
             "max_rel_weight_error": max(s["max_rel_error"] for s in stats.values()),
-            "tokenizer": tok_note, "warnings": warnings, "per_tensor": stats}
+            "tokenizer": vocab.note, "warnings": warnings, "per_tensor": stats}
 
 
 def _gguf_tensors(config: RunConfig, weights: dict[str, np.ndarray], tern: set[str], linear_tern: list[str],
@@ -207,9 +172,8 @@ def _gguf_tensors(config: RunConfig, weights: dict[str, np.ndarray], tern: set[s
 
 
 def _write(out: Path, src: str | Path, config: RunConfig, gguf_type: str,
-           tensors: list[tuple[str, np.ndarray, Any]]) -> str:
-    """Write the GGUF file (metadata, tokenizer, tensors) through a temporary sibling renamed into
-    place; the tokenizer's note."""
+           tensors: list[tuple[str, np.ndarray, Any]], vocab: gguf_vocab.Vocab) -> None:
+    """Write the GGUF file (metadata, tokenizer, tensors) through a temporary sibling renamed into place."""
     import gguf
     m = config.model
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -230,7 +194,7 @@ def _write(out: Path, src: str | Path, config: RunConfig, gguf_type: str,
         writer.add_layer_norm_rms_eps(m.rms_norm_eps)
         writer.add_file_type(getattr(gguf.LlamaFileType, f"MOSTLY_{gguf_type}"))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        tok_note = _tokenizer(writer, config)
+        gguf_vocab.write(writer, vocab, m.vocab_size)
         for target, arr, raw in tensors:
             writer.add_tensor(target, arr, raw_dtype=raw)
         writer.write_header_to_file()
@@ -241,7 +205,6 @@ def _write(out: Path, src: str | Path, config: RunConfig, gguf_type: str,
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return tok_note
 
 
 def tensor_bytes(config: RunConfig, gguf_type: str = "TQ2_0", float_type: str = "f16") -> int | None:

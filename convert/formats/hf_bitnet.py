@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from convert.formats.hf_export import _read, _staged, _tokenizer_files, check_expressible, hf_config
+from convert.formats.hf_tokenizer import write_files
 from convert.formats.replace import check_dir_out
 from shared.spec.config import ConfigError, RunConfig
 from shared.spec.params import parameter_shapes, parameter_specs
@@ -117,8 +117,7 @@ def to_hf_bitnet(src: str | Path, out: str | Path, *, force: bool = False) -> di
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps({"do_sample": False}) + "\n")
         save_safetensors(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        for f in tok_files:
-            shutil.copy2(f, tmp / f.name)
+        write_files(tok_files, tmp)
 
     _staged(out, force, write, "hf-bitnet", src)
     return {"out": str(out), "tensors": len(tensors), "ternary": len(tern), "packed": len(packed),

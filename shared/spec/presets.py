@@ -34,13 +34,13 @@ def _qwen3(hidden, inter, layers, heads, kv, tie, note) -> Preset:
 
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(
-        "Tiny relu^2 model sized so `ternary train --preset smoke` finishes in under three minutes "
-        "on a 2-core Linux CPU (MLX's CPU exp is slow, hence relu^2 and 64-token windows) and "
-        "learns most of the embedded synthetic corpus.",
-        {"model": dict(vocab_size=512, hidden_size=128, intermediate_size=512, num_hidden_layers=4,
-                       num_attention_heads=4, num_key_value_heads=2, hidden_act="relu2",
-                       max_position_embeddings=512),
-         "ternary": dict(group_size=64),
+        "Tiny stock Qwen3 (2 layers x 256, SwiGLU MLP 512, 4/2 heads of 64, vocab 512, tied, one ternary "
+        "scale per tensor) sized so `ternary train --preset smoke` finishes in under three minutes on a "
+        "2-core Linux CPU (64-token windows) and learns most of the embedded synthetic corpus; every width a "
+        "multiple of 256 and group 0, so the model exports to every format (hf, mlx-lm, hf-bitnet, gguf).",
+        {"model": dict(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512),
+         "ternary": dict(group_size=0),
          "train": dict(steps=300, batch_size=32, seq_len=64, lr=3e-3, eval_every=100, eval_tokens=65536),
          "data": dict(synthetic_val_bytes=150_000)}),
     "mac-ablation": Preset(
@@ -50,6 +50,15 @@ PRESETS: dict[str, Preset] = {
                        num_attention_heads=8, num_key_value_heads=4, hidden_act="relu2",
                        final_logit_softcapping=30.0, max_position_embeddings=1024),
          "ternary": dict(group_size=128),
+         "train": dict(steps=2000, batch_size=8, seq_len=1024, lr=2e-3)}),
+    "mac-stock": Preset(
+        "mac-ablation as a stock Qwen3 that every export format expresses (`ternary convert --to hf, "
+        "mlx-lm, hf-bitnet, gguf`): the same 9 layers x 512, 8/4 heads, vocab 1024, tied embeddings and "
+        "training, with a SwiGLU MLP of 768 instead of relu^2 2x (+12% MLP weights), no logit soft-cap and "
+        "one scale per tensor (group 0). Not trained against mac-ablation here.",
+        {"model": dict(vocab_size=1024, hidden_size=512, intermediate_size=768, num_hidden_layers=9,
+                       num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=1024),
+         "ternary": dict(group_size=0),
          "train": dict(steps=2000, batch_size=8, seq_len=1024, lr=2e-3)}),
     "pg-ternary": Preset(
         "Parameter-golf 16 MB ternary record shape (1.157 bpb): 10 layers, width 768, 8/4 heads, "

@@ -22,8 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_bench_formats_smoke(tmp_path):
     pytest.importorskip("gguf")
     pytest.importorskip("mlx.core")
-    cfg = RunConfig().with_overrides(tiny_sets(vocab_size=64, hidden_size=256, intermediate_size=256,
-                                               num_hidden_layers=1, ternary=dict(group_size=0)))
+    cfg = RunConfig().with_overrides(tiny_sets(vocab_size=256, hidden_size=256, intermediate_size=256,
+                                               num_hidden_layers=1, ternary=dict(group_size=0),
+                                               data=dict(tokenizer="bytes")))  # a GGUF needs a tokenizer
     write_checkpoint(tmp_path / "ck", cfg, init_weights(cfg.model, seed=0), writer={"backend": "test"})
     p = subprocess.run([sys.executable, "bench/formats.py", "--checkpoint", str(tmp_path / "ck"), "--no-import",
                         "--json-out", str(tmp_path / "f.json")], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -42,4 +43,5 @@ def test_bench_formats_smoke(tmp_path):
     assert f["packed_int8_zstd"]["file_bytes"] < f["packed_fp16_zstd"]["file_bytes"]  # the 64 x 256 embedding
     assert f["packed_int8_lzma"]["float_bytes_uncompressed"] < f["packed"]["float_bytes_uncompressed"]
     assert f["canonical_fp32"]["ternary_bits_per_weight"] == 32.0
-    assert "group_size = 0" in f["mlx_lm"]["refused"]  # mlx-lm needs group 64 or 128
+    # mlx-lm quantizes in groups of 64 / 128: the per-tensor scale is repeated per 128 inputs (fp32 scale + bias)
+    assert f["mlx_lm"]["ternary_bits_per_weight"] == 2.5

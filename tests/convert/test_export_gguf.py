@@ -18,8 +18,10 @@ from shared.spec.params import parameter_shapes, ternary_parameters  # noqa: E40
 from shared.spec.ternary import quantize  # noqa: E402
 from tests.variants import tiny_sets  # noqa: E402
 
-# TQ blocks are 256 values of a row: every ternary input dimension is 256 or 512 here.
-BASE = tiny_sets(vocab_size=320, hidden_size=256, intermediate_size=512, ternary=dict(group_size=128))
+# TQ blocks are 256 values of a row: every ternary input dimension is 256 or 512 here. The bytes
+# tokenizer (256 ids) fits the 320-id vocabulary; its metadata is tested in test_export_gguf_vocab.py.
+BASE = tiny_sets(vocab_size=320, hidden_size=256, intermediate_size=512, ternary=dict(group_size=128),
+                 data=dict(tokenizer="bytes"))
 QWEN3_NAMES = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
                "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
                "self_attn.k_norm": "attn_k_norm", "post_attention_layernorm": "ffn_norm",

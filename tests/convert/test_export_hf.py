@@ -88,7 +88,7 @@ def test_hf_export_refuses_and_is_atomic(tmp_path, capsys):
     with pytest.raises(Exception, match="--force"):
         export_hf.to_hf(tmp_path / "ok", tmp_path / "out")
     r = export_hf.to_hf(tmp_path / "ok", tmp_path / "out", force=True)
-    assert "not copied" in r["tokenizer"]
+    assert "not written" in r["tokenizer"]  # synthetic-bpe-512's 512 ids do not fit this 256-id model
 
 
 def test_hf_export_copies_hf_tokenizer(tmp_path):
@@ -125,5 +125,29 @@ def test_mlx_lm_export_matches_ternary_logits(tmp_path, tie):
 def test_mlx_lm_refuses_group_size(tmp_path):
     _ckpt(tmp_path / "ck")  # group 32
     with pytest.raises(ConfigError, match="group_size = 32"):
+        export_hf.to_mlx_lm(tmp_path / "ck", tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("extra,group", [
+    (["ternary.group_size=0"], 64),  # one scale per tensor, repeated over MLX groups of 64 (in 64 / 128)
+    (["model.hidden_size=256", "model.intermediate_size=256", "ternary.group_size=256"], 128),
+])
+def test_mlx_lm_repeats_per_tensor_and_large_group_scales(tmp_path, extra, group):
+    """MLX quantizes in groups of 64 or 128 only: a per-tensor scale (what hf-bitnet needs) or a group of
+    256 (exact for gguf) is written with each scale repeated over the MLX groups it covers, exactly."""
+    mlx_lm = pytest.importorskip("mlx_lm")
+    tok = _hf_tokenizer(tmp_path / "tok")
+    cfg, model = _ckpt(tmp_path / "ck", extra, tokenizer=tok)
+    out = tmp_path / "mlxlm"
+    assert main(["convert", str(tmp_path / "ck"), "--to", "mlx-lm", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["quantization"] == {"group_size": group, "bits": 2}
+    lm, _ = mlx_lm.load(str(out))
+    assert np.abs(np.array(lm(mx.array(IDS)).astype(mx.float32)) - _ours(model)).max() <= 1e-4
+
+
+def test_mlx_lm_refuses_per_tensor_scale_on_odd_rows(tmp_path):
+    _ckpt(tmp_path / "ck", ["model.hidden_size=96", "model.intermediate_size=96", "ternary.group_size=0"])
+    with pytest.raises(ConfigError, match="multiple of 64"):
         export_hf.to_mlx_lm(tmp_path / "ck", tmp_path / "o")
     assert not (tmp_path / "o").exists()

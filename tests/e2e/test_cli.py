@@ -59,7 +59,7 @@ def test_config_prints_resolved_toml_with_override(tmp_path):
     r = run("config", "--preset", "smoke", "--set", "train.lr=1e-3")
     assert r.returncode == 0, r.stderr
     assert "lr = 0.001" in r.stdout.splitlines()
-    assert "head_dim = 32" in r.stdout  # resolved, not left implicit
+    assert "head_dim = 64" in r.stdout  # resolved (256 / 4 heads), not left implicit
     out = tmp_path / "run.toml"
     r = run("config", "--preset", "smoke", "--set", "train.lr=1e-3", "--out", str(out))
     assert r.returncode == 0, r.stderr
@@ -84,7 +84,7 @@ def test_init_then_demo_from_checkpoint_on_both_backends(tmp_path):
     r = run("demo", "--ckpt", str(ckpt), "--backend", "both", *SHORT)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "max |logit difference|" in r.stdout and "within tolerance" in r.stdout
-    assert r.stdout.count("6/6 ternary weights bit-identical") == 2  # q k v o up down (relu^2), per backend
+    assert r.stdout.count("7/7 ternary weights bit-identical") == 2  # q k v o gate up down (SwiGLU), per backend
     assert r.stdout.rstrip().endswith("result: ok")
     # A checkpoint is never silently replaced: --force is needed.
     assert_user_error(run("init", "--preset", "smoke", *TINY, "--out", str(ckpt)), "--force")
