@@ -17,8 +17,9 @@ from tests.variants import tiny_sets
 DIR_FORMATS = ("hf", "mlx-lm", "hf-bitnet")
 GROUP = {"hf": 0, "mlx-lm": 64, "hf-bitnet": 0, "canonical": 32}
 OTHER = {"hf": "hf-bitnet", "mlx-lm": "hf", "hf-bitnet": "hf"}  # another directory export of the same checkpoint
-GGUF_SETS = tiny_sets(  # a model both file formats take (gguf: rows of 256)
-    vocab_size=320, hidden_size=256, intermediate_size=512, ternary=dict(group_size=128))
+GGUF_SETS = tiny_sets(  # a model both file formats take (gguf: rows of 256; a tokenizer that fits the vocabulary)
+    vocab_size=320, hidden_size=256, intermediate_size=512, ternary=dict(group_size=128),
+    data=dict(tokenizer="bytes"))
 
 
 def _needs(fmt: str) -> None:

@@ -354,7 +354,8 @@ def test_every_file_written_gets_the_mode_the_umask_gives(tmp_path):
 
     for group in (128, 0):  # hf-bitnet takes per-tensor scales only, mlx-lm groups of 64 or 128
         cli("init", "--set", *tiny_sets(vocab_size=320, hidden_size=256, intermediate_size=512, num_hidden_layers=1,
-                                        hidden_act="silu", ternary=dict(group_size=group)), "--out", tmp_path / f"ck{group}")
+                                        hidden_act="silu", ternary=dict(group_size=group), data=dict(tokenizer="bytes")),
+            "--out", tmp_path / f"ck{group}")
     cli("train", "--set", *TINY, "--no-progress", "--out", tmp_path / "run")
     for to, out in (("canonical", "canon"), ("packed", "m.tpk"), ("hf", "hf"), ("mlx-lm", "mlx-lm"),
                     ("hf-bitnet", "bitnet"), ("gguf", "m.gguf")):
