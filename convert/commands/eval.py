@@ -25,7 +25,7 @@ def run(args) -> int:
     if not args.json:
         print(f"ternary eval: {ckpt} ({info})")
         print(f"data: {dataset.description}; split {args.split}", flush=True)
-    ev = evaluate(model, tokens, tok, seq_len, stride=args.stride, max_tokens=args.max_tokens,
+    ev = evaluate(model, tokens, dataset.tokenizer, seq_len, stride=args.stride, max_tokens=args.max_tokens,
                   batch_size=args.batch, progress=not args.json)
     out = {"checkpoint": str(ckpt), "backend": args.backend, "weights": weights, "tokenizer": tok.name,
            "split": args.split,

@@ -123,12 +123,16 @@ class TokenDataset:
 def load_token_dataset(source: str, tokenizer: Tokenizer, *, synthetic_train_bytes: int = 4_000_000,
                        synthetic_val_bytes: int = 400_000, seed: int = 0) -> TokenDataset:
     """'synthetic': generate and tokenize the embedded corpus in memory. Otherwise a directory made
-    by `prepare_data`, which must have been tokenized with `tokenizer` (compared by sha256)."""
+    by `prepare_data`, which must have been tokenized with `tokenizer` (compared by sha256), or a
+    parameter-golf data directory (shared/data/pg_shards.py: fineweb_*.bin shards, no manifest)."""
     if source == "synthetic":
         return _synthetic_dataset(tokenizer, synthetic_train_bytes, synthetic_val_bytes, seed)
     root = Path(source).expanduser()
     if not root.is_dir():
         raise DataError(f"data source {source!r}: not 'synthetic' and not a directory")
+    from shared.data.pg_shards import is_parameter_golf_dir, load_parameter_golf
+    if is_parameter_golf_dir(root):
+        return load_parameter_golf(root, tokenizer)
     man = read_manifest(root)
     tk = man["tokenizer"]
     if tk.get("sha256") != tokenizer.sha256:
@@ -160,7 +164,8 @@ def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
     try:
         man = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise DataError(f"{root}: no {MANIFEST}; is it a directory made by `ternary data prepare`?") from None
+        raise DataError(f"{root}: no {MANIFEST}; is it a directory made by `ternary data prepare` (or "
+                        "parameter-golf's, with fineweb_train_*.bin and fineweb_val_*.bin shards)?") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON: {e}") from None
     if man.get("format") != FORMAT:
