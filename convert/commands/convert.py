@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from convert.common import CliError, checkpoint_dir, sub
+from convert.backends import NAMES
+from convert.common import CliError, checkpoint_dir, positive_int, sub
 from convert.formats.replace import FORCE_HELP
 
 
@@ -13,6 +15,8 @@ def run(args) -> int:
     src = checkpoint_dir(args.src)
     if args.to != "gguf" and (args.gguf_type is not None or args.gguf_float is not None or args.no_tokenizer):
         raise CliError("--gguf-type, --gguf-float and --no-tokenizer apply to --to gguf only")
+    if args.to != "packed" and (args.artifact != "default" or args.backend is not None or args.eval_tokens is not None):
+        raise CliError("--artifact, --backend and --eval-tokens apply to --to packed only")
     if args.to in ("hf", "mlx-lm"):
         from convert.formats import hf_export as export_hf
         if args.compress is not None or args.floats is not None or args.dtype != "float32":
@@ -35,8 +39,25 @@ def run(args) -> int:
         return 0
     if args.dtype != "float32":
         raise CliError("--dtype applies to --to canonical only")
+    record = args.artifact == "pg-record"
+    if record and (args.compress is not None or args.floats is not None):
+        raise CliError("--artifact pg-record fixes the storage (LZMA; fp8 and fp16 floats); leave out "
+                       "--compress and --floats")
+    if not record and (args.backend is not None or args.eval_tokens is not None):
+        raise CliError("--backend and --eval-tokens apply to --artifact pg-record only (its round trip)")
+    trip = None
+    if record:  # the data and the checkpoint's own score first: a run without its data writes nothing
+        from convert.commands.convert_roundtrip import RoundTrip
+        trip = RoundTrip(src, args.backend or "torch", args.eval_tokens)
     st = export.to_packed(src, args.out, compress=args.compress or "lzma", floats=args.floats or "fp16",
-                          force=args.force)
+                          force=args.force, artifact=args.artifact)
+    if record:
+        from convert.formats.packed_pgrecord import budget_lines
+        print(f"wrote packed file {args.out} (--artifact pg-record): {st.bytes:,d} bytes (raw payload "
+              f"{st.raw_payload:,d}: codes {st.codes_bytes:,d}, fp16 scales {st.scales_bytes:,d}, fp8 "
+              f"{st.float_codes_bytes:,d}, fp16 {st.plain_floats_bytes:,d})")
+        print("\n".join(budget_lines(st.bytes, st.header_bytes, st.payload_bytes) + trip.lines(trip.after(Path(args.out)))))
+        return 0
     floats = (f"floats {st.floats_bytes:,d}" if st.floats == "fp16" else
               f"floats {st.floats_bytes:,d} = int8 {st.float_codes_bytes:,d} + row scales "
               f"{st.float_scales_bytes:,d} + fp16 {st.plain_floats_bytes:,d}")
@@ -89,6 +110,7 @@ def register(subs) -> None:
             "  ternary convert runs/smoke-mlx --to packed --out smoke.tpk\n"
             "  ternary convert runs/smoke-mlx --to packed --out smoke.tpk --compress none\n"
             "  ternary convert runs/smoke-mlx --to packed --out smoke.tpk --floats int8 --compress zstd\n"
+            "  ternary convert runs/pg --to packed --artifact pg-record --out pg.tpk   (parameter-golf's budget)\n"
             "  ternary convert runs/smoke-mlx --to gguf --out smoke.gguf     (the smoke model: every format below)\n"
             "  ternary convert ckpt/qwen3 --to hf --out qwen3-hf           (Qwen3ForCausalLM.from_pretrained)\n"
             "  ternary convert ckpt/qwen3 --to mlx-lm --out qwen3-mlx-lm   (mlx_lm.load; MLX groups of 64/128)\n"
@@ -105,7 +127,13 @@ def register(subs) -> None:
             "absmax int8, each element within half a row scale; norm gains stay fp16), compressed with LZMA,\n"
             "zstd or not at all; load it with convert.formats.packed.load_packed or score it with `ternary eval FILE`.\n"
             "The ternary forward pass is kept up to fp16 rounding of the scales (<= 2^-11 relative); latent\n"
-            "weights are not.\n\n"
+            "weights are not.\n"
+            "--artifact pg-record: parameter-golf's ternary record's storage instead: codes quantized from the\n"
+            "fp16 group scales, float 2-D tensors in fp8 e4m3, 1-D ones fp16, LZMA; read back with its\n"
+            "shrinkage fix (W = q * s / mean|q| per group, not q * s). It prints the file's bytes against\n"
+            "parameter-golf's 16,000,000 (the whole file counts; parameter-golf adds its code's bytes, which\n"
+            "are not counted here) and the round trip: val_bpb of the checkpoint and of the decoded artifact\n"
+            "on the same validation tokens (the run's data.source must be there; --backend, --eval-tokens).\n\n"
             "hf-bitnet: transformers' BitNet quantizer (AutoBitLinear, offline): ternary linears 2-bit packed\n"
             "(4 codes per byte along the output dim) with one multiplying weight_scale per tensor, so only\n"
             "ternary.group_size = 0 exports (grouped or per-row scales are refused). AutoBitLinear always\n"
@@ -138,4 +166,13 @@ def register(subs) -> None:
     c.add_argument("--floats", choices=("fp16", "int8"), default=None,
                    help="packed float parameters (default fp16; int8: per-row absmax int8 + one fp16 scale per "
                         "row for float matrices, 1-D norm gains stay fp16)")
+    c.add_argument("--artifact", choices=("default", "pg-record"), default="default",
+                   help="--to packed: pg-record stores what parameter-golf's ternary record stores (codes from "
+                        "fp16 group scales, base 3, LZMA; float 2-D tensors fp8 e4m3, 1-D fp16; decoded with "
+                        "its shrinkage fix, s / mean|q|), prints the size against its 16,000,000-byte budget "
+                        "and the round-trip val_bpb next to the checkpoint's")
+    c.add_argument("--backend", choices=NAMES, default=None,
+                   help="--artifact pg-record: framework that scores the round trip (default: torch)")
+    c.add_argument("--eval-tokens", type=positive_int, default=None, metavar="N",
+                   help="--artifact pg-record: validation tokens the round trip scores (default: train.eval_tokens)")
     c.add_argument("--force", action="store_true", help=FORCE_HELP)

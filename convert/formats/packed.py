@@ -28,8 +28,14 @@ All numbers are little endian.
 
 The int8 rule and the compressors: convert/formats/packed_codecs.py.
 
-Versions: 2 (this writer) added "zstd", --floats int8 and the header key "floats"; version 1 files
-(lzma/none, fp16 floats) are a subset of version 2 and still read.
+--artifact pg-record (convert/formats/packed_pgrecord.py) fills the same layout with what parameter-golf's
+ternary record stores: codes quantized from fp16 scales, float 2-D tensors in float8 e4m3, 1-D ones in
+float16, sections codes | scales | fp8 | fp16; header "artifact": "pg-record", "floats": "fp8", and its
+ternary entries say "dequantize": "shrinkage-fix" (the reader's effective scale s / mean|q|).
+
+Versions: 3 is written for --artifact pg-record only (header key "artifact"), so that an older reader
+refuses such a file instead of misreading it; 2 (the default layout) added "zstd", --floats int8 and
+the header key "floats"; version 1 files (lzma/none, fp16 floats) are a subset and still read.
 
 `load_packed(path)` -> (config, weights): the weights the ternary forward pass uses, W_t = q * s in
 float32 (scales widened from fp16), floats widened to float32 (int8 ones dequantized). Building a
@@ -61,11 +67,15 @@ from shared.spec.ternary import pack_base3, quantize, unpack_base3
 
 from convert.formats.packed_codecs import (COMPRESSIONS, FP16_MAX, FP16_MIN_NORMAL, PackedError, compress_payload,
                                    decompress_payload, quantize_rows_int8, zstd_module)
+from convert.formats import packed_pgrecord as pgrecord
 
 MAGIC = b"TERNPK1\n"  # unchanged across versions: the version lives in the header
 FORMAT = "ternary-packed"
-VERSION = 2  # 2: zstd, --floats int8, header key "floats"; version 1 still reads (a subset)
+VERSION = 2  # what the default layout writes: 2 added zstd, --floats int8, header key "floats"
+PG_RECORD_VERSION = 3  # --artifact pg-record files (header key "artifact"); older readers refuse them
+MAX_VERSION = PG_RECORD_VERSION  # the newest this reader reads
 FLOAT_MODES = ("fp16", "int8")
+ARTIFACTS = ("default", pgrecord.ARTIFACT)
 MAX_HEADER = 64 << 20
 
 
@@ -128,7 +138,7 @@ class PackedStats:
     float_codes_bytes: int = 0  # int8 codes of float matrices (--floats int8)
     float_scales_bytes: int = 0  # their row scales
     plain_floats_bytes: int = 0  # fp16/fp32 float parameters
-
+    artifact: str = "default"  # or "pg-record": float_codes_bytes are then the fp8 section
     @property
     def bits_per_ternary_weight(self) -> float:
         return 8 * self.bytes / self.ternary_weights if self.ternary_weights else float("nan")
@@ -144,7 +154,12 @@ class PackedStats:
         return 8 * self.codes_only_compressed / self.ternary_weights
 
 
-def _check_options(compress: str, floats: str) -> None:
+def _check_options(compress: str, floats: str, artifact: str = "default") -> None:
+    if artifact not in ARTIFACTS:
+        raise ConfigError(f"--artifact {artifact!r}: expected one of {', '.join(ARTIFACTS)}")
+    if artifact == pgrecord.ARTIFACT and (compress != "lzma" or floats != "fp16"):
+        raise ConfigError("--artifact pg-record fixes the storage (LZMA; fp8 and fp16 floats); "
+                          "leave out --compress and --floats")
     if compress not in COMPRESSIONS:
         raise ConfigError(f"--compress {compress!r}: expected one of {', '.join(COMPRESSIONS)}")
     if floats not in FLOAT_MODES:
@@ -154,12 +169,24 @@ def _check_options(compress: str, floats: str) -> None:
 
 
 def pack(config: RunConfig, weights: dict[str, np.ndarray], compress: str = "lzma",
-         measure_codes: bool = True, floats: str = "fp16") -> tuple[bytes, PackedStats]:
+         measure_codes: bool = True, floats: str = "fp16", artifact: str = "default") -> tuple[bytes, PackedStats]:
     """The packed file's bytes and its size breakdown."""
-    _check_options(compress, floats)
+    _check_options(compress, floats, artifact)
     shapes = parameter_shapes(config.model)
     check_tensor_set(shapes, {k: tuple(v.shape) for k, v in weights.items()}, "weights to pack")
-    tern, matrices = set(ternary_parameters(config)), set(float_matrices(config))
+    tern = set(ternary_parameters(config))
+    if artifact == pgrecord.ARTIFACT:
+        parts, table = pgrecord.pack_tensors(config, shapes, weights, tern)
+        floats = "fp8"
+    else:
+        parts, table = _pack_tensors(config, shapes, weights, tern, floats)
+    return _assemble(config, parts, table, compress, floats, artifact, measure_codes)
+
+
+def _pack_tensors(config: RunConfig, shapes: dict, weights: dict, tern: set[str], floats: str
+                  ) -> tuple[dict[str, list], list[dict[str, Any]]]:
+    """The sections and tensor table of the default layout (module docstring)."""
+    matrices = set(float_matrices(config))
     G, eps = config.ternary.group_size, config.ternary.eps
     parts: dict[str, list] = {k: [] for k in ("codes", "scales", "float_codes", "float_scales", "floats")}
     table: list[dict[str, Any]] = []
@@ -183,6 +210,12 @@ def pack(config: RunConfig, weights: dict[str, np.ndarray], compress: str = "lzm
             fd = _float_dtype(w)
             table.append({"name": name, "kind": "float", "shape": list(shape), "dtype": fd})
             parts["floats"].append((table[-1], "data", _le(w.astype(fd), fd)))
+    return parts, table
+
+
+def _assemble(config: RunConfig, parts: dict[str, list], table: list[dict[str, Any]], compress: str, floats: str,
+              artifact: str, measure_codes: bool) -> tuple[bytes, PackedStats]:
+    """Lay the sections out in order, compress, and put the header in front."""
     raw, off, sections = [], 0, {}
     for sec_name, sec in parts.items():
         start = off
@@ -193,10 +226,12 @@ def pack(config: RunConfig, weights: dict[str, np.ndarray], compress: str = "lzm
         sections[sec_name] = off - start
     raw_payload = b"".join(raw)
     payload = compress_payload(raw_payload, compress)
-    header = {"format": FORMAT, "version": VERSION, "compress": compress, "floats": floats,
+    header = {"format": FORMAT, "version": PG_RECORD_VERSION if artifact != "default" else VERSION, "compress": compress, "floats": floats,
               "payload_bytes": len(payload), "raw_payload_bytes": len(raw_payload),
               "payload_sha256": hashlib.sha256(payload).hexdigest(),
               "config": config.to_dict(), "tensors": table}
+    if artifact != "default":
+        header["artifact"] = artifact
     hb = json.dumps(header, separators=(",", ":")).encode()
     blob = MAGIC + struct.pack("<Q", len(hb)) + hb + payload
     codes_c = None
@@ -204,24 +239,26 @@ def pack(config: RunConfig, weights: dict[str, np.ndarray], compress: str = "lzm
         codes_c = len(compress_payload(raw_payload[:sections["codes"]], compress))
     n_tern = sum(e["count"] for e in table if e["kind"] == "ternary")
     n_float = sum(math.prod(e["shape"]) for e in table if e["kind"] == "float")
-    float_total = sections["float_codes"] + sections["float_scales"] + sections["floats"]
+    float_total = sum(n for k, n in sections.items() if k not in ("codes", "scales"))
     return blob, PackedStats(
         bytes=len(blob), raw_payload=len(raw_payload), codes_bytes=sections["codes"],
         scales_bytes=sections["scales"], floats_bytes=float_total, header_bytes=len(hb) + len(MAGIC) + 8,
         ternary_weights=n_tern, float_weights=n_float, codes_only_compressed=codes_c, compress=compress,
-        floats=floats, payload_bytes=len(payload), float_codes_bytes=sections["float_codes"],
-        float_scales_bytes=sections["float_scales"], plain_floats_bytes=sections["floats"])
+        floats=floats, payload_bytes=len(payload),
+        float_codes_bytes=sections.get("float_codes", sections.get("fp8", 0)),
+        float_scales_bytes=sections.get("float_scales", 0),
+        plain_floats_bytes=sections.get("floats", sections.get("fp16", 0)), artifact=artifact)
 
 
 def to_packed(src: str | Path, out: str | Path, *, compress: str = "lzma", floats: str = "fp16",
-              force: bool = False) -> PackedStats:
+              force: bool = False, artifact: str = "default") -> PackedStats:
     """Verified read of the checkpoint `src`, packed into the single file `out` (written atomically)."""
     out = Path(out)
     check_file_out(out, src, "packed", force, MAGIC, "ternary packed file")
-    _check_options(compress, floats)  # before the (slow) read
+    _check_options(compress, floats, artifact)  # before the (slow) read
     config, weights = read_checkpoint(src)
     check_format(config, "packed")
-    blob, stats = pack(config, weights, compress, floats=floats)
+    blob, stats = pack(config, weights, compress, floats=floats, artifact=artifact)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
@@ -259,9 +296,9 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], int]:
         raise PackedError(f"{path}: damaged header ({e})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise PackedError(f"{path}: header format is not {FORMAT!r}")
-    if not isinstance(header.get("version"), int) or not 1 <= header["version"] <= VERSION:
+    if not isinstance(header.get("version"), int) or not 1 <= header["version"] <= MAX_VERSION:
         raise PackedError(f"{path}: format version {header.get('version')} is not one this tool reads "
-                          f"(1 to {VERSION}); a newer ternary may read it")
+                          f"(1 to {MAX_VERSION}); a newer ternary may read it")
     for key in ("compress", "payload_bytes", "raw_payload_bytes", "payload_sha256", "config", "tensors"):
         if key not in header:
             raise PackedError(f"{path}: header lacks {key!r}")
@@ -269,15 +306,22 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], int]:
     if header["compress"] not in known:
         raise PackedError(f"{path}: unknown compression {header['compress']!r} for format version "
                           f"{header['version']} (this tool reads {', '.join(known)})")
+    artifact = header.get("artifact", "default")
+    if artifact not in (ARTIFACTS if header["version"] >= 3 else ("default",)):
+        raise PackedError(f"{path}: unknown artifact layout {artifact!r} (this tool reads {', '.join(ARTIFACTS)})")
     floats = header.get("floats", "fp16")  # version 1 had fp16 floats only
-    if floats not in (FLOAT_MODES if header["version"] >= 2 else ("fp16",)):
-        raise PackedError(f"{path}: unknown float storage {floats!r} (this tool reads {', '.join(FLOAT_MODES)})")
+    modes = ("fp8",) if artifact == pgrecord.ARTIFACT else FLOAT_MODES if header["version"] >= 2 else ("fp16",)
+    if floats not in modes:
+        raise PackedError(f"{path}: unknown float storage {floats!r} (this tool reads {', '.join(modes)})")
     return header, len(MAGIC) + 8 + n
 
 
 def describe(path: str | Path) -> str:
     """One line on what a packed file keeps exactly and what it rounded (for `ternary eval FILE`)."""
     h, _ = read_header(path)
+    if h.get("artifact") == pgrecord.ARTIFACT:
+        return ("pg-record: codes from fp16 scales, dequantized with the shrinkage fix (s / mean|q|), float 2-D "
+                f"tensors fp8 e4m3, 1-D fp16; format version {h['version']}, {h['compress']}")
     floats = ("float matrices per-row int8, other float parameters fp16" if h.get("floats") == "int8"
               else "float parameters fp16")
     return f"codes exact, scales fp16, {floats}; format version {h['version']}, {h['compress']}"
@@ -314,12 +358,12 @@ def read_packed(path: str | Path, dequantize_floats: bool = True
     raw = _raw_payload(path, header, start)
     config, table = _config_and_table(path, header)
     tern = set(ternary_parameters(config))
-    int8_ok = header.get("floats") == "int8"
+    floats = header.get("floats", "fp16")
     out: dict[str, Any] = {}
     for e in table:
         name = e["name"]
         try:
-            out[name] = _read_entry(raw, e, config, tern, int8_ok, dequantize_floats, path)
+            out[name] = _read_entry(raw, e, config, tern, floats, dequantize_floats, path)
         except PackedError:
             raise
         except (KeyError, TypeError, ValueError) as err:
@@ -360,10 +404,11 @@ def _config_and_table(path: Path, header: dict) -> tuple[RunConfig, list[dict]]:
     return config, table
 
 
-def _read_entry(raw: bytes, e: dict, config: RunConfig, tern: set[str], int8_ok: bool, dequantize_floats: bool,
+def _read_entry(raw: bytes, e: dict, config: RunConfig, tern: set[str], floats: str, dequantize_floats: bool,
                 path: Path) -> tuple[np.ndarray, np.ndarray] | np.ndarray:
     """One tensor of the table: (codes, scales) for a ternary weight, else float32 (or, int8 with
-    dequantize_floats=False, (codes, row scales))."""
+    dequantize_floats=False, (codes, row scales)). pg-record: scales are the effective s / mean|q|."""
+    int8_ok, record = floats == "int8", floats == "fp8"
     name, shape = e["name"], tuple(e["shape"])
     if (e["kind"] == "ternary") != (name in tern):
         raise PackedError(f"{path}: {name} is stored as {e['kind']} but the config says "
@@ -377,7 +422,14 @@ def _read_entry(raw: bytes, e: dict, config: RunConfig, tern: set[str], int8_ok:
         if tuple(e["scale_shape"]) != want:
             raise PackedError(f"{path}: {name}: scales have the wrong shape")
         scales = _array(raw, e["scales"], e["scale_dtype"], math.prod(want), f"{name} scales", path)
-        return codes, scales.astype(np.float32).reshape(want)
+        scales = scales.astype(np.float32).reshape(want)
+        if record != (e.get("dequantize") == "shrinkage-fix"):
+            raise PackedError(f"{path}: {name}: dequantization rule does not match the file's artifact layout")
+        return codes, (pgrecord.effective_scales(codes, scales, config.ternary.group_size) if record else scales)
+    if e["dtype"] == pgrecord.FP8:
+        if not record:
+            raise PackedError(f"{path}: {name}: fp8 entry in a file without --artifact pg-record")
+        return pgrecord.read_fp8(raw, e["data"], math.prod(shape), name, path).reshape(shape)
     if e["dtype"] == "int8":
         if not int8_ok or len(shape) < 1 or list(e["scale_shape"]) != [shape[0]]:
             raise PackedError(f"{path}: {name}: int8 entry in a file without --floats int8, "
