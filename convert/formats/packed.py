@@ -31,7 +31,9 @@ The int8 rule and the compressors: convert/formats/packed_codecs.py.
 --artifact pg-record (convert/formats/packed_pgrecord.py) fills the same layout with what parameter-golf's
 ternary record stores: codes quantized from fp16 scales, float 2-D tensors in float8 e4m3, 1-D ones in
 float16, sections codes | scales | fp8 | fp16; header "artifact": "pg-record", "floats": "fp8", and its
-ternary entries say "dequantize": "shrinkage-fix" (the reader's effective scale s / mean|q|).
+ternary entries say "dequantize": "shrinkage-fix": the record rebuilds latent weights q * s / mean|q|,
+which its forward pass re-quantizes to exactly q and s; that is load_packed's form="latent" here, and
+the forward weights (the default form) are q * s as for every packed file.
 
 Versions: 3 is written for --artifact pg-record only (header key "artifact"), so that an older reader
 refuses such a file instead of misreading it; 2 (the default layout) added "zstd", --floats int8 and
@@ -320,7 +322,7 @@ def describe(path: str | Path) -> str:
     """One line on what a packed file keeps exactly and what it rounded (for `ternary eval FILE`)."""
     h, _ = read_header(path)
     if h.get("artifact") == pgrecord.ARTIFACT:
-        return ("pg-record: codes from fp16 scales, dequantized with the shrinkage fix (s / mean|q|), float 2-D "
+        return ("pg-record: codes and fp16 scales (used as q * s; the record's shrinkage fix is the latent form), float 2-D "
                 f"tensors fp8 e4m3, 1-D fp16; format version {h['version']}, {h['compress']}")
     floats = ("float matrices per-row int8, other float parameters fp16" if h.get("floats") == "int8"
               else "float parameters fp16")
@@ -407,7 +409,9 @@ def _config_and_table(path: Path, header: dict) -> tuple[RunConfig, list[dict]]:
 def _read_entry(raw: bytes, e: dict, config: RunConfig, tern: set[str], floats: str, dequantize_floats: bool,
                 path: Path) -> tuple[np.ndarray, np.ndarray] | np.ndarray:
     """One tensor of the table: (codes, scales) for a ternary weight, else float32 (or, int8 with
-    dequantize_floats=False, (codes, row scales)). pg-record: scales are the effective s / mean|q|."""
+    dequantize_floats=False, (codes, row scales)). pg-record too gives (codes, s): the record's
+    "shrinkage fix" is how it rebuilds latent weights (load_packed's form="latent"), not a change of
+    the weights its forward pass uses."""
     int8_ok, record = floats == "int8", floats == "fp8"
     name, shape = e["name"], tuple(e["shape"])
     if (e["kind"] == "ternary") != (name in tern):
@@ -425,7 +429,7 @@ def _read_entry(raw: bytes, e: dict, config: RunConfig, tern: set[str], floats: 
         scales = scales.astype(np.float32).reshape(want)
         if record != (e.get("dequantize") == "shrinkage-fix"):
             raise PackedError(f"{path}: {name}: dequantization rule does not match the file's artifact layout")
-        return codes, (pgrecord.effective_scales(codes, scales, config.ternary.group_size) if record else scales)
+        return codes, scales
     if e["dtype"] == pgrecord.FP8:
         if not record:
             raise PackedError(f"{path}: {name}: fp8 entry in a file without --artifact pg-record")

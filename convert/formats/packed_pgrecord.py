@@ -15,12 +15,11 @@ The raw payload (codes, scales, fp8, fp16, in that order) is LZMA-compressed (pr
 the record uses preset 9, which came out 712 bytes larger on the full-size pg-ternary preset:
 17,869,192 against 17,868,480 bytes of payload).
 
-Decoding applies the record's "shrinkage fix": a group with zeros has mean|q| < 1, and the record
-dequantizes W = q * s / max(mean|q|, 1e-8), i.e. with the effective scale s / mean|q| (exactly
-s * G / nnz), not W = q * s as its training forward (and ours) uses. The round trip `ternary convert`
-prints measures what that does to val_bpb: on a 4 x 256 pg-ternary-shaped model without RMSNorms in
-front of its output projections, +0.067 bpb, of which fp8 accounts for +0.0003 (README, "Inspecting
-and packing"); the record, which has them, logged +0.002. The record then casts every tensor to bfloat16 for its
+The record's "shrinkage fix" (deq_sd: W' = q * s / max(mean|q|, 1e-8) per group) rebuilds latent
+weights for a model that ternarizes them again: mean|W'| = s and round(W' / s) = q, so its forward
+pass uses exactly q * s, as training did. Our reader hands the codes and s to the model directly
+(the forward weights are q * s, as for every packed file), and load_packed(form="latent") gives the
+record's W' (effective_scales below is its formula, for the tests). The record then casts every tensor to bfloat16 for its
 bf16 model; we keep float32.
 """
 from __future__ import annotations

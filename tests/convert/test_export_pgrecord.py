@@ -68,7 +68,8 @@ def test_file_layout_and_decoded_weights(tmp_path):
     _, latent = read_checkpoint(tmp_path / "ck")
     G = cfg.ternary.group_size
     tern = set(ternary_parameters(cfg))
-    _, weights = export.load_packed(out)
+    _, weights = export.load_packed(out)  # the forward pass's weights: q * s
+    _, latent_back = export.load_packed(out, form="latent")  # the record's deq_sd (shrinkage fix)
     table = {e["name"]: e for e in h["tensors"]}
     for name, w in latent.items():
         e = table[name]
@@ -76,14 +77,19 @@ def test_file_layout_and_decoded_weights(tmp_path):
             tq, ts = record_q(torch.from_numpy(w), G)
             off, n = e["codes"]
             assert raw[off:off + n] == record_base3(tq)  # base-3 bytes as the record's pack_ternary
-            assert np.array_equal(weights[name], record_deq(tq, ts, w.shape).numpy()), name
+            qs = (tq.float() * ts.float()[:, None]).reshape(w.shape).numpy()
+            assert np.array_equal(weights[name], qs), name
+            assert np.allclose(latent_back[name], record_deq(tq, ts, w.shape).numpy(), rtol=1e-6, atol=0), name
+            # and what the record's forward makes of its latent weights: q and s again
+            again, s_again = record_q(torch.from_numpy(latent_back[name]), G)
+            assert torch.equal(again, tq) and torch.allclose(s_again.float(), ts.float(), rtol=1e-3), name
         elif w.ndim == 2:  # embedding, head: fp8 e4m3 as torch casts
             assert e["dtype"] == "float8_e4m3"
             assert np.array_equal(weights[name], torch.from_numpy(w).to(torch.float8_e4m3fn).float().numpy())
         else:
             assert e["dtype"] == "float16" and np.array_equal(weights[name], w.astype(np.float16).astype(np.float32))
     assert st.float_codes_bytes == sum(w.size for n, w in latent.items() if n not in tern and w.ndim == 2)
-    assert "shrinkage fix" in export.describe(out)
+    assert "shrinkage fix is the latent form" in export.describe(out)
 
 
 def test_layout_keys_cannot_be_mixed(tmp_path):
