@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from shared.spec.config import ModelConfig
 
 # Parameter roles. The role decides the default weight decay and optimizer group (shared/spec/params.py).
-MATRIX = "matrix"        # a projection inside a block: ternary-capable, Muon under train.optimizer=muon
+MATRIX = "matrix"        # a projection (inside a block: ternary-capable), Muon under train.optimizer=muon
 EMBEDDING = "embedding"  # the token embedding (also the head when tied)
 HEAD = "head"            # an untied LM head
 NORM = "norm"            # an RMSNorm gain
