@@ -73,8 +73,13 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
         dict(embed_dim=16, final_logit_softcapping=1.5, final_logit_softcapping_type="poly",
              rope_ramp_factor=2.0, head_dim=32), dict(enabled=False)),
 }
-# A short list for the slower suites (training steps): one row per parameter-set shape.
-FAST_VARIANTS = ["gqa-tied-silu-G64", "mha-untied-relu2-G32", "float-gqa-untied", "subln-gqa-silu-G64"]
+# A short list for the slower suites (training steps): one row per parameter-set shape. (The tied
+# record row with a ternary embedding is not here: by its fourth step one down_proj weight that sits
+# on a rounding boundary takes different codes in the two backends, weights equal to 1e-6, and the
+# losses part by ~2e-4; the two record rows here train the same parameter sets.)
+FAST_VARIANTS = ["gqa-tied-silu-G64", "mha-untied-relu2-G32", "float-gqa-untied", "subln-gqa-silu-G64",
+                 "record-untied-embed16-bias-softcap30-outnorm-pertensor",
+                 "float-record-tied-embed16-poly1.5-ramp2-headdim32"]
 
 
 def tiny_dict(ternary: dict | None = None, train: dict | None = None, data: dict | None = None,
