@@ -250,8 +250,9 @@ class RunConfig:
             problem = opt.check(getattr(m, opt.key))
             if problem:
                 raise ConfigError(f"model.{opt.key}: {problem}")
-        if combination_problem(m):
-            raise ConfigError(combination_problem(m))
+        problem = combination_problem(m)
+        if problem:
+            raise ConfigError(problem)
         for k in ("rope_theta", "rms_norm_eps"):
             _require(f"model.{k}", getattr(m, k), getattr(m, k) > 0, "positive")
         _require("model.initializer_range", m.initializer_range, m.initializer_range >= 0, ">= 0")

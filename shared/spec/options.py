@@ -99,6 +99,8 @@ _QK_GAIN = (ParamRule("self_attn.q_gain", lambda m: (m.num_attention_heads,), CO
 # The record's factored embedding (parameter-golf EMBED_DIM): the lookup is embed_dim wide and
 # projected up to hidden; the tied head projects the final hidden state back down first. Plain
 # float matrices (never ternary), trained as the record trains them (Muon under train.optimizer=muon).
+# Model-scope tensors other than the embedding follow the layers in canonical order, so embed_proj
+# comes after them too and the layers keep their random streams (shared/spec/init.py).
 _EMBED_PROJ = ParamRule("model.embed_proj.weight", lambda m: (m.hidden_size, m.embed_dim), MATRIX,
                         after="model.embed_tokens.weight", scope="model")
 _EMBED_PROJ_REV = ParamRule("model.embed_proj_rev.weight", lambda m: (m.embed_dim, m.hidden_size), MATRIX,

@@ -169,6 +169,18 @@ def test_embed_dim_shapes_and_roles():
         tiny_config(embed_dim=16, ternary=dict(targets=["attn", "mlp", "embed", "lm_head"]))
 
 
+def test_new_model_tensors_follow_the_layers_and_leave_their_streams():
+    """embed_proj, embed_proj_rev and vocab_bias come after the layers in canonical order, so every
+    tensor the base model has keeps its initial values."""
+    from shared.spec.params import parameter_specs
+    cfg = tiny_config(embed_dim=64, vocab_bias=True)
+    assert list(parameter_specs(cfg.model))[-4:] == ["model.embed_proj.weight", "model.norm.weight",
+                                                     "model.embed_proj_rev.weight", "model.vocab_bias"]
+    base, new = init_weights(tiny_config().model, 3), init_weights(cfg.model, 3)
+    for k in base:
+        np.testing.assert_array_equal(base[k], new[k], err_msg=k)
+
+
 # ---- out_proj_norm --------------------------------------------------------------------------------
 def test_out_proj_norm_is_subln_with_unit_gains_at_lambda_one():
     normed = tiny_config(ternary=FLOAT, out_proj_norm=True)
