@@ -2,7 +2,9 @@
 
 Qwen3 layout with Hugging Face names: pre-norm blocks with residuals, grouped-query attention with
 optional per-head q/k RMSNorm and non-interleaved RoPE, SwiGLU or relu^2 MLP, tied or untied head,
-optional logit soft-cap. With `ternary.enabled = false` it is exactly Qwen3ForCausalLM.
+optional logit soft-cap. With `ternary.enabled = false` it is exactly Qwen3ForCausalLM. The
+parameter-golf ternary record's options (factored embedding, vocab bias, polynomial soft-cap, ramped
+RoPE, norms before the output projections) are in shared/spec/options.py.
 """
 from __future__ import annotations
 
@@ -35,14 +37,40 @@ def mark_ternary(model, names: list[str]) -> None:
         mod.ternary = True
 
 
-def rope(x: torch.Tensor, theta: float) -> torch.Tensor:
-    """Hugging Face RoPE on (B, heads, T, head_dim): rotate the two halves (not interleaved pairs)."""
+def rope(x: torch.Tensor, theta: float, ramp_factor: float | None = None) -> torch.Tensor:
+    """Hugging Face RoPE on (B, heads, T, head_dim): rotate the two halves (not interleaved pairs).
+    With `ramp_factor`, the frequencies are parameter-golf's ramped ones (`rope_inv_freq`)."""
     T, D = x.shape[-2], x.shape[-1]
-    inv_freq = 1.0 / (theta ** (torch.arange(0, D, 2, dtype=torch.float32, device=x.device) / D))
+    inv_freq = rope_inv_freq(D, theta, ramp_factor, x.device)
     freqs = torch.outer(torch.arange(T, dtype=torch.float32, device=x.device), inv_freq)
     cos, sin = freqs.cos().to(x.dtype), freqs.sin().to(x.dtype)  # (T, D/2)
     x1, x2 = x[..., : D // 2], x[..., D // 2:]
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+def rope_inv_freq(D: int, theta: float, ramp_factor: float | None, device=None) -> torch.Tensor:
+    """theta^(-2i/D), divided by 1 + ramp_i (factor - 1), ramp_i = clamp((2i/D - 0.25) / 0.75, 0, 1),
+    when ramped (float32)."""
+    two_i = torch.arange(0, D, 2, dtype=torch.float32, device=device)
+    inv_freq = 1.0 / (theta ** (two_i / D))
+    if ramp_factor is None:
+        return inv_freq
+    ramp = torch.clamp((two_i / D - 0.25) / 0.75, 0.0, 1.0)
+    return inv_freq / (ramp * (ramp_factor - 1.0) + 1.0)
+
+
+def rms_norm_weightless(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / sqrt(mean(x^2) + eps), no gain (model.out_proj_norm)."""
+    return F.rms_norm(x, (x.shape[-1],), eps=eps)
+
+
+def soft_cap(logits: torch.Tensor, c: float, kind: str) -> torch.Tensor:
+    """tanh: c tanh(z / c); poly: c * clamp(u (1 - u^2/3 + u^4/15), -1, 1), u = clamp(z / c, -2, 2)."""
+    if kind == "tanh":
+        return c * torch.tanh(logits / c)
+    u = torch.clamp(logits / c, -2.0, 2.0)
+    u2 = u * u
+    return c * torch.clamp(u * (1.0 - u2 / 3.0 + u2 * u2 / 15.0), -1.0, 1.0)
 
 
 class Attention(nn.Module):
@@ -50,7 +78,7 @@ class Attention(nn.Module):
         super().__init__()
         m = cfg.model
         self.n_heads, self.n_kv_heads, self.head_dim = m.num_attention_heads, m.num_key_value_heads, m.head_dim
-        self.rope_theta = m.rope_theta
+        self.rope_theta, self.rope_ramp_factor = m.rope_theta, m.rope_ramp_factor
         self.q_proj = _linear(cfg, m.hidden_size, self.n_heads * self.head_dim)
         self.k_proj = _linear(cfg, m.hidden_size, self.n_kv_heads * self.head_dim)
         self.v_proj = _linear(cfg, m.hidden_size, self.n_kv_heads * self.head_dim)
@@ -65,6 +93,7 @@ class Attention(nn.Module):
         if m.qk_gain is not None:  # values come from the parameter spec's init (shared/spec/init.py)
             self.q_gain = nn.Parameter(torch.ones(self.n_heads))
         self.has_q_gain = m.qk_gain is not None
+        self.out_proj_norm_eps = m.rms_norm_eps if m.out_proj_norm else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
@@ -74,12 +103,14 @@ class Attention(nn.Module):
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (a.transpose(1, 2) for a in (q, k, v))  # (B, heads, T, head_dim)
-        q, k = rope(q, self.rope_theta), rope(k, self.rope_theta)
+        q, k = rope(q, self.rope_theta, self.rope_ramp_factor), rope(k, self.rope_theta, self.rope_ramp_factor)
         if self.has_q_gain:
             q = q * self.q_gain[:, None, None]  # one gain per query head
         o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.head_dim ** -0.5,
                                            enable_gqa=self.n_heads != self.n_kv_heads)
         o = o.transpose(1, 2).reshape(B, T, -1)
+        if self.out_proj_norm_eps is not None:
+            o = rms_norm_weightless(o, self.out_proj_norm_eps)
         return self.o_proj(self.attn_sub_norm(o) if self.subln else o)
 
 
@@ -95,8 +126,11 @@ class MLP(nn.Module):
         if m.subln:
             self.ffn_sub_norm = SubLN(m.intermediate_size, m.rms_norm_eps)
         self.subln = m.subln
+        self.out_proj_norm_eps = m.rms_norm_eps if m.out_proj_norm else None
 
     def _down(self, h):
+        if self.out_proj_norm_eps is not None:
+            h = rms_norm_weightless(h, self.out_proj_norm_eps)
         return self.down_proj(self.ffn_sub_norm(h) if self.subln else h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -122,13 +156,23 @@ class Decoder(nn.Module):
     def __init__(self, cfg: RunConfig):
         super().__init__()
         m, t = cfg.model, cfg.ternary
-        self.embed_tokens = TernaryEmbedding(m.hidden_size, m.vocab_size, False, t.group_size, t.eps,
-                                             t.activation_bits)
+        self.embed_tokens = TernaryEmbedding(m.embed_dim or m.hidden_size, m.vocab_size, False, t.group_size,
+                                             t.eps, t.activation_bits)
+        if m.embed_dim is not None:  # the factored embedding: up after the lookup, down before a tied head
+            self.embed_proj = _linear(cfg, m.embed_dim, m.hidden_size)
+            if m.tie_word_embeddings:
+                self.embed_proj_rev = _linear(cfg, m.hidden_size, m.embed_dim)
+        self.factored = m.embed_dim is not None
+        if m.vocab_bias:  # added to the logits by Model.head_logits; values from the spec's init (zeros)
+            self.vocab_bias = nn.Parameter(torch.zeros(m.vocab_size))
+        self.has_vocab_bias = m.vocab_bias
         self.layers = nn.ModuleList([DecoderLayer(cfg) for _ in range(m.num_hidden_layers)])
         self.norm = RMSNorm(m.hidden_size, m.rms_norm_eps)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
+        if self.factored:
+            x = self.embed_proj(x)
         for layer in self.layers:
             x = layer(x)
         return self.norm(x)
@@ -151,6 +195,7 @@ class Model(nn.Module):
             if not m.tie_word_embeddings:
                 self.lm_head = _linear(config, m.hidden_size, m.vocab_size)
         self.tied, self.softcap = m.tie_word_embeddings, m.final_logit_softcapping
+        self.softcap_type = m.final_logit_softcapping_type
         self.check_ids = True  # trainers that validate ids on the host switch this off (no device sync)
         mark_ternary(self, ternary_parameters(config))
         self.load_numpy(weights if weights is not None else init_weights(m, seed), device)
@@ -158,10 +203,19 @@ class Model(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self.check_ids:
             check_token_ids(input_ids.detach().cpu().numpy(), self.config.model.vocab_size)
-        h = self.model(input_ids)
-        logits = self.model.embed_tokens.as_linear(h) if self.tied else self.lm_head(h)
+        return self.head_logits(self.model(input_ids))
+
+    def head_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Final-normed hidden state -> logits: the head (tied: through embed_proj_rev when the
+        embedding is factored), the vocab bias, the soft-cap."""
+        if self.tied:
+            logits = self.model.embed_tokens.as_linear(self.model.embed_proj_rev(h) if self.model.factored else h)
+        else:
+            logits = self.lm_head(h)
+        if self.model.has_vocab_bias:
+            logits = logits + self.model.vocab_bias
         if self.softcap:
-            logits = self.softcap * torch.tanh(logits / self.softcap)
+            logits = soft_cap(logits, self.softcap, self.softcap_type)
         return logits
 
     def set_quant_lambda(self, lam) -> None:

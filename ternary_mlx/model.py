@@ -2,7 +2,9 @@
 
 Qwen3 layout with Hugging Face names: pre-norm blocks with residuals, grouped-query attention with
 optional per-head q/k RMSNorm and non-interleaved RoPE, SwiGLU or relu^2 MLP, tied or untied head,
-optional logit soft-cap. With `ternary.enabled = false` it is exactly Qwen3ForCausalLM.
+optional logit soft-cap. With `ternary.enabled = false` it is exactly Qwen3ForCausalLM. The
+parameter-golf ternary record's options (factored embedding, vocab bias, polynomial soft-cap, ramped
+RoPE, norms before the output projections) are in shared/spec/options.py.
 """
 from __future__ import annotations
 
@@ -35,9 +37,38 @@ def mark_ternary(model, names: list[str]) -> None:
         mod.ternary = True
 
 
-def rope(x: mx.array, theta: float) -> mx.array:
-    """Hugging Face RoPE on (B, heads, T, head_dim): rotate the two halves (not interleaved pairs)."""
-    return mx.fast.rope(x, x.shape[-1], traditional=False, base=theta, scale=1.0, offset=0)
+def rope(x: mx.array, theta: float, ramp_factor: float | None = None) -> mx.array:
+    """Hugging Face RoPE on (B, heads, T, head_dim): rotate the two halves (not interleaved pairs).
+    With `ramp_factor`, the frequencies are parameter-golf's ramped ones (`rope_inv_freq`)."""
+    if ramp_factor is None:
+        return mx.fast.rope(x, x.shape[-1], traditional=False, base=theta, scale=1.0, offset=0)
+    periods = 1.0 / rope_inv_freq(x.shape[-1], theta, ramp_factor)  # mx.fast.rope takes 1 / inv_freq
+    return mx.fast.rope(x, x.shape[-1], traditional=False, base=None, scale=1.0, offset=0, freqs=periods)
+
+
+def rope_inv_freq(D: int, theta: float, ramp_factor: float | None) -> mx.array:
+    """theta^(-2i/D), divided by 1 + ramp_i (factor - 1), ramp_i = clamp((2i/D - 0.25) / 0.75, 0, 1),
+    when ramped (float32)."""
+    two_i = mx.arange(0, D, 2).astype(mx.float32)
+    inv_freq = 1.0 / (theta ** (two_i / D))
+    if ramp_factor is None:
+        return inv_freq
+    ramp = mx.clip((two_i / D - 0.25) / 0.75, 0.0, 1.0)
+    return inv_freq / (ramp * (ramp_factor - 1.0) + 1.0)
+
+
+def rms_norm_weightless(x: mx.array, eps: float) -> mx.array:
+    """x / sqrt(mean(x^2) + eps), no gain (model.out_proj_norm)."""
+    return mx.fast.rms_norm(x, None, eps)
+
+
+def soft_cap(logits: mx.array, c: float, kind: str) -> mx.array:
+    """tanh: c tanh(z / c); poly: c * clamp(u (1 - u^2/3 + u^4/15), -1, 1), u = clamp(z / c, -2, 2)."""
+    if kind == "tanh":
+        return c * mx.tanh(logits / c)
+    u = mx.clip(logits / c, -2.0, 2.0)
+    u2 = u * u
+    return c * mx.clip(u * (1.0 - u2 / 3.0 + u2 * u2 / 15.0), -1.0, 1.0)
 
 
 class Attention(nn.Module):
@@ -45,7 +76,7 @@ class Attention(nn.Module):
         super().__init__()
         m = cfg.model
         self.n_heads, self.n_kv_heads, self.head_dim = m.num_attention_heads, m.num_key_value_heads, m.head_dim
-        self.rope_theta = m.rope_theta
+        self.rope_theta, self.rope_ramp_factor = m.rope_theta, m.rope_ramp_factor
         self.q_proj = _linear(cfg, m.hidden_size, self.n_heads * self.head_dim)
         self.k_proj = _linear(cfg, m.hidden_size, self.n_kv_heads * self.head_dim)
         self.v_proj = _linear(cfg, m.hidden_size, self.n_kv_heads * self.head_dim)
@@ -60,6 +91,7 @@ class Attention(nn.Module):
         if m.qk_gain is not None:  # values come from the parameter spec's init (shared/spec/init.py)
             self.q_gain = mx.ones((self.n_heads,))
         self.has_q_gain = m.qk_gain is not None
+        self.out_proj_norm_eps = m.rms_norm_eps if m.out_proj_norm else None
 
     def __call__(self, x: mx.array) -> mx.array:
         B, T, _ = x.shape
@@ -69,11 +101,13 @@ class Attention(nn.Module):
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))  # (B, heads, T, head_dim)
-        q, k = rope(q, self.rope_theta), rope(k, self.rope_theta)
+        q, k = rope(q, self.rope_theta, self.rope_ramp_factor), rope(k, self.rope_theta, self.rope_ramp_factor)
         if self.has_q_gain:
             q = q * self.q_gain[:, None, None]  # one gain per query head
         o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.head_dim ** -0.5, mask="causal")
         o = o.transpose(0, 2, 1, 3).reshape(B, T, -1)
+        if self.out_proj_norm_eps is not None:
+            o = rms_norm_weightless(o, self.out_proj_norm_eps)
         return self.o_proj(self.attn_sub_norm(o) if self.subln else o)
 
 
@@ -89,8 +123,11 @@ class MLP(nn.Module):
         if m.subln:
             self.ffn_sub_norm = SubLN(m.intermediate_size, m.rms_norm_eps)
         self.subln = m.subln
+        self.out_proj_norm_eps = m.rms_norm_eps if m.out_proj_norm else None
 
     def _down(self, h):
+        if self.out_proj_norm_eps is not None:
+            h = rms_norm_weightless(h, self.out_proj_norm_eps)
         return self.down_proj(self.ffn_sub_norm(h) if self.subln else h)
 
     def __call__(self, x: mx.array) -> mx.array:
@@ -116,13 +153,23 @@ class Decoder(nn.Module):
     def __init__(self, cfg: RunConfig):
         super().__init__()
         m, t = cfg.model, cfg.ternary
-        self.embed_tokens = TernaryEmbedding(m.hidden_size, m.vocab_size, False, t.group_size, t.eps,
-                                             t.activation_bits)
+        self.embed_tokens = TernaryEmbedding(m.embed_dim or m.hidden_size, m.vocab_size, False, t.group_size,
+                                             t.eps, t.activation_bits)
+        if m.embed_dim is not None:  # the factored embedding: up after the lookup, down before a tied head
+            self.embed_proj = _linear(cfg, m.embed_dim, m.hidden_size)
+            if m.tie_word_embeddings:
+                self.embed_proj_rev = _linear(cfg, m.hidden_size, m.embed_dim)
+        self.factored = m.embed_dim is not None
+        if m.vocab_bias:  # added to the logits by Model.head_logits; values from the spec's init (zeros)
+            self.vocab_bias = mx.zeros((m.vocab_size,))
+        self.has_vocab_bias = m.vocab_bias
         self.layers = [DecoderLayer(cfg) for _ in range(m.num_hidden_layers)]
         self.norm = RMSNorm(m.hidden_size, m.rms_norm_eps)
 
     def __call__(self, input_ids: mx.array) -> mx.array:
         x = self.embed_tokens(input_ids)
+        if self.factored:
+            x = self.embed_proj(x)
         for layer in self.layers:
             x = layer(x)
         return self.norm(x)
@@ -143,6 +190,7 @@ class Model(nn.Module):
         if not m.tie_word_embeddings:
             self.lm_head = _linear(config, m.hidden_size, m.vocab_size)
         self.tied, self.softcap = m.tie_word_embeddings, m.final_logit_softcapping
+        self.softcap_type = m.final_logit_softcapping_type
         self.check_ids = True  # trainers that validate ids on the host switch this off (no device sync)
         mark_ternary(self, ternary_parameters(config))
         self.load_numpy(weights if weights is not None else init_weights(m, seed))
@@ -150,10 +198,19 @@ class Model(nn.Module):
     def __call__(self, input_ids: mx.array) -> mx.array:
         if self.check_ids:
             check_token_ids(np.array(input_ids), self.config.model.vocab_size)
-        h = self.model(input_ids)
-        logits = self.model.embed_tokens.as_linear(h) if self.tied else self.lm_head(h)
+        return self.head_logits(self.model(input_ids))
+
+    def head_logits(self, h: mx.array) -> mx.array:
+        """Final-normed hidden state -> logits: the head (tied: through embed_proj_rev when the
+        embedding is factored), the vocab bias, the soft-cap."""
+        if self.tied:
+            logits = self.model.embed_tokens.as_linear(self.model.embed_proj_rev(h) if self.model.factored else h)
+        else:
+            logits = self.lm_head(h)
+        if self.model.has_vocab_bias:
+            logits = logits + self.model.vocab_bias
         if self.softcap:
-            logits = self.softcap * mx.tanh(logits / self.softcap)
+            logits = soft_cap(logits, self.softcap, self.softcap_type)
         return logits
 
     def set_quant_lambda(self, lam) -> None:

@@ -1,13 +1,14 @@
 """`ternary inspect PATH [--json]`: what a checkpoint holds and what each export of it would weigh.
 
-Reports: the manifest check (OK or the exact error), a config summary, parameter counts, for every
-ternary weight the code distribution (fractions of -1 / 0 / +1 from shared.spec.ternary.quantize on the
-latent weights) and its scale statistics, the overall code entropy (bits per ternary weight), and
-sizes: float32 and bf16 tensor data, 2-bit packing (shared.spec.ternary.pack_2bit layout: ceil(out/4)
-rows) + fp16 scales + bf16 other parameters, the tensor data of the hf-bitnet and gguf TQ2_0 / TQ1_0
-exports (convert/formats/hf_bitnet.py, convert/formats/gguf_export.py; n/a where they refuse the model), and the
-packed artifact of convert/formats/packed.py (base-3 + fp16 + LZMA, and with --floats int8 when the model has
-float matrices), built in memory to measure it.
+Reports: the manifest check (OK or the exact error), a config summary (with every model option off its
+default), parameter counts, for every ternary weight the code distribution (fractions of -1 / 0 / +1
+from shared.spec.ternary.quantize on the latent weights) and its scale statistics, the overall code
+entropy (bits per ternary weight), and sizes: float32 and bf16 tensor data, 2-bit packing
+(shared.spec.ternary.pack_2bit layout: ceil(out/4) rows) + fp16 scales + bf16 other parameters, the
+tensor data of the hf-bitnet and gguf TQ2_0 / TQ1_0 exports (convert/formats/hf_bitnet.py,
+convert/formats/gguf_export.py; n/a where they refuse the model), and the packed artifact of
+convert/formats/packed.py (base-3 + fp16 + LZMA, and with --floats int8 when the model has float
+matrices), built in memory to measure it.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from shared.spec.checkpoint import (MODEL_FILE, CheckpointError, check_finite, check_tensor_set, read_config,
                                    read_safetensors, verify_manifest)
+from shared.spec.options import non_default
 from shared.spec.params import float_matrices, parameter_shapes, parameter_specs, ternary_parameters
 from shared.spec.ternary import quantize
 
@@ -51,6 +53,7 @@ def inspect(path: str | Path, measure_packed: bool = True) -> dict[str, Any]:
         "tie_word_embeddings": m.tie_word_embeddings, "qk_norm": m.qk_norm,
         "ternary": t.enabled, "group_size": t.group_size, "targets": list(t.targets),
         "activation_bits": t.activation_bits,
+        "options": {o.key: getattr(m, o.key) for o in non_default(m)},  # every model option off its default
     }
     tern = ternary_parameters(config)
     sizes = {k: int(v.size) for k, v in weights.items()}
@@ -126,6 +129,8 @@ def format_report(r: dict[str, Any]) -> str:
         f"  parameters: {human(p['total'])} total, {human(p['ternary'])} ternary, {human(p['float'])} float; "
         + ", ".join(f"{role} {human(n)}" for role, n in p["by_role"].items()),
     ]
+    if c["options"]:  # a factored embedding, a vocab bias, ...: the model line alone would hide them
+        lines.insert(-1, "  options:    " + ", ".join(f"{k}={v!r}" for k, v in c["options"].items()))
     if r["ternary_weights"]:
         lines.append(f"  {'ternary weight':<40} {'shape':>12} {'-1':>6} {'0':>6} {'+1':>6}   "
                      f"{'scale min':>9} {'mean':>9} {'max':>9}")

@@ -245,11 +245,14 @@ class RunConfig:
         if m.num_attention_heads % m.num_key_value_heads:
             raise ConfigError(f"model.num_key_value_heads={m.num_key_value_heads} must divide "
                               f"model.num_attention_heads={m.num_attention_heads} (grouped-query attention)")
-        from shared.spec.options import OPTIONS
+        from shared.spec.options import OPTIONS, combination_problem
         for opt in OPTIONS:
             problem = opt.check(getattr(m, opt.key))
             if problem:
                 raise ConfigError(f"model.{opt.key}: {problem}")
+        problem = combination_problem(m)
+        if problem:
+            raise ConfigError(problem)
         for k in ("rope_theta", "rms_norm_eps"):
             _require(f"model.{k}", getattr(m, k), getattr(m, k) > 0, "positive")
         _require("model.initializer_range", m.initializer_range, m.initializer_range >= 0, ">= 0")

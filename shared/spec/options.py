@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from shared.spec.config import ModelConfig
 
 # Parameter roles. The role decides the default weight decay and optimizer group (shared/spec/params.py).
-MATRIX = "matrix"        # a projection inside a block: ternary-capable, Muon under train.optimizer=muon
+MATRIX = "matrix"        # a projection (inside a block: ternary-capable), Muon under train.optimizer=muon
 EMBEDDING = "embedding"  # the token embedding (also the head when tied)
 HEAD = "head"            # an untied LM head
 NORM = "norm"            # an RMSNorm gain
@@ -46,6 +46,7 @@ class ParamRule:
     init: str = "normal"  # "normal" (N(0, initializer_range)), "ones", "zeros" or "option" (the value)
     target: str | None = None  # the ternary target it belongs to (ternary.targets), if any
     scope: str = "layer"
+    when: Callable[["ModelConfig"], bool] | None = None  # present only where this holds (another option)
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,21 @@ _QK_NORM = (ParamRule("self_attn.q_norm.weight", lambda m: (m.head_dim,), NORM, 
                       init="ones"))
 _QK_GAIN = (ParamRule("self_attn.q_gain", lambda m: (m.num_attention_heads,), CONTROL,
                       after="self_attn.o_proj.weight", init="option"),)
+# The record's factored embedding (parameter-golf EMBED_DIM): the lookup is embed_dim wide and
+# projected up to hidden; the tied head projects the final hidden state back down first. Plain
+# float matrices (never ternary), trained as the record trains them (Muon under train.optimizer=muon).
+# Model-scope tensors other than the embedding follow the layers in canonical order, so embed_proj
+# comes after them too and the layers keep their random streams (shared/spec/init.py).
+_EMBED_PROJ = ParamRule("model.embed_proj.weight", lambda m: (m.hidden_size, m.embed_dim), MATRIX,
+                        after="model.embed_tokens.weight", scope="model")
+_EMBED_PROJ_REV = ParamRule("model.embed_proj_rev.weight", lambda m: (m.embed_dim, m.hidden_size), MATRIX,
+                            after="model.norm.weight", scope="model", when=lambda m: m.tie_word_embeddings)
+_VOCAB_BIAS = ParamRule("model.vocab_bias", lambda m: (m.vocab_size,), CONTROL, after="model.norm.weight",
+                        init="zeros", scope="model")
+
+
+def _embed_dim_params(value) -> tuple[ParamRule, ...]:
+    return () if value is None else (_EMBED_PROJ, _EMBED_PROJ_REV)
 
 # In table order; rules placed at the same `after` keep this order.
 OPTIONS: tuple[ModelOption, ...] = (
@@ -117,10 +133,44 @@ OPTIONS: tuple[ModelOption, ...] = (
                 OURS, "no per-head query gain", check=_positive_or_none("the initial gain"),
                 params=lambda v: () if v is None else _QK_GAIN, example=1.5),
     ModelOption("final_logit_softcapping", float | None, None,
-                "logits = c * tanh(logits / c) (Gemma-2's key name)",
+                "logits = c * tanh(logits / c) (Gemma-2's key name; final_logit_softcapping_type picks the curve)",
                 OURS, "no logit soft-cap", check=_positive_or_none("the cap c"), example=30.0),
+    # ---- the parameter-golf ternary record's model (issue #10) ----
+    ModelOption("embed_dim", int | None, None,
+                "the record's factored embedding: model.embed_tokens.weight is (vocab, embed_dim), "
+                "model.embed_proj.weight maps the lookup up to hidden and, when tied, "
+                "model.embed_proj_rev.weight maps the final hidden state down before the tied head",
+                OURS, "an embedding as wide as the hidden state", check=_positive_or_none("the embedding width"),
+                params=_embed_dim_params, example=32),
+    ModelOption("vocab_bias", bool, False,
+                "a learned bias model.vocab_bias (vocab,), zeros, added to the logits before the soft-cap",
+                OURS, "no bias on the logits", params=lambda v: (_VOCAB_BIAS,) if v else (), example=True),
+    ModelOption("final_logit_softcapping_type", str, "tanh",
+                "tanh: c * tanh(z / c); poly: the record's c * clamp(u - u^3/3 + u^5/15, -1, 1), "
+                "u = clamp(z / c, -2, 2); needs model.final_logit_softcapping",
+                OURS, "a tanh soft-cap only", check=_one_of("tanh", "poly"), example="poly"),
+    ModelOption("rope_ramp_factor", float | None, None,
+                "parameter-golf's ROPE_TYPE=yarn (not Hugging Face's YaRN: no attention temperature, no "
+                "wavelength bands): inv_freq_j /= 1 + ramp_j * (factor - 1), "
+                "ramp_j = clamp((2j/head_dim - 0.25) / 0.75, 0, 1); factor = YARN_MAX_LEN / TRAIN_SEQ_LEN",
+                OURS, "plain RoPE frequencies only", check=_positive_or_none("the factor"), example=2.0),
+    ModelOption("out_proj_norm", bool, False,
+                "a weightless RMSNorm on the input of o_proj and down_proj (the record's NormedTernaryLinear; "
+                "SubLN's position without its gain or warm-up blend)",
+                OURS, "no norm before o_proj / down_proj", example=True),
 )
 OPTION_BY_KEY = {o.key: o for o in OPTIONS}
+
+
+def combination_problem(m: "ModelConfig") -> str | None:
+    """An error for options whose values contradict each other (each row's check sees its own value)."""
+    if m.final_logit_softcapping_type != "tanh" and m.final_logit_softcapping is None:
+        return (f"model.final_logit_softcapping_type = {m.final_logit_softcapping_type!r} shapes a soft-cap, "
+                "but model.final_logit_softcapping (the cap c) is not set")
+    if m.out_proj_norm and m.subln:
+        return ("model.out_proj_norm and model.subln both normalise the input of o_proj and down_proj; "
+                "choose one")
+    return None
 
 
 def non_default(m: "ModelConfig") -> list[ModelOption]:

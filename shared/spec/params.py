@@ -64,7 +64,7 @@ _BASE_LAYER = (  # a pre-norm decoder layer; options add to it (shared/spec/opti
     _rule("mlp.down_proj.weight", lambda m: (m.hidden_size, m.intermediate_size), MATRIX, "mlp"),
 )
 _BASE_MODEL = (  # outside the layers: the embedding comes first, the final norm after the layers
-    _rule("model.embed_tokens.weight", lambda m: (m.vocab_size, m.hidden_size), EMBEDDING, "embed"),
+    _rule("model.embed_tokens.weight", lambda m: (m.vocab_size, m.embed_dim or m.hidden_size), EMBEDDING, "embed"),
     _rule("model.norm.weight", lambda m: (m.hidden_size,), NORM, init="ones"),
 )
 
@@ -77,7 +77,7 @@ def _place(base: tuple[ParamRule, ...], scope: str, m: "ModelConfig") -> list[tu
     for opt in OPTIONS:
         value = getattr(m, opt.key)
         for r in opt.params(value):
-            if r.scope != scope:
+            if r.scope != scope or (r.when is not None and not r.when(m)):
                 continue
             names = [x.suffix for x, _ in out]
             anchor = last_at.get(r.after, r.after)

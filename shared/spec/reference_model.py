@@ -9,14 +9,20 @@ function per equation, so the float32 backends must land within rounding error o
 The model (Qwen3 layout, Hugging Face names; see shared/spec/params.py for parameters and shapes):
 
     x = E_used[ids]                                          embedding lookup
+    x = x @ P.T                                              with model.embed_dim: embed_proj P (hidden, embed_dim)
     per layer:  x = x + Attn(RMSNorm(x));  x = x + MLP(RMSNorm(x))     pre-norm, residuals
-    logits = RMSNorm(x) @ H_used.T,  H = E (tied) or lm_head;  optional c * tanh(logits / c)
+    logits = RMSNorm(x) @ H_used.T,  H = E (tied) or lm_head   (tied with embed_dim: (RMSNorm(x) @ R.T) @ E.T,
+                                                              R = embed_proj_rev (embed_dim, hidden))
+    logits = logits + b (model.vocab_bias), then the optional soft-cap: c * tanh(logits / c), or the
+    record's polynomial c * clamp(u - u^3/3 + u^5/15, -1, 1), u = clamp(logits / c, -2, 2)
 
 RMSNorm(x) = x / sqrt(mean(x^2) + eps) * g. Attention: grouped-query (query head h reads key/value
 head h // (heads / kv_heads), as Hugging Face's repeat_kv), optional per-head RMSNorm of q and k,
-non-interleaved RoPE, causal softmax(q k^T / sqrt(head_dim)). MLP: SwiGLU down(silu(gate x) * up x)
+non-interleaved RoPE (frequencies optionally ramped, model.rope_ramp_factor), causal
+softmax(q k^T / sqrt(head_dim)). MLP: SwiGLU down(silu(gate x) * up x)
 or relu^2 down(relu(up x)^2). SubLN (BitNet) inserts RMSNorms before o_proj and down_proj, blended
-in as x + lambda * (RMSNorm(x) - x).
+in as x + lambda * (RMSNorm(x) - x); model.out_proj_norm puts a weightless RMSNorm (gain 1, no blend)
+at the same place.
 
 Ternary projection (DESIGN 3.2): the codes q and scales s come from shared/spec/ternary.py in float32,
 bit for bit as the backends compute them (they decide which side of a rounding boundary each weight
@@ -106,11 +112,24 @@ def rms_norm(x: np.ndarray, gain: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * gain
 
 
-def rope(x: np.ndarray, theta: float) -> np.ndarray:
+def rope_inv_freq(D: int, theta: float, ramp_factor: float | None) -> np.ndarray:
+    """theta^(-2i/D) for the D/2 pairs; with a ramp factor f (parameter-golf's "yarn") each is divided
+    by 1 + ramp_i (f - 1), ramp_i = clamp((2i/D - 0.25) / 0.75, 0, 1): the fastest quarter of the
+    pairs keeps its frequency, the slowest are slowed by up to f."""
+    two_i = np.arange(0, D, 2, dtype=np.float64)
+    inv_freq = theta ** (-two_i / D)
+    if ramp_factor is None:
+        return inv_freq
+    ramp = np.clip((two_i / D - 0.25) / 0.75, 0.0, 1.0)
+    return inv_freq / (1.0 + ramp * (ramp_factor - 1.0))
+
+
+def rope(x: np.ndarray, theta: float, ramp_factor: float | None = None) -> np.ndarray:
     """Hugging Face (non-interleaved) RoPE on (B, heads, T, D): dimension i is paired with i + D/2
-    (not with i + 1), and the pair at position p is rotated by the angle p * theta^(-2i/D)."""
+    (not with i + 1), and the pair at position p is rotated by the angle p * inv_freq_i
+    (theta^(-2i/D) unless ramped, see `rope_inv_freq`)."""
     T_, D = x.shape[-2], x.shape[-1]
-    inv_freq = theta ** (-np.arange(0, D, 2, dtype=np.float64) / D)  # (D/2,)
+    inv_freq = rope_inv_freq(D, theta, ramp_factor)  # (D/2,)
     angle = np.arange(T_, dtype=np.float64)[:, None] * inv_freq[None, :]  # (T, D/2)
     cos, sin = np.cos(angle), np.sin(angle)
     x1, x2 = x[..., : D // 2], x[..., D // 2:]
@@ -147,13 +166,15 @@ def attention_block(x: np.ndarray, p: str, fp: _Pass) -> np.ndarray:
         q = rms_norm(q, w[p + "self_attn.q_norm.weight"], m.rms_norm_eps)
         k = rms_norm(k, w[p + "self_attn.k_norm.weight"], m.rms_norm_eps)
     q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))  # (B, heads, T, D)
-    q, k = rope(q, m.rope_theta), rope(k, m.rope_theta)
+    q, k = rope(q, m.rope_theta, m.rope_ramp_factor), rope(k, m.rope_theta, m.rope_ramp_factor)
     if m.qk_gain is not None:  # q_h <- g_h * q_h, one learned gain per query head, after RoPE
         q = q * w[p + "self_attn.q_gain"][:, None, None]
     o = causal_attention(q, k, v)
     o = o.transpose(0, 2, 1, 3).reshape(B, T_, H * D)  # heads concatenated, head-major
     if m.subln:
         o = sub_norm(o, w[p + "self_attn.attn_sub_norm.weight"], m.rms_norm_eps, fp.lam)
+    if m.out_proj_norm:
+        o = rms_norm(o, 1.0, m.rms_norm_eps)
     return linear(o, p + "self_attn.o_proj.weight", fp)
 
 
@@ -170,6 +191,8 @@ def mlp_block(x: np.ndarray, p: str, fp: _Pass) -> np.ndarray:
         raise ValueError(f"unsupported hidden_act {m.hidden_act!r}")
     if m.subln:
         h = sub_norm(h, fp.w[p + "mlp.ffn_sub_norm.weight"], m.rms_norm_eps, fp.lam)
+    if m.out_proj_norm:
+        h = rms_norm(h, 1.0, m.rms_norm_eps)
     return linear(h, p + "mlp.down_proj.weight", fp)
 
 
@@ -196,16 +219,42 @@ def reference_forward(cfg: RunConfig, weights: dict[str, np.ndarray], input_ids:
     ternary = ternary_names(cfg)
     fp = _Pass(cfg, effective_weights(cfg, weights, ternary, quant_lambda), ternary, float(quant_lambda),
                np.full(ids.shape, np.inf))
-    x = fp.w["model.embed_tokens.weight"][ids]  # (B, T, hidden); a lookup: no activation quantization
+    x = fp.w["model.embed_tokens.weight"][ids]  # (B, T, embed width); a lookup: no activation quantization
+    if m.embed_dim is not None:
+        x = linear(x, "model.embed_proj.weight", fp)  # (B, T, hidden)
     for i in range(m.num_hidden_layers):
         x = decoder_layer(x, i, fp)
     x = rms_norm(x, fp.w["model.norm.weight"], m.rms_norm_eps)
-    head = "model.embed_tokens.weight" if m.tie_word_embeddings else "lm_head.weight"
-    logits = linear(x, head, fp)  # (B, T, vocab)
+    return head_logits(x, fp), fp.margin
+
+
+def head_logits(x: np.ndarray, fp: _Pass) -> np.ndarray:
+    """The final-normed hidden state (B, T, hidden) -> logits (B, T, vocab): the head, the vocab bias
+    and the soft-cap."""
+    m = fp.cfg.model
+    if m.tie_word_embeddings:
+        if m.embed_dim is not None:
+            x = linear(x, "model.embed_proj_rev.weight", fp)  # (B, T, embed_dim)
+        logits = linear(x, "model.embed_tokens.weight", fp)
+    else:
+        logits = linear(x, "lm_head.weight", fp)
+    if m.vocab_bias:
+        logits = logits + fp.w["model.vocab_bias"]
     if m.final_logit_softcapping:
-        c = m.final_logit_softcapping
-        logits = c * np.tanh(logits / c)
-    return logits, fp.margin
+        logits = soft_cap(logits, m.final_logit_softcapping, m.final_logit_softcapping_type)
+    return logits
+
+
+def soft_cap(z: np.ndarray, c: float, kind: str) -> np.ndarray:
+    """tanh: c tanh(z / c). poly (the ternary record's): c * clamp(u - u^3/3 + u^5/15, -1, 1) with
+    u = clamp(z / c, -2, 2); the polynomial is tanh's series with 1/15 for its 2/15, so it rises to 1
+    at |u| ~ 1.7 and the clamp flattens it there."""
+    if kind == "tanh":
+        return c * np.tanh(z / c)
+    if kind != "poly":  # validate() rejects others; an unknown one must not pass silently
+        raise ValueError(f"unsupported final_logit_softcapping_type {kind!r}")
+    u = np.clip(z / c, -2.0, 2.0)
+    return c * np.clip(u - u ** 3 / 3.0 + u ** 5 / 15.0, -1.0, 1.0)
 
 
 def reference_logits(cfg: RunConfig, weights: dict[str, np.ndarray], input_ids: np.ndarray,

@@ -268,12 +268,13 @@ def memory_per_gpu(cfg: RunConfig, micro_batch: int, seq_len: int, gpus: int, pa
 
 
 def flops_per_token(cfg: RunConfig, seq_len: int) -> tuple[float, int]:
-    """(training FLOPs per token, N): 6N for the matmuls (block matrices plus the vocab x width head,
-    tied or not; the embedding lookup is free) + 12 * layers * heads * head_dim * seq_len for
-    attention scores and values (PaLM, appendix B)."""
+    """(training FLOPs per token, N): 6N for the matmuls (block matrices, a factored embedding's
+    projections, plus the vocab x width head, tied or not, whose width is model.embed_dim when a
+    factored embedding is tied; the embedding lookup is free) + 12 * layers * heads * head_dim *
+    seq_len for attention scores and values (PaLM, appendix B)."""
     m = cfg.model
     n = sum(math.prod(s.shape) for s in parameter_specs(m).values() if s.role == MATRIX)
-    n += m.vocab_size * m.hidden_size
+    n += m.vocab_size * (m.embed_dim if m.tie_word_embeddings and m.embed_dim else m.hidden_size)
     return 6.0 * n + 12.0 * m.num_hidden_layers * m.num_attention_heads * m.head_dim * seq_len, n
 
 

@@ -155,6 +155,9 @@ def test_flops_per_token(mac):
     per_layer = 512 * 512 * 2 + 2 * 256 * 512 + 2 * 1024 * 512  # q, o; k, v; up, down
     assert n_mm == 9 * per_layer + 1024 * 512  # + the tied head
     assert fpt == 6 * n_mm + 12 * 9 * 8 * 64 * 1024
+    # a factored tied embedding: its two projections are matmuls, and the head is vocab x embed_dim
+    _, n_factored = promote.flops_per_token(mac.with_overrides(["model.embed_dim=64"]), 1024)
+    assert n_factored == 9 * per_layer + 2 * 512 * 64 + 1024 * 64
 
 
 def test_plan_batch_steps_and_time(mac):
