@@ -59,6 +59,23 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
         dict(group_size=0, targets=ALL_TARGETS)),
     "float-gqa-untied-no-qknorm": (dict(tie_word_embeddings=False, qk_norm=False), dict(enabled=False)),
     "qkgain1.5-gqa-G64": (dict(qk_gain=1.5), dict(group_size=64)),
+    # parameter-golf's block options. 5 layers: two U-Net skips popped last in, first out, and a
+    # last decoder layer with none left.
+    "pg-block-L5-weightless-unet-mix-scales-relu2-G64": (
+        dict(num_hidden_layers=5, rms_norm_weights=False, embed_norm=True, unet_skips=True, residual_mix=True,
+             branch_scales=True, hidden_act="relu2", qk_gain=1.5, final_logit_softcapping=30.0),
+        dict(group_size=64)),
+    "float-relu-embednorm-mix-scales-untied": (
+        dict(hidden_act="relu", embed_norm=True, residual_mix=True, branch_scales=True, qk_norm=False,
+             tie_word_embeddings=False), dict(enabled=False)),
+    "leakyrelu-subln-weightless-G32": (dict(hidden_act="leaky_relu", subln=True, rms_norm_weights=False),
+                                       dict(group_size=32)),
+    "leakyrelu2-fusedqkv-zeroinit-untied-pertensor": (
+        dict(hidden_act="leaky_relu2", leaky_relu_slope=0.2, fused_qkv=True, zero_init_output_proj=True,
+             zero_init_lm_head=True, tie_word_embeddings=False, embed_init_std=0.05), dict(group_size=0)),
+    "fused-qkv-gateup-act8-G64": (dict(fused_qkv=True, fused_gate_up=True), dict(group_size=64, activation_bits=8)),
+    "fused-qkv-gateup-pertensor-embed-head": (dict(fused_qkv=True, fused_gate_up=True),
+                                              dict(group_size=0, targets=ALL_TARGETS)),
 }
 # A short list for the slower suites (training steps): one row per parameter-set shape.
 FAST_VARIANTS = ["gqa-tied-silu-G64", "mha-untied-relu2-G32", "float-gqa-untied", "subln-gqa-silu-G64"]
