@@ -244,6 +244,9 @@ def inexpressible(m: "ModelConfig", fmt: str) -> list[str]:
             for o in non_default(m) if fmt not in o.exporters]
 
 
+_INIT_WORDS = {"zeros": "starts at zero", "ones": "starts at one", "option_std": "starts as N(0, value)"}
+
+
 def _param_cell(o: ModelOption) -> str:
     """`name`s the option adds, then "removes ..." and "init ...: name" for its edits."""
     def names(xs) -> str:
@@ -253,7 +256,7 @@ def _param_cell(o: ModelOption) -> str:
     edits = [e for v in values for e in o.edits(v)]
     parts.append("removes " + names(e.suffix for e in edits if e.remove) if any(e.remove for e in edits) else "")
     for init in sorted({e.init for e in edits if e.init}):
-        parts.append(f"init {init}: " + names(e.suffix for e in edits if e.init == init))
+        parts.append(f"{_INIT_WORDS.get(init, 'init ' + init)}: " + names(e.suffix for e in edits if e.init == init))
     return "; ".join(p for p in parts if p) or "-"
 
 
