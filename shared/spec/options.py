@@ -188,7 +188,7 @@ OPTIONS: tuple[ModelOption, ...] = (
                 OURS, "no logit soft-cap", check=_positive_or_none("the cap c"), example=30.0),
     ModelOption("rms_norm_weights", bool, True,
                 "false: every RMSNorm is weightless, x / sqrt(mean(x^2) + eps) (parameter-golf's norms)",
-                OURS, "every RMSNorm has a gain (unit gains would be exact, but no exporter writes them)", edits=lambda v: () if v else _NORM_GAINS, example=False),
+                OURS, "every RMSNorm has a gain; unit gains would be exact, but no exporter writes them", edits=lambda v: () if v else _NORM_GAINS, example=False),
     ModelOption("embed_norm", bool, False,
                 "a weightless RMSNorm on the embedding output; its output is also residual_mix's x0",
                 OURS, "no norm on the embedding output", example=True),

@@ -168,3 +168,30 @@ def test_model_options_reach_both_backends_the_same_way():
     b.load_numpy(w)
     ids = np.random.default_rng(1).integers(0, 256, (2, 20))
     assert np.abs(mlx_logits(a, ids) - torch_logits(b, ids)).max() < 1e-5
+
+
+def test_init_and_speed_options_export_to_hf_and_weightless_norms_are_refused(tmp_path, capsys):
+    """Options that change only the initialisation or the speed are expressible everywhere: the hf
+    export writes the model's tensors as they are. A weightless model is refused by name."""
+    from safetensors.numpy import load_file
+
+    from convert.cli import main
+    from shared.spec.checkpoint import write_checkpoint
+    cfg = tiny_config(ternary=dict(enabled=False), tie_word_embeddings=False, fused_qkv=True, fused_gate_up=True,
+                      zero_init_output_proj=True, zero_init_lm_head=True, embed_init_std=0.05)
+    w = varied_weights(cfg, init_weights(cfg.model, seed=0), np.random.default_rng(0))
+    write_checkpoint(tmp_path / "ck", cfg, w, writer={"backend": "test"})
+    assert main(["convert", str(tmp_path / "ck"), "--to", "hf", "--out", str(tmp_path / "hf")]) == 0, \
+        capsys.readouterr().err
+    exported = {}
+    for f in sorted((tmp_path / "hf").glob("*.safetensors")):
+        exported.update(load_file(str(f)))
+    assert sorted(exported) == sorted(w) and all(np.array_equal(exported[k], w[k]) for k in w)
+
+    bare = tiny_config(ternary=dict(enabled=False), rms_norm_weights=False)
+    write_checkpoint(tmp_path / "bare", bare, init_weights(bare.model, seed=0), writer={"backend": "test"})
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "bare"), "--to", "hf", "--out", str(tmp_path / "hf2")]) == 2
+    err = capsys.readouterr().err
+    assert "model.rms_norm_weights = False" in err and err.startswith("ternary: error:")
+    assert not (tmp_path / "hf2").exists()
