@@ -133,9 +133,11 @@ class DecoderLayer(nn.Module):
             self.attn_scale = nn.Parameter(torch.ones(m.hidden_size))
             self.mlp_scale = nn.Parameter(torch.ones(m.hidden_size))
 
-    def forward(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, x0: torch.Tensor | None = None) -> torch.Tensor:
         """x: the residual stream; x0: the embedding output (read by residual_mix only)."""
         if self.residual_mix:
+            if x0 is None:
+                raise ValueError("model.residual_mix: a layer needs x0, the embedding output")
             x = self.resid_mix[0] * x + self.resid_mix[1] * x0
         a = self.self_attn(self.input_layernorm(x))  # residuals around pre-normed blocks (S1, S2)
         h = x + (self.attn_scale * a if self.branch_scales else a)

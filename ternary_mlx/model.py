@@ -126,9 +126,11 @@ class DecoderLayer(nn.Module):
         if m.branch_scales:
             self.attn_scale, self.mlp_scale = mx.ones((m.hidden_size,)), mx.ones((m.hidden_size,))
 
-    def __call__(self, x: mx.array, x0: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, x0: mx.array | None = None) -> mx.array:
         """x: the residual stream; x0: the embedding output (read by residual_mix only)."""
         if self.residual_mix:
+            if x0 is None:
+                raise ValueError("model.residual_mix: a layer needs x0, the embedding output")
             x = self.resid_mix[0] * x + self.resid_mix[1] * x0
         a = self.self_attn(self.input_layernorm(x))  # residuals around pre-normed blocks (S1, S2)
         h = x + (self.attn_scale * a if self.branch_scales else a)

@@ -135,7 +135,8 @@ _NORM_GAINS = (ParamEdit("input_layernorm.weight", remove=True),
                  for n in ("q_norm", "k_norm", "attn_sub_norm")),
                ParamEdit("mlp.ffn_sub_norm.weight", remove=True, must_exist=False),
                ParamEdit("model.norm.weight", scope="model", remove=True))
-_ZERO_OUTPUT_PROJ = (ParamEdit("self_attn.o_proj.weight", init="zeros"), ParamEdit("mlp.down_proj.weight", init="zeros"))
+_ZERO_OUTPUT_PROJ = (ParamEdit("self_attn.o_proj.weight", init="zeros"),
+                     ParamEdit("mlp.down_proj.weight", init="zeros"))
 _ZERO_HEAD = (ParamEdit("lm_head.weight", scope="model", init="zeros"),)
 _EMBED_STD = (ParamEdit("model.embed_tokens.weight", scope="model", init="option_std"),)
 HIDDEN_ACTS = ("silu", "relu2", "relu", "leaky_relu", "leaky_relu2")

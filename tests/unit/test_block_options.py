@@ -41,7 +41,8 @@ def test_pg_baseline_like_config_builds_and_matches_the_reference():
                                                                              "model.skip_weights"]
     assert specs["model.skip_weights"].shape == (2, 64) and specs["model.skip_weights"].role == "control"
     w0 = init_weights(cfg.model, seed=1)
-    assert not w0["model.layers.3.self_attn.o_proj.weight"].any() and not w0["model.layers.3.mlp.down_proj.weight"].any()
+    assert not w0["model.layers.3.self_attn.o_proj.weight"].any()
+    assert not w0["model.layers.3.mlp.down_proj.weight"].any()
     assert abs(w0["model.embed_tokens.weight"].std() / 0.005 - 1) < 0.05
     ids = np.random.default_rng(4).integers(0, 256, (2, 33))
     for cls, run in ((MLXModel, mlx_logits), (TorchModel, torch_logits)):
