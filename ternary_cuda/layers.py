@@ -115,24 +115,39 @@ class TernaryEmbedding(TernaryLinear):
         return TernaryLinear.forward(self, x)
 
 
+def fused_linear(x: torch.Tensor, parts: list[TernaryLinear]) -> list[torch.Tensor]:
+    """[part(x) for part in parts] as one matmul over the concatenated effective weights (speed
+    only: each part is projected with its own scales, so the math is that of the parts)."""
+    first = parts[0]
+    if any((p.ternary, p.activation_bits) != (first.ternary, first.activation_bits) for p in parts):
+        raise ValueError("fused projections must agree on ternary and activation_bits")
+    if first.ternary and first.activation_bits:  # the parts would quantize the same x the same way
+        x = quantize_activations(x, first.activation_bits, first.eps)
+    y = F.linear(x, torch.cat([p.effective_weight() for p in parts], dim=0))
+    return list(torch.split(y, [p.weight.shape[0] for p in parts], dim=-1))
+
+
 class RMSNorm(nn.Module):
-    def __init__(self, dims: int, eps: float = 1e-6):
+    """x / sqrt(mean(x^2) + eps) * weight; `weighted=False`: no weight (no parameter at all)."""
+
+    def __init__(self, dims: int, eps: float = 1e-6, weighted: bool = True):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones((dims,)))
-        self.eps = eps
+        if weighted:
+            self.weight = nn.Parameter(torch.ones((dims,)))
+        self.weighted, self.eps = weighted, eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        return self.weight * x32.to(x.dtype) if self.weighted else x32.to(x.dtype)
 
 
 class SubLN(RMSNorm):
     """BitNet's sub-norm (before o_proj / down_proj), blended in by the quantization warm-up:
     x + lam * (rms_norm(x) - x). lam = 1 is the plain RMSNorm; lam = 0 leaves the model unchanged."""
 
-    def __init__(self, dims: int, eps: float = 1e-6):
-        super().__init__(dims, eps)
+    def __init__(self, dims: int, eps: float = 1e-6, weighted: bool = True):
+        super().__init__(dims, eps, weighted)
         self._quant_lambda = 1.0  # set through Model.set_quant_lambda, with the ternary weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

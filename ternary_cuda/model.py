@@ -1,10 +1,12 @@
 """The ternary decoder-only transformer in PyTorch (mirrors ternary_mlx/model.py).
 
 Qwen3 layout with Hugging Face names: pre-norm blocks with residuals, grouped-query attention with
-optional per-head q/k RMSNorm and non-interleaved RoPE, SwiGLU or relu^2 MLP, tied or untied head,
-optional logit soft-cap. With `ternary.enabled = false` it is exactly Qwen3ForCausalLM. The
-parameter-golf ternary record's options (factored embedding, vocab bias, polynomial soft-cap, ramped
-RoPE, norms before the output projections) are in shared/spec/options.py.
+optional per-head q/k RMSNorm and non-interleaved RoPE, SwiGLU or a gateless (leaky) ReLU(^2) MLP,
+tied or untied head, optional logit soft-cap; parameter-golf's block options (weightless norms, an
+embedding norm, U-Net skips, residual mix, branch scales). With `ternary.enabled = false` and the
+default options it is exactly Qwen3ForCausalLM.
+The ternary record's options (factored embedding, vocab bias, polynomial soft-cap, ramped RoPE,
+norms before the output projections) are in shared/spec/options.py too.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from shared.spec.config import RunConfig
 from shared.data.checks import check_token_ids
 from shared.spec.init import init_weights
 from shared.spec.params import parameter_shapes, ternary_parameters
-from ternary_cuda.layers import RMSNorm, SubLN, TernaryEmbedding, TernaryLinear
+from ternary_cuda.layers import RMSNorm, SubLN, TernaryEmbedding, TernaryLinear, fused_linear
 
 
 def _linear(cfg: RunConfig, d_in: int, d_out: int) -> TernaryLinear:
@@ -84,22 +86,25 @@ class Attention(nn.Module):
         self.v_proj = _linear(cfg, m.hidden_size, self.n_kv_heads * self.head_dim)
         self.o_proj = _linear(cfg, self.n_heads * self.head_dim, m.hidden_size)
         if m.qk_norm:
-            self.q_norm = RMSNorm(self.head_dim, m.rms_norm_eps)
-            self.k_norm = RMSNorm(self.head_dim, m.rms_norm_eps)
+            self.q_norm = RMSNorm(self.head_dim, m.rms_norm_eps, m.rms_norm_weights)
+            self.k_norm = RMSNorm(self.head_dim, m.rms_norm_eps, m.rms_norm_weights)
         self.qk_norm = m.qk_norm
         if m.subln:
-            self.attn_sub_norm = SubLN(self.n_heads * self.head_dim, m.rms_norm_eps)
+            self.attn_sub_norm = SubLN(self.n_heads * self.head_dim, m.rms_norm_eps, m.rms_norm_weights)
         self.subln = m.subln
         if m.qk_gain is not None:  # values come from the parameter spec's init (shared/spec/init.py)
             self.q_gain = nn.Parameter(torch.ones(self.n_heads))
         self.has_q_gain = m.qk_gain is not None
         self.out_proj_norm_eps = m.rms_norm_eps if m.out_proj_norm else None
+        self.fused_qkv = m.fused_qkv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).reshape(B, T, self.n_heads, self.head_dim)
-        k = self.k_proj(x).reshape(B, T, self.n_kv_heads, self.head_dim)
-        v = self.v_proj(x).reshape(B, T, self.n_kv_heads, self.head_dim)
+        parts = [self.q_proj, self.k_proj, self.v_proj]
+        q, k, v = fused_linear(x, parts) if self.fused_qkv else [p(x) for p in parts]
+        q = q.reshape(B, T, self.n_heads, self.head_dim)
+        k = k.reshape(B, T, self.n_kv_heads, self.head_dim)
+        v = v.reshape(B, T, self.n_kv_heads, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (a.transpose(1, 2) for a in (q, k, v))  # (B, heads, T, head_dim)
@@ -118,13 +123,13 @@ class MLP(nn.Module):
     def __init__(self, cfg: RunConfig):
         super().__init__()
         m = cfg.model
-        self.act = m.hidden_act
+        self.act, self.slope, self.fused_gate_up = m.hidden_act, m.leaky_relu_slope, m.fused_gate_up
         if self.act == "silu":
             self.gate_proj = _linear(cfg, m.hidden_size, m.intermediate_size)
         self.up_proj = _linear(cfg, m.hidden_size, m.intermediate_size)
         self.down_proj = _linear(cfg, m.intermediate_size, m.hidden_size)
         if m.subln:
-            self.ffn_sub_norm = SubLN(m.intermediate_size, m.rms_norm_eps)
+            self.ffn_sub_norm = SubLN(m.intermediate_size, m.rms_norm_eps, m.rms_norm_weights)
         self.subln = m.subln
         self.out_proj_norm_eps = m.rms_norm_eps if m.out_proj_norm else None
 
@@ -135,21 +140,43 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.act == "silu":
-            return self._down(F.silu(self.gate_proj(x)) * self.up_proj(x))
-        return self._down(torch.square(F.relu(self.up_proj(x))))
+            parts = [self.gate_proj, self.up_proj]
+            gate, up = fused_linear(x, parts) if self.fused_gate_up else [p(x) for p in parts]
+            return self._down(F.silu(gate) * up)
+        u = self.up_proj(x)
+        if self.act in ("relu", "relu2"):
+            u = F.relu(u)
+        else:  # leaky_relu, leaky_relu2
+            u = F.leaky_relu(u, negative_slope=self.slope)
+        return self._down(torch.square(u) if self.act.endswith("2") else u)
 
 
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: RunConfig):
         super().__init__()
-        self.input_layernorm = RMSNorm(cfg.model.hidden_size, cfg.model.rms_norm_eps)
+        m = cfg.model
+        self.input_layernorm = RMSNorm(m.hidden_size, m.rms_norm_eps, m.rms_norm_weights)
         self.self_attn = Attention(cfg)
-        self.post_attention_layernorm = RMSNorm(cfg.model.hidden_size, cfg.model.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(m.hidden_size, m.rms_norm_eps, m.rms_norm_weights)
         self.mlp = MLP(cfg)
+        self.residual_mix, self.branch_scales = m.residual_mix, m.branch_scales
+        # values come from the parameter specs' init (shared/spec/init.py)
+        if m.residual_mix:
+            self.resid_mix = nn.Parameter(torch.zeros((2, m.hidden_size)))
+        if m.branch_scales:
+            self.attn_scale = nn.Parameter(torch.ones(m.hidden_size))
+            self.mlp_scale = nn.Parameter(torch.ones(m.hidden_size))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x + self.self_attn(self.input_layernorm(x))  # residuals around pre-normed blocks (S1, S2)
-        return h + self.mlp(self.post_attention_layernorm(h))
+    def forward(self, x: torch.Tensor, x0: torch.Tensor | None = None) -> torch.Tensor:
+        """x: the residual stream; x0: the embedding output (read by residual_mix only)."""
+        if self.residual_mix:
+            if x0 is None:
+                raise ValueError("model.residual_mix: a layer needs x0, the embedding output")
+            x = self.resid_mix[0] * x + self.resid_mix[1] * x0
+        a = self.self_attn(self.input_layernorm(x))  # residuals around pre-normed blocks (S1, S2)
+        h = x + (self.attn_scale * a if self.branch_scales else a)
+        f = self.mlp(self.post_attention_layernorm(h))
+        return h + (self.mlp_scale * f if self.branch_scales else f)
 
 
 class Decoder(nn.Module):
@@ -167,14 +194,26 @@ class Decoder(nn.Module):
             self.vocab_bias = nn.Parameter(torch.zeros(m.vocab_size))
         self.has_vocab_bias = m.vocab_bias
         self.layers = nn.ModuleList([DecoderLayer(cfg) for _ in range(m.num_hidden_layers)])
-        self.norm = RMSNorm(m.hidden_size, m.rms_norm_eps)
+        self.norm = RMSNorm(m.hidden_size, m.rms_norm_eps, m.rms_norm_weights)
+        self.embed_norm = RMSNorm(m.hidden_size, m.rms_norm_eps, weighted=False) if m.embed_norm else None
+        # U-Net: the first L // 2 layers are the encoder (see shared/spec/options.py)
+        self.n_encoder = m.num_hidden_layers // 2 if m.unet_skips else 0
+        if m.unet_skips:
+            self.skip_weights = nn.Parameter(torch.ones(parameter_shapes(m)["model.skip_weights"]))
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
         if self.factored:
             x = self.embed_proj(x)
-        for layer in self.layers:
-            x = layer(x)
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
+        x0, skips = x, []
+        for i, layer in enumerate(self.layers):
+            if i >= self.n_encoder and skips:  # decoder layer j = i - n_encoder pops the latest push
+                x = x + self.skip_weights[i - self.n_encoder] * skips.pop()
+            x = layer(x, x0)
+            if i < self.n_encoder:
+                skips.append(x)
         return self.norm(x)
 
 

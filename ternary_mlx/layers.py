@@ -1,6 +1,8 @@
 """Ternary building blocks in MLX (mirrors ternary_cuda/layers.py; math in shared/spec/ternary.py)."""
 from __future__ import annotations
 
+import itertools
+
 import mlx.core as mx
 import mlx.nn as nn
 
@@ -109,22 +111,38 @@ class TernaryEmbedding(TernaryLinear):
         return TernaryLinear.__call__(self, x)
 
 
+def fused_linear(x: mx.array, parts: list[TernaryLinear]) -> list[mx.array]:
+    """[part(x) for part in parts] as one matmul over the concatenated effective weights (speed
+    only: each part is projected with its own scales, so the math is that of the parts)."""
+    first = parts[0]
+    if any((p.ternary, p.activation_bits) != (first.ternary, first.activation_bits) for p in parts):
+        raise ValueError("fused projections must agree on ternary and activation_bits")
+    if first.ternary and first.activation_bits:  # the parts would quantize the same x the same way
+        x = quantize_activations(x, first.activation_bits, first.eps)
+    y = x @ mx.concatenate([p.effective_weight() for p in parts], axis=0).T
+    ends = list(itertools.accumulate(p.weight.shape[0] for p in parts))
+    return mx.split(y, ends[:-1], axis=-1)
+
+
 class RMSNorm(nn.Module):
-    def __init__(self, dims: int, eps: float = 1e-6):
+    """x / sqrt(mean(x^2) + eps) * weight; `weighted=False`: no weight (no parameter at all)."""
+
+    def __init__(self, dims: int, eps: float = 1e-6, weighted: bool = True):
         super().__init__()
-        self.weight = mx.ones((dims,))
-        self.eps = eps
+        if weighted:
+            self.weight = mx.ones((dims,))
+        self.weighted, self.eps = weighted, eps
 
     def __call__(self, x: mx.array) -> mx.array:
-        return mx.fast.rms_norm(x, self.weight, self.eps)
+        return mx.fast.rms_norm(x, self.weight if self.weighted else None, self.eps)
 
 
 class SubLN(RMSNorm):
     """BitNet's sub-norm (before o_proj / down_proj), blended in by the quantization warm-up:
     x + lam * (rms_norm(x) - x). lam = 1 is the plain RMSNorm; lam = 0 leaves the model unchanged."""
 
-    def __init__(self, dims: int, eps: float = 1e-6):
-        super().__init__(dims, eps)
+    def __init__(self, dims: int, eps: float = 1e-6, weighted: bool = True):
+        super().__init__(dims, eps, weighted)
         self._quant_lambda = 1.0  # set through Model.set_quant_lambda, with the ternary weights
 
     def __call__(self, x: mx.array) -> mx.array:

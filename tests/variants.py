@@ -72,6 +72,23 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "float-record-tied-embed16-poly1.5-ramp2-headdim32": (
         dict(embed_dim=16, final_logit_softcapping=1.5, final_logit_softcapping_type="poly",
              rope_ramp_factor=2.0, head_dim=32), dict(enabled=False)),
+    # parameter-golf's block options. 5 layers: two U-Net skips popped last in, first out, and a
+    # last decoder layer with none left.
+    "pg-block-L5-weightless-unet-mix-scales-relu2-G64": (
+        dict(num_hidden_layers=5, rms_norm_weights=False, embed_norm=True, unet_skips=True, residual_mix=True,
+             branch_scales=True, hidden_act="relu2", qk_gain=1.5, final_logit_softcapping=30.0),
+        dict(group_size=64)),
+    "float-relu-embednorm-mix-scales-untied": (
+        dict(hidden_act="relu", embed_norm=True, residual_mix=True, branch_scales=True, qk_norm=False,
+             tie_word_embeddings=False), dict(enabled=False)),
+    "leakyrelu-subln-weightless-G32": (dict(hidden_act="leaky_relu", subln=True, rms_norm_weights=False),
+                                       dict(group_size=32)),
+    "leakyrelu2-fusedqkv-zeroinit-untied-pertensor": (
+        dict(hidden_act="leaky_relu2", leaky_relu_slope=0.2, fused_qkv=True, zero_init_output_proj=True,
+             zero_init_lm_head=True, tie_word_embeddings=False, embed_init_std=0.05), dict(group_size=0)),
+    "fused-qkv-gateup-act8-G64": (dict(fused_qkv=True, fused_gate_up=True), dict(group_size=64, activation_bits=8)),
+    "fused-qkv-gateup-pertensor-embed-head": (dict(fused_qkv=True, fused_gate_up=True),
+                                              dict(group_size=0, targets=ALL_TARGETS)),
 }
 # A short list for the slower suites (training steps): one row per parameter-set shape. (The tied
 # record row with a ternary embedding is not here: by its fourth step one down_proj weight that sits

@@ -248,6 +248,8 @@ class RunConfig:
         from shared.spec.options import OPTIONS, combination_problem
         for opt in OPTIONS:
             problem = opt.check(getattr(m, opt.key))
+            if not problem and not opt.is_default(getattr(m, opt.key)):
+                problem = opt.requires(getattr(m, opt.key), m)
             if problem:
                 raise ConfigError(f"model.{opt.key}: {problem}")
         problem = combination_problem(m)

@@ -7,12 +7,15 @@ its option fields from it, `shared.spec.params` builds the parameter list from t
 non-default value that is not in its `exporters` set (an allowlist: a new option is refused
 everywhere until a format declares it can express it).
 
+An option can also change parameters it does not add (`edits`, `ParamEdit`): remove one (a
+weightless RMSNorm has no gain) or give it another init rule (zero-initialised projections).
+
 To add an option: one `ModelOption` row here, the forward pass in both model files and in
 `shared/spec/reference_model.py`, and a row in `tests/variants.py`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
@@ -43,10 +46,27 @@ class ParamRule:
     shape: Callable[["ModelConfig"], tuple[int, ...]]
     role: str
     after: str
-    init: str = "normal"  # "normal" (N(0, initializer_range)), "ones", "zeros" or "option" (the value)
+    # "normal" (N(0, initializer_range)), "ones", "zeros", "option" (the value) or "first_row_ones"
+    # (row 0 ones, the other rows zeros: a mix that starts as the identity on its first input)
+    init: str = "normal"
     target: str | None = None  # the ternary target it belongs to (ternary.targets), if any
     scope: str = "layer"
     when: Callable[["ModelConfig"], bool] | None = None  # present only where this holds (another option)
+
+
+@dataclass(frozen=True)
+class ParamEdit:
+    """A change an option makes to a parameter it does not add (the base layout's or another option's),
+    named as in ParamRule. `remove`: the model has no such parameter (e.g. a weightless norm's gain).
+    `init`: its init rule instead of its own: "zeros", "ones", or "option_std" (normal with the
+    option's value as the standard deviation). Edits apply after every rule is placed, so the
+    canonical order, and the random stream of every parameter before the first removed one, stay.
+    `must_exist`: an edit of a parameter the model lacks is an error (false: nothing to do)."""
+    suffix: str
+    scope: str = "layer"
+    remove: bool = False
+    init: str | None = None
+    must_exist: bool = True
 
 
 @dataclass(frozen=True)
@@ -58,8 +78,12 @@ class ModelOption:
     exporters: frozenset     # formats that can express a non-default value
     why_not: str = ""        # what the other formats lack (named in their refusal)
     check: Callable[[Any], str | None] = lambda v: None  # an error message for a bad value
+    # an error message for a non-default value that the rest of the model config does not allow
+    requires: Callable[[Any, "ModelConfig"], str | None] = lambda v, m: None
     params: Callable[[Any], tuple[ParamRule, ...]] = lambda v: ()  # parameters for a value
+    edits: Callable[[Any], tuple[ParamEdit, ...]] = lambda v: ()  # changes to other parameters
     example: Any = None      # a non-default value, for the option table and the tests
+    example_needs: dict = field(default_factory=dict)  # other model fields `example` requires
 
     def is_default(self, value: Any) -> bool:
         return value == self.default
@@ -112,15 +136,59 @@ _VOCAB_BIAS = ParamRule("model.vocab_bias", lambda m: (m.vocab_size,), CONTROL, 
 def _embed_dim_params(value) -> tuple[ParamRule, ...]:
     return () if value is None else (_EMBED_PROJ, _EMBED_PROJ_REV)
 
+_SKIPS = ParamRule("model.skip_weights", lambda m: (_skip_count(m), m.hidden_size), CONTROL,
+                   after="model.embed_tokens.weight", init="ones", scope="model")
+_RESID_MIX = ParamRule("resid_mix", lambda m: (2, m.hidden_size), CONTROL, after="mlp.down_proj.weight",
+                       init="first_row_ones")
+_BRANCH_SCALES = (ParamRule("attn_scale", lambda m: (m.hidden_size,), CONTROL, after="self_attn.o_proj.weight",
+                            init="ones"),
+                  ParamRule("mlp_scale", lambda m: (m.hidden_size,), CONTROL, after="mlp.down_proj.weight",
+                            init="ones"))
+# Every RMSNorm gain; the optional ones (q/k-norm, SubLN) go only where the model has them.
+_NORM_GAINS = (ParamEdit("input_layernorm.weight", remove=True),
+               ParamEdit("post_attention_layernorm.weight", remove=True),
+               *(ParamEdit(f"self_attn.{n}.weight", remove=True, must_exist=False)
+                 for n in ("q_norm", "k_norm", "attn_sub_norm")),
+               ParamEdit("mlp.ffn_sub_norm.weight", remove=True, must_exist=False),
+               ParamEdit("model.norm.weight", scope="model", remove=True))
+_ZERO_OUTPUT_PROJ = (ParamEdit("self_attn.o_proj.weight", init="zeros"),
+                     ParamEdit("mlp.down_proj.weight", init="zeros"))
+_ZERO_HEAD = (ParamEdit("lm_head.weight", scope="model", init="zeros"),)
+_EMBED_STD = (ParamEdit("model.embed_tokens.weight", scope="model", init="option_std"),)
+HIDDEN_ACTS = ("silu", "relu2", "relu", "leaky_relu", "leaky_relu2")
+LEAKY_ACTS = ("leaky_relu", "leaky_relu2")
+
+
+def _skip_count(m) -> int:
+    """U-Net skips: the first L // 2 layers push, the rest pop; one weight per pairing."""
+    L = m.num_hidden_layers
+    return min(L // 2, L - L // 2)
+
+
+def _needs(ok: Callable[[Any], bool], what: str):
+    return lambda v, m: None if ok(m) else what
+
+
+def _slope(v) -> str | None:
+    return None if isinstance(v, (int, float)) and 0 < v < 1 else f"must be in (0, 1), got {v!r}"
+
+
 # In table order; rules placed at the same `after` keep this order.
 OPTIONS: tuple[ModelOption, ...] = (
     ModelOption("tie_word_embeddings", bool, True,
                 "the LM head reads model.embed_tokens.weight; false adds lm_head.weight",
                 EVERYWHERE, params=lambda v: () if v else (_HEAD,), example=False),
     ModelOption("hidden_act", str, "silu",
-                "silu: SwiGLU MLP down(silu(gate(x)) * up(x)); relu2: down(relu(up(x))^2), no gate_proj",
-                OURS, "a SwiGLU MLP only", check=_one_of("silu", "relu2"),
+                "silu: SwiGLU MLP down(silu(gate(x)) * up(x)); without gate_proj: relu2 down(relu(up(x))^2), "
+                "relu down(relu(up(x))), leaky_relu down(leaky(up(x))), leaky_relu2 down(leaky(up(x))^2), "
+                "leaky(u) = max(u, slope * u)",
+                OURS, "a SwiGLU MLP only", check=_one_of(*HIDDEN_ACTS),
                 params=lambda v: (_GATE,) if v == "silu" else (), example="relu2"),
+    ModelOption("leaky_relu_slope", float, 0.01,
+                "the negative slope of hidden_act leaky_relu / leaky_relu2",
+                OURS, "no leaky ReLU MLP", check=_slope,
+                requires=_needs(lambda m: m.hidden_act in LEAKY_ACTS, "applies to hidden_act leaky_relu or "
+                                "leaky_relu2 only"), example=0.5, example_needs=dict(hidden_act="leaky_relu")),
     ModelOption("subln", bool, False,
                 "BitNet sub-norms before o_proj and down_proj, blended in by the ternary warm-up lambda",
                 OURS, "no sub-norms before o_proj / down_proj", params=lambda v: _SUBLN if v else (), example=True),
@@ -135,6 +203,49 @@ OPTIONS: tuple[ModelOption, ...] = (
     ModelOption("final_logit_softcapping", float | None, None,
                 "logits = c * tanh(logits / c) (Gemma-2's key name; final_logit_softcapping_type picks the curve)",
                 OURS, "no logit soft-cap", check=_positive_or_none("the cap c"), example=30.0),
+    ModelOption("rms_norm_weights", bool, True,
+                "false: every RMSNorm is weightless, x / sqrt(mean(x^2) + eps) (parameter-golf's norms)",
+                OURS, "every RMSNorm has a gain; unit gains would be exact, but no exporter writes them",
+                edits=lambda v: () if v else _NORM_GAINS, example=False),
+    ModelOption("embed_norm", bool, False,
+                "a weightless RMSNorm on the embedding output; its output is also residual_mix's x0",
+                OURS, "no norm on the embedding output", example=True),
+    ModelOption("unet_skips", bool, False,
+                "the first L // 2 layers push their outputs; decoder layer i first adds "
+                "skip_weights[i] * pop() (last in, first out) while any are left",
+                OURS, "no skip connections between layers", params=lambda v: (_SKIPS,) if v else (),
+                requires=_needs(lambda m: m.num_hidden_layers >= 2, "needs model.num_hidden_layers >= 2"),
+                example=True),
+    ModelOption("residual_mix", bool, False,
+                "each layer starts with x = resid_mix[0] * x + resid_mix[1] * x0 (x0: the embedding output)",
+                OURS, "no mix of the embedding into each layer", params=lambda v: (_RESID_MIX,) if v else (),
+                example=True),
+    ModelOption("branch_scales", bool, False,
+                "x + attn_scale * attn(norm(x)) and x + mlp_scale * mlp(norm(x)), per channel",
+                OURS, "no scales on the attention / MLP branches", params=lambda v: _BRANCH_SCALES if v else (),
+                example=True),
+    ModelOption("zero_init_output_proj", bool, False,
+                "o_proj and down_proj start at zero (initialisation only)",
+                EVERYWHERE, edits=lambda v: _ZERO_OUTPUT_PROJ if v else (), example=True),
+    ModelOption("zero_init_lm_head", bool, False,
+                "the untied lm_head starts at zero (initialisation only)",
+                EVERYWHERE, edits=lambda v: _ZERO_HEAD if v else (),
+                requires=_needs(lambda m: not m.tie_word_embeddings, "the head is tied (model.tie_word_embeddings"
+                                " = true): there is no lm_head.weight"),
+                example=True, example_needs=dict(tie_word_embeddings=False)),
+    ModelOption("embed_init_std", float | None, None,
+                "model.embed_tokens.weight starts as N(0, std) instead of N(0, initializer_range)",
+                EVERYWHERE, check=_positive_or_none("the standard deviation"),
+                edits=lambda v: () if v is None else _EMBED_STD, example=0.005),
+    ModelOption("fused_qkv", bool, False,
+                "speed only: one matmul over the concatenated effective q/k/v weights (each keeps its own "
+                "ternary scales, also per tensor at group_size 0: the same math)",
+                EVERYWHERE, example=True),
+    ModelOption("fused_gate_up", bool, False,
+                "speed only: one matmul over the concatenated effective gate/up weights (each keeps its own "
+                "ternary scales, also per tensor at group_size 0: the same math)",
+                EVERYWHERE, requires=_needs(lambda m: m.hidden_act == "silu", "needs hidden_act silu "
+                                            "(the other MLPs have no gate_proj)"), example=True),
     # ---- the parameter-golf ternary record's model (issue #10) ----
     ModelOption("embed_dim", int | None, None,
                 "the record's factored embedding: model.embed_tokens.weight is (vocab, embed_dim), "
@@ -148,7 +259,8 @@ OPTIONS: tuple[ModelOption, ...] = (
     ModelOption("final_logit_softcapping_type", str, "tanh",
                 "tanh: c * tanh(z / c); poly: the record's c * clamp(u - u^3/3 + u^5/15, -1, 1), "
                 "u = clamp(z / c, -2, 2); needs model.final_logit_softcapping",
-                OURS, "a tanh soft-cap only", check=_one_of("tanh", "poly"), example="poly"),
+                OURS, "a tanh soft-cap only", check=_one_of("tanh", "poly"), example="poly",
+                example_needs=dict(final_logit_softcapping=30.0)),
     ModelOption("rope_ramp_factor", float | None, None,
                 "parameter-golf's ROPE_TYPE=yarn (not Hugging Face's YaRN: no attention temperature, no "
                 "wavelength bands): inv_freq_j /= 1 + ramp_j * (factor - 1), "
@@ -185,12 +297,27 @@ def inexpressible(m: "ModelConfig", fmt: str) -> list[str]:
             for o in non_default(m) if fmt not in o.exporters]
 
 
+_INIT_WORDS = {"zeros": "starts at zero", "ones": "starts at one", "option_std": "starts as N(0, value)"}
+
+
+def _param_cell(o: ModelOption) -> str:
+    """`name`s the option adds, then "removes ..." and "init ...: name" for its edits."""
+    def names(xs) -> str:
+        return ", ".join(f"`{n}`" for n in sorted(set(xs)))
+    values = (o.default, o.example)
+    parts = [names(r.suffix for v in values for r in o.params(v))]
+    edits = [e for v in values for e in o.edits(v)]
+    parts.append("removes " + names(e.suffix for e in edits if e.remove) if any(e.remove for e in edits) else "")
+    for init in sorted({e.init for e in edits if e.init}):
+        parts.append(f"{_INIT_WORDS.get(init, 'init ' + init)}: " + names(e.suffix for e in edits if e.init == init))
+    return "; ".join(p for p in parts if p) or "-"
+
+
 def option_table_markdown() -> str:
     """The option table for docs/design.md (tests check that the document carries this table)."""
-    rows = ["| key | default | parameters it adds | exported by | meaning |", "| --- | --- | --- | --- | --- |"]
+    rows = ["| key | default | parameters it adds or changes | exported by | meaning |",
+            "| --- | --- | --- | --- | --- |"]
     for o in OPTIONS:
-        names = sorted({r.suffix for v in (o.default, o.example) for r in o.params(v)})
         fmts = ", ".join(f for f in EXPORT_FORMATS if f in o.exporters)
-        rows.append(f"| `model.{o.key}` | `{o.default!r}` | {', '.join(f'`{n}`' for n in names) or '-'} "
-                    f"| {fmts} | {o.doc} |")
+        rows.append(f"| `model.{o.key}` | `{o.default!r}` | {_param_cell(o)} | {fmts} | {o.doc} |")
     return "\n".join(rows)

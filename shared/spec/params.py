@@ -9,6 +9,7 @@ specs, and nothing guesses what a tensor is from its name or its number of dimen
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,8 +29,8 @@ class ParamSpec:
     name: str
     shape: tuple[int, ...]
     role: str
-    init: str           # "normal" (N(0, initializer_range)), "ones", "zeros" or "constant"
-    init_value: float   # the value of a "constant" init
+    init: str           # "normal", "ones", "zeros", "constant" or "first_row_ones" (shared/spec/init.py)
+    init_value: float   # the value of a "constant" init, the standard deviation of a "normal" one
     target: str | None  # ternary target ("attn", "mlp", "embed", "lm_head"), or None: always float
 
     @property
@@ -89,18 +90,44 @@ def _place(base: tuple[ParamRule, ...], scope: str, m: "ModelConfig") -> list[tu
     return out
 
 
+def _edit(placed: list[tuple[ParamRule, object]], scope: str, m: "ModelConfig") -> list[tuple[ParamRule, object]]:
+    """`placed` with every option's edits of `scope` applied: parameters removed, init rules replaced
+    (an edited init reads its own option's value, as "option" and "option_std" do)."""
+    out = list(placed)
+    for opt in OPTIONS:
+        value = getattr(m, opt.key)
+        for e in opt.edits(value):
+            if e.scope != scope:
+                continue
+            at = [i for i, (r, _) in enumerate(out) if r.suffix == e.suffix]
+            if not at:
+                if e.must_exist:
+                    raise ValueError(f"option model.{opt.key}: this model has no {e.suffix}")
+                continue
+            r, _ = out[at[0]]
+            if e.remove:
+                del out[at[0]]
+            elif e.init:
+                out[at[0]] = (dataclasses.replace(r, init=e.init), value)
+    return out
+
+
 def _spec(name: str, r: ParamRule, m: "ModelConfig", option_value) -> ParamSpec:
     init, value = r.init, 0.0
     if init == "option":  # the option's value is the initial value (model.qk_gain = 1.5)
         init, value = "constant", float(option_value)
+    elif init == "option_std":  # the option's value is the standard deviation (model.embed_init_std)
+        init, value = "normal", float(option_value)
+    elif init == "normal":
+        value = float(m.initializer_range)
     return ParamSpec(name, tuple(r.shape(m)), r.role, init, value, r.target)
 
 
 def parameter_specs(m: "ModelConfig") -> dict[str, ParamSpec]:
     """Every parameter of the model, in canonical order (the order of shared/spec/init.py's streams)."""
-    (embed, _), *rest = _place(_BASE_MODEL, "model", m)
-    layer = _place(_BASE_LAYER, "layer", m)
-    out = {embed.suffix: _spec(embed.suffix, embed, m, None)}
+    (embed, embed_value), *rest = _edit(_place(_BASE_MODEL, "model", m), "model", m)
+    layer = _edit(_place(_BASE_LAYER, "layer", m), "layer", m)
+    out = {embed.suffix: _spec(embed.suffix, embed, m, embed_value)}
     for i in range(m.num_hidden_layers):
         for r, value in layer:
             name = f"model.layers.{i}.{r.suffix}"

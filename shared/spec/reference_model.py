@@ -10,19 +10,26 @@ The model (Qwen3 layout, Hugging Face names; see shared/spec/params.py for param
 
     x = E_used[ids]                                          embedding lookup
     x = x @ P.T                                              with model.embed_dim: embed_proj P (hidden, embed_dim)
+    optional x = RMSNorm(x) without gain (embed_norm);  x0 = x
     per layer:  x = x + Attn(RMSNorm(x));  x = x + MLP(RMSNorm(x))     pre-norm, residuals
     logits = RMSNorm(x) @ H_used.T,  H = E (tied) or lm_head   (tied with embed_dim: (RMSNorm(x) @ R.T) @ E.T,
                                                               R = embed_proj_rev (embed_dim, hidden))
     logits = logits + b (model.vocab_bias), then the optional soft-cap: c * tanh(logits / c), or the
     record's polynomial c * clamp(u - u^3/3 + u^5/15, -1, 1), u = clamp(logits / c, -2, 2)
 
-RMSNorm(x) = x / sqrt(mean(x^2) + eps) * g. Attention: grouped-query (query head h reads key/value
-head h // (heads / kv_heads), as Hugging Face's repeat_kv), optional per-head RMSNorm of q and k,
-non-interleaved RoPE (frequencies optionally ramped, model.rope_ramp_factor), causal
-softmax(q k^T / sqrt(head_dim)). MLP: SwiGLU down(silu(gate x) * up x)
-or relu^2 down(relu(up x)^2). SubLN (BitNet) inserts RMSNorms before o_proj and down_proj, blended
-in as x + lambda * (RMSNorm(x) - x); model.out_proj_norm puts a weightless RMSNorm (gain 1, no blend)
-at the same place.
+RMSNorm(x) = x / sqrt(mean(x^2) + eps) * g (no g with rms_norm_weights = false). Attention:
+grouped-query (query head h reads key/value head h // (heads / kv_heads), as Hugging Face's
+repeat_kv), optional per-head RMSNorm of q and k, non-interleaved RoPE, causal
+softmax(q k^T / sqrt(head_dim)). MLP: SwiGLU down(silu(gate x) * up x), or gateless down(a(up x))
+with a = relu^2, relu, leaky relu or leaky relu^2. SubLN (BitNet) inserts RMSNorms before o_proj and
+down_proj, blended in as x + lambda * (RMSNorm(x) - x); model.out_proj_norm puts a weightless RMSNorm
+(gain 1, no blend) at the same place. RoPE frequencies are optionally ramped (model.rope_ramp_factor).
+
+parameter-golf's block options: residual_mix starts each layer with x = m0 * x + m1 * x0;
+branch_scales scales the two branches per channel (x + s_a * Attn(..), x + s_m * MLP(..)); with
+unet_skips the first L // 2 layers push their outputs on a stack and decoder layer j first adds
+skip_weights[j] * pop() while the stack is not empty. fused_qkv / fused_gate_up change only how a
+backend computes the same projections, so they do not appear here.
 
 Ternary projection (DESIGN 3.2): the codes q and scales s come from shared/spec/ternary.py in float32,
 bit for bit as the backends compute them (they decide which side of a rounding boundary each weight
@@ -148,9 +155,15 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
     return (p / p.sum(axis=-1, keepdims=True)) @ v
 
 
-def sub_norm(x: np.ndarray, gain: np.ndarray, eps: float, lam: float) -> np.ndarray:
-    """SubLN blended in by the quantization warm-up: x + lam * (RMSNorm(x) - x)."""
-    return x + lam * (rms_norm(x, gain, eps) - x)
+def norm(x: np.ndarray, name: str, fp: "_Pass") -> np.ndarray:
+    """The RMSNorm whose gain is `name`; weightless (gain 1, no tensor) with rms_norm_weights = false."""
+    m = fp.cfg.model
+    return rms_norm(x, fp.w[name] if m.rms_norm_weights else 1.0, m.rms_norm_eps)
+
+
+def sub_norm(x: np.ndarray, name: str, fp: "_Pass") -> np.ndarray:
+    """SubLN (gain `name`) blended in by the quantization warm-up: x + lam * (RMSNorm(x) - x)."""
+    return x + fp.lam * (norm(x, name, fp) - x)
 
 
 # ---- blocks ----------------------------------------------------------------------------------------
@@ -163,8 +176,7 @@ def attention_block(x: np.ndarray, p: str, fp: _Pass) -> np.ndarray:
     k = linear(x, p + "self_attn.k_proj.weight", fp).reshape(B, T_, H_kv, D)
     v = linear(x, p + "self_attn.v_proj.weight", fp).reshape(B, T_, H_kv, D)
     if m.qk_norm:  # Qwen3: per head, over head_dim, before RoPE
-        q = rms_norm(q, w[p + "self_attn.q_norm.weight"], m.rms_norm_eps)
-        k = rms_norm(k, w[p + "self_attn.k_norm.weight"], m.rms_norm_eps)
+        q, k = norm(q, p + "self_attn.q_norm.weight", fp), norm(k, p + "self_attn.k_norm.weight", fp)
     q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))  # (B, heads, T, D)
     q, k = rope(q, m.rope_theta, m.rope_ramp_factor), rope(k, m.rope_theta, m.rope_ramp_factor)
     if m.qk_gain is not None:  # q_h <- g_h * q_h, one learned gain per query head, after RoPE
@@ -172,35 +184,60 @@ def attention_block(x: np.ndarray, p: str, fp: _Pass) -> np.ndarray:
     o = causal_attention(q, k, v)
     o = o.transpose(0, 2, 1, 3).reshape(B, T_, H * D)  # heads concatenated, head-major
     if m.subln:
-        o = sub_norm(o, w[p + "self_attn.attn_sub_norm.weight"], m.rms_norm_eps, fp.lam)
+        o = sub_norm(o, p + "self_attn.attn_sub_norm.weight", fp)
     if m.out_proj_norm:
         o = rms_norm(o, 1.0, m.rms_norm_eps)
     return linear(o, p + "self_attn.o_proj.weight", fp)
 
 
 def mlp_block(x: np.ndarray, p: str, fp: _Pass) -> np.ndarray:
-    """SwiGLU down(silu(gate x) * up x) or relu^2 down(relu(up x)^2); x (B, T, hidden)."""
+    """SwiGLU down(silu(gate x) * up x) or down(a(up x)) for a gateless activation a; x (B, T, hidden)."""
     m = fp.cfg.model
     up = linear(x, p + "mlp.up_proj.weight", fp)  # (B, T, intermediate)
     if m.hidden_act == "silu":
         gate = linear(x, p + "mlp.gate_proj.weight", fp)
         h = gate / (1.0 + np.exp(-gate)) * up  # silu(g) = g * sigmoid(g)
-    elif m.hidden_act == "relu2":
-        h = np.maximum(up, 0.0) ** 2
+    elif m.hidden_act in ("relu", "relu2"):
+        h = np.maximum(up, 0.0)
+    elif m.hidden_act in ("leaky_relu", "leaky_relu2"):
+        h = np.where(up >= 0.0, up, m.leaky_relu_slope * up)
     else:  # validate() rejects others; an unknown one must not pass silently
         raise ValueError(f"unsupported hidden_act {m.hidden_act!r}")
+    if m.hidden_act.endswith("2"):  # relu2, leaky_relu2: squared
+        h = h * h
     if m.subln:
-        h = sub_norm(h, fp.w[p + "mlp.ffn_sub_norm.weight"], m.rms_norm_eps, fp.lam)
+        h = sub_norm(h, p + "mlp.ffn_sub_norm.weight", fp)
     if m.out_proj_norm:
         h = rms_norm(h, 1.0, m.rms_norm_eps)
     return linear(h, p + "mlp.down_proj.weight", fp)
 
 
-def decoder_layer(x: np.ndarray, i: int, fp: _Pass) -> np.ndarray:
-    """Pre-norm block: the residual stream x (B, T, hidden) is never normed itself."""
-    p, eps, w = f"model.layers.{i}.", fp.cfg.model.rms_norm_eps, fp.w
-    x = x + attention_block(rms_norm(x, w[p + "input_layernorm.weight"], eps), p, fp)
-    return x + mlp_block(rms_norm(x, w[p + "post_attention_layernorm.weight"], eps), p, fp)
+def decoder_layer(x: np.ndarray, x0: np.ndarray, i: int, fp: _Pass) -> np.ndarray:
+    """Pre-norm block: the residual stream x (B, T, hidden) is never normed itself. x0: the
+    embedding output, mixed in by residual_mix."""
+    m, p, w = fp.cfg.model, f"model.layers.{i}.", fp.w
+    if m.residual_mix:
+        mix = w[p + "resid_mix"]  # (2, hidden)
+        x = mix[0] * x + mix[1] * x0
+    attn = attention_block(norm(x, p + "input_layernorm.weight", fp), p, fp)
+    x = x + (w[p + "attn_scale"] * attn if m.branch_scales else attn)
+    mlp = mlp_block(norm(x, p + "post_attention_layernorm.weight", fp), p, fp)
+    return x + (w[p + "mlp_scale"] * mlp if m.branch_scales else mlp)
+
+
+def layers(x: np.ndarray, fp: _Pass) -> np.ndarray:
+    """Every layer in turn, with unet_skips' encoder pushes and decoder pops (last in, first out)."""
+    m = fp.cfg.model
+    L = m.num_hidden_layers
+    n_enc = L // 2 if m.unet_skips else 0
+    x0, stack = x, []
+    for i in range(L):
+        if i >= n_enc and stack:
+            x = x + fp.w["model.skip_weights"][i - n_enc] * stack.pop()
+        x = decoder_layer(x, x0, i, fp)
+        if i < n_enc:
+            stack.append(x)
+    return x
 
 
 def reference_forward(cfg: RunConfig, weights: dict[str, np.ndarray], input_ids: np.ndarray,
@@ -222,9 +259,9 @@ def reference_forward(cfg: RunConfig, weights: dict[str, np.ndarray], input_ids:
     x = fp.w["model.embed_tokens.weight"][ids]  # (B, T, embed width); a lookup: no activation quantization
     if m.embed_dim is not None:
         x = linear(x, "model.embed_proj.weight", fp)  # (B, T, hidden)
-    for i in range(m.num_hidden_layers):
-        x = decoder_layer(x, i, fp)
-    x = rms_norm(x, fp.w["model.norm.weight"], m.rms_norm_eps)
+    if m.embed_norm:
+        x = rms_norm(x, 1.0, m.rms_norm_eps)  # weightless
+    x = norm(layers(x, fp), "model.norm.weight", fp)
     return head_logits(x, fp), fp.margin
 
 

@@ -21,6 +21,26 @@ def torch_logits(model, ids: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(np.asarray(ids, np.int64))).float().numpy()
 
 
+def varied_weights(cfg, weights: dict[str, np.ndarray], rng: np.random.Generator,
+                   gains: bool = True) -> dict[str, np.ndarray]:
+    """`weights` made informative for a comparison. With `gains`, every norm gain and control tensor
+    becomes uniform in [0.5, 1.5]: unit gains would hide a swapped norm, and a zero row (resid_mix's
+    x0 row) an input that is never read. Every tensor whose init is zeros (a zero-initialised
+    projection) becomes N(0, initializer_range): a zero projection hides everything before it.
+    Draws follow the order of `weights`, one per changed tensor."""
+    from shared.spec.options import CONTROL, NORM
+    from shared.spec.params import parameter_specs
+    specs, out = parameter_specs(cfg.model), {}
+    for k, v in weights.items():
+        if gains and specs[k].role in (NORM, CONTROL):
+            out[k] = rng.uniform(0.5, 1.5, v.shape).astype(np.float32)
+        elif specs[k].init == "zeros":
+            out[k] = (rng.standard_normal(v.shape) * cfg.model.initializer_range).astype(np.float32)
+        else:
+            out[k] = v
+    return out
+
+
 def next_token_ce(logits: np.ndarray, ids: np.ndarray) -> float:
     """Mean next-token cross-entropy in float64 (logits[:, :-1] predict ids[:, 1:])."""
     lg = logits[:, :-1].astype(np.float64)

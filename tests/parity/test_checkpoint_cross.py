@@ -14,7 +14,7 @@ from ternary_mlx.model import Model as MLXModel
 
 from tests.variants import VARIANTS, variant_config
 
-from .helpers import mlx_logits, record, torch_logits
+from .helpers import mlx_logits, record, torch_logits, varied_weights
 
 BACKENDS = {
     "mlx": (MLXModel, mlx_ckpt, mlx_logits),
@@ -28,7 +28,7 @@ def _random_model(kind: str, cfg, seed: int):
     m = cls(cfg, seed=seed)
     rng = np.random.default_rng(seed)
     w = {k: (v * rng.uniform(0.5, 2.0, v.shape).astype(np.float32)) for k, v in m.numpy_weights().items()}
-    m.load_numpy(w)
+    m.load_numpy(varied_weights(cfg, w, rng, gains=False))  # and no zero-initialised projection left
     return m
 
 

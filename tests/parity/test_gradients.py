@@ -17,7 +17,7 @@ from ternary_mlx.model import Model as MLXModel
 
 from tests.variants import VARIANTS, tiny_config, variant_config
 
-from .helpers import record
+from .helpers import record, varied_weights
 
 
 def mlx_grads(model, ids: np.ndarray):
@@ -44,6 +44,10 @@ def torch_grads(model, ids: np.ndarray):
 def _check_gradients(name, cfg, lam):
     """MLX and torch models of `cfg` (same seed, quantization lambda `lam`): loss and every gradient agree."""
     m_mlx, m_torch = MLXModel(cfg, seed=5), TorchModel(cfg, seed=5)
+    # at the seed's init, but no zero projection (nothing before one would get a gradient)
+    w = varied_weights(cfg, m_mlx.numpy_weights(), np.random.default_rng(6), gains=False)
+    m_mlx.load_numpy(w)
+    m_torch.load_numpy(w)
     m_mlx.set_quant_lambda(lam)
     m_torch.set_quant_lambda(lam)
     ids = np.random.default_rng(1).integers(0, cfg.model.vocab_size, (2, 33))

@@ -14,7 +14,7 @@ from ternary_mlx.model import Model as MLXModel
 
 from tests.variants import VARIANTS, variant_config
 
-from .helpers import mlx_logits, next_token_ce, record, torch_logits
+from .helpers import mlx_logits, next_token_ce, record, torch_logits, varied_weights
 
 SEQ_LENS = [1, 7, 64]
 
@@ -28,8 +28,7 @@ def build_pair(name: str, seed: int = 3, **ternary_extra):
         assert w_mlx[k].dtype == w_torch[k].dtype == np.float32, k
         assert np.array_equal(w_mlx[k].view(np.uint32), w_torch[k].view(np.uint32)), k
     # Random (not unit) norm gains, so q_norm / k_norm / layernorm mix-ups would show.
-    rng = np.random.default_rng(seed + 100)
-    w = {k: (rng.uniform(0.5, 1.5, v.shape).astype(np.float32) if v.ndim == 1 else v) for k, v in w_mlx.items()}
+    w = varied_weights(cfg, w_mlx, np.random.default_rng(seed + 100))
     m_mlx.load_numpy(w)
     m_torch.load_numpy(w)
     return cfg, m_mlx, m_torch

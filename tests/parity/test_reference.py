@@ -31,7 +31,7 @@ import pytest
 from shared.spec.reference_model import reference_forward, reference_logits
 from tests.variants import VARIANTS, variant_config
 
-from .helpers import mlx_logits, record, torch_logits
+from .helpers import mlx_logits, record, torch_logits, varied_weights
 
 TOL = 1e-5
 SEQ_LENS = [1, 7, 64]
@@ -61,16 +61,15 @@ def _torch_one_thread():
 
 @functools.cache
 def _build(name: str, backend: str):
-    """(cfg, weights, model): the shared seed's weights with random norm gains, loaded into `backend`."""
+    """(cfg, weights, model): the shared seed's weights with random norm gains and controls (and no
+    zero projections), loaded into `backend`."""
     cfg = variant_config(name)
     if backend == "mlx":
         from ternary_mlx.model import Model
     else:
         from ternary_cuda.model import Model
     model = Model(cfg, seed=3)
-    rng = np.random.default_rng(103)
-    weights = {k: (rng.uniform(0.5, 1.5, v.shape).astype(np.float32) if v.ndim == 1 else v)
-               for k, v in model.numpy_weights().items()}
+    weights = varied_weights(cfg, model.numpy_weights(), np.random.default_rng(103))
     model.load_numpy(weights)
     back = model.numpy_weights()  # the reference and the backend must read the very same bits
     assert all(np.array_equal(back[k].view(np.uint32), weights[k].view(np.uint32)) for k in weights)
