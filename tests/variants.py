@@ -59,6 +59,9 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
         dict(group_size=0, targets=ALL_TARGETS)),
     "float-gqa-untied-no-qknorm": (dict(tie_word_embeddings=False, qk_norm=False), dict(enabled=False)),
     "qkgain1.5-gqa-G64": (dict(qk_gain=1.5), dict(group_size=64)),
+    # ternary.float_qat = "fp8": the float embedding and head pass through e4m3 rounding
+    "fp8qat-gqa-untied-G64": (dict(tie_word_embeddings=False), dict(group_size=64, float_qat="fp8")),
+    "fp8qat-float-tied": (dict(), dict(enabled=False, float_qat="fp8")),
 }
 # A short list for the slower suites (training steps): one row per parameter-set shape.
 FAST_VARIANTS = ["gqa-tied-silu-G64", "mha-untied-relu2-G32", "float-gqa-untied", "subln-gqa-silu-G64"]
