@@ -33,6 +33,7 @@ from shared.spec.config import ConfigError, RunConfig
 from shared.data.dataset import TokenDataset
 from shared.data.loader import TokenLoader
 from shared.spec.params import parameter_shapes, ternary_parameters
+from shared.train.evaluation import CALIBRATION_TOKENS
 from shared.train.schedule import batch_shape_at, check_batch_schedule, tokens_through
 
 # Tokens per parameter below which a run is data-starved. Compute-optimal LMs see ~20; the smoke
@@ -282,7 +283,11 @@ class _Loop:
     def evaluate(self) -> dict:
         t, dataset = self.t, self.dataset
         e0 = time.perf_counter()
-        ev = self.trainer.evaluate(dataset.val, dataset.tokenizer, t.eval_tokens)
+        if t.temperature_scaling:  # the temperature is chosen on training tokens (shared/train/evaluation.py)
+            calibration = dataset.train[:min(CALIBRATION_TOKENS, t.eval_tokens) + 1]  # no more than val scores
+            ev = self.trainer.evaluate(dataset.val, dataset.tokenizer, t.eval_tokens, calibration_tokens=calibration)
+        else:
+            ev = self.trainer.evaluate(dataset.val, dataset.tokenizer, t.eval_tokens)
         ev_time = time.perf_counter() - e0
         self.result.eval_time_s += ev_time
         self.t0 += ev_time  # evaluation is not training time
@@ -296,7 +301,9 @@ class _Loop:
         self.result.evals.append(ev)
         self.write({"eval": ev})
         self.log(f"step {self.step}: val_loss {ev['val_loss']:.4f}  val_bpb {ev['val_bpb']:.4f}"
-                 + (f"  (entropy gap {ev['entropy_gap_bpb']:+.4f})" if "entropy_gap_bpb" in ev else ""))
+                 + (f"  (entropy gap {ev['entropy_gap_bpb']:+.4f})" if "entropy_gap_bpb" in ev else "")
+                 + (f"  tempered (T={ev['temperature']:g}): val_loss {ev['val_loss_tempered']:.4f}  "
+                    f"val_bpb {ev['val_bpb_tempered']:.4f}" if "temperature" in ev else ""))
         return ev
 
 
