@@ -71,6 +71,29 @@ def ternary_weight(w: torch.Tensor, group_size: int, eps: float = EPS,
     return straight_through(w32, wt).to(w.dtype)
 
 
+def round_e4m3(x: torch.Tensor) -> torch.Tensor:
+    """float32 -> nearest float8 e4m3fn value, float32 (shared.spec.ternary.round_e4m3): torch's cast."""
+    return x.float().to(torch.float8_e4m3fn).to(torch.float32)
+
+
+def fp8_weight(w: torch.Tensor) -> torch.Tensor:
+    """ternary.float_qat = "fp8": the forward uses round_e4m3(W), the gradient goes straight to W."""
+    w32 = w.float()
+    with torch.no_grad():
+        used = round_e4m3(w32)
+    return straight_through(w32, used).to(w.dtype)
+
+
+def mark_float_qat(model, names: list[str], fmt: str | None) -> None:
+    """Give the weights `names` (shared.spec.params.float_qat_parameters) the float QAT `fmt`."""
+    modules = dict(model.named_modules())
+    for name in names:
+        mod = modules.get(name.removesuffix(".weight"))
+        if not isinstance(mod, TernaryLinear):
+            raise ValueError(f"{name}: ternary.float_qat covers it but the model has no TernaryLinear for it")
+        mod.float_qat = fmt
+
+
 def quantize_activations(x: torch.Tensor, bits: int = 8, eps: float = EPS) -> torch.Tensor:
     """Per-token absmax fake quantization with a straight-through gradient."""
     qmax = float(2 ** (bits - 1) - 1)
@@ -93,10 +116,11 @@ class TernaryLinear(nn.Module):
         self.ternary, self.group_size, self.eps = ternary, group_size, eps
         self.activation_bits = activation_bits
         self._quant_lambda = 1.0  # set through Model.set_quant_lambda; '_' keeps it out of the parameters
+        self.float_qat: str | None = None  # "fp8" (layers.mark_float_qat): a float weight rounded to e4m3
 
     def effective_weight(self) -> torch.Tensor:
         if not self.ternary:
-            return self.weight
+            return fp8_weight(self.weight) if self.float_qat == "fp8" else self.weight
         return ternary_weight(self.weight, self.group_size, self.eps, self._quant_lambda)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Next-token cross-entropy in PyTorch (mirrors ternary_mlx/loss.py)."""
+"""Next-token cross-entropy (and the z-loss) in PyTorch (mirrors ternary_mlx/loss.py)."""
 from __future__ import annotations
 
 import torch
@@ -10,6 +10,20 @@ from shared.data.checks import check_token_ids
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy in nats, float32; logits (B, T, V), targets (B, T) aligned per position."""
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="mean")
+
+
+def z_loss_term(logits: torch.Tensor) -> torch.Tensor:
+    """mean(logsumexp(logits)^2) over positions, float32: the z-loss (PaLM; parameter-golf's record
+    adds 1e-4 of it). It pulls the softmax normaliser towards 1 without changing the argmax."""
+    lse = torch.logsumexp(logits.float(), dim=-1)
+    return torch.mean(lse * lse)
+
+
+def with_z_loss(loss: torch.Tensor, logits: torch.Tensor,
+                coefficient: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(objective, loss, z) with z = coefficient * z_loss_term(logits) and objective = loss + z."""
+    z = coefficient * z_loss_term(logits)
+    return loss + z, loss, z
 
 
 def next_token_loss(model, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -19,8 +19,8 @@ from shared.spec.checkpoint import check_tensor_set
 from shared.spec.config import RunConfig
 from shared.data.checks import check_token_ids
 from shared.spec.init import init_weights
-from shared.spec.params import parameter_shapes, ternary_parameters
-from ternary_cuda.layers import RMSNorm, SubLN, TernaryEmbedding, TernaryLinear, fused_linear
+from shared.spec.params import float_qat_parameters, parameter_shapes, ternary_parameters
+from ternary_cuda.layers import RMSNorm, SubLN, TernaryEmbedding, TernaryLinear, fused_linear, mark_float_qat
 
 
 def _linear(cfg: RunConfig, d_in: int, d_out: int) -> TernaryLinear:
@@ -237,6 +237,7 @@ class Model(nn.Module):
         self.softcap_type = m.final_logit_softcapping_type
         self.check_ids = True  # trainers that validate ids on the host switch this off (no device sync)
         mark_ternary(self, ternary_parameters(config))
+        mark_float_qat(self, float_qat_parameters(config), config.ternary.float_qat)
         self.load_numpy(weights if weights is not None else init_weights(m, seed), device)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from shared.spec.ternary import quant_lambda
 from shared.train.trainer_common import TrainerCommon
 from ternary_cuda import checkpoint, parallel
 from ternary_cuda.evaluate import evaluate
-from ternary_cuda.loss import cross_entropy, distillation_loss
+from ternary_cuda.loss import cross_entropy, distillation_loss, with_z_loss
 from ternary_cuda.model import Model
 from ternary_cuda.optim import Optimizer
 
@@ -67,36 +67,45 @@ class Trainer(TrainerCommon):
             teacher.eval()
             teacher.to(self.device)
 
-    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.teacher is None:
-            return cross_entropy(self.forward(x), y)
-        with torch.no_grad():
-            teacher_logits = self.teacher(x)
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(objective to differentiate, [loss] or with train.z_loss [loss, z])."""
         t = self.config.train
-        return distillation_loss(self.forward(x), y, teacher_logits, t.distill_alpha, t.distill_temperature)
+        logits = self.forward(x)
+        if self.teacher is None:
+            loss = cross_entropy(logits, y)
+        else:
+            with torch.no_grad():
+                teacher_logits = self.teacher(x)
+            loss = distillation_loss(logits, y, teacher_logits, t.distill_alpha, t.distill_temperature)
+        if not t.z_loss:
+            return loss, [loss]
+        objective, loss, z = with_z_loss(loss, logits, t.z_loss)
+        return objective, [loss, z]
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         a = np.asarray(a)  # (ascontiguousarray alone makes 0-d scalars 1-d, which DTensor warns about)
         return torch.from_numpy(np.ascontiguousarray(a).reshape(a.shape)).to(self.device, non_blocking=True)
 
     def step(self, windows: np.ndarray, step: int):
-        """One optimizer step on (grad_accum, batch, seq_len + 1) windows; returns lazy (loss, grad_norm)."""
+        """One optimizer step on (grad_accum, batch, seq_len + 1) windows; returns lazy (loss, grad_norm),
+        or (loss, grad_norm, z_loss) with train.z_loss."""
         xs, ys = inputs_and_targets(windows.reshape(-1, windows.shape[-1]))
         shape = windows.shape[:2] + (windows.shape[-1] - 1,)
         xs, ys = self._tensor(xs.reshape(shape).astype(np.int64)), self._tensor(ys.reshape(shape).astype(np.int64))
         scalars = {k: self._tensor(v) for k, v in step_scalars(step, self.config.train).items()}
         if self.dynamic_lambda:
             self._set_lambda(quant_lambda(step, self.config.ternary.warmup_steps))
-        loss = None
+        reported = None  # [loss] or, with the z-loss, [loss, z]
         n = xs.shape[0]
         for a in range(n):  # gradient accumulation: sum, then divide once
             with parallel.grad_sync(self.wrapped, last=a == n - 1):  # ranks reduce gradients once per step
                 with parallel.autocast(self.bf16):
-                    la = self._loss(xs[a], ys[a])
-                la.backward()
-            loss = la.detach() if loss is None else loss + la.detach()
+                    objective, parts = self._loss(xs[a], ys[a])
+                objective.backward()
+            parts = [p.detach() for p in parts]
+            reported = parts if reported is None else [r + p for r, p in zip(reported, parts)]
         with torch.no_grad():
-            loss = loss / xs.shape[0]
+            reported = [r / xs.shape[0] for r in reported]
             grads = {k: p.grad for k, p in self.params.items()}
             if xs.shape[0] > 1:  # x / 1 == x: no extra full pass over the gradients without accumulation
                 grads = {k: g / xs.shape[0] for k, g in grads.items()}
@@ -111,7 +120,7 @@ class Trainer(TrainerCommon):
                 p.grad = None
         if self.dynamic_lambda:  # evaluation between steps sees the lambda of the steps done
             self._set_lambda(quant_lambda(step + 1, self.config.ternary.warmup_steps))
-        return loss, gnorm
+        return (reported[0], gnorm, *reported[1:])
 
     def _set_lambda(self, lam: float) -> None:
         if hasattr(self, "_lambda"):
@@ -120,14 +129,15 @@ class Trainer(TrainerCommon):
             self.model.set_quant_lambda(lam)
 
     def fetch(self, handles: list) -> list[tuple[float, float]]:
-        """Host sync: (loss, grad_norm) floats for the pending steps, in one transfer. The loss is
-        the mean over all ranks (one all-reduce); the gradient norm is already global."""
+        """Host sync: (loss, grad_norm[, z_loss]) floats for the pending steps, in one transfer. The
+        losses are means over all ranks (one all-reduce); the gradient norm is already global."""
         if not handles:
             return []
-        stacked = torch.stack([torch.stack([loss, gn]) for loss, gn in handles])
-        stacked[:, 0] = parallel.mean_(stacked[:, 0].contiguous())
+        stacked = torch.stack([torch.stack(list(h)) for h in handles])
+        losses = [0] + list(range(2, stacked.shape[1]))
+        stacked[:, losses] = parallel.mean_(stacked[:, losses].contiguous())
         flat = stacked.cpu().tolist()
-        return [(float(a), float(b)) for a, b in flat]
+        return [tuple(float(v) for v in row) for row in flat]
 
     def agree(self, flag: bool) -> bool:
         """The loop's decisions (stop, early stop, NaN) taken by every rank alike (SEEDS S12)."""

@@ -69,6 +69,30 @@ def ternary_weight(w: mx.array, group_size: int, eps: float = EPS, lam: float | 
     return straight_through(w32, mx.stop_gradient(wt)).astype(w.dtype)
 
 
+def round_e4m3(x: mx.array) -> mx.array:
+    """float32 -> nearest float8 e4m3fn value, float32 (shared.spec.ternary.round_e4m3): MLX's own
+    fp8 conversion, except that it turns NaN into 448 where torch (and the spec) keep NaN."""
+    x32 = x.astype(mx.float32)
+    r = mx.from_fp8(mx.to_fp8(x32), dtype=mx.float32)
+    return mx.where(mx.isnan(x32), x32, r)
+
+
+def fp8_weight(w: mx.array) -> mx.array:
+    """ternary.float_qat = "fp8": the forward uses round_e4m3(W), the gradient goes straight to W."""
+    w32 = w.astype(mx.float32)
+    return straight_through(w32, mx.stop_gradient(round_e4m3(w32))).astype(w.dtype)
+
+
+def mark_float_qat(model, names: list[str], fmt: str | None) -> None:
+    """Give the weights `names` (shared.spec.params.float_qat_parameters) the float QAT `fmt`."""
+    modules = dict(model.named_modules())
+    for name in names:
+        mod = modules.get(name.removesuffix(".weight"))
+        if not isinstance(mod, TernaryLinear):
+            raise ValueError(f"{name}: ternary.float_qat covers it but the model has no TernaryLinear for it")
+        mod.float_qat = fmt
+
+
 def quantize_activations(x: mx.array, bits: int = 8, eps: float = EPS) -> mx.array:
     """Per-token absmax fake quantization with a straight-through gradient."""
     qmax = float(2 ** (bits - 1) - 1)
@@ -89,10 +113,11 @@ class TernaryLinear(nn.Module):
         self.ternary, self.group_size, self.eps = ternary, group_size, eps
         self.activation_bits = activation_bits
         self._quant_lambda = 1.0  # set through Model.set_quant_lambda; '_' keeps it out of the parameters
+        self.float_qat: str | None = None  # "fp8" (layers.mark_float_qat): a float weight rounded to e4m3
 
     def effective_weight(self) -> mx.array:
         if not self.ternary:
-            return self.weight
+            return fp8_weight(self.weight) if self.float_qat == "fp8" else self.weight
         return ternary_weight(self.weight, self.group_size, self.eps, self._quant_lambda)
 
     def __call__(self, x: mx.array) -> mx.array:

@@ -1,4 +1,4 @@
-"""Next-token cross-entropy in MLX (mirrors ternary_cuda/loss.py)."""
+"""Next-token cross-entropy (and the z-loss) in MLX (mirrors ternary_cuda/loss.py)."""
 from __future__ import annotations
 
 import mlx.core as mx
@@ -11,6 +11,19 @@ from shared.data.checks import check_token_ids
 def cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
     """Mean cross-entropy in nats, float32; logits (B, T, V), targets (B, T) aligned per position."""
     return nn.losses.cross_entropy(logits.astype(mx.float32), targets, reduction="mean")
+
+
+def z_loss_term(logits: mx.array) -> mx.array:
+    """mean(logsumexp(logits)^2) over positions, float32: the z-loss (PaLM; parameter-golf's record
+    adds 1e-4 of it). It pulls the softmax normaliser towards 1 without changing the argmax."""
+    lse = mx.logsumexp(logits.astype(mx.float32), axis=-1)
+    return mx.mean(lse * lse)
+
+
+def with_z_loss(loss: mx.array, logits: mx.array, coefficient: float) -> tuple[mx.array, mx.array, mx.array]:
+    """(objective, loss, z) with z = coefficient * z_loss_term(logits) and objective = loss + z."""
+    z = coefficient * z_loss_term(logits)
+    return loss + z, loss, z
 
 
 def next_token_loss(model, input_ids: mx.array, targets: mx.array) -> mx.array:

@@ -13,11 +13,11 @@ import mlx.core as mx
 import numpy as np
 
 from shared.spec.config import TrainConfig
-from shared.train.optim_rules import NS_COEFFS, NS_STEPS, muon_scale, slots_for, uses_muon, uses_weight_decay
+from shared.train.optim_rules import NS_COEFFS, muon_scale, slots_for, uses_muon, weight_decay_of
 from shared.spec.params import ParamSpec
 
 
-def newton_schulz(g: mx.array) -> mx.array:
+def newton_schulz(g: mx.array, steps: int = 5) -> mx.array:
     """Approximate orthogonalisation of a 2-D gradient (Muon's quintic iteration), float32."""
     a, b, c = NS_COEFFS
     x = g.astype(mx.float32)
@@ -25,7 +25,7 @@ def newton_schulz(g: mx.array) -> mx.array:
     tall = x.shape[0] > x.shape[1]
     if tall:
         x = x.T
-    for _ in range(NS_STEPS):
+    for _ in range(steps):
         A = x @ x.T
         B = b * A + c * (A @ A)
         x = a * x + B @ x
@@ -53,24 +53,25 @@ class Optimizer:
 
     def apply(self, params: dict[str, mx.array], grads: dict[str, mx.array],
               s: dict[str, mx.array]) -> dict[str, mx.array]:
-        """One update; `s` holds lr_adam, lr_muon, bc1, bc2 (bias corrections) as scalar arrays."""
+        """One update; `s` holds shared.train.optim_rules.step_scalars as scalar arrays: lr_<group>
+        (each parameter's rate by its spec's group), momentum and one_minus_momentum (Muon), bc1, bc2."""
         t, st, out = self.t, self.state, {}
         for name, p in params.items():
             g = grads[name]
-            decay = uses_weight_decay(self.specs[name], t)
-            if uses_muon(self.specs[name], t):
-                buf = t.muon_momentum * st[f"{name}.momentum"] + (1 - t.muon_momentum) * g
+            spec = self.specs[name]
+            decay, lr = weight_decay_of(spec, t), s[f"lr_{spec.group}"]
+            if uses_muon(spec, t):
+                mu = s["momentum"]
+                buf = mu * st[f"{name}.momentum"] + s["one_minus_momentum"] * g
                 st[f"{name}.momentum"] = buf
-                update = newton_schulz(g + t.muon_momentum * (buf - g)) * muon_scale(self.specs[name].shape)
-                lr = s["lr_muon"]
+                update = newton_schulz(g + mu * (buf - g), t.muon_ns_steps) * muon_scale(spec.shape)
             else:
                 m = t.beta1 * st[f"{name}.exp_avg"] + (1 - t.beta1) * g
                 v = t.beta2 * st[f"{name}.exp_avg_sq"] + (1 - t.beta2) * (g * g)
                 st[f"{name}.exp_avg"], st[f"{name}.exp_avg_sq"] = m, v
                 update = (m / s["bc1"]) / (mx.sqrt(v / s["bc2"]) + t.adam_eps)
-                lr = s["lr_adam"]
             if decay:
-                p = p * (1 - lr * t.weight_decay)
+                p = p * (1 - lr * decay)
             out[name] = p - lr * update
             if f"{name}.ema" in st:
                 st[f"{name}.ema"] = t.ema_decay * st[f"{name}.ema"] + (1 - t.ema_decay) * out[name]

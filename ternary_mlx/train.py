@@ -23,7 +23,7 @@ from shared.spec.ternary import quant_lambda
 from shared.train.trainer_common import TrainerCommon
 from ternary_mlx import checkpoint, parallel
 from ternary_mlx.evaluate import evaluate
-from ternary_mlx.loss import cross_entropy, distillation_loss
+from ternary_mlx.loss import cross_entropy, distillation_loss, with_z_loss
 from ternary_mlx.model import Model
 from ternary_mlx.optim import Optimizer
 
@@ -55,11 +55,17 @@ class Trainer(TrainerCommon):
             teacher.check_ids = False
             teacher.freeze()
 
-        def loss_fn(x: mx.array, y: mx.array) -> mx.array:
+        z_coef = t.z_loss
+
+        def loss_fn(x: mx.array, y: mx.array):
+            """The loss, or with train.z_loss (objective, loss, z): value_and_grad differentiates the first."""
+            logits = model(x)
             if teacher is None:
-                return cross_entropy(model(x), y)
-            teacher_logits = mx.stop_gradient(teacher(x))
-            return distillation_loss(model(x), y, teacher_logits, t.distill_alpha, t.distill_temperature)
+                loss = cross_entropy(logits, y)
+            else:
+                teacher_logits = mx.stop_gradient(teacher(x))
+                loss = distillation_loss(logits, y, teacher_logits, t.distill_alpha, t.distill_temperature)
+            return with_z_loss(loss, logits, z_coef) if z_coef else loss
 
         loss_and_grad = nn.value_and_grad(model, loss_fn)
         clip = config.train.grad_clip
@@ -67,18 +73,20 @@ class Trainer(TrainerCommon):
         def step_fn(xs: mx.array, ys: mx.array, scalars: dict[str, mx.array]):
             if self.dynamic_lambda:
                 model.set_quant_lambda(scalars["lam"])
-            loss, grads = None, None
+            reported, grads = None, None  # [loss] or, with the z-loss, [loss, z]
             for a in range(xs.shape[0]):  # gradient accumulation: sum, then divide once
-                la, ga = loss_and_grad(xs[a], ys[a])
+                out, ga = loss_and_grad(xs[a], ys[a])
+                parts = list(out[1:]) if z_coef else [out]
                 ga = dict(tree_flatten(ga))
-                loss = la if loss is None else loss + la
+                reported = parts if reported is None else [r + p for r, p in zip(reported, parts)]
                 grads = ga if grads is None else {k: grads[k] + ga[k] for k in grads}
-            loss = loss / xs.shape[0]
+            reported = [r / xs.shape[0] for r in reported]
             if xs.shape[0] > 1:  # x / 1 == x: no extra full pass over the gradients without accumulation
                 grads = {k: g / xs.shape[0] for k, g in grads.items()}
-            if self.group is not None:  # global means; one all_sum carries the loss and every gradient
-                mean = parallel.all_mean({**grads, "<loss>": loss.reshape(1)}, self.group)
-                loss = mean.pop("<loss>")[0]
+            if self.group is not None:  # global means; one all_sum carries the losses and every gradient
+                extra = {f"<loss{i}>": r.reshape(1) for i, r in enumerate(reported)}
+                mean = parallel.all_mean({**grads, **extra}, self.group)
+                reported = [mean.pop(f"<loss{i}>")[0] for i in range(len(reported))]
                 grads = mean
             gnorm = mx.sqrt(sum(mx.sum(g * g) for g in grads.values()))
             if clip:
@@ -86,7 +94,7 @@ class Trainer(TrainerCommon):
                 grads = {k: g * scale for k, g in grads.items()}
             new = self.opt.apply(dict(tree_flatten(model.parameters())), grads, scalars)
             model.update(tree_unflatten(list(new.items())))
-            return loss, gnorm
+            return (reported[0], gnorm, *reported[1:])
 
         self._state = [model.state, self.opt.state]
         if teacher is not None:  # an input of the compiled step, not a constant baked into it
@@ -94,7 +102,8 @@ class Trainer(TrainerCommon):
         self._step = mx.compile(step_fn, inputs=self._state, outputs=self._state)
 
     def step(self, windows: np.ndarray, step: int):
-        """One optimizer step on (grad_accum, batch, seq_len + 1) windows; returns lazy (loss, grad_norm)."""
+        """One optimizer step on (grad_accum, batch, seq_len + 1) windows; returns lazy (loss, grad_norm),
+        or (loss, grad_norm, z_loss) with train.z_loss."""
         xs, ys = inputs_and_targets(windows.reshape(-1, windows.shape[-1]))
         shape = windows.shape[:2] + (windows.shape[-1] - 1,)
         scalars = {k: mx.array(v) for k, v in step_scalars(step, self.config.train).items()}
@@ -113,8 +122,8 @@ class Trainer(TrainerCommon):
 
     @staticmethod
     def fetch(handles: list) -> list[tuple[float, float]]:
-        """Host sync: (loss, grad_norm) floats for the pending steps."""
-        return [(float(loss.item()), float(gn.item())) for loss, gn in handles]
+        """Host sync: (loss, grad_norm[, z_loss]) floats for the pending steps."""
+        return [tuple(float(v.item()) for v in h) for h in handles]
 
     def numpy_weights(self) -> dict[str, np.ndarray]:
         return self.model.numpy_weights()

@@ -89,6 +89,11 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "fused-qkv-gateup-act8-G64": (dict(fused_qkv=True, fused_gate_up=True), dict(group_size=64, activation_bits=8)),
     "fused-qkv-gateup-pertensor-embed-head": (dict(fused_qkv=True, fused_gate_up=True),
                                               dict(group_size=0, targets=ALL_TARGETS)),
+    # ternary.float_qat = "fp8": the float embedding and head pass through e4m3 rounding
+    "fp8qat-gqa-untied-G64": (dict(tie_word_embeddings=False), dict(group_size=64, float_qat="fp8")),
+    "fp8qat-float-tied": (dict(), dict(enabled=False, float_qat="fp8")),
+    "fp8qat-record-embed16-bias-outnorm-G32": (dict(embed_dim=16, vocab_bias=True, out_proj_norm=True),
+                                               dict(group_size=32, float_qat="fp8")),
 }
 # A short list for the slower suites (training steps): one row per parameter-set shape. (The tied
 # record row with a ternary embedding is not here: by its fourth step one down_proj weight that sits

@@ -34,6 +34,7 @@ OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("constant", "cosine", "warmdown")
 PARALLEL_MODES = ("ddp", "fsdp2")  # torch under torchrun: replicated (DDP) or sharded (FSDP2)
 PRECISIONS = ("float32", "bf16")
+FLOAT_QAT_FORMATS = ("fp8",)  # ternary.float_qat: float8 e4m3 (torch.float8_e4m3fn) rounding of the float matrices
 
 # Keys that Hugging Face writes into a Qwen3/Llama config.json and that do not change the math
 # we implement; accepted on input so a stock config.json loads, never written back by us.
@@ -92,6 +93,9 @@ class TernaryConfig:
     activation_bits: int | None = None  # None or 8 (per-token absmax)
     warmup_steps: int = 0  # lambda rises 0 -> 1 over these steps; 0 = fully ternary from step 0
     eps: float = 1e-5
+    # "fp8": the float matrices (embedding, untied head, embed_proj*: shared.spec.params.float_qat_parameters)
+    # pass through float8 e4m3 rounding in the forward, gradient straight through; None = off
+    float_qat: str | None = None
 
 
 @dataclass
@@ -104,18 +108,36 @@ class TrainConfig:
     lr: float = 3e-3  # AdamW learning rate (embeddings, norms, head; everything under adamw)
     muon_lr: float = 0.02
     muon_momentum: float = 0.95
+    # Per-group peak learning rates (groups: shared.spec.params.ParamSpec.group); None = as above:
+    # lr_matrix = muon_lr under muon, else lr; lr_scalar, lr_embed, lr_head = lr.
+    lr_matrix: float | None = None
+    lr_scalar: float | None = None
+    lr_embed: float | None = None
+    lr_head: float | None = None
+    muon_ns_steps: int = 5  # Newton-Schulz iterations per Muon update (parameter-golf's MUON_BACKEND_STEPS)
+    muon_momentum_warmup_start: float = 0.85  # momentum at step 0, rising linearly to muon_momentum ...
+    muon_momentum_warmup_steps: int = 0  # ... over these steps; 0 = muon_momentum from the start
+    muon_weight_decay: float | None = None  # decoupled decay of the Muon matrices; None = weight_decay
     beta1: float = 0.9
     beta2: float = 0.95
     adam_eps: float = 1e-8
-    weight_decay: float = 0.0  # decoupled, on matrices only; the ternary record found it hurt
+    weight_decay: float = 0.0  # decoupled, on the AdamW tensors whose spec decays (matrices, embedding, head)
+    z_loss: float = 0.0  # coefficient of mean(logsumexp(logits)^2) added to the training loss; 0 = off
     schedule: str = "constant"  # after warm-up: "constant", "cosine" or "warmdown"
     warmup_steps: int = 10
     warmdown_frac: float = 0.3  # "warmdown": linear decay to 0 over this final fraction of steps
+    warmdown_steps: int | None = None  # "warmdown": over this many final steps instead (WARMDOWN_ITERS)
     min_lr_frac: float = 0.0  # "cosine": final LR as a fraction of the peak
     grad_clip: float = 1.0  # global-norm clip; 0 = off
+    # Batch and sequence-length schedules (shared/train/schedule.py): one switch each, as parameter-golf.
+    batch_tokens_start: int = 0  # tokens per optimizer step (all ranks) before the switch; 0 = off
+    batch_schedule_frac: float = 0.33  # ... until step int(steps * this)
+    seq_len_start: int = 0  # training sequence length before the switch; 0 = off
+    seq_schedule_frac: float = 0.33  # ... until step int(steps * this)
     ema_decay: float | None = None  # EMA of weights, used for evaluation; saved as '<param>.ema' in the optimizer state
     eval_every: int = 100  # steps; 0 = only at the end
     eval_tokens: int = 131072  # validation tokens scored per evaluation (the whole split if smaller)
+    temperature_scaling: bool = False  # also report val metrics at a logit temperature chosen on training tokens
     patience: int | None = None  # evaluations without improvement before stopping; None = never
     min_delta: float = 0.0  # improvement in val_loss (nats) that resets patience
     time_budget_s: float | None = None  # training wall-clock budget, excluding evaluation
@@ -274,6 +296,9 @@ class RunConfig:
             raise ConfigError(f"ternary.activation_bits must be 8 or absent, got {t.activation_bits}")
         _require("ternary.warmup_steps", t.warmup_steps, t.warmup_steps >= 0, ">= 0")
         _require("ternary.eps", t.eps, t.eps > 0, "positive")
+        if t.float_qat is not None and t.float_qat not in FLOAT_QAT_FORMATS:
+            raise ConfigError(f"ternary.float_qat: {t.float_qat!r} is not one of {', '.join(FLOAT_QAT_FORMATS)} "
+                              f"(or absent = off){_suggest(t.float_qat, FLOAT_QAT_FORMATS)}")
         if t.enabled and t.group_size:
             from shared.spec.params import ternary_input_dims
             for name, in_dim in ternary_input_dims(self).items():
@@ -309,6 +334,37 @@ class RunConfig:
                      ">= 1 (it counts evaluations; absent = never stop early)")
         if tr.time_budget_s is not None:
             _require("train.time_budget_s", tr.time_budget_s, tr.time_budget_s > 0, "positive (or absent)")
+        self._validate_golf_training()
+
+    def _validate_golf_training(self) -> None:
+        """The parameter-golf training knobs (per-group rates, Muon details, z-loss, schedules)."""
+        m, tr = self.model, self.train
+        for key in ("lr_matrix", "lr_scalar", "lr_embed", "lr_head"):
+            if getattr(tr, key) is not None:
+                _require(f"train.{key}", getattr(tr, key), getattr(tr, key) >= 0,
+                         ">= 0 (0 freezes the group; absent = train.lr / train.muon_lr)")
+        _require("train.muon_ns_steps", tr.muon_ns_steps, tr.muon_ns_steps >= 1, ">= 1")
+        _require("train.muon_momentum_warmup_start", tr.muon_momentum_warmup_start,
+                 0 <= tr.muon_momentum_warmup_start < 1, "in [0, 1)")
+        for key in ("muon_momentum_warmup_steps", "z_loss", "batch_tokens_start", "seq_len_start"):
+            _require(f"train.{key}", getattr(tr, key), getattr(tr, key) >= 0, ">= 0 (0 = off)")
+        if tr.muon_weight_decay is not None:
+            _require("train.muon_weight_decay", tr.muon_weight_decay, tr.muon_weight_decay >= 0,
+                     ">= 0 (absent = train.weight_decay)")
+        for key in ("batch_schedule_frac", "seq_schedule_frac"):
+            _require(f"train.{key}", getattr(tr, key), 0 <= getattr(tr, key) <= 1, "in [0, 1]")
+        if tr.warmdown_steps is not None:
+            _require("train.warmdown_steps", tr.warmdown_steps, tr.warmdown_steps >= 0, ">= 0 (or absent)")
+            if tr.schedule != "warmdown":
+                raise ConfigError(f"train.warmdown_steps={tr.warmdown_steps} only applies to "
+                                  f"train.schedule = \"warmdown\", not {tr.schedule!r}")
+        if tr.seq_len_start > m.max_position_embeddings:
+            raise ConfigError(f"train.seq_len_start={tr.seq_len_start} exceeds model.max_position_embeddings="
+                              f"{m.max_position_embeddings}")
+        from shared.train.schedule import check_batch_schedule
+        problem = check_batch_schedule(tr, world_size=1)
+        if problem:
+            raise ConfigError(problem)
 
 
 def model_config_from_hf(hf: dict[str, Any], where: str = "config.json") -> ModelConfig:

@@ -149,6 +149,18 @@ def ternary_parameters(cfg: "RunConfig") -> list[str]:
     return [n for n, s in parameter_specs(cfg.model).items() if s.target in cfg.ternary.targets]
 
 
+def float_qat_parameters(cfg: "RunConfig") -> list[str]:
+    """Names of the weights that ternary.float_qat rounds in the forward: the float matrices outside
+    the blocks (the embedding, an untied head, and matrices no ternary target can reach, such as
+    embed_proj), as parameter-golf's QATEmbedding / QATLinear; the ternary ones, the block matrices
+    when ternary is off, norms and controls stay as they are."""
+    if cfg.ternary.float_qat is None:
+        return []
+    tern = set(ternary_parameters(cfg))
+    return [n for n, s in parameter_specs(cfg.model).items() if n not in tern
+            and (s.role in (EMBEDDING, HEAD) or (s.role == MATRIX and s.target is None))]
+
+
 def ternary_input_dims(cfg: "RunConfig") -> dict[str, int]:
     """Input dimension (the grouped axis) of each ternary weight; used to validate group_size."""
     specs = parameter_specs(cfg.model)

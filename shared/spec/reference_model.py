@@ -47,7 +47,7 @@ from shared.spec import ternary as T
 from shared.spec.checkpoint import check_tensor_set
 from shared.spec.config import RunConfig
 from shared.data.checks import check_token_ids
-from shared.spec.params import parameter_shapes, ternary_parameters
+from shared.spec.params import float_qat_parameters, parameter_shapes, ternary_parameters
 
 
 # ---- which weights are ternary, and what the forward pass uses for them -------------------------
@@ -67,8 +67,11 @@ def effective_weight(w: np.ndarray, cfg: RunConfig, lam: float) -> np.ndarray:
 
 def effective_weights(cfg: RunConfig, weights: dict[str, np.ndarray], ternary: frozenset[str],
                       lam: float) -> dict[str, np.ndarray]:
-    """Every weight as the forward pass uses it, in float64 (the `ternary` ones projected)."""
-    return {n: effective_weight(w, cfg, lam) if n in ternary else np.asarray(w, np.float64)
+    """Every weight as the forward pass uses it, in float64 (the `ternary` ones projected, the
+    ternary.float_qat ones rounded onto float8 e4m3)."""
+    fp8 = set(float_qat_parameters(cfg))
+    return {n: effective_weight(w, cfg, lam) if n in ternary
+            else T.round_e4m3(w).astype(np.float64) if n in fp8 else np.asarray(w, np.float64)
             for n, w in weights.items()}
 
 

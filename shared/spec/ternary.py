@@ -87,6 +87,24 @@ def quantize_activations(x: np.ndarray, bits: int = 8, eps: float = EPS) -> np.n
     return np.clip(np.rint(x32 * scale), -qmax - 1, qmax) / scale
 
 
+# ---- float8 e4m3 rounding (ternary.float_qat = "fp8") ------------------------------------------
+E4M3_MAX = 448.0  # the largest finite float8_e4m3fn value (S.1111.110); the format has no infinity
+
+
+def round_e4m3(x: np.ndarray) -> np.ndarray:
+    """float32 -> the nearest float8 e4m3fn value, still float32, as torch's x.to(torch.float8_e4m3fn):
+    round half to even onto 3 mantissa bits (exponent bias 7, subnormals below 2^-6 in steps of
+    2^-9), saturating: everything beyond +-448, infinities included, becomes +-448; NaN stays NaN;
+    the sign of zero is kept. Each step is exact in float32 (scaling by powers of two)."""
+    x = np.asarray(x, np.float32)
+    a = np.minimum(np.abs(x), np.float32(E4M3_MAX))  # NaN propagates through minimum
+    with np.errstate(invalid="ignore"):  # NaN in, NaN out
+        _, e = np.frexp(a)  # a = m * 2^e, m in [0.5, 1): the binade of a is 2^(e - 1)
+        step = np.ldexp(np.float32(1.0), np.maximum(e - 1, -6) - 3).astype(np.float32)  # spacing there
+        rounded = (np.round(a / step) * step).astype(np.float32)  # np.round: half to even
+    return np.copysign(rounded, x).astype(np.float32)
+
+
 def quant_lambda(step: int, warmup_steps: int) -> float:
     """Gradual quantization weight: 0 -> 1 linearly over warmup_steps (1 when there is no warm-up)."""
     if warmup_steps <= 0:

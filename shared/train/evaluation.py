@@ -103,6 +103,35 @@ def evaluate_tokens(nll_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], toke
     return out
 
 
+# Temperature scaling (train.temperature_scaling), parameter-golf's find_temp: of these temperatures
+# the one with the lowest loss on the first min(CALIBRATION_TOKENS, train.eval_tokens) training tokens
+# (parameter-golf: the next 65536 of its stream; the first wins a tie) divides
+# the validation logits; the tempered numbers are reported beside the untempered ones.
+TEMPERATURE_GRID = (0.90, 0.95, 1.00, 1.05, 1.10)
+CALIBRATION_TOKENS = 65536
+TEMPERATURE_KEYS = ("temperature", "val_loss_tempered", "val_bpb_tempered")
+
+
+def choose_temperature(loss_at: Callable[[float], float]) -> float:
+    """The temperature of TEMPERATURE_GRID with the lowest `loss_at(T)`, the first among equals."""
+    best_t, best = 1.0, math.inf
+    for t in TEMPERATURE_GRID:
+        loss = loss_at(t)
+        if loss < best:
+            best_t, best = t, loss
+    return best_t
+
+
+def with_temperature(metrics: dict, evaluate_at: Callable[..., dict], val_tokens, calibration_tokens) -> dict:
+    """`metrics` (untempered, kept as they are) plus temperature, val_loss_tempered and
+    val_bpb_tempered; evaluate_at(tokens, temperature=T, max_tokens=...) scores a stream."""
+    t = choose_temperature(lambda T: evaluate_at(calibration_tokens, temperature=T,
+                                                 max_tokens=len(calibration_tokens) - 1)["val_loss"])
+    tempered = metrics if t == 1.0 else evaluate_at(val_tokens, temperature=t)
+    return {**metrics, "temperature": t, "val_loss_tempered": tempered["val_loss"],
+            "val_bpb_tempered": tempered["val_bpb"]}
+
+
 def _score(nll_fn, batch: list[tuple[np.ndarray, np.ndarray, np.ndarray]], tokenizer: Tokenizer) -> tuple[float, int, int]:
     """(summed nats, scored tokens, their UTF-8 bytes) of one batch of windows."""
     T = max(len(x) for x, _, _ in batch)

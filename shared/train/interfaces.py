@@ -63,14 +63,17 @@ class Trainer(Protocol):
     def step(self, windows: Any, step: int) -> Any:
         """One optimizer step on (grad_accum, batch, seq_len + 1) NumPy windows; a lazy handle."""
 
-    def fetch(self, handles: list) -> list[tuple[float, float]]:
-        """Host sync: (loss, grad_norm) of the pending steps (loss averaged over the ranks)."""
+    def fetch(self, handles: list) -> list[tuple[float, ...]]:
+        """Host sync: (loss, grad_norm) of the pending steps, (loss, grad_norm, z_loss) with
+        train.z_loss (losses averaged over the ranks)."""
 
     def agree(self, flag: bool) -> bool:
         """True on every rank when `flag` is true on any (identity for one process)."""
 
-    def evaluate(self, tokens: Any, tokenizer: Tokenizer, max_tokens: int) -> dict:
-        """Validation metrics of the current (or EMA) weights; every rank calls it."""
+    def evaluate(self, tokens: Any, tokenizer: Tokenizer, max_tokens: int,
+                 calibration_tokens: Any | None = None) -> dict:
+        """Validation metrics of the current (or EMA) weights; every rank calls it. With
+        train.temperature_scaling the loop passes training tokens to choose the temperature on."""
 
     def check_room(self, path: Path, *, training_started: bool = True) -> None:
         """CheckpointSaveError on every rank unless rank 0's disk has room for a checkpoint at `path`."""

@@ -1,7 +1,9 @@
 """The training loop, written once for both backends (SEEDS S11: no twin loops to drift apart).
 
 A backend provides a `Trainer` (train.py) with `step(windows, step) -> handle` (lazy, no host
-sync), `fetch(handles) -> [(loss, grad_norm)]` (one sync), `numpy_weights()`,
+sync), `fetch(handles) -> [(loss, grad_norm)]` (one sync; with train.z_loss each entry is
+(loss, grad_norm, z_loss): the loss is the cross-entropy, z_loss the coefficient times
+mean(logsumexp^2), and the objective their sum), `numpy_weights()`,
 `numpy_optimizer_state()`, `ema_weights()`, `evaluate(tokens, tokenizer, max_tokens)` and
 `check_room(path)` and `save(path, trainer_state)` (shared.train.interfaces.Trainer; a save that
 cannot happen raises CheckpointSaveError on every rank). This module owns the cadence: logging,
@@ -27,10 +29,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from shared.spec.config import RunConfig
+from shared.spec.config import ConfigError, RunConfig
 from shared.data.dataset import TokenDataset
 from shared.data.loader import TokenLoader
 from shared.spec.params import parameter_shapes, ternary_parameters
+from shared.train.evaluation import CALIBRATION_TOKENS
+from shared.train.schedule import batch_shape_at, check_batch_schedule, tokens_through
 
 # Tokens per parameter below which a run is data-starved. Compute-optimal LMs see ~20; the smoke
 # preset converges on its simple synthetic source at ~0.6; SEEDS S9 overfit at 0.05.
@@ -63,11 +67,12 @@ def preflight(cfg: RunConfig, dataset: TokenDataset, world_size: int, log: Calla
     """Warnings about the run's data budget before any compute is spent (SEEDS S8, S9)."""
     t = cfg.train
     total, tern = count_parameters(cfg)
-    tokens = t.steps * t.grad_accum * t.batch_size * t.seq_len * world_size
+    tokens = tokens_through(t.steps, t, world_size)
     epochs = tokens / max(1, len(dataset.train))
     tpp = tokens / total
+    scheduled = " (batch / sequence-length schedule)" if t.batch_tokens_start or t.seq_len_start else ""
     log(f"model: {total:,} parameters ({tern:,} ternary); run: {t.steps} steps x "
-        f"{t.grad_accum * t.batch_size * world_size} x {t.seq_len} = {tokens:,} tokens "
+        f"{t.grad_accum * t.batch_size * world_size} x {t.seq_len}{scheduled} = {tokens:,} tokens "
         f"({epochs:.2f} epochs of {len(dataset.train):,}; {tpp:.2f} tokens/parameter)")
     if tpp < MIN_TOKENS_PER_PARAM:
         log(f"warning: only {tpp:.2f} training tokens per parameter; the model will be far from "
@@ -95,13 +100,11 @@ def run(cfg: RunConfig, trainer, dataset: TokenDataset, out_dir: Path, *, start_
     if bar is not None:  # log lines above the bar instead of through it
         log = bar.write
     try:
-        # vocab_size: every training id is checked here, once (S13); the trainers rely on it and
-        # switch the model's per-call id check off.
-        loader = TokenLoader(dataset.train, t.batch_size, t.seq_len, rank=rank, world_size=world_size,
-                             seed=t.seed, vocab_size=cfg.model.vocab_size,
-                             log=log if is_main else (lambda _m: None))
-        if loader_state is not None:
-            loader.load_state(loader_state)
+        problem = check_batch_schedule(t, world_size)
+        if problem:
+            raise ConfigError(problem)
+        loader = _make_loader(cfg, dataset, start_step, loader_state, rank, world_size,
+                              log if is_main else (lambda _m: None))
     except BaseException:
         if bar is not None:
             bar.close()
@@ -123,6 +126,23 @@ def run(cfg: RunConfig, trainer, dataset: TokenDataset, out_dir: Path, *, start_
             metrics_f.close()
 
 
+def _make_loader(cfg: RunConfig, dataset: TokenDataset, step: int, state: dict | None, rank: int,
+                 world_size: int, log: Callable[[str], None]) -> TokenLoader:
+    """The loader of step `step`; resumed, the saved one (its sequence length: a switch due at this
+    very step then happens in _Loop._step, as in the run that saved it)."""
+    t = cfg.train
+    rows, seq = batch_shape_at(step, t, world_size)
+    if state is not None and "seq_len" in state:
+        seq = int(state["seq_len"])
+    # vocab_size: every training id is checked here, once (S13); the trainers rely on it and
+    # switch the model's per-call id check off.
+    loader = TokenLoader(dataset.train, rows, seq, rank=rank, world_size=world_size, seed=t.seed,
+                         vocab_size=cfg.model.vocab_size, log=log)
+    if state is not None:
+        loader.load_state(state)
+    return loader
+
+
 class _Loop:
     """One run() between its setup and its end: the step counter, the losses not yet fetched, the
     early-stopping record and the metrics file, with the loop's steps and decisions as methods."""
@@ -133,7 +153,6 @@ class _Loop:
         self.cfg, self.t, self.trainer, self.dataset, self.out_dir = cfg, cfg.train, trainer, dataset, out_dir
         self.loader, self.result, self.best_val, self.bad_evals = loader, result, best_val, bad_evals
         self.world_size, self.log, self.bar, self.metrics_f = world_size, log, bar, metrics_f
-        self.tokens_per_step = self.t.grad_accum * self.t.batch_size * self.t.seq_len * world_size
         self.step = result.step
         self.pending: list = []
         self.last_good: Path | None = None
@@ -159,6 +178,7 @@ class _Loop:
         """One optimizer step; then (evaluation due, checkpoint due, sync point), having fetched
         the pending losses at a sync point."""
         t = self.t
+        self._follow_schedule()
         windows = np.stack([self.loader.next_batch() for _ in range(t.grad_accum)])
         self.pending.append(self.trainer.step(windows, self.step))
         self.step += 1
@@ -169,6 +189,20 @@ class _Loop:
         if at_sync:
             self.sync()
         return eval_due, ckpt_due, at_sync
+
+    def _follow_schedule(self) -> None:
+        """train.batch_tokens_start / seq_len_start: switch the loader's rows or sequence length when
+        this step's shape differs. A new sequence length is a new window grid, so a new stream from
+        its start (parameter-golf also restarts its loader there); new rows continue the stream."""
+        rows, seq = batch_shape_at(self.step, self.t, self.world_size)
+        loader = self.loader
+        if seq != loader.seq_len:
+            self.log(f"step {self.step}: sequence length {loader.seq_len} -> {seq}")
+            self.loader = TokenLoader(loader.tokens, rows, seq, rank=loader.rank, world_size=loader.world_size,
+                                      seed=loader.seed, log=loader.log)  # ids were checked by the first loader
+        elif rows != loader.batch_size:
+            self.log(f"step {self.step}: {loader.batch_size} -> {rows} sequences per micro-batch per rank")
+            loader.batch_size = rows
 
     def _out_of_time(self) -> bool:
         t = self.t
@@ -221,11 +255,11 @@ class _Loop:
         result.train_time_s += dt
         self.t0 = now
         first = self.step - len(values)
-        for i, (loss, gnorm) in enumerate(values):
-            self.write({"step": first + i + 1, "loss": loss, "grad_norm": gnorm})
+        for i, (loss, gnorm, *z) in enumerate(values):
+            self.write({"step": first + i + 1, "loss": loss, "grad_norm": gnorm, **({"z_loss": z[0]} if z else {})})
         pending.clear()
         loss = values[-1][0]
-        bad = [first + i + 1 for i, (lv, gv) in enumerate(values) if not (math.isfinite(lv) and math.isfinite(gv))]
+        bad = [first + i + 1 for i, v in enumerate(values) if not all(math.isfinite(x) for x in v)]
         if self.trainer.agree(bool(bad)):
             where = f"at step {bad[0]}" if bad else "on another rank"
             raise NonFiniteLoss(f"loss or gradient norm is not finite {where}; stopping. "
@@ -233,10 +267,12 @@ class _Loop:
         result.last_loss = loss
         if bar is not None:
             bar.update(len(values))
-            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{self.tokens_per_step * len(values) / max(dt, 1e-9):,.0f}")
+            done = tokens_through(self.step, self.t, self.world_size) - tokens_through(first, self.t, self.world_size)
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{done / max(dt, 1e-9):,.0f}")
 
     def save(self, tag: str) -> Path:
-        state = {"step": self.step, "tokens_seen": self.step * self.tokens_per_step, "loader": self.loader.state(),
+        state = {"step": self.step, "tokens_seen": tokens_through(self.step, self.t, self.world_size),
+                 "loader": self.loader.state(),
                  "best_val_loss": self.best_val, "bad_evals": self.bad_evals,
                  "train_time_s": self.result.train_time_s, "seed": self.t.seed, "saved_because": tag}
         path = self.out_dir / "checkpoint"
@@ -247,7 +283,11 @@ class _Loop:
     def evaluate(self) -> dict:
         t, dataset = self.t, self.dataset
         e0 = time.perf_counter()
-        ev = self.trainer.evaluate(dataset.val, dataset.tokenizer, t.eval_tokens)
+        if t.temperature_scaling:  # the temperature is chosen on training tokens (shared/train/evaluation.py)
+            calibration = dataset.train[:min(CALIBRATION_TOKENS, t.eval_tokens) + 1]  # no more than val scores
+            ev = self.trainer.evaluate(dataset.val, dataset.tokenizer, t.eval_tokens, calibration_tokens=calibration)
+        else:
+            ev = self.trainer.evaluate(dataset.val, dataset.tokenizer, t.eval_tokens)
         ev_time = time.perf_counter() - e0
         self.result.eval_time_s += ev_time
         self.t0 += ev_time  # evaluation is not training time
@@ -261,7 +301,9 @@ class _Loop:
         self.result.evals.append(ev)
         self.write({"eval": ev})
         self.log(f"step {self.step}: val_loss {ev['val_loss']:.4f}  val_bpb {ev['val_bpb']:.4f}"
-                 + (f"  (entropy gap {ev['entropy_gap_bpb']:+.4f})" if "entropy_gap_bpb" in ev else ""))
+                 + (f"  (entropy gap {ev['entropy_gap_bpb']:+.4f})" if "entropy_gap_bpb" in ev else "")
+                 + (f"  tempered (T={ev['temperature']:g}): val_loss {ev['val_loss_tempered']:.4f}  "
+                    f"val_bpb {ev['val_bpb_tempered']:.4f}" if "temperature" in ev else ""))
         return ev
 
 

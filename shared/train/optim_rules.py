@@ -1,14 +1,19 @@
-"""Which optimizer treats which parameter, and the per-step scalars; shared by both backends."""
+"""Which optimizer treats which parameter, at which rate, and the per-step scalars; shared by both backends.
+
+Parameter groups come from ParamSpec.group (shared/spec/params.py), never from names:
+"matrix" (Muon under train.optimizer = muon, else AdamW), "scalar" (norms, gains, controls),
+"embed" (the token embedding, the tied head with it) and "head" (an untied head).
+"""
 from __future__ import annotations
 
 import numpy as np
 
 from shared.spec.config import TrainConfig
 from shared.spec.params import ParamSpec
-from shared.train.schedule import lr_multiplier
+from shared.train.schedule import lr_multiplier, muon_momentum_at
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)  # Muon's quintic Newton-Schulz coefficients (Keller Jordan)
-NS_STEPS = 5
+GROUPS = ("matrix", "scalar", "embed", "head")
 
 
 def uses_muon(spec: ParamSpec, t: TrainConfig) -> bool:
@@ -16,9 +21,23 @@ def uses_muon(spec: ParamSpec, t: TrainConfig) -> bool:
     return t.optimizer == "muon" and spec.group == "matrix"
 
 
+def weight_decay_of(spec: ParamSpec, t: TrainConfig) -> float:
+    """Decoupled weight decay of one parameter: train.muon_weight_decay (None: train.weight_decay) for
+    Muon's matrices; train.weight_decay for the AdamW parameters whose spec decays (matrices,
+    embedding, head); 0 for norms and controls."""
+    if uses_muon(spec, t):
+        return t.weight_decay if t.muon_weight_decay is None else t.muon_weight_decay
+    return t.weight_decay if spec.decay else 0.0
+
+
 def uses_weight_decay(spec: ParamSpec, t: TrainConfig) -> bool:
-    """Decoupled weight decay on the parameters whose spec says so (the matrices)."""
-    return t.weight_decay > 0 and spec.decay
+    return weight_decay_of(spec, t) > 0
+
+
+def peak_lrs(t: TrainConfig) -> dict[str, float]:
+    """Peak learning rate of each group; an unset one is today's: muon_lr (matrices under muon) or lr."""
+    default = {"matrix": t.muon_lr if t.optimizer == "muon" else t.lr, "scalar": t.lr, "embed": t.lr, "head": t.lr}
+    return {g: default[g] if getattr(t, f"lr_{g}") is None else getattr(t, f"lr_{g}") for g in GROUPS}
 
 
 def slots_for(spec: ParamSpec, t: TrainConfig) -> tuple[str, ...]:
@@ -32,10 +51,11 @@ def muon_scale(shape: tuple[int, ...]) -> float:
 
 
 def step_scalars(step: int, t: TrainConfig) -> dict[str, np.ndarray]:
-    """Learning rates and Adam bias corrections for optimizer step `step` (0-based), float32."""
+    """Per-group learning rates (lr_matrix, lr_scalar, lr_embed, lr_head), Muon's momentum (and 1 - it), the
+    Adam bias corrections for optimizer step `step` (0-based), float32."""
     mult = lr_multiplier(step, t)
     n = step + 1
-    return {k: np.array(v, np.float32) for k, v in {
-        "lr_adam": t.lr * mult, "lr_muon": t.muon_lr * mult,
-        "bc1": 1 - t.beta1 ** n, "bc2": 1 - t.beta2 ** n,
-    }.items()}
+    values = {f"lr_{g}": lr * mult for g, lr in peak_lrs(t).items()}
+    mu = muon_momentum_at(step, t)  # 1 - mu in float64, as the constant it replaced, then float32
+    values.update(momentum=mu, one_minus_momentum=1 - mu, bc1=1 - t.beta1 ** n, bc2=1 - t.beta2 ** n)
+    return {k: np.array(v, np.float32) for k, v in values.items()}

@@ -23,7 +23,9 @@ from shared.spec.config import ConfigError, RunConfig
 from shared.spec.ownership import inside
 from shared.train import run_dir
 from shared.data.dataset import load_token_dataset
+from shared.train.evaluation import TEMPERATURE_KEYS
 from shared.train.loop import LoopResult, count_parameters, preflight, run
+from shared.train.schedule import tokens_through
 from shared.spec.params import parameter_shapes
 from shared.spec.presets import get_preset
 from shared.data.tokenizers import copy_tokenizer, get_tokenizer
@@ -266,7 +268,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
 def _summary(cfg, backend, dataset, plan, result: LoopResult, world_size: int = 1) -> dict[str, Any]:
     last = result.evals[-1] if result.evals else {}
     t = cfg.train
-    tokens = result.step * t.grad_accum * t.batch_size * t.seq_len * world_size  # all ranks, as tokens_seen
+    tokens = tokens_through(result.step, t, world_size)  # all ranks, as tokens_seen
     return {
         "backend": backend.name, "steps": result.step, "stopped_because": result.stopped_because,
         "train_time_s": round(result.train_time_s, 2), "eval_time_s": round(result.eval_time_s, 2),
@@ -275,6 +277,7 @@ def _summary(cfg, backend, dataset, plan, result: LoopResult, world_size: int = 
         "val_perplexity": last.get("perplexity"), "val_tokens": last.get("tokens"),
         "eval_mode": last.get("mode"), "entropy_bpb": dataset.entropy_bits_per_byte,
         "entropy_gap_bpb": last.get("entropy_gap_bpb"), "checkpoint": str(result.checkpoint or ""),
+        **({k: last.get(k) for k in TEMPERATURE_KEYS} if t.temperature_scaling else {}),
         **{k: plan[k] for k in ("parameters", "ternary_parameters", "epochs", "tokens_per_parameter")},
     }
 
@@ -290,6 +293,9 @@ def format_summary(s: dict[str, Any]) -> str:
         f"  val_loss       {f(s['val_loss'])}   perplexity {f(s['val_perplexity'], '{:.2f}')}",
         f"  val_bpb        {f(s['val_bpb'])}   ({s['eval_mode'] or '-'}, {s['val_tokens'] or 0:,} tokens)",
     ]
+    if s.get("temperature") is not None:  # next to the untempered numbers above, never instead of them
+        lines.append(f"  tempered       val_loss {f(s['val_loss_tempered'])}   val_bpb {f(s['val_bpb_tempered'])}"
+                     f"   (logits / {s['temperature']:g}, T chosen on training tokens)")
     if s["entropy_bpb"] is not None:
         lines.append(f"  source entropy {s['entropy_bpb']:.4f} bpb; gap {f(s['entropy_gap_bpb'], '{:+.4f}')} bpb")
     lines.append(f"  checkpoint     {s['checkpoint'] or '-'}")

@@ -17,6 +17,7 @@ import numpy as np
 
 from shared.spec import checkpoint as fmt
 from shared.spec.atomic_dir import clean_leftovers
+from shared.train.evaluation import with_temperature
 from shared.train.checkpoint_space import CheckpointSaveError, checkpoint_bytes, room_problem, save_failure
 from shared.data.tokenizers import Tokenizer
 
@@ -30,9 +31,12 @@ class TrainerCommon:
         """A decision every rank takes alike: true when true on any rank. One process: `flag`."""
         return bool(flag)
 
-    def evaluate(self, tokens: np.ndarray, tokenizer: Tokenizer, max_tokens: int) -> dict:
+    def evaluate(self, tokens: np.ndarray, tokenizer: Tokenizer, max_tokens: int,
+                 calibration_tokens: np.ndarray | None = None) -> dict:
         """Validation metrics of the current weights (of the EMA weights when EMA is on). Every
-        rank calls this; with several, each scores a share of the windows (shared/train/evaluation.py)."""
+        rank calls this; with several, each scores a share of the windows (shared/train/evaluation.py).
+        With train.temperature_scaling and `calibration_tokens` (training tokens) the metrics also
+        hold the temperature chosen on those and the tempered val_loss / val_bpb."""
         ema = self.ema_weights()
         current = self.model.numpy_weights() if ema is not None else None
         if ema is not None:
@@ -40,8 +44,13 @@ class TrainerCommon:
         self.model.check_ids = True
         try:
             # data parallel: every rank scores its share of the windows, all get the same metrics
-            return self.evaluate_model(self.model, tokens, tokenizer, self.config.train.seq_len,
-                                       max_tokens=max_tokens, across_ranks=True)
+            def evaluate_at(stream, temperature=1.0, max_tokens=max_tokens):
+                return self.evaluate_model(self.model, stream, tokenizer, self.config.train.seq_len,
+                                           max_tokens=max_tokens, across_ranks=True, temperature=temperature)
+            metrics = evaluate_at(tokens)
+            if self.config.train.temperature_scaling and calibration_tokens is not None:
+                metrics = with_temperature(metrics, evaluate_at, tokens, calibration_tokens)
+            return metrics
         finally:
             self.model.check_ids = False
             if current is not None:

@@ -43,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     calls: list[list[int]] = []
     token_nll = evaluate.token_nll
 
-    def counted(model, inputs, targets):
+    def counted(model, inputs, targets, *temperature):
         calls.append(list(inputs.shape))
-        return token_nll(model, inputs, targets)
+        return token_nll(model, inputs, targets, *temperature)
 
     evaluate.token_nll = counted  # evaluate()'s lambda looks the name up at call time
     results = {}
