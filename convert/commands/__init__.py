@@ -16,6 +16,7 @@ with an action). mlx, torch and the heavier shared modules are imported inside t
   tokenizer.py        ternary tokenizer train: a SentencePiece model
   data.py             ternary data prepare: text files -> token shards
   import_hf.py        ternary import-hf: a Hugging Face Qwen3/Llama model -> a checkpoint
+  import_pg.py        ternary import-pg: a parameter-golf state dict -> a checkpoint
   inspect.py          ternary inspect: verify and describe a checkpoint
   convert.py          ternary convert: export as canonical, packed, hf, mlx-lm, hf-bitnet or gguf
   promote.py          ternary promote: scale an ablation config to a GPU target
@@ -29,10 +30,10 @@ Helpers for every verb (CliError, sub, source_args, resolve, ...) are in convert
 """
 from __future__ import annotations
 
-from convert.commands import (config, convert, data, demo, eval, generate, import_hf, init, inspect, presets,
+from convert.commands import (config, convert, data, demo, eval, generate, import_hf, import_pg, init, inspect, presets,
                               promote, tokenizer, train)
 
-COMMANDS = (train, eval, generate, presets, config, init, demo, tokenizer, data, import_hf, inspect, convert,
+COMMANDS = (train, eval, generate, presets, config, init, demo, tokenizer, data, import_hf, import_pg, inspect, convert,
             promote)
 
 __all__ = ["COMMANDS"]
