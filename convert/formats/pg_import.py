@@ -145,7 +145,8 @@ def rename(cfg: RunConfig, state: dict[str, np.ndarray], flavor: str) -> tuple[d
         check_tensor_set(expected, {k: tuple(v.shape) for k, v in out.items()},
                          "the state dict (in our names)")
     except CheckpointError as e:
-        raise ImportPGError(f"{e} (check --env: NUM_LAYERS, MODEL_DIM, NUM_HEADS, NUM_KV_HEADS, MLP_MULT, "
+        problems = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        raise ImportPGError(f"{problems} (check --env: NUM_LAYERS, MODEL_DIM, NUM_HEADS, NUM_KV_HEADS, MLP_MULT, "
                             "VOCAB_SIZE, EMBED_DIM, TIE_EMBEDDINGS, ACTIVATION)") from None
     return out, sorted(set(unused))
 

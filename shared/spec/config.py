@@ -137,6 +137,7 @@ class TrainConfig:
     ema_decay: float | None = None  # EMA of weights, used for evaluation; saved as '<param>.ema' in the optimizer state
     eval_every: int = 100  # steps; 0 = only at the end
     eval_tokens: int = 131072  # validation tokens scored per evaluation (the whole split if smaller)
+    eval_stride: int | None = None  # None: non-overlapping windows; N < seq_len: sliding, each scores its last N
     temperature_scaling: bool = False  # also report val metrics at a logit temperature chosen on training tokens
     patience: int | None = None  # evaluations without improvement before stopping; None = never
     min_delta: float = 0.0  # improvement in val_loss (nats) that resets patience
@@ -324,6 +325,9 @@ class RunConfig:
             if getattr(tr, key) not in options:
                 raise ConfigError(f"train.{key}: {getattr(tr, key)!r} is not one of {', '.join(options)}"
                                   f"{_suggest(getattr(tr, key), options)}")
+        if tr.eval_stride is not None and not 0 < tr.eval_stride <= tr.seq_len:
+            raise ConfigError(f"train.eval_stride={tr.eval_stride} must be in 1..train.seq_len ({tr.seq_len}), "
+                              "or absent for non-overlapping windows")
         if tr.seq_len > m.max_position_embeddings:
             raise ConfigError(f"train.seq_len={tr.seq_len} exceeds model.max_position_embeddings="
                               f"{m.max_position_embeddings}")

@@ -21,7 +21,8 @@ from typing import Any
 from shared.spec.config import ConfigError, RunConfig, _suggest
 
 FLAVORS = ("baseline", "ternary-record")
-FLOAT32_EPS = 1.1920928955078125e-07  # torch.finfo(torch.float32).eps: F.rms_norm's eps=None in float32
+FLOAT32_EPS = 1.1920928955078125e-07
+WHOLE_SPLIT = 10**12  # train.eval_tokens: parameter-golf always scores the whole validation split  # torch.finfo(torch.float32).eps: F.rms_norm's eps=None in float32
 
 
 class PgEnvError(ConfigError):
@@ -65,7 +66,7 @@ DEFAULTS: dict[str, dict[str, tuple[type, Any]]] = {
         "VAL_MAX_TOKENS": (int, 500_000)},
 }
 # Keys that name files, logging or run identity: they do not change the model or its training.
-NOT_MODEL = frozenset({"DATA_PATH", "TOKENIZER_PATH", "RUN_ID", "VAL_LOSS_EVERY", "TRAIN_LOG_EVERY",
+NOT_MODEL = frozenset({"DATA_PATH", "TOKENIZER_PATH", "RUN_ID", "TRAIN_LOG_EVERY",
                        "CHURN_LOG_EVERY", "COMPILE_MODE", "OMP_NUM_THREADS", "VAL_BATCH_SIZE",
                        "SLIDING_BATCH_SIZE", "VAL_MAX_TOKENS"})
 # Switches we accept only at these values (the record's TRAINING_DEPTH_RECURRENCE 0 and 1 both mean
@@ -177,24 +178,36 @@ def _train(flavor: str, v: dict[str, Any]) -> dict[str, Any]:
     seq, tokens, tied = v["TRAIN_SEQ_LEN"], v["TRAIN_BATCH_TOKENS"], bool(v["TIE_EMBEDDINGS"])
     if seq <= 0 or tokens % seq:
         raise PgEnvError(f"TRAIN_BATCH_TOKENS={tokens} is not a multiple of TRAIN_SEQ_LEN={seq}")
-    t = dict(steps=v["ITERATIONS"], seq_len=seq, batch_size=tokens // seq, grad_accum=1, optimizer="muon",
-             muon_lr=v["MATRIX_LR"], lr_matrix=v["MATRIX_LR"], lr_scalar=v["SCALAR_LR"],
+    rows = tokens // seq
+    # parameter-golf runs 8 // WORLD_SIZE micro-batches per step (8 on one GPU, 1 on 8): one process
+    # here takes the single-GPU split; with torchrun on 8 ranks set train.grad_accum=1.
+    accum = 8 if rows % 8 == 0 else 1
+    t = dict(steps=v["ITERATIONS"], seq_len=seq, batch_size=rows // accum, grad_accum=accum, optimizer="muon",
+             lr=v["SCALAR_LR"], muon_lr=v["MATRIX_LR"], lr_matrix=v["MATRIX_LR"], lr_scalar=v["SCALAR_LR"],
              lr_embed=v["TIED_EMBED_LR"] if tied else v["EMBED_LR"], lr_head=v["HEAD_LR"],
              muon_momentum=v["MUON_MOMENTUM"], muon_momentum_warmup_start=v["MUON_MOMENTUM_WARMUP_START"],
              muon_momentum_warmup_steps=v["MUON_MOMENTUM_WARMUP_STEPS"], muon_ns_steps=v["MUON_BACKEND_STEPS"],
              beta1=v["BETA1"], beta2=v["BETA2"], adam_eps=v["ADAM_EPS"], grad_clip=v["GRAD_CLIP_NORM"],
              warmup_steps=0,  # parameter-golf's WARMUP_STEPS compile the step, then restore the initial state
              schedule="warmdown", seed=v["SEED"], z_loss=0.0,
-             time_budget_s=v["MAX_WALLCLOCK_SECONDS"] or None)
+             time_budget_s=v["MAX_WALLCLOCK_SECONDS"] or None, weight_decay=0.0,
+             eval_every=v["VAL_LOSS_EVERY"], eval_tokens=WHOLE_SPLIT)
     if flavor == "baseline":
-        t.update(warmdown_steps=v["WARMDOWN_ITERS"], weight_decay=0.0)
+        t.update(warmdown_steps=v["WARMDOWN_ITERS"])
         return t
     if v["MATRIX_OPTIMIZER"] not in ("muon", "adamw"):
         raise PgEnvError(f"MATRIX_OPTIMIZER={v['MATRIX_OPTIMIZER']}: not one of muon, adamw")
     t.update(warmdown_frac=v["WARMDOWN_FRACTION"], z_loss=1e-4, muon_weight_decay=v["MUON_WD"],
              optimizer="muon" if v["MATRIX_OPTIMIZER"] == "muon" else "adamw",
              batch_tokens_start=v["BATCH_TOKENS_START"], batch_schedule_frac=v["BATCH_SCHEDULE_FRACTION"],
-             seq_len_start=v["SEQ_LEN_START"], seq_schedule_frac=v["SEQ_SCHEDULE_FRACTION"])
+             seq_len_start=v["SEQ_LEN_START"], seq_schedule_frac=v["SEQ_SCHEDULE_FRACTION"],
+             eval_stride=v["SLIDING_EVAL_STRIDE"] if v["SLIDING_EVAL"] else None,
+             temperature_scaling=bool(v["TEMP_SCALING"]))
+    if v["MATRIX_OPTIMIZER"] == "adamw":
+        if v["ADAM_WD"]:
+            raise PgEnvError(f"MATRIX_OPTIMIZER=adamw with ADAM_WD={v['ADAM_WD']}: parameter-golf decays only "
+                             "the block matrices; train.weight_decay here also decays the embedding (set ADAM_WD=0)")
+        t.update(lr_matrix=v["ADAM_LR"])
     return t
 
 

@@ -46,7 +46,8 @@ class TrainerCommon:
             # data parallel: every rank scores its share of the windows, all get the same metrics
             def evaluate_at(stream, temperature=1.0, max_tokens=max_tokens):
                 return self.evaluate_model(self.model, stream, tokenizer, self.config.train.seq_len,
-                                           max_tokens=max_tokens, across_ranks=True, temperature=temperature)
+                                           stride=self.config.train.eval_stride, max_tokens=max_tokens,
+                                           across_ranks=True, temperature=temperature)
             metrics = evaluate_at(tokens)
             if self.config.train.temperature_scaling and calibration_tokens is not None:
                 metrics = with_temperature(metrics, evaluate_at, tokens, calibration_tokens)
