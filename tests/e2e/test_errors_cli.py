@@ -311,7 +311,9 @@ def test_eval_and_generate_refuse_a_tokenizer_the_model_was_not_trained_with(tra
     tok.rename(moved)
     r = run("eval", out, "--tokenizer", moved, "--data", tmp_path / "data", "--max-tokens", "100", "--json")
     assert r.returncode == 0, r.stderr
-    assert r.stderr.startswith(f"ternary: warning: --tokenizer {moved} cannot be compared with the model's data.tokenizer")
+    first, warning = r.stderr.splitlines()[:2]  # --json: the backend line goes to stderr, first
+    assert first.startswith("backend: ")
+    assert warning.startswith(f"ternary: warning: --tokenizer {moved} cannot be compared with the model's data.tokenizer")
 
 
 # ---- hints ---------------------------------------------------------------------------------------
