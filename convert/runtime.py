@@ -2,7 +2,7 @@
 before mlx or torch is imported, and the first line of every computing command, which says both and why.
 
 `--backend auto` (the default) is MLX on Apple silicon and torch anywhere else: MLX's Linux build
-ships a slow reference BLAS (the smoke run: ~20 minutes against ~1 with torch on the same CPU), and
+ships a slow reference BLAS (the smoke run: ~20 minutes against ~2 with torch on the same CPU), and
 MLX has no CUDA. `--resume` with auto continues on the backend that wrote the checkpoint.
 
 `--threads N` (default: OMP_NUM_THREADS if set, else the CPUs this process may use) is applied to
@@ -53,8 +53,9 @@ def auto_backend(system: str | None = None, machine: str | None = None) -> tuple
     if system == "Linux":
         from convert.blas import openblas_library
         lib = openblas_library()
-        why = ("torch trains faster than MLX with OpenBLAS on a CPU" if lib is not None and lib.exists()
-               else "MLX has no fast BLAS here")
+        installed = lib is not None and lib.exists()  # MLX on it: near torch's speed, CPU only
+        why = "MLX is for Apple silicon (--backend mlx runs it here on OpenBLAS)" if installed else \
+            "MLX has no fast BLAS here"
     elif system == "Darwin":
         why = "MLX needs Apple silicon"
     else:
