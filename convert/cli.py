@@ -32,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Ternary (BitNet b1.58-style) language models: one spec, MLX and PyTorch backends.",
         epilog="examples:\n"
                "  ternary train --preset smoke\n"
-               "  ternary eval runs/smoke-mlx-<time>\n"
-               "  ternary generate runs/smoke-mlx-<time> --prompt \"the\"\n"
+               "  ternary eval runs/smoke-<backend>-<time>\n"
+               "  ternary generate runs/smoke-<backend>-<time> --prompt \"the\"\n"
                "  ternary presets\n"
                "  ternary config --preset smoke --set train.lr=1e-3\n"
                "  ternary demo --preset smoke\n\nRun `ternary COMMAND --help` for a command's options.")
@@ -48,12 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _wants_fast_blas(args) -> bool:
     """Whether this command runs a backend that is re-executed with OpenBLAS (MLX on Linux)."""
     from convert.backends import NAMES, backend_class
-    if args.command == "demo":
-        names = NAMES if args.backend == "both" else [args.backend]
-    elif args.command in ("train", "eval", "generate"):
-        names = [args.backend]
-    else:
+    if args.command not in ("train", "eval", "generate", "demo"):
         return False
+    names = NAMES if args.backend == "both" else [args.backend]  # resolved: never "auto" here
     return any(backend_class(n).fast_blas for n in names)
 
 
@@ -94,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def command() -> int:
         args = build_parser().parse_args(argv)
+        from convert import runtime
+        runtime.prepare(args)  # --backend auto and --threads, before mlx or torch is imported
         if from_command_line and _wants_fast_blas(args) and not args.no_fast_blas:
             from convert import blas
             blas.ensure_fast_blas(argv)

@@ -13,7 +13,7 @@ import os
 import re
 from pathlib import Path
 
-from convert.backends import NAMES
+from convert.runtime import AUTO, CHOICES
 
 
 class CliError(Exception):
@@ -176,5 +176,12 @@ def non_negative_float(text: str) -> float:
 
 
 def backend_arg(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--backend", choices=NAMES, default="mlx",
-                   help=f"framework that {what} (default: mlx; torch uses CUDA when available)")
+    p.add_argument("--backend", choices=CHOICES, default=AUTO,
+                   help=f"framework that {what} (default: auto, MLX on Apple silicon and torch elsewhere; "
+                        "torch uses CUDA when available)")
+
+
+def threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=positive_int, metavar="N",
+                   help="CPU threads for torch and OpenBLAS, at most the CPUs this process may use (default: "
+                        "OMP_NUM_THREADS if set, else all of those CPUs)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from convert.common import threads_arg
 from shared.train.run_dir import OVERWRITE_HELP
 from shared.train.runner import TrainOptions
 
@@ -36,6 +37,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                         "model with --no-ternary for a float teacher); sets train.teacher, mixed with "
                         "cross-entropy by train.distill_alpha at train.distill_temperature")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    threads_arg(p)
 
 
 def train_options(args: argparse.Namespace) -> TrainOptions:
@@ -47,11 +49,17 @@ def train_options(args: argparse.Namespace) -> TrainOptions:
 
 def main(argv: list[str] | None, backend: str, prog: str) -> int:
     """`python -m ternary_{mlx,cuda}.train`: parse `argv` and train with `backend` ("mlx" | "torch")."""
-    from convert.backends import load_backend
+    import os
+    from convert import runtime
     from convert.common import checkpoint_dir, writing
     from shared.train.runner import run_training
     p = argparse.ArgumentParser(prog=prog, description="Train a ternary language model.", allow_abbrev=False)
     add_train_args(p)
-    opts = train_options(p.parse_args(argv))
+    args = p.parse_args(argv)
+    opts = train_options(args)
+    rt = runtime.fixed(backend, prog, args.threads)
+    # one first line per job, not per rank (torchrun sets RANK; mlx.launch MLX_RANK)
+    rank0 = os.environ.get("RANK", os.environ.get("MLX_RANK", "0")) == "0"
+    loaded = runtime.start(rt, quiet=not rank0)
     with writing(opts.out or (checkpoint_dir(opts.resume).parent if opts.resume else None)):
-        return run_training(opts, load_backend(backend))
+        return run_training(opts, loaded)

@@ -6,15 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from convert.backends import load_backend
-from convert.common import CliError, backend_arg, checkpoint_dir
+from convert.common import CliError, backend_arg, checkpoint_dir, threads_arg
 
 
-def load_model(path: str, backend: str, use_ema: bool):
+def load_model(path: str, backend, use_ema: bool):
     """(model, config, checkpoint dir, (evaluate, generate), "latent" | "ema", info line) for a
     checkpoint or run directory.
 
     When the run kept an EMA of the weights (train.ema_decay) and the checkpoint holds it, the EMA
-    weights are used unless `use_ema` is False: they are what training evaluated."""
+    weights are used unless `use_ema` is False: they are what training evaluated. `backend`: a name,
+    or a backend already loaded (convert/runtime.py's `start`)."""
     from shared.spec import checkpoint as fmt
     packed = Path(path).is_file()  # a `ternary convert --to packed` artifact: the round trip (S15)
     if packed:
@@ -23,7 +24,7 @@ def load_model(path: str, backend: str, use_ema: bool):
         cfg, packed_weights = load_packed(ckpt, form="latent")  # same codes; scales from fp16
     else:
         ckpt = checkpoint_dir(path)
-    b = load_backend(backend)
+    b = load_backend(backend) if isinstance(backend, str) else backend
     model, cfg = (b.new_model(cfg, packed_weights), cfg) if packed else b.load_checkpoint(ckpt)
     info = b.describe() + (f", blas: {b.blas}" if b.blas else "")
     functions = (b.evaluate.evaluate, b.generate.generate)
@@ -69,6 +70,7 @@ def add_ckpt_args(p) -> None:
     """CKPT, --backend, --tokenizer and --no-ema: the arguments of eval and generate."""
     p.add_argument("ckpt", metavar="CKPT", help="a checkpoint directory, or a run directory (its checkpoint/)")
     backend_arg(p, "runs the model")
+    threads_arg(p)
     p.add_argument("--tokenizer", metavar="NAME_OR_PATH",
                    help="tokenizer (default: the checkpoint config's data.tokenizer)")
     p.add_argument("--no-ema", action="store_true",

@@ -9,9 +9,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from convert.backends import NAMES, load_backend
+from convert import runtime
+from convert.backends import NAMES
 from convert.common import (CliError, config_sizes, counts, describe, human, non_negative_float, resolve,
-                            source_args, sub)
+                            source_args, sub, threads_arg)
 
 
 def _loss(logits, ids) -> float:
@@ -74,13 +75,10 @@ def run(args) -> int:
     backends = list(NAMES) if args.backend == "both" else [args.backend]
     _check_memory(sum(config_sizes(cfg).values()), len(backends), batch * seq * m.vocab_size)
 
+    loaded = {name: runtime.start(args.runtime, name) for name in backends}  # a first line per backend
     print(f"ternary demo: {source}: {describe(cfg)}")
     print(f"input: {batch} x {seq} random token ids (seed {cfg.train.seed}); a parity check of the "
           "backends (training is `ternary train`)")
-    loaded = {name: load_backend(name) for name in backends}
-    for b in loaded.values():
-        if b.blas:
-            print(f"blas: {b.blas}")
     if weights is None:
         weights = init_weights(m, cfg.train.seed)
     ids = np.random.default_rng(cfg.train.seed).integers(0, m.vocab_size, (batch, seq), dtype=np.int64)
@@ -152,8 +150,10 @@ def register(subs) -> None:
             "Exits 1 if the loss at initialisation is above ln(vocab) + 1 or, with both\n"
             "backends, their logits differ by more than --tolerance.", run)
     source_args(d, ckpt=True)
-    d.add_argument("--backend", choices=(*NAMES, "both"), default="both",
-                   help="which backend(s) to run (default: both, compared with each other)")
+    d.add_argument("--backend", choices=(*runtime.CHOICES, "both"), default="both",
+                   help="which backend(s) to run (default: both, compared with each other; auto: MLX on "
+                        "Apple silicon, torch elsewhere)")
+    threads_arg(d)
     d.add_argument("--seq-len", type=int, metavar="N", help="tokens per row (default: train.seq_len)")
     d.add_argument("--batch", type=int, default=2, metavar="N", help="rows (default: 2)")
     d.add_argument("--seed", type=int, metavar="N",

@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import json
 
+import sys
+
+from convert import runtime
 from convert.commands.checkpoint_args import add_ckpt_args, load_model, load_tokenizer
 from convert.common import CliError, positive_int, sub
 
 
 def run(args) -> int:
     from shared.data.dataset import load_token_dataset
-    model, cfg, ckpt, (evaluate, _), weights, info = load_model(args.ckpt, args.backend, not args.no_ema)
+    backend = runtime.start(args.runtime, file=sys.stderr if args.json else sys.stdout)  # --json: stdout is JSON only
+    model, cfg, ckpt, (evaluate, _), weights, info = load_model(args.ckpt, backend, not args.no_ema)
     tok = load_tokenizer(args.tokenizer, cfg)
     d = cfg.data
     dataset = load_token_dataset(args.data or d.source, tok, synthetic_train_bytes=d.synthetic_train_bytes,

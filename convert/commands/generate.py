@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import sys
 
+from convert import runtime
 from convert.commands.checkpoint_args import add_ckpt_args, load_model, load_tokenizer
 from convert.common import CliError, non_negative_float, positive_int, sub
 
 
 def run(args) -> int:
-    model, cfg, ckpt, (_, generate), _, info = load_model(args.ckpt, args.backend, not args.no_ema)
+    backend = runtime.start(args.runtime, file=sys.stderr)  # stdout: the text only
+    model, cfg, ckpt, (_, generate), _, info = load_model(args.ckpt, backend, not args.no_ema)
     tok = load_tokenizer(args.tokenizer, cfg)
     if tok.bos_id is None and len(tok.encode(args.prompt)) == 0:
         raise CliError(f"--prompt: an empty prompt needs a tokenizer with a BOS token; {tok.name!r} has none")

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from convert.backends import NAMES, load_backend
+from convert.backends import load_backend
+from convert.runtime import AUTO, CHOICES
 from convert.common import CliError, config_sizes, counts, human, resolve, source_args, sub
 from shared.spec.ownership import checkpoint_refusal, occupied
 
@@ -32,8 +33,8 @@ def register(subs) -> None:
             "  ternary init --config run.toml --backend torch --seed 1 --out runs/init", run)
     source_args(i)
     i.add_argument("--out", metavar="DIR", required=True, help="checkpoint directory to create")
-    i.add_argument("--backend", choices=NAMES, default="mlx", help="backend that builds and "
-                   "saves the model (default: mlx; the format is the same)")
+    i.add_argument("--backend", choices=CHOICES, default=AUTO, help="backend that builds and saves the "
+                   "model (default: auto, MLX on Apple silicon and torch elsewhere; the format is the same)")
     i.add_argument("--seed", type=int, metavar="N", help="initialisation seed (default: train.seed; stored as train.seed)")
     i.add_argument("--force", action="store_true", help="replace an existing checkpoint at --out, but only a "
                    "checkpoint directory holding nothing but the files its manifest lists")

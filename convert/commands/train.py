@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from convert.backends import load_backend
+from convert import runtime
 from convert.common import CliError, backend_arg, sub, writing
 from convert.train_args import add_train_args, train_options
 
@@ -16,12 +16,11 @@ def run(args) -> int:
         raise CliError("--resume continues with the checkpoint's own config; drop --preset/--config "
                        "(--set may still change train.* values such as train.steps)")
     opts = train_options(args)
-    if opts.resume is None and opts.out is None:
+    if opts.resume is None and opts.out is None:  # args.backend is resolved (convert/runtime.py): never "auto"
         opts.out = default_out_dir(opts, args.backend)  # what run_training would pick; said up front
-    backend = load_backend(args.backend)
-    extra = f", blas: {backend.blas}" if backend.blas else ""
+    backend = runtime.start(args.runtime)
     where = opts.out or existing_checkpoint(opts.resume, "--resume").parent
-    print(f"ternary train: backend {backend.name} {backend.version}{extra}; run directory {where}", flush=True)
+    print(f"ternary train: run directory {where}", flush=True)
     try:
         with writing(where):
             code = run_training(opts, backend)
@@ -39,10 +38,10 @@ def run(args) -> int:
 def register(subs) -> None:
     t = sub(subs, "train", "Train a model: metrics, loss plot, summary and checkpoint in a run directory.",
             "  ternary train --preset smoke\n"
-            "  ternary train --preset smoke --backend torch --out runs/smoke-torch\n"
+            "  ternary train --preset smoke --backend mlx --out runs/smoke-mlx --threads 1\n"
             "  ternary train --config run.toml --set train.steps=1000 train.lr=2e-3\n"
-            "  ternary train --resume runs/smoke-torch --backend torch --set train.steps=600\n"
-            "  ternary train --preset smoke --init runs/smoke-torch/checkpoint --out runs/finetune\n"
+            "  ternary train --resume runs/smoke-mlx --set train.steps=600\n"
+            "  ternary train --preset smoke --init runs/smoke-mlx/checkpoint --out runs/finetune\n"
             "  ternary train --init ckpt/student --teacher ckpt/teacher --set ternary.warmup_steps=200 model.subln=true\n\n"
             "Several processes (train.batch_size is per rank):\n"
             "  torchrun --standalone --nproc_per_node=8 -m ternary_cuda.train --config run.toml --out runs/big\n"

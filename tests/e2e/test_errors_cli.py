@@ -97,7 +97,7 @@ def test_weights_with_nan_are_refused_by_every_command(trained, tmp_path):
     save_file(w, str(ck / "model.safetensors"), metadata={"format": "ternary-checkpoint"})
     rehash(ck)
     msg = f"{ck / 'model.safetensors'}: non-finite values in 1 tensor(s): {name} (1 NaN, 0 inf)"
-    for cmd in (("eval", ck, "--max-tokens", "100"), ("eval", ck, "--backend", "torch", "--max-tokens", "100"),
+    for cmd in (("eval", ck, "--backend", "mlx", "--max-tokens", "100"), ("eval", ck, "--backend", "torch", "--max-tokens", "100"),
                 ("generate", ck, "--prompt", "the", "--max-new-tokens", "3"),
                 ("convert", ck, "--to", "packed", "--out", tmp_path / "m.tpk"),
                 ("convert", ck, "--to", "canonical", "--out", tmp_path / "canon"),
@@ -129,7 +129,7 @@ runpy.run_module(entry, run_name="__main__", alter_sys=True)
     ("numpy", "convert.cli", ["--no-fast-blas", "eval", "runs/x"]),
     ("convert.commands", "convert.cli", ["presets"]),
     ("torch", "convert.cli", ["eval", "--backend", "torch", "runs/x"]),
-    ("mlx.core", "convert.cli", ["--no-fast-blas", "generate", "runs/x", "--prompt", "a"]),
+    ("mlx.core", "convert.cli", ["--no-fast-blas", "generate", "--backend", "mlx", "runs/x", "--prompt", "a"]),
     ("numpy", "ternary_mlx.train", ["--no-progress"]),
     ("mlx.core", "ternary_mlx.train", ["--no-progress"]),
     ("torch", "ternary_cuda.train", ["--no-progress"]),
@@ -311,7 +311,9 @@ def test_eval_and_generate_refuse_a_tokenizer_the_model_was_not_trained_with(tra
     tok.rename(moved)
     r = run("eval", out, "--tokenizer", moved, "--data", tmp_path / "data", "--max-tokens", "100", "--json")
     assert r.returncode == 0, r.stderr
-    assert r.stderr.startswith(f"ternary: warning: --tokenizer {moved} cannot be compared with the model's data.tokenizer")
+    first, warning = r.stderr.splitlines()[:2]  # --json: the backend line goes to stderr, first
+    assert first.startswith("backend: ")
+    assert warning.startswith(f"ternary: warning: --tokenizer {moved} cannot be compared with the model's data.tokenizer")
 
 
 # ---- hints ---------------------------------------------------------------------------------------

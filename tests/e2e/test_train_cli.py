@@ -191,7 +191,7 @@ def test_eval_reads_a_packed_artifact_for_the_round_trip_score(mlx_run, tmp_path
     assert r.returncode == 0, r.stdout + r.stderr
     scores = {}
     for name, src in (("ckpt", mlx_run), ("packed", packed), ("int8", int8)):
-        r = run("eval", str(src), "--max-tokens", "2000", "--json")
+        r = run("eval", str(src), "--max-tokens", "2000", "--json", "--backend", "mlx")
         assert r.returncode == 0, r.stdout + r.stderr
         scores[name] = json.loads(r.stdout)
     assert scores["packed"]["weights"] == scores["int8"]["weights"] == "packed"
@@ -205,17 +205,18 @@ def test_eval_uses_the_ema_weights_the_run_evaluated(tmp_path):
     out = tmp_path / "run"
     train(out, "mlx", "train.ema_decay=0.9", "train.eval_every=0")
     summary = json.loads((out / "summary.json").read_text())
-    r = run("eval", str(out), "--max-tokens", "2000", "--json")
+    r = run("eval", str(out), "--max-tokens", "2000", "--json", "--backend", "mlx")  # the run's own backend
     assert r.returncode == 0, r.stdout + r.stderr
     ev = json.loads(r.stdout)
     assert ev["weights"] == "ema" and ev["val_bpb"] == pytest.approx(summary["val_bpb"], abs=1e-6)
-    r = run("eval", str(out), "--max-tokens", "2000", "--json", "--no-ema")
+    r = run("eval", str(out), "--max-tokens", "2000", "--json", "--no-ema", "--backend", "mlx")
     assert r.returncode == 0, r.stdout + r.stderr
     assert json.loads(r.stdout)["weights"] == "latent"
 
 
 def test_eval_text_report_and_sliding_windows(mlx_run):
-    r = run("eval", str(mlx_run / "checkpoint"), "--max-tokens", "500", "--stride", "8", "--seq-len", "32")
+    r = run("eval", str(mlx_run / "checkpoint"), "--max-tokens", "500", "--stride", "8", "--seq-len", "32",
+            "--backend", "mlx")
     assert r.returncode == 0, r.stdout + r.stderr
     for key in ("val_loss", "val_bpb", "perplexity", "tokens", "bytes", "source entropy", "gap"):
         assert key in r.stdout, key
@@ -224,7 +225,7 @@ def test_eval_text_report_and_sliding_windows(mlx_run):
 
 
 def test_generate_prints_prompt_and_continuation(mlx_run):
-    r = run("generate", str(mlx_run), "--prompt", "the ", "--max-new-tokens", "12", "--seed", "1")
+    r = run("generate", str(mlx_run), "--prompt", "the ", "--max-new-tokens", "12", "--seed", "1", "--backend", "mlx")
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.startswith("the ") and len(r.stdout.rstrip("\n")) > len("the ")
     r2 = run("generate", str(mlx_run), "--prompt", "the ", "--max-new-tokens", "12", "--seed", "1",
