@@ -121,7 +121,7 @@ def register(subs) -> None:
             "refuse any other by name. Stock formats per preset (`ternary presets` shows the same):\n"
             "  all (hf, mlx-lm, hf-bitnet, gguf)  smoke, mac-stock\n"
             "  hf, mlx-lm, gguf                   qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b (group 128; hf-bitnet needs 0)\n"
-            "  none (canonical, packed only)      mac-ablation, pg-ternary (relu^2, soft-cap)\n\n"
+            "  none (canonical, packed only)      mac-ablation, pg-baseline, pg-ternary (parameter-golf options)\n\n"
             "packed: one file, a JSON header (config, tensor table) and base-3 codes (5 per byte), fp16 scales\n"
             "and the other parameters in fp16 (--floats int8: float matrices such as the embedding in per-row\n"
             "absmax int8, each element within half a row scale; norm gains stay fp16), compressed with LZMA,\n"
