@@ -221,8 +221,11 @@ class _Loop:
         result.train_time_s += dt
         self.t0 = now
         first = self.step - len(values)
+        # train_time_s: training time so far (evaluations excluded) when these losses were fetched;
+        # with train.log_every=1 its differences are per-step times (bench/pg_step.py reads them)
         for i, (loss, gnorm) in enumerate(values):
-            self.write({"step": first + i + 1, "loss": loss, "grad_norm": gnorm})
+            self.write({"step": first + i + 1, "loss": loss, "grad_norm": gnorm,
+                        "train_time_s": round(result.train_time_s, 6)})
         pending.clear()
         loss = values[-1][0]
         bad = [first + i + 1 for i, (lv, gv) in enumerate(values) if not (math.isfinite(lv) and math.isfinite(gv))]
