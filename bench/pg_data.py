@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -118,3 +119,27 @@ def parse_peer_log(lines) -> dict:
         elif m := _INT8.match(line):
             out["int8_roundtrip"] = {"val_loss": float(m[1]), "val_bpb": float(m[2])}
     return out
+
+
+def our_step_rates(records: list[dict], steps: int, batch_tokens: int) -> list[float]:
+    """Tokens/s of each step of our run from its metrics.jsonl records (step records must be 1..steps,
+    each with the cumulative train_time_s of a run synced every step)."""
+    train = [r for r in records if "eval" not in r]
+    if [r.get("step") for r in train] != list(range(1, steps + 1)):
+        raise ValueError(f"metrics.jsonl: want step records 1..{steps}, got {[r.get('step') for r in train][:8]}...")
+    if any("train_time_s" not in r for r in train):
+        raise ValueError("metrics.jsonl: step records without train_time_s (a trainer older than this bench)")
+    times = [0.0] + [float(r["train_time_s"]) for r in train]
+    deltas = [b - a for a, b in zip(times, times[1:])]
+    if any(d <= 0 for d in deltas):
+        raise ValueError("metrics.jsonl: train_time_s does not increase every step; run with train.log_every=1")
+    return [batch_tokens / d for d in deltas]
+
+
+def timing_summary(tokens_per_s: list[float], skip: int) -> dict:
+    """Median / min / max tokens/s over the steps after the first `skip`."""
+    kept = tokens_per_s[skip:]
+    if not kept:
+        raise ValueError(f"--skip-steps {skip} leaves no timed step of {len(tokens_per_s)}")
+    return {"tokens_per_s_median": round(statistics.median(kept), 1), "tokens_per_s_min": round(min(kept), 1),
+            "tokens_per_s_max": round(max(kept), 1), "timed_steps": len(kept), "excluded_first_steps": skip}
