@@ -109,7 +109,8 @@ def run_streaming(cmd: list[str], env: dict, cwd: Path, log_path: Path) -> tuple
 def run_peer(a, work: Path, data: dict, env: dict, menv: dict) -> dict:
     script, patch = patched_peer(a.pg_repo, work)
     penv = {**env, **menv, "DATA_PATH": data["dir"], "TOKENIZER_PATH": data["tokenizer"], "RUN_ID": "peer",
-            "OUT_DIR": str(work / "peer_logs"), "GRAD_ACCUM_STEPS": "1", "MLX_MAX_MICROBATCH_TOKENS": menv["TRAIN_BATCH_TOKENS"],
+            "OUT_DIR": str(work / "peer_logs"), "GRAD_ACCUM_STEPS": "1",
+            "MLX_MAX_MICROBATCH_TOKENS": menv["TRAIN_BATCH_TOKENS"],
             "WARMUP_STEPS": str(a.peer_warmup), "TRAIN_LOG_EVERY": "1", "VAL_LOSS_EVERY": "0",
             "VAL_BATCH_SIZE": str(max(int(menv["TRAIN_BATCH_TOKENS"]), 16384))}
     log(f"peer: {script.name} ({a.steps} steps + {a.peer_warmup} priming steps)")
@@ -158,24 +159,29 @@ def run_ours(a, work: Path, data: dict, env: dict, menv: dict) -> dict:
     tok_s = our_step_rates(recs, a.steps, int(menv["TRAIN_BATCH_TOKENS"]))
     if summary.get("steps") != a.steps or summary.get("val_bpb") is None:
         raise RuntimeError(f"{out}/summary.json: steps {summary.get('steps')}, val_bpb {summary.get('val_bpb')}")
-    return {"command": " ".join(cmd), "config": str(cfg_path), "openblas_mapped": blas,
+    from shared.spec.config import RunConfig
+    resolved = RunConfig.load_toml(out / "config.toml").to_dict()  # the run's own, fully resolved config
+    return {"command": " ".join(cmd), "config": resolved, "openblas_mapped": blas,
             "wall_s": round(time.perf_counter() - t0, 1), "load_before": load0, "load_after": os.getloadavg(),
             **timing_summary(tok_s, a.skip_steps), "val_bpb": summary["val_bpb"], "val_loss": summary["val_loss"],
-            "val_tokens": summary.get("val_tokens"), "train_loss_last": [r for r in recs if "eval" not in r][-1]["loss"]}
+            "val_tokens": summary.get("val_tokens"),
+            "train_loss_last": [r for r in recs if "eval" not in r][-1]["loss"]}
 
 
-def machine(a, env: dict) -> dict:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+def machine(env: dict) -> dict:
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), platform.processor())
     versions = {}
     for pkg in ("mlx", "numpy", "sentencepiece"):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = None
-    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version(),
+    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
             "versions": versions, "ld_preload": env.get("LD_PRELOAD"),
-            "thread_env": {k: env[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS") if k in env}}
+            "thread_env": {k: env[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+                           if k in env}}
 
 
 def verdict(peer: dict, ours: dict) -> dict:
@@ -194,7 +200,8 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--work", type=Path, help="keep the shards, tokenizer, logs and runs here (a new or empty "
                                               "folder; default: a temporary folder, removed)")
     ap.add_argument("--json-out", type=Path, help="also write the JSON here")
-    for flag, default, env_name in (("--layers", 9, "NUM_LAYERS"), ("--dim", 128, "MODEL_DIM"), ("--heads", 4, "NUM_HEADS"),
+    for flag, default, env_name in (("--layers", 9, "NUM_LAYERS"), ("--dim", 128, "MODEL_DIM"),
+                                    ("--heads", 4, "NUM_HEADS"),
                                     ("--kv-heads", 2, "NUM_KV_HEADS"), ("--mlp-mult", 2, "MLP_MULT"),
                                     ("--vocab-size", 1024, "VOCAB_SIZE"), ("--seq-len", 128, "TRAIN_SEQ_LEN"),
                                     ("--batch-tokens", 1024, "TRAIN_BATCH_TOKENS"), ("--steps", 60, "ITERATIONS"),
@@ -236,7 +243,7 @@ def main() -> int:
 
 def _bench(a, work: Path) -> int:
     env, menv = process_env(a), model_env(a)
-    result = {"bench": "pg_step", "machine": machine(a, env), "hyperparameters": menv, "goal": GOAL}
+    result = {"bench": "pg_step", "machine": machine(env), "hyperparameters": menv, "goal": GOAL}
     ours_error = None
     try:  # fail loudly, before the peer's minutes, if our side cannot even build its config
         our_config(menv, work)
