@@ -28,7 +28,7 @@ What is made equal, and how:
 Not equal, by design of each trainer: the order in which training windows are drawn (the peer streams
 the shard; ours draws windows from it by seed), so val_bpb differs by run-to-run noise as well.
 
-  python bench/pg_step.py --pg-repo /tmp/pgrepo                  # ~5-8 min on the 2-core dev VM
+  python bench/pg_step.py --pg-repo /tmp/pgrepo                  # ~3-5 min on the 2-core dev VM
   python bench/pg_step.py --pg-repo /tmp/pgrepo --steps 20 --json-out pg.json
 """
 from __future__ import annotations
