@@ -79,11 +79,14 @@ def process_env(a) -> dict[str, str]:
 
 
 def openblas_mapped(pid: int) -> bool | None:
+    """Whether process `pid` maps a system OpenBLAS (not numpy's own libscipy_openblas); None off Linux."""
     try:
         maps = Path(f"/proc/{pid}/maps").read_text()
     except OSError:
         return None
-    return "openblas" in maps
+    paths = {line.split()[-1] for line in maps.splitlines() if line.count(" ") >= 5 and "/" in line}
+    return any(Path(q).name.startswith("libopenblas") or "openblas-pthread" in q or "openblas-openmp" in q
+               for q in paths)
 
 
 def run_streaming(cmd: list[str], env: dict, cwd: Path, log_path: Path) -> tuple[int, list[str], bool | None]:
