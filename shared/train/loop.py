@@ -255,8 +255,11 @@ class _Loop:
         result.train_time_s += dt
         self.t0 = now
         first = self.step - len(values)
+        # train_time_s: training time so far (evaluations excluded) when these losses were fetched;
+        # with train.log_every=1 its differences are per-step times (bench/pg_step.py reads them)
         for i, (loss, gnorm, *z) in enumerate(values):
-            self.write({"step": first + i + 1, "loss": loss, "grad_norm": gnorm, **({"z_loss": z[0]} if z else {})})
+            self.write({"step": first + i + 1, "loss": loss, "grad_norm": gnorm, **({"z_loss": z[0]} if z else {}),
+                        "train_time_s": round(result.train_time_s, 6)})
         pending.clear()
         loss = values[-1][0]
         bad = [first + i + 1 for i, v in enumerate(values) if not all(math.isfinite(x) for x in v)]
