@@ -262,5 +262,5 @@ def test_presets_are_the_flavor_defaults():
     assert (m.num_hidden_layers, m.hidden_size, m.num_attention_heads, m.num_key_value_heads) == (9, 512, 8, 4)
     assert (m.vocab_size, m.intermediate_size, m.final_logit_softcapping, m.rope_theta) == (1024, 1024, 30.0, 1e4)
     assert m.qk_gain == 1.5 and m.tie_word_embeddings and not cfg.ternary.enabled
-    assert t.batch_size * t.seq_len == 524_288 and t.steps == 20_000 and t.time_budget_s == 600
+    assert t.batch_size * t.grad_accum * t.seq_len == 524_288 and t.steps == 20_000 and t.time_budget_s == 600
     assert math.isclose(m.rms_norm_eps, torch.finfo(torch.float32).eps)

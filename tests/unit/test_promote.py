@@ -116,9 +116,10 @@ def test_widths_respect_heads_and_group_size(mac):
 
 # ---- learning rates -------------------------------------------------------------------------------
 def test_adam_lr_scales_with_base_over_new_width(mac):
-    p = promote.plan(mac, "8xh100", params=int(1e8))
-    assert p.config.train.lr == pytest.approx(mac.train.lr * 512 / p.config.model.hidden_size)
-    assert p.config.train.muon_lr == mac.train.muon_lr
+    adam = mac.with_overrides(["train.optimizer=adamw"])  # mac-ablation itself trains with muon
+    p = promote.plan(adam, "8xh100", params=int(1e8))
+    assert p.config.train.lr == pytest.approx(adam.train.lr * 512 / p.config.model.hidden_size)
+    assert p.config.train.muon_lr == adam.train.muon_lr
 
 
 def test_muon_lr_is_kept_and_its_shape_factor_is_unchanged(mac):
@@ -133,6 +134,7 @@ def test_muon_lr_is_kept_and_its_shape_factor_is_unchanged(mac):
 
 # ---- memory, FLOPs, time --------------------------------------------------------------------------
 def test_memory_components(mac):
+    mac = mac.with_overrides(["train.optimizer=adamw"])  # mac-ablation itself trains with muon
     n = count_parameters(mac)[0]
     m = promote.memory_per_gpu(mac, 4, 1024, 8, "ddp")
     assert (m.weights, m.grads, m.optimizer, m.ddp_buckets) == (4 * n, 4 * n, 8 * n, 4 * n)  # AdamW: 2 fp32 slots
@@ -145,8 +147,8 @@ def test_memory_components(mac):
     ema = mac.with_overrides(["train.ema_decay=0.99"])
     assert promote.memory_per_gpu(ema, 4, 1024, 8, "ddp").optimizer == 12 * n
     muon = mac.with_overrides(["train.optimizer=muon"])
-    n_muon = sum(math.prod(s) for k, s in parameter_shapes(mac.model).items()
-                 if len(s) == 2 and k.startswith("model.layers."))
+    n_muon = sum(math.prod(s.shape) for k, s in parameter_specs(mac.model).items()
+                 if s.role == "matrix" and k.startswith("model.layers."))  # not resid_mix (2, hidden)
     assert promote.memory_per_gpu(muon, 4, 1024, 8, "ddp").optimizer == 4 * n_muon + 8 * (n - n_muon)
 
 
