@@ -83,13 +83,28 @@ def fp8_weight(w: mx.array) -> mx.array:
     return straight_through(w32, mx.stop_gradient(round_e4m3(w32))).astype(w.dtype)
 
 
-def mark_float_qat(model, names: list[str], fmt: str | None) -> None:
-    """Give the weights `names` (shared.spec.params.float_qat_parameters) the float QAT `fmt`."""
+def spec_projections(model, names: list[str], why: str) -> list["TernaryLinear"]:
+    """The TernaryLinear module of each weight in `names` (canonical names from the parameter specs,
+    shared/spec/params.py); `why` says in the error what asked for it."""
     modules = dict(model.named_modules())
+    out = []
     for name in names:
         mod = modules.get(name.removesuffix(".weight"))
         if not isinstance(mod, TernaryLinear):
-            raise ValueError(f"{name}: ternary.float_qat covers it but the model has no TernaryLinear for it")
+            raise ValueError(f"{name}: {why} but the model has no TernaryLinear for it")
+        out.append(mod)
+    return out
+
+
+def mark_ternary(model, names: list[str]) -> None:
+    """Make the weights the config's parameter specs call ternary (ternary_parameters) ternary."""
+    for mod in spec_projections(model, names, "the spec makes it ternary"):
+        mod.ternary = True
+
+
+def mark_float_qat(model, names: list[str], fmt: str | None) -> None:
+    """Give the weights `names` (shared.spec.params.float_qat_parameters) the float QAT `fmt`."""
+    for mod in spec_projections(model, names, "ternary.float_qat covers it"):
         mod.float_qat = fmt
 
 

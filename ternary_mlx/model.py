@@ -20,23 +20,14 @@ from shared.spec.config import RunConfig
 from shared.data.checks import check_token_ids
 from shared.spec.init import init_weights
 from shared.spec.params import float_qat_parameters, parameter_shapes, ternary_parameters
-from ternary_mlx.layers import RMSNorm, SubLN, TernaryEmbedding, TernaryLinear, fused_linear, mark_float_qat
+from ternary_mlx.layers import (RMSNorm, SubLN, TernaryEmbedding, TernaryLinear, fused_linear, mark_float_qat,
+                                mark_ternary)
 
 
 def _linear(cfg: RunConfig, d_in: int, d_out: int) -> TernaryLinear:
     """A projection, float until `Model` marks the ones its parameter specs make ternary."""
     t = cfg.ternary
     return TernaryLinear(d_in, d_out, False, t.group_size, t.eps, t.activation_bits)
-
-
-def mark_ternary(model, names: list[str]) -> None:
-    """Make the weights the config's parameter specs call ternary (shared/spec/params.py) ternary."""
-    modules = dict(model.named_modules())
-    for name in names:
-        mod = modules.get(name.removesuffix(".weight"))
-        if not isinstance(mod, TernaryLinear):
-            raise ValueError(f"{name}: the spec makes it ternary but the model has no TernaryLinear for it")
-        mod.ternary = True
 
 
 def rope(x: mx.array, theta: float, ramp_factor: float | None = None) -> mx.array:

@@ -20,15 +20,8 @@ from shared.spec.reference_model import reference_logits, rope, rope_inv_freq, s
 from tests.variants import tiny_config
 
 
-def _weights(cfg, seed: int = 0) -> dict[str, np.ndarray]:
-    """Shared init with random 1-D tensors (0.5..1.5), so a missing gain or bias shows."""
-    rng = np.random.default_rng(seed + 100)
-    return {k: (rng.uniform(0.5, 1.5, v.shape).astype(np.float32) if v.ndim == 1 else v)
-            for k, v in init_weights(cfg.model, seed).items()}
-
-
-def _ids(cfg, shape=(2, 9), seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, cfg.model.vocab_size, shape)
+# random 1-D tensors (0.5..1.5: a missing gain or bias shows) and token ids, as for the base model
+from tests.unit.test_reference_model import _ids, _weights  # noqa: E402
 
 
 FLOAT = dict(enabled=False)
