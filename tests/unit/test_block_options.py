@@ -136,9 +136,11 @@ def test_fused_projections_compute_the_unfused_model(ternary):
         a, b = cls(plain, w), cls(fused, w)
         la, lb = run(a, ids), run(b, ids)
         assert np.abs(la).max() > 0.5
-        assert np.abs(la - lb).max() < 1e-6, cls
+        # a BLAS may block one concatenated matmul differently from three: 2.9e-6 measured with
+        # Debian's OpenBLAS preloaded for MLX (CI); a shared scale would move weights by > 0.01
+        assert np.abs(la - lb).max() < 1e-5, cls
         (loss_a, ga), (loss_b, gb) = grads(a, ids), grads(b, ids)
-        assert abs(loss_a - loss_b) < 1e-6 and sorted(ga) == sorted(gb)
+        assert abs(loss_a - loss_b) < 1e-5 and sorted(ga) == sorted(gb)
         for k in ga:
             assert np.abs(ga[k] - gb[k]).max() <= 1e-5 * np.abs(ga[k]).max(), (cls, k)
 
