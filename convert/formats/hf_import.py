@@ -34,7 +34,7 @@ import numpy as np
 from shared.data.tokenizers import HF_TOKENIZER_FILES, get_tokenizer
 from shared.spec.atomic_dir import discard, staging_dir, swap_dir
 from shared.spec.checkpoint import CheckpointError, check_tensor_set, write_checkpoint
-from shared.spec.ownership import checkpoint_refusal, occupied, source_conflict
+from shared.spec.ownership import new_checkpoint_refusal, source_conflict
 from shared.spec.config import ConfigError, DataConfig, RunConfig, TernaryConfig, TrainConfig, model_config_from_hf
 from shared.spec.params import parameter_shapes
 from shared.spec.presets import FINETUNE_TRAIN
@@ -287,15 +287,9 @@ def _check_tokenizer_fits(name_or_path: str | Path, vocab_size: int) -> None:
 def import_hf(src: str, out: str | Path, *, ternary: bool = True, overrides: list[str] | None = None,
               revision: str | None = None, force: bool = False) -> ImportResult:
     out = Path(out).expanduser().resolve()
-    if (out / "manifest.json").exists() and not force:
-        raise ImportHFError(f"{out} is an existing checkpoint; pass --force to replace it")
-    if out.exists() and not out.is_dir():
-        raise ImportHFError(f"{out} exists and is not a directory")
-    if force and occupied(out):
-        why = checkpoint_refusal(out, extra=_own_tokenizer_dir)
-        if why:
-            raise ImportHFError(f"--force: {why}; it replaces only a checkpoint directory (the files its manifest "
-                                "lists) and its tokenizer/ folder (nothing was changed)")
+    why = new_checkpoint_refusal(out, force, " and its tokenizer/ folder", extra=_own_tokenizer_dir)
+    if why:
+        raise ImportHFError(why)
     src_dir = resolve_source(str(src), revision)
     why = source_conflict(out, {"the Hugging Face model": src_dir})
     if why:

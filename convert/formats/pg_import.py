@@ -26,7 +26,7 @@ import numpy as np
 
 from shared.spec.checkpoint import CheckpointError, check_tensor_set, write_checkpoint
 from shared.spec.config import RunConfig
-from shared.spec.ownership import checkpoint_refusal, occupied, source_conflict
+from shared.spec.ownership import new_checkpoint_refusal, source_conflict
 from shared.spec.params import parameter_shapes
 from shared.spec.pg_family import run_config
 
@@ -153,14 +153,9 @@ def rename(cfg: RunConfig, state: dict[str, np.ndarray], flavor: str) -> tuple[d
 
 # ---- the whole import -------------------------------------------------------------------------------
 def _check_out(out: Path, src: Path, force: bool) -> None:
-    if (out / "manifest.json").exists() and not force:
-        raise ImportPGError(f"{out} is an existing checkpoint; pass --force to replace it")
-    if out.exists() and not out.is_dir():
-        raise ImportPGError(f"{out} exists and is not a directory")
-    if force and occupied(out):
-        why = checkpoint_refusal(out)
-        if why:
-            raise ImportPGError(f"--force: {why}; it replaces only a checkpoint directory (nothing was changed)")
+    why = new_checkpoint_refusal(out, force)
+    if why:
+        raise ImportPGError(why)
     why = source_conflict(out, {"the state dict": src})
     if why:
         raise ImportPGError(f"--out {why}; write the checkpoint somewhere else")

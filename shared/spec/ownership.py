@@ -11,6 +11,7 @@ as its own error type (one line, exit 2 on the command line). They run before an
   (a symbolic link is always foreign: replacing it would act on whatever it points to).
 - `checkpoint_refusal`: a checkpoint directory (shared/spec/checkpoint.py) holds manifest.json and
   exactly the files that manifest lists.
+- `new_checkpoint_refusal`: where an importer (import-hf, import-pg) may write a new checkpoint.
 """
 from __future__ import annotations
 
@@ -85,4 +86,21 @@ def checkpoint_refusal(d: Path, extra: Callable[[Path], bool] = lambda _e: False
     other = foreign_entries(d, lambda e: (e.name in listed and e.is_file()) or extra(e))
     if other:
         return f"{d} holds {listing(other)}, which its checkpoint manifest does not list"
+    return None
+
+
+def new_checkpoint_refusal(out: Path, force: bool, keeps: str = "",
+                           extra: Callable[[Path], bool] = lambda _e: False) -> str | None:
+    """None when an importer may write a checkpoint at `out`: nothing there, an empty directory, or
+    (with `force`) a checkpoint directory holding only its manifest's files and entries `extra`
+    recognises (`keeps` names those in the message); else why not."""
+    if (out / "manifest.json").exists() and not force:
+        return f"{out} is an existing checkpoint; pass --force to replace it"
+    if out.exists() and not out.is_dir():
+        return f"{out} exists and is not a directory"
+    if force and occupied(out):
+        why = checkpoint_refusal(out, extra=extra)
+        if why:
+            return (f"--force: {why}; it replaces only a checkpoint directory (the files its manifest lists)"
+                    f"{keeps} (nothing was changed)")
     return None

@@ -158,10 +158,7 @@ def _model(flavor: str, v: dict[str, Any]) -> dict[str, Any]:
              fused_gate_up=act == "swiglu", final_logit_softcapping_type=v["SOFTCAP_TYPE"],
              embed_dim=embed_dim if 0 < embed_dim != dim else None,
              rope_ramp_factor=v["YARN_MAX_LEN"] / v["TRAIN_SEQ_LEN"] if v["ROPE_TYPE"] == "yarn" else None,
-             max_position_embeddings=max(v["TRAIN_SEQ_LEN"], v["YARN_MAX_LEN"]),
-             zero_init_lm_head=False)  # the record's lm_head is frozen at zero when tied; untied it is zero-init
-    if not tied:
-        m["zero_init_lm_head"] = True
+             max_position_embeddings=max(v["TRAIN_SEQ_LEN"], v["YARN_MAX_LEN"]))
     if act == "leaky_relu":
         m["leaky_relu_slope"] = 0.01  # the record hard-codes F.leaky_relu(negative_slope=0.01)
     return m

@@ -64,10 +64,11 @@ PRESETS: dict[str, Preset] = {
             train=dict(steps=2000, batch_size=16, grad_accum=1, warmdown_steps=400, time_budget_s=None,
                        eval_every=250, eval_tokens=262_144))),
     "mac-stock": Preset(
-        "mac-ablation as a stock Qwen3 that every export format expresses (`ternary convert --to hf, "
-        "mlx-lm, hf-bitnet, gguf`): the same 9 layers x 512, 8/4 heads, vocab 1024, tied embeddings and "
-        "training, with a SwiGLU MLP of 768 instead of relu^2 2x (+12% MLP weights), no logit soft-cap and "
-        "one scale per tensor (group 0). Not trained against mac-ablation here.",
+        "mac-ablation's size as a stock Qwen3 that every export format expresses (`ternary convert --to hf, "
+        "mlx-lm, hf-bitnet, gguf`): the same 9 layers x 512, 8/4 heads, vocab 1024 and tied embeddings, "
+        "with a SwiGLU MLP of 768 instead of relu^2 2x (+12% MLP weights), no parameter-golf block options, "
+        "no logit soft-cap, one scale per tensor (group 0) and AdamW (lr 2e-3, 8 x 1024 tokens per step). "
+        "Not trained against mac-ablation here.",
         {"model": dict(vocab_size=1024, hidden_size=512, intermediate_size=768, num_hidden_layers=9,
                        num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=1024),
          "ternary": dict(group_size=0),

@@ -264,3 +264,20 @@ def test_presets_are_the_flavor_defaults():
     assert m.qk_gain == 1.5 and m.tie_word_embeddings and not cfg.ternary.enabled
     assert t.batch_size * t.grad_accum * t.seq_len == 524_288 and t.steps == 20_000 and t.time_budget_s == 600
     assert math.isclose(m.rms_norm_eps, torch.finfo(torch.float32).eps)
+
+
+def test_out_is_replaced_only_with_force_and_only_a_checkpoint(tmp_path):
+    hp = _hp(BASE_ENV)
+    save_file(pg_state(hp), str(tmp_path / "s.safetensors"))
+    imp = lambda out, **kw: import_pg(tmp_path / "s.safetensors", out, flavor="baseline", env=BASE_ENV, **kw)  # noqa: E731
+    imp(tmp_path / "ck")
+    with pytest.raises(ImportPGError, match="existing checkpoint; pass --force"):
+        imp(tmp_path / "ck")
+    imp(tmp_path / "ck", force=True)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ImportPGError, match="--force: .*nothing was changed"):
+        imp(tmp_path / "mine", force=True)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    with pytest.raises(ImportPGError, match="--out .*somewhere else"):
+        imp(tmp_path)  # the folder holding the state dict
