@@ -468,7 +468,7 @@ def load_packed(path: str | Path, form: str = "dequantized") -> tuple[RunConfig,
 
     form="dequantized": ternary weights are W_t = q * s (float32 from the stored fp16 scales); build a
     model with effective_config(config). Float parameters are float32 (int8 ones dequantized).
-    form="latent": ternary weights W' = q * s * G / nnz(group) (0 for an all-zero group), whose
+    form="latent": ternary weights W' = q * s / mean|q| = q * s * G / nnz(group) (0 for an all-zero group), whose
     projection is q again and whose scale mean|W'| is s up to float32 rounding; build a model with
     `config` itself (keeps activation quantization).
     """
@@ -485,9 +485,8 @@ def load_packed(path: str | Path, form: str = "dequantized") -> tuple[RunConfig,
         out_, inp = codes.shape
         g = codes.reshape(1, 1, -1) if G == 0 else codes.reshape(out_, inp // G, G)
         s = scales.astype(np.float32)
-        if form == "latent":
-            nnz = np.count_nonzero(g, axis=-1).astype(np.float32)
-            s = np.where(nnz > 0, s * (np.float32(g.shape[-1]) / np.maximum(nnz, 1)), np.float32(0))
+        if form == "latent":  # s / mean|q| = s * G / nnz per group: the record's shrinkage fix
+            s = pgrecord.effective_scales(codes, s, G)
         weights[name] = (g.astype(np.float32) * s[..., None]).reshape(codes.shape).astype(np.float32)
     check_finite(weights, str(path))  # refused as a checkpoint's would be (fp16 overflows to inf)
     return config, weights

@@ -19,7 +19,7 @@ The record's "shrinkage fix" (deq_sd: W' = q * s / max(mean|q|, 1e-8) per group)
 weights for a model that ternarizes them again: mean|W'| = s and round(W' / s) = q, so its forward
 pass uses exactly q * s, as training did. Our reader hands the codes and s to the model directly
 (the forward weights are q * s, as for every packed file), and load_packed(form="latent") gives the
-record's W' (effective_scales below is its formula, for the tests). The record then casts every tensor to bfloat16 for its
+record's W' through effective_scales below. The record then casts every tensor to bfloat16 for its
 bf16 model; we keep float32.
 """
 from __future__ import annotations
