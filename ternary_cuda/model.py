@@ -20,6 +20,7 @@ from shared.spec.config import RunConfig
 from shared.data.checks import check_token_ids
 from shared.spec.init import init_weights
 from shared.spec.params import float_qat_parameters, parameter_shapes, ternary_parameters
+from ternary_cuda.blocks import BlockHooks
 from ternary_cuda.layers import (RMSNorm, SubLN, TernaryEmbedding, TernaryLinear, fused_linear, mark_float_qat,
                                  mark_ternary)
 
@@ -191,18 +192,23 @@ class Decoder(nn.Module):
         self.n_encoder = m.num_hidden_layers // 2 if m.unet_skips else 0
         if m.unet_skips:
             self.skip_weights = nn.Parameter(torch.ones(parameter_shapes(m)["model.skip_weights"]))
+        self.plugins = BlockHooks(self, cfg)  # block plug-ins: model.NAME (shared/spec/blocks.py)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
         if self.factored:
             x = self.embed_proj(x)
+        x = self.plugins.embedding(x, input_ids)
         if self.embed_norm is not None:
             x = self.embed_norm(x)
+        x = self.plugins.stream(x, input_ids)
         x0, skips = x, []
         for i, layer in enumerate(self.layers):
             if i >= self.n_encoder and skips:  # decoder layer j = i - n_encoder pops the latest push
                 x = x + self.skip_weights[i - self.n_encoder] * skips.pop()
+            x = self.plugins.layer_input(x, input_ids, i)
             x = layer(x, x0)
+            x = self.plugins.layer_output(x, input_ids, i)
             if i < self.n_encoder:
                 skips.append(x)
         return self.norm(x)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import math
 import sys
@@ -73,7 +74,8 @@ def _with_options(base: type) -> type:
     """ModelConfig = the shape fields plus one field per model option of shared/spec/options.py (the
     option table is where an option's key, type, default and meaning are declared)."""
     from shared.spec.options import OPTIONS
-    fields_ = [(o.key, o.type, field(default=o.default)) for o in OPTIONS]
+    fields_ = [(o.key, o.type, field(default_factory=functools.partial(list, o.default)) if isinstance(o.default, list)
+                else field(default=o.default)) for o in OPTIONS]  # a list default needs a fresh list each time
     cls = dataclasses.make_dataclass("ModelConfig", fields_, bases=(base,))
     cls.__module__ = __name__
     cls.__doc__ = (base.__doc__ + " Option fields (shared/spec/options.py): "

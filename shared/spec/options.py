@@ -46,12 +46,14 @@ class ParamRule:
     shape: Callable[["ModelConfig"], tuple[int, ...]]
     role: str
     after: str
-    # "normal" (N(0, initializer_range)), "ones", "zeros", "option" (the value) or "first_row_ones"
-    # (row 0 ones, the other rows zeros: a mix that starts as the identity on its first input)
+    # "normal" (N(0, initializer_range)), "ones", "zeros", "option" (the value), "first_row_ones"
+    # (row 0 ones, the other rows zeros: a mix that starts as the identity on its first input) or
+    # "constant" (`value`)
     init: str = "normal"
     target: str | None = None  # the ternary target it belongs to (ternary.targets), if any
     scope: str = "layer"
     when: Callable[["ModelConfig"], bool] | None = None  # present only where this holds (another option)
+    value: float = 0.0  # the value of a "constant" init
 
 
 @dataclass(frozen=True)
@@ -271,6 +273,9 @@ OPTIONS: tuple[ModelOption, ...] = (
                 "SubLN's position without its gain or warm-up blend)",
                 OURS, "no norm before o_proj / down_proj", example=True),
 )
+# The block plug-ins' rows (shared/spec/blocks.py) follow the built-in ones.
+from shared.spec.blocks import plugin_options  # noqa: E402 (blocks' declarations import this module's names)
+OPTIONS = OPTIONS + plugin_options()
 OPTION_BY_KEY = {o.key: o for o in OPTIONS}
 
 

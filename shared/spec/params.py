@@ -120,6 +120,8 @@ def _spec(name: str, r: ParamRule, m: "ModelConfig", option_value) -> ParamSpec:
         init, value = "normal", float(option_value)
     elif init == "normal":
         value = float(m.initializer_range)
+    elif init == "constant":  # a fixed initial value (a block plug-in's scale)
+        value = float(r.value)
     return ParamSpec(name, tuple(r.shape(m)), r.role, init, value, r.target)
 
 

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shared.spec import ternary as T
+from shared.spec.blocks import reference_hook
 from shared.spec.checkpoint import check_tensor_set
 from shared.spec.config import RunConfig
 from shared.data.checks import check_token_ids
@@ -228,8 +229,9 @@ def decoder_layer(x: np.ndarray, x0: np.ndarray, i: int, fp: _Pass) -> np.ndarra
     return x + (w[p + "mlp_scale"] * mlp if m.branch_scales else mlp)
 
 
-def layers(x: np.ndarray, fp: _Pass) -> np.ndarray:
-    """Every layer in turn, with unet_skips' encoder pushes and decoder pops (last in, first out)."""
+def layers(x: np.ndarray, fp: _Pass, ids: np.ndarray) -> np.ndarray:
+    """Every layer in turn, with unet_skips' encoder pushes and decoder pops (last in, first out),
+    and the block plug-ins' layer hooks (shared/spec/blocks.py)."""
     m = fp.cfg.model
     L = m.num_hidden_layers
     n_enc = L // 2 if m.unet_skips else 0
@@ -237,7 +239,9 @@ def layers(x: np.ndarray, fp: _Pass) -> np.ndarray:
     for i in range(L):
         if i >= n_enc and stack:
             x = x + fp.w["model.skip_weights"][i - n_enc] * stack.pop()
+        x = reference_hook("layer_input", x, ids, i, fp)
         x = decoder_layer(x, x0, i, fp)
+        x = reference_hook("layer_output", x, ids, i, fp)
         if i < n_enc:
             stack.append(x)
     return x
@@ -262,9 +266,11 @@ def reference_forward(cfg: RunConfig, weights: dict[str, np.ndarray], input_ids:
     x = fp.w["model.embed_tokens.weight"][ids]  # (B, T, embed width); a lookup: no activation quantization
     if m.embed_dim is not None:
         x = linear(x, "model.embed_proj.weight", fp)  # (B, T, hidden)
+    x = reference_hook("embedding", x, ids, None, fp)
     if m.embed_norm:
         x = rms_norm(x, 1.0, m.rms_norm_eps)  # weightless
-    x = norm(layers(x, fp), "model.norm.weight", fp)
+    x = reference_hook("stream", x, ids, None, fp)
+    x = norm(layers(x, fp, ids), "model.norm.weight", fp)
     return head_logits(x, fp), fp.margin
 
 

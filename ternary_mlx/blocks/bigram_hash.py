@@ -1,0 +1,42 @@
+"""BigramHash in MLX (mirrors ternary_cuda/blocks/bigram_hash.py; declared and defined in
+shared/spec/reference_blocks/bigram_hash.py)."""
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ternary_mlx.layers import TernaryEmbedding, TernaryLinear
+
+
+def wrap_int32(v: mx.array) -> mx.array:
+    """int64 values as int32 arithmetic would hold them (two's complement, the low 32 bits)."""
+    return ((v + 2 ** 31) & 0xFFFFFFFF) - 2 ** 31
+
+
+def bucket_ids(ids: mx.array, buckets: int) -> mx.array:
+    """(B, T) int64 buckets: position 0 -> buckets - 1, then (36313 id_t xor 27191 id_{t-1}) floor-mod
+    (buckets - 1) in int32 arithmetic. Whole-tensor ops: the cost per token is the same at any T (S6)."""
+    t = ids.astype(mx.int64)
+    mod = buckets - 1
+    pair = wrap_int32(wrap_int32(36313 * t[:, 1:]) ^ wrap_int32(27191 * t[:, :-1]))
+    r = pair % mod
+    r = mx.where(r < 0, r + mod, r)  # the floor mod whatever sign convention the framework's % has
+    return mx.concatenate([mx.full((t.shape[0], 1), mod, mx.int64), r], axis=1)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        m, t = cfg.model, cfg.ternary
+        width = m.bigram_hash_dim or m.hidden_size
+        self.embed = TernaryEmbedding(width, m.bigram_hash_buckets, False, t.group_size, t.eps, t.activation_bits)
+        if m.bigram_hash_dim is not None:
+            self.proj = TernaryLinear(width, m.hidden_size, False, t.group_size, t.eps, t.activation_bits)
+        self.projected, self.buckets = m.bigram_hash_dim is not None, m.bigram_hash_buckets
+        self.scale = mx.zeros((1,))  # values from the parameter spec's init (0.05)
+
+    def embedding(self, x: mx.array, ids: mx.array, i) -> mx.array:
+        e = self.embed(bucket_ids(ids, self.buckets))
+        if self.projected:
+            e = self.proj(e)
+        return x + self.scale * e
