@@ -94,6 +94,18 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "fp8qat-float-tied": (dict(), dict(enabled=False, float_qat="fp8")),
     "fp8qat-record-embed16-bias-outnorm-G32": (dict(embed_dim=16, vocab_bias=True, out_proj_norm=True),
                                                dict(group_size=32, float_qat="fp8")),
+    # Block plug-ins (shared/spec/blocks.py): BigramHash, n-gram embeddings, SmearGate. 64 buckets for a
+    # 256 vocabulary, so buckets collide; the n-gram at layer 1 is the U-Net decoder's, after its skip.
+    "plugin-bigram64-smear-embednorm-G32": (dict(bigram_hash_buckets=64, smear=True, embed_norm=True),
+                                            dict(group_size=32)),
+    "plugin-bigram64-dim16-fp8qat-untied-G64": (dict(bigram_hash_buckets=64, bigram_hash_dim=16,
+                                                     tie_word_embeddings=False), dict(group_size=64, float_qat="fp8")),
+    "plugin-ngram23-h2-gated-layer1-unet-mix-G32": (
+        dict(ngram_orders=[2, 3], ngram_heads=2, ngram_buckets=64, ngram_dim=32, ngram_gated=True, ngram_layer=1,
+             unet_skips=True, residual_mix=True), dict(group_size=32)),
+    "float-plugin-ngram3-gated-embedding-smear-bigram-embed16": (
+        dict(ngram_orders=[3], ngram_buckets=32, ngram_dim=16, ngram_gated=True, smear=True,
+             bigram_hash_buckets=16, embed_dim=16), dict(enabled=False)),
 }
 # A short list for the slower suites (training steps): one row per parameter-set shape. (The tied
 # record row with a ternary embedding is not here: by its fourth step one down_proj weight that sits
@@ -101,7 +113,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
 # losses part by ~2e-4; the two record rows here train the same parameter sets.)
 FAST_VARIANTS = ["gqa-tied-silu-G64", "mha-untied-relu2-G32", "float-gqa-untied", "subln-gqa-silu-G64",
                  "record-untied-embed16-bias-softcap30-outnorm-pertensor",
-                 "float-record-tied-embed16-poly1.5-ramp2-headdim32"]
+                 "float-record-tied-embed16-poly1.5-ramp2-headdim32", "plugin-ngram23-h2-gated-layer1-unet-mix-G32"]
 
 
 def tiny_dict(ternary: dict | None = None, train: dict | None = None, data: dict | None = None,
