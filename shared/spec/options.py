@@ -11,7 +11,8 @@ An option can also change parameters it does not add (`edits`, `ParamEdit`): rem
 weightless RMSNorm has no gain) or give it another init rule (zero-initialised projections).
 
 To add an option: one `ModelOption` row here, the forward pass in both model files and in
-`shared/spec/reference_model.py`, and a row in `tests/variants.py`.
+`shared/spec/reference_model.py`, and a row in `tests/variants.py`. A block plug-in declares its rows
+in its own file instead and leaves the model files alone (shared/spec/blocks.py, docs/plugins.md).
 """
 from __future__ import annotations
 

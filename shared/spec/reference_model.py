@@ -31,6 +31,10 @@ unet_skips the first L // 2 layers push their outputs on a stack and decoder lay
 skip_weights[j] * pop() while the stack is not empty. fused_qkv / fused_gate_up change only how a
 backend computes the same projections, so they do not appear here.
 
+Block plug-ins (shared/spec/blocks.py) act at four hook points, each called once: after the lookup
+(and embed_proj), after embed_norm (the result is x0), before and after each layer. Their equations
+are in shared/spec/reference_blocks/, one file each.
+
 Ternary projection (DESIGN 3.2): the codes q and scales s come from shared/spec/ternary.py in float32,
 bit for bit as the backends compute them (they decide which side of a rounding boundary each weight
 falls on, so they must not be recomputed in float64); W_used = W + lambda * (q * s - W) is then
