@@ -106,6 +106,9 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "float-plugin-ngram3-gated-embedding-smear-bigram-embed16": (
         dict(ngram_orders=[3], ngram_buckets=32, ngram_dim=16, ngram_gated=True, smear=True,
              bigram_hash_buckets=16, embed_dim=16), dict(enabled=False)),
+    # the ternary record's SMEAR after every layer, with U-Net pushes of smeared outputs (3 layers)
+    "plugin-smearmean-L3-unet-relu2-G32": (dict(smear_running_mean=True, num_hidden_layers=3, unet_skips=True,
+                                                hidden_act="relu2"), dict(group_size=32)),
 }
 # A short list for the slower suites (training steps): one row per parameter-set shape. (The tied
 # record row with a ternary embedding is not here: by its fourth step one down_proj weight that sits

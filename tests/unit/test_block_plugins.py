@@ -208,7 +208,8 @@ def _forward_calls(row: str, backend: str, T: int) -> int:
 
 @pytest.mark.parametrize("backend", ["reference", "mlx", "torch"])
 @pytest.mark.parametrize("row", ["plugin-ngram23-h2-gated-layer1-unet-mix-G32",
-                                 "float-plugin-ngram3-gated-embedding-smear-bigram-embed16"])
+                                 "float-plugin-ngram3-gated-embedding-smear-bigram-embed16",
+                                 "plugin-smearmean-L3-unet-relu2-G32"])
 def test_a_plugin_models_forward_costs_the_same_python_calls_at_any_length(row, backend):
     _forward_calls(row, backend, 8)  # first calls import and cache things
     assert _forward_calls(row, backend, 16) == _forward_calls(row, backend, 128)
