@@ -278,6 +278,9 @@ OPTIONS: tuple[ModelOption, ...] = (
 from shared.spec.blocks import plugin_options  # noqa: E402 (blocks' declarations import this module's names)
 OPTIONS = OPTIONS + plugin_options()
 OPTION_BY_KEY = {o.key: o for o in OPTIONS}
+if len(OPTION_BY_KEY) != len(OPTIONS):
+    raise ValueError("model options declared twice: "
+                     + ", ".join(sorted({o.key for o in OPTIONS if [p.key for p in OPTIONS].count(o.key) > 1})))
 
 
 def combination_problem(m: "ModelConfig") -> str | None:

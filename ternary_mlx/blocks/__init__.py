@@ -12,6 +12,8 @@ class BlockHooks:
     def __init__(self, decoder, cfg):
         self.at = {point: [] for point in HOOK_POINTS}
         for plugin, module in backend_blocks(cfg.model, __name__):
+            if hasattr(decoder, plugin.name):  # a plug-in must not replace a part of the model
+                raise ValueError(f"block plug-in {plugin.name!r}: the decoder already has a {plugin.name!r}")
             block = module.Block(cfg)
             setattr(decoder, plugin.name, block)
             for point in plugin.hooks:

@@ -50,6 +50,19 @@ def test_a_plugin_without_a_backend_file_is_refused_by_name(monkeypatch):
         blocks.backend_blocks(tiny_config().model, "ternary_mlx.blocks")
 
 
+@pytest.mark.parametrize("package", ["ternary_mlx.blocks", "ternary_cuda.blocks"])
+def test_a_plugin_named_like_a_part_of_the_decoder_is_refused(monkeypatch, package):
+    import importlib
+    hooks = importlib.import_module(package).BlockHooks
+    fake = blocks.BlockPlugin("norm", options=(), hooks=("stream",))
+    monkeypatch.setattr(importlib.import_module(package), "backend_blocks", lambda m, pkg: [(fake, None)])
+
+    class Decoder:
+        norm = object()
+    with pytest.raises(ValueError, match="'norm': the decoder already has"):
+        hooks(Decoder(), tiny_config())
+
+
 @pytest.mark.parametrize("row", PLUGIN_ROWS)
 def test_a_plugin_keeps_every_other_initial_weight(row):
     """Its parameters come last in canonical order, so every other tensor keeps its random stream."""
