@@ -13,10 +13,14 @@ trigram heads the next):
 
 and x += out at the input of layer model.ngram_layer (0: at the embedding, before its norm, like
 BigramHash). The (order, head) tables are one tensor model.ngram_hash.tables.weight, table j's rows
-at j * buckets. Everything is N(0, initializer_range) at init (the record: 0.02). The record's
-polynomial fits int64 for orders 2 and 3 (p^2 * id < 2^63); the backends reduce mod buckets after
-every step instead (the same residue, and never near overflow); this reference computes it exactly
-with Python integers.
+at j * buckets. Everything is N(0, initializer_range) at init (the record: 0.02).
+
+The record evaluates the polynomial in int64, which holds it for orders 2 and 3 while ids stay below
+~6.9 million (p^2 < 1.4e12); at order 4 (p^3 up to 1.5e18) it overflows for ids of two digits, so
+the orders are 2 and 3.
+The backends reduce mod buckets after every Horner step (the same residue, every value below
+buckets * p, at any id); this reference computes the polynomial exactly with Python integers. Below
+~6.9 million ids all three equal the record's int64 result bit for bit.
 """
 from __future__ import annotations
 
