@@ -135,6 +135,12 @@ class TrainConfig:
     seq_len_start: int = 0  # training sequence length before the switch; 0 = off
     seq_schedule_frac: float = 0.33  # ... until step int(steps * this)
     ema_decay: float | None = None  # EMA of weights, used for evaluation; saved as '<param>.ema' in the optimizer state
+    # The EMA starts at step int(steps * ema_start_frac): before it, the EMA is the weights themselves
+    # (decay 0), as parameter-golf's EMA_START_FRACTION copies the weights in at its start; 0 = from step 0
+    ema_start_frac: float = 0.0
+    # Learning rate multiplier of the decoder half's blocks (layers >= num_hidden_layers // 2, the
+    # U-Net skips' popping half), every group of theirs; shared.train.optim_rules.lr_key
+    decoder_lr_mult: float = 1.0
     eval_every: int = 100  # steps; 0 = only at the end
     eval_tokens: int = 131072  # validation tokens scored per evaluation (the whole split if smaller)
     eval_stride: int | None = None  # None: non-overlapping windows; N < seq_len: sliding, each scores its last N
@@ -333,6 +339,12 @@ class RunConfig:
                               f"{m.max_position_embeddings}")
         if tr.ema_decay is not None:
             _require("train.ema_decay", tr.ema_decay, 0 < tr.ema_decay < 1, "in (0, 1) (or absent)")
+        _require("train.ema_start_frac", tr.ema_start_frac, 0 <= tr.ema_start_frac < 1, "in [0, 1)")
+        if tr.ema_start_frac and tr.ema_decay is None:
+            raise ConfigError(f"train.ema_start_frac={tr.ema_start_frac:g} needs train.ema_decay "
+                              "(the EMA it starts); set both or neither")
+        _require("train.decoder_lr_mult", tr.decoder_lr_mult, tr.decoder_lr_mult >= 0,
+                 ">= 0 (1 = the groups' own rates; 0 freezes the decoder half)")
         if tr.patience is not None:
             _require("train.patience", tr.patience, tr.patience >= 1,
                      ">= 1 (it counts evaluations; absent = never stop early)")
