@@ -145,6 +145,16 @@ class TrainConfig:
     eval_tokens: int = 131072  # validation tokens scored per evaluation (the whole split if smaller)
     eval_stride: int | None = None  # None: non-overlapping windows; N < seq_len: sliding, each scores its last N
     temperature_scaling: bool = False  # also report val metrics at a logit temperature chosen on training tokens
+    # Score-first test-time training at the final evaluation and in `ternary eval` (shared/train/ttt.py):
+    # "off", "full" (SGD on every latent weight) or "lora" (SGD on a rank-ttt_lora_rank delta of the
+    # ttt_lora_targets projections); each chunk of ttt_chunk_tokens is scored before any step on it.
+    # Reported as val_bpb_ttt beside val_bpb, never instead of it.
+    ttt: str = "off"
+    ttt_lr: float = 1e-3
+    ttt_steps: int = 1  # SGD steps on each chunk (after scoring it)
+    ttt_chunk_tokens: int = 2048  # scored targets per chunk; a multiple of seq_len
+    ttt_lora_rank: int = 8
+    ttt_lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     patience: int | None = None  # evaluations without improvement before stopping; None = never
     min_delta: float = 0.0  # improvement in val_loss (nats) that resets patience
     time_budget_s: float | None = None  # training wall-clock budget, excluding evaluation
@@ -351,6 +361,30 @@ class RunConfig:
         if tr.time_budget_s is not None:
             _require("train.time_budget_s", tr.time_budget_s, tr.time_budget_s > 0, "positive (or absent)")
         self._validate_golf_training()
+        self._validate_ttt()
+
+    def _validate_ttt(self) -> None:
+        """train.ttt_*: checked whatever the mode, so a bad value is refused before it is switched on."""
+        tr = self.train
+        from shared.train.ttt import TTT_MODES, lora_target_names
+        if tr.ttt not in TTT_MODES:
+            raise ConfigError(f"train.ttt: {tr.ttt!r} is not one of {', '.join(TTT_MODES)}{_suggest(tr.ttt, TTT_MODES)}")
+        _require("train.ttt_lr", tr.ttt_lr, tr.ttt_lr > 0, "positive")
+        for key in ("ttt_steps", "ttt_lora_rank"):
+            _require(f"train.{key}", getattr(tr, key), getattr(tr, key) >= 1, ">= 1")
+        if tr.ttt_chunk_tokens < 1 or tr.ttt_chunk_tokens % tr.seq_len:
+            raise ConfigError(f"train.ttt_chunk_tokens must be a positive multiple of train.seq_len ({tr.seq_len}), "
+                              f"got {tr.ttt_chunk_tokens}")
+        from shared.spec.params import parameter_specs
+        specs = parameter_specs(self.model)
+        for target in tr.ttt_lora_targets:
+            if not lora_target_names(specs, [target]):
+                valid = sorted({n[:-len(".weight")].rsplit(".", 1)[-1] for n in lora_target_names(specs, _AnyName())})
+                raise ConfigError(f"train.ttt_lora_targets: {target!r} names no block projection of this model; "
+                                  f"valid: {', '.join(valid)}{_suggest(target, valid)}")
+        if tr.ttt != "off" and tr.eval_stride is not None:
+            raise ConfigError(f"train.ttt = {tr.ttt!r} scores non-overlapping windows; unset train.eval_stride "
+                              f"({tr.eval_stride}) or set train.ttt = \"off\"")
 
     def _validate_golf_training(self) -> None:
         """The parameter-golf training knobs (per-group rates, Muon details, z-loss, schedules)."""
@@ -410,6 +444,12 @@ def model_config_from_hf(hf: dict[str, Any], where: str = "config.json") -> Mode
 
 # ---- helpers ----------------------------------------------------------------------------------
 _SECTIONS = {"model": ModelConfig, "ternary": TernaryConfig, "train": TrainConfig, "data": DataConfig}
+
+
+class _AnyName:
+    """A `targets` that holds every name (lists the valid LoRA targets in an error)."""
+    def __contains__(self, _name) -> bool:
+        return True
 
 
 def _require(key: str, value: Any, ok: bool, rule: str) -> None:
