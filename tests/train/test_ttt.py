@@ -180,3 +180,11 @@ def test_bad_ttt_values_are_one_clear_line(sets, message):
     with pytest.raises(ConfigError) as e:
         RunConfig().with_overrides(sets)
     assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_ttt_is_refused_on_several_ranks_before_any_work(tmp_path):
+    from shared.train.runner import train
+    with pytest.raises(ConfigError, match=r"runs in one process, not on 2 ranks"):
+        train(config("train.ttt=full", "train.ttt_chunk_tokens=256"), backend("torch"), tmp_path / "r",
+              log=lambda _m: None, progress=False, world_size=2)
+    assert not (tmp_path / "r").exists()
