@@ -366,7 +366,7 @@ class RunConfig:
     def _validate_ttt(self) -> None:
         """train.ttt_*: checked whatever the mode, so a bad value is refused before it is switched on."""
         tr = self.train
-        from shared.train.ttt import TTT_MODES, lora_target_names
+        from shared.train.ttt import TTT_MODES, lora_projection_names, lora_target_names
         if tr.ttt not in TTT_MODES:
             raise ConfigError(f"train.ttt: {tr.ttt!r} is not one of {', '.join(TTT_MODES)}{_suggest(tr.ttt, TTT_MODES)}")
         _require("train.ttt_lr", tr.ttt_lr, tr.ttt_lr > 0, "positive")
@@ -379,7 +379,7 @@ class RunConfig:
         specs = parameter_specs(self.model)
         for target in tr.ttt_lora_targets:
             if not lora_target_names(specs, [target]):
-                valid = sorted({n[:-len(".weight")].rsplit(".", 1)[-1] for n in lora_target_names(specs, _AnyName())})
+                valid = sorted(set(lora_projection_names(specs).values()))
                 raise ConfigError(f"train.ttt_lora_targets: {target!r} names no block projection of this model; "
                                   f"valid: {', '.join(valid)}{_suggest(target, valid)}")
         if tr.ttt != "off" and tr.eval_stride is not None:
@@ -444,12 +444,6 @@ def model_config_from_hf(hf: dict[str, Any], where: str = "config.json") -> Mode
 
 # ---- helpers ----------------------------------------------------------------------------------
 _SECTIONS = {"model": ModelConfig, "ternary": TernaryConfig, "train": TrainConfig, "data": DataConfig}
-
-
-class _AnyName:
-    """A `targets` that holds every name (lists the valid LoRA targets in an error)."""
-    def __contains__(self, _name) -> bool:
-        return True
 
 
 def _require(key: str, value: Any, ok: bool, rule: str) -> None:

@@ -32,10 +32,10 @@ from typing import Callable
 import numpy as np
 
 from shared.data.metrics import bits_per_byte, perplexity
+from shared.spec.options import MATRIX
 
 TTT_MODES = ("off", "full", "lora")
 TTT_KEYS = ("val_loss_ttt", "val_bpb_ttt", "ttt_mode")  # what the summary carries beside val_loss, val_bpb
-MATRIX_ROLE = "matrix"
 
 
 @dataclass(frozen=True)
@@ -64,11 +64,16 @@ def plan_of(t) -> TTTPlan | None:
                    tuple(t.ttt_lora_targets), t.seed)
 
 
+def lora_projection_names(specs: dict) -> dict[str, str]:
+    """{parameter name: its projection name} of the block matrices (role matrix, inside a layer, 2-D
+    (out, in)): model.layers.<i>.self_attn.q_proj.weight -> q_proj. What train.ttt_lora_targets names."""
+    return {n: n.removesuffix(".weight").rsplit(".", 1)[-1] for n, s in specs.items()
+            if s.role == MATRIX and s.layer is not None and len(s.shape) == 2}
+
+
 def lora_target_names(specs: dict, targets) -> list[str]:
-    """The block matrices (role matrix, inside a layer) whose projection name is one of `targets`
-    ("q_proj" names model.layers.<i>.self_attn.q_proj.weight), in canonical order."""
-    return [n for n, s in specs.items() if s.role == MATRIX_ROLE and s.layer is not None
-            and n.endswith(".weight") and n[:-len(".weight")].rsplit(".", 1)[-1] in targets]
+    """The block matrices whose projection name is one of `targets`, in canonical order."""
+    return [n for n, proj in lora_projection_names(specs).items() if proj in targets]
 
 
 def chunk_starts(n_tokens: int, max_tokens: int | None, chunk_tokens: int) -> list[tuple[int, int]]:
