@@ -15,6 +15,7 @@ def run(args) -> int:
     backend = runtime.start(args.runtime, file=sys.stderr if args.json else sys.stdout)  # --json: stdout is JSON only
     model, cfg, ckpt, (evaluate, _), weights, info = load_model(args.ckpt, backend, not args.no_ema)
     tok = load_tokenizer(args.tokenizer, cfg)
+    plan = _ttt_plan(cfg, args, args.seq_len or cfg.train.seq_len)  # a bad --ttt* value fails before the data loads
     d = cfg.data
     dataset = load_token_dataset(args.data or d.source, tok, synthetic_train_bytes=d.synthetic_train_bytes,
                                  synthetic_val_bytes=d.synthetic_val_bytes, seed=d.seed)
@@ -26,7 +27,6 @@ def run(args) -> int:
         raise CliError(f"--stride {args.stride} is above --seq-len {seq_len}; a stride of at most seq_len "
                        "is needed (equal to it means non-overlapping windows)")
     tokens = dataset.val if args.split == "val" else dataset.train
-    plan = _ttt_plan(cfg, args, seq_len)
     if not args.json:
         print(f"ternary eval: {ckpt} ({info})")
         print(f"data: {dataset.description}; split {args.split}", flush=True)
