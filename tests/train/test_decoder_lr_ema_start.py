@@ -127,3 +127,22 @@ def test_bad_values_are_one_clear_line(sets, message):
     with pytest.raises(ConfigError) as e:
         RunConfig().with_overrides(sets)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_a_resumed_run_continues_the_ema_and_its_start(name, tmp_path):
+    """12 steps with the EMA from step 3 (0.25 x 12) against 6 steps with it from step 3 (0.5 x 6),
+    resumed to 12 with 0.25: the same EMA at the end, bit for bit (its state and start step resume)."""
+    from shared.spec import checkpoint as fmt
+    from tests.train.common import run
+    common = ["train.ema_decay=0.8", "train.decoder_lr_mult=2.0"]
+    run(config(*common, "train.steps=12", "train.ema_start_frac=0.25"), name, tmp_path / "full")
+    run(config(*common, "train.steps=6", "train.ema_start_frac=0.5"), name, tmp_path / "part")
+    run(config(*common, "train.steps=12", "train.ema_start_frac=0.25"), name, tmp_path / "part",
+        resume=tmp_path / "part" / "checkpoint")
+    full, _ = fmt.read_optimizer(tmp_path / "full" / "checkpoint")
+    part, _ = fmt.read_optimizer(tmp_path / "part" / "checkpoint")
+    emas = [k for k in full if k.endswith(".ema")]
+    assert emas
+    for k in emas:
+        np.testing.assert_array_equal(part[k], full[k], err_msg=k)
