@@ -5,9 +5,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from shared.data.batching import inputs_and_targets
 from shared.train.evaluation import evaluate_tokens
+from shared.train.ttt import TTTPlan, run_backend_ttt
 from shared.data.tokenizers import Tokenizer
 from ternary_cuda import parallel
+from ternary_cuda.loss import cross_entropy
 
 
 @torch.no_grad()
@@ -34,3 +37,25 @@ def evaluate(model, tokens: np.ndarray, tokenizer: Tokenizer, seq_len: int, *, s
     shard = parallel.eval_shard(model) if across_ranks else None
     return evaluate_tokens(lambda x, y: token_nll(model, x, y, temperature), tokens, tokenizer, seq_len, stride=stride,
                            max_tokens=max_tokens, batch_size=batch_size, progress=progress, shard=shard)
+
+
+def loss_gradients(model, windows: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+    """float32 gradients of the mean next-token cross-entropy of (B, T + 1) windows, for `names`."""
+    x, y = (np.ascontiguousarray(a) for a in inputs_and_targets(np.asarray(windows, np.int64)))
+    device = next(model.parameters()).device
+    params = dict(model.named_parameters())
+    with torch.enable_grad():
+        loss = cross_entropy(model(torch.from_numpy(x).to(device)), torch.from_numpy(y).to(device))
+        grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
+    return {n: (np.zeros(params[n].shape, np.float32) if g is None else g.float().cpu().numpy())
+            for n, g in zip(names, grads)}
+
+
+def evaluate_ttt(model, tokens: np.ndarray, tokenizer: Tokenizer, seq_len: int, plan: TTTPlan, *,
+                 max_tokens: int | None = None, batch_size: int = 8, progress: bool = False) -> dict:
+    """Score-first test-time training over `tokens` (shared/train/ttt.py): val_loss_ttt, val_bpb_ttt,
+    ttt_mode, ...; the model's weights are as before afterwards. One process: every rank that calls
+    this runs the whole of it."""
+    return run_backend_ttt(model, plan, tokens, tokenizer, seq_len, nll_fn=lambda x, y: token_nll(model, x, y),
+                           grad_fn=lambda w, names: loss_gradients(model, w, names), max_tokens=max_tokens,
+                           batch_size=batch_size, progress=progress)

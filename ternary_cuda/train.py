@@ -24,7 +24,7 @@ from shared.spec.params import parameter_specs
 from shared.spec.ternary import quant_lambda
 from shared.train.trainer_common import TrainerCommon
 from ternary_cuda import checkpoint, parallel
-from ternary_cuda.evaluate import evaluate
+from ternary_cuda.evaluate import evaluate, evaluate_ttt
 from ternary_cuda.loss import cross_entropy, distillation_loss, with_z_loss
 from ternary_cuda.model import Model
 from ternary_cuda.optim import Optimizer
@@ -34,6 +34,7 @@ class Trainer(TrainerCommon):
     backend = "torch"
     checkpoint = checkpoint
     evaluate_model = staticmethod(evaluate)
+    evaluate_ttt_model = staticmethod(evaluate_ttt)
 
     def __init__(self, config: RunConfig, model: Model, optimizer_state: dict[str, np.ndarray] | None = None,
                  teacher: Model | None = None):

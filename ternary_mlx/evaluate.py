@@ -5,9 +5,12 @@ import numpy as np
 import mlx.core as mx
 import mlx.nn as nn
 
+from shared.data.batching import inputs_and_targets
 from shared.train.evaluation import evaluate_tokens
+from shared.train.ttt import TTTPlan, run_backend_ttt
 from shared.data.tokenizers import Tokenizer
 from ternary_mlx import parallel
+from ternary_mlx.loss import cross_entropy
 
 
 def token_nll(model, inputs: np.ndarray, targets: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -30,3 +33,23 @@ def evaluate(model, tokens: np.ndarray, tokenizer: Tokenizer, seq_len: int, *, s
     shard = parallel.eval_shard(model) if across_ranks else None
     return evaluate_tokens(lambda x, y: token_nll(model, x, y, temperature), tokens, tokenizer, seq_len, stride=stride,
                            max_tokens=max_tokens, batch_size=batch_size, progress=progress, shard=shard)
+
+
+def loss_gradients(model, windows: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+    """float32 gradients of the mean next-token cross-entropy of (B, T + 1) windows, for `names`."""
+    from mlx.utils import tree_flatten
+    x, y = inputs_and_targets(windows)
+    loss_and_grad = nn.value_and_grad(model, lambda a, b: cross_entropy(model(a), b))
+    _, grads = loss_and_grad(mx.array(x), mx.array(y))
+    flat = dict(tree_flatten(grads))
+    return {n: np.array(flat[n].astype(mx.float32)) for n in names}
+
+
+def evaluate_ttt(model, tokens: np.ndarray, tokenizer: Tokenizer, seq_len: int, plan: TTTPlan, *,
+                 max_tokens: int | None = None, batch_size: int = 8, progress: bool = False) -> dict:
+    """Score-first test-time training over `tokens` (shared/train/ttt.py): val_loss_ttt, val_bpb_ttt,
+    ttt_mode, ...; the model's weights are as before afterwards. One process: every rank that calls
+    this runs the whole of it."""
+    return run_backend_ttt(model, plan, tokens, tokenizer, seq_len, nll_fn=lambda x, y: token_nll(model, x, y),
+                           grad_fn=lambda w, names: loss_gradients(model, w, names), max_tokens=max_tokens,
+                           batch_size=batch_size, progress=progress)

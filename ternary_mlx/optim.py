@@ -13,7 +13,7 @@ import mlx.core as mx
 import numpy as np
 
 from shared.spec.config import TrainConfig
-from shared.train.optim_rules import NS_COEFFS, muon_scale, slots_for, uses_muon, weight_decay_of
+from shared.train.optim_rules import NS_COEFFS, lr_key, muon_scale, slots_for, uses_muon, weight_decay_of
 from shared.spec.params import ParamSpec
 
 
@@ -54,12 +54,13 @@ class Optimizer:
     def apply(self, params: dict[str, mx.array], grads: dict[str, mx.array],
               s: dict[str, mx.array]) -> dict[str, mx.array]:
         """One update; `s` holds shared.train.optim_rules.step_scalars as scalar arrays: lr_<group>
-        (each parameter's rate by its spec's group), momentum and one_minus_momentum (Muon), bc1, bc2."""
+        (each parameter's rate by its spec's group; optim_rules.lr_key), momentum and one_minus_momentum
+        (Muon), bc1, bc2, and with EMA ema_decay and one_minus_ema_decay (0 and 1 before train.ema_start_frac)."""
         t, st, out = self.t, self.state, {}
         for name, p in params.items():
             g = grads[name]
             spec = self.specs[name]
-            decay, lr = weight_decay_of(spec, t), s[f"lr_{spec.group}"]
+            decay, lr = weight_decay_of(spec, t), s[lr_key(spec, t)]
             if uses_muon(spec, t):
                 mu = s["momentum"]
                 buf = mu * st[f"{name}.momentum"] + s["one_minus_momentum"] * g
@@ -74,7 +75,7 @@ class Optimizer:
                 p = p * (1 - lr * decay)
             out[name] = p - lr * update
             if f"{name}.ema" in st:
-                st[f"{name}.ema"] = t.ema_decay * st[f"{name}.ema"] + (1 - t.ema_decay) * out[name]
+                st[f"{name}.ema"] = s["ema_decay"] * st[f"{name}.ema"] + s["one_minus_ema_decay"] * out[name]
         return out
 
     def numpy_state(self) -> dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ from shared.spec.params import parameter_specs
 from shared.spec.ternary import quant_lambda
 from shared.train.trainer_common import TrainerCommon
 from ternary_mlx import checkpoint, parallel
-from ternary_mlx.evaluate import evaluate
+from ternary_mlx.evaluate import evaluate, evaluate_ttt
 from ternary_mlx.loss import cross_entropy, distillation_loss, with_z_loss
 from ternary_mlx.model import Model
 from ternary_mlx.optim import Optimizer
@@ -32,6 +32,7 @@ class Trainer(TrainerCommon):
     backend = "mlx"
     checkpoint = checkpoint
     evaluate_model = staticmethod(evaluate)
+    evaluate_ttt_model = staticmethod(evaluate_ttt)
 
     def __init__(self, config: RunConfig, model: Model, optimizer_state: dict[str, np.ndarray] | None = None,
                  teacher: Model | None = None):

@@ -137,10 +137,26 @@ class TrainConfig:
     seq_len_start: int = 0  # training sequence length before the switch; 0 = off
     seq_schedule_frac: float = 0.33  # ... until step int(steps * this)
     ema_decay: float | None = None  # EMA of weights, used for evaluation; saved as '<param>.ema' in the optimizer state
+    # The EMA starts at step int(steps * ema_start_frac): before it, the EMA is the weights themselves
+    # (decay 0), as parameter-golf's EMA_START_FRACTION copies the weights in at its start; 0 = from step 0
+    ema_start_frac: float = 0.0
+    # Learning rate multiplier of the decoder half's blocks (layers >= num_hidden_layers // 2, the
+    # U-Net skips' popping half), every group of theirs; shared.train.optim_rules.lr_key
+    decoder_lr_mult: float = 1.0
     eval_every: int = 100  # steps; 0 = only at the end
     eval_tokens: int = 131072  # validation tokens scored per evaluation (the whole split if smaller)
     eval_stride: int | None = None  # None: non-overlapping windows; N < seq_len: sliding, each scores its last N
     temperature_scaling: bool = False  # also report val metrics at a logit temperature chosen on training tokens
+    # Score-first test-time training at the final evaluation and in `ternary eval` (shared/train/ttt.py):
+    # "off", "full" (SGD on every latent weight) or "lora" (SGD on a rank-ttt_lora_rank delta of the
+    # ttt_lora_targets projections); each chunk of ttt_chunk_tokens is scored before any step on it.
+    # Reported as val_bpb_ttt beside val_bpb, never instead of it.
+    ttt: str = "off"
+    ttt_lr: float = 1e-3
+    ttt_steps: int = 1  # SGD steps on each chunk (after scoring it)
+    ttt_chunk_tokens: int = 2048  # scored targets per chunk; a multiple of seq_len
+    ttt_lora_rank: int = 8
+    ttt_lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     patience: int | None = None  # evaluations without improvement before stopping; None = never
     min_delta: float = 0.0  # improvement in val_loss (nats) that resets patience
     time_budget_s: float | None = None  # training wall-clock budget, excluding evaluation
@@ -335,12 +351,42 @@ class RunConfig:
                               f"{m.max_position_embeddings}")
         if tr.ema_decay is not None:
             _require("train.ema_decay", tr.ema_decay, 0 < tr.ema_decay < 1, "in (0, 1) (or absent)")
+        _require("train.ema_start_frac", tr.ema_start_frac, 0 <= tr.ema_start_frac < 1, "in [0, 1)")
+        if tr.ema_start_frac and tr.ema_decay is None:
+            raise ConfigError(f"train.ema_start_frac={tr.ema_start_frac:g} needs train.ema_decay "
+                              "(the EMA it starts); set both or neither")
+        _require("train.decoder_lr_mult", tr.decoder_lr_mult, tr.decoder_lr_mult >= 0,
+                 ">= 0 (1 = the groups' own rates; 0 freezes the decoder half)")
         if tr.patience is not None:
             _require("train.patience", tr.patience, tr.patience >= 1,
                      ">= 1 (it counts evaluations; absent = never stop early)")
         if tr.time_budget_s is not None:
             _require("train.time_budget_s", tr.time_budget_s, tr.time_budget_s > 0, "positive (or absent)")
         self._validate_golf_training()
+        self._validate_ttt()
+
+    def _validate_ttt(self) -> None:
+        """train.ttt_*: checked whatever the mode, so a bad value is refused before it is switched on."""
+        tr = self.train
+        from shared.train.ttt import TTT_MODES, lora_projection_names, lora_target_names
+        if tr.ttt not in TTT_MODES:
+            raise ConfigError(f"train.ttt: {tr.ttt!r} is not one of {', '.join(TTT_MODES)}{_suggest(tr.ttt, TTT_MODES)}")
+        _require("train.ttt_lr", tr.ttt_lr, tr.ttt_lr > 0, "positive")
+        for key in ("ttt_steps", "ttt_lora_rank"):
+            _require(f"train.{key}", getattr(tr, key), getattr(tr, key) >= 1, ">= 1")
+        if tr.ttt_chunk_tokens < 1 or tr.ttt_chunk_tokens % tr.seq_len:
+            raise ConfigError(f"train.ttt_chunk_tokens must be a positive multiple of train.seq_len ({tr.seq_len}), "
+                              f"got {tr.ttt_chunk_tokens}")
+        from shared.spec.params import parameter_specs
+        specs = parameter_specs(self.model)
+        for target in tr.ttt_lora_targets:
+            if not lora_target_names(specs, [target]):
+                valid = sorted(set(lora_projection_names(specs).values()))
+                raise ConfigError(f"train.ttt_lora_targets: {target!r} names no block projection of this model; "
+                                  f"valid: {', '.join(valid)}{_suggest(target, valid)}")
+        if tr.ttt != "off" and tr.eval_stride is not None:
+            raise ConfigError(f"train.ttt = {tr.ttt!r} scores non-overlapping windows; unset train.eval_stride "
+                              f"({tr.eval_stride}) or set train.ttt = \"off\"")
 
     def _validate_golf_training(self) -> None:
         """The parameter-golf training knobs (per-group rates, Muon details, z-loss, schedules)."""

@@ -32,6 +32,8 @@ class ParamSpec:
     init: str           # "normal", "ones", "zeros", "constant" or "first_row_ones" (shared/spec/init.py)
     init_value: float   # the value of a "constant" init, the standard deviation of a "normal" one
     target: str | None  # ternary target ("attn", "mlp", "embed", "lm_head"), or None: always float
+    layer: int | None = None  # the decoder layer it belongs to; None: outside the layers
+    decoder: bool = False  # in the decoder half: layer >= num_hidden_layers // 2 (train.decoder_lr_mult)
 
     @property
     def decay(self) -> bool:
@@ -133,7 +135,7 @@ def parameter_specs(m: "ModelConfig") -> dict[str, ParamSpec]:
     for i in range(m.num_hidden_layers):
         for r, value in layer:
             name = f"model.layers.{i}.{r.suffix}"
-            out[name] = _spec(name, r, m, value)
+            out[name] = dataclasses.replace(_spec(name, r, m, value), layer=i, decoder=i >= m.num_hidden_layers // 2)
     for r, value in rest:
         out[r.suffix] = _spec(r.suffix, r, m, value)
     return out

@@ -71,9 +71,10 @@ class Trainer(Protocol):
         """True on every rank when `flag` is true on any (identity for one process)."""
 
     def evaluate(self, tokens: Any, tokenizer: Tokenizer, max_tokens: int,
-                 calibration_tokens: Any | None = None) -> dict:
+                 calibration_tokens: Any | None = None, *, ttt: bool = False) -> dict:
         """Validation metrics of the current (or EMA) weights; every rank calls it. With
-        train.temperature_scaling the loop passes training tokens to choose the temperature on."""
+        train.temperature_scaling the loop passes training tokens to choose the temperature on;
+        with ttt=True (the final evaluation under train.ttt) the score-first TTT metrics are added."""
 
     def check_room(self, path: Path, *, training_started: bool = True) -> None:
         """CheckpointSaveError on every rank unless rank 0's disk has room for a checkpoint at `path`."""

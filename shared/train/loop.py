@@ -234,8 +234,9 @@ class _Loop:
             result.checkpoint = self.save("interrupted")
             self.log(f"interrupted at step {self.step}; checkpoint saved to {result.checkpoint}")
             return result
-        if not result.evals or result.evals[-1]["step"] != self.step:
-            self.evaluate()
+        ttt_due = self.t.ttt != "off" and not (result.evals and "val_bpb_ttt" in result.evals[-1])
+        if not result.evals or result.evals[-1]["step"] != self.step or ttt_due:
+            self.evaluate(final=True)  # score-first TTT (train.ttt) runs here only: it costs many evaluations
         result.checkpoint = self.save("final")
         return result
 
@@ -283,14 +284,16 @@ class _Loop:
         self.last_good = path
         return path
 
-    def evaluate(self) -> dict:
+    def evaluate(self, final: bool = False) -> dict:
         t, dataset = self.t, self.dataset
         e0 = time.perf_counter()
+        extra = {"ttt": True} if final and t.ttt != "off" else {}
         if t.temperature_scaling:  # the temperature is chosen on training tokens (shared/train/evaluation.py)
             calibration = dataset.train[:min(CALIBRATION_TOKENS, t.eval_tokens) + 1]  # no more than val scores
-            ev = self.trainer.evaluate(dataset.val, dataset.tokenizer, t.eval_tokens, calibration_tokens=calibration)
+            ev = self.trainer.evaluate(dataset.val, dataset.tokenizer, t.eval_tokens, calibration_tokens=calibration,
+                                       **extra)
         else:
-            ev = self.trainer.evaluate(dataset.val, dataset.tokenizer, t.eval_tokens)
+            ev = self.trainer.evaluate(dataset.val, dataset.tokenizer, t.eval_tokens, **extra)
         ev_time = time.perf_counter() - e0
         self.result.eval_time_s += ev_time
         self.t0 += ev_time  # evaluation is not training time
@@ -306,7 +309,8 @@ class _Loop:
         self.log(f"step {self.step}: val_loss {ev['val_loss']:.4f}  val_bpb {ev['val_bpb']:.4f}"
                  + (f"  (entropy gap {ev['entropy_gap_bpb']:+.4f})" if "entropy_gap_bpb" in ev else "")
                  + (f"  tempered (T={ev['temperature']:g}): val_loss {ev['val_loss_tempered']:.4f}  "
-                    f"val_bpb {ev['val_bpb_tempered']:.4f}" if "temperature" in ev else ""))
+                    f"val_bpb {ev['val_bpb_tempered']:.4f}" if "temperature" in ev else "")
+                 + (f"  val_bpb {ev['val_bpb_ttt']:.4f} ({ev['ttt_mode']})" if "val_bpb_ttt" in ev else ""))
         return ev
 
 

@@ -24,6 +24,7 @@ from shared.spec.ownership import inside
 from shared.train import run_dir
 from shared.data.dataset import load_token_dataset
 from shared.train.evaluation import TEMPERATURE_KEYS
+from shared.train.ttt import TTT_KEYS
 from shared.train.loop import LoopResult, count_parameters, preflight, run
 from shared.train.schedule import tokens_through
 from shared.spec.params import parameter_shapes
@@ -156,6 +157,9 @@ def train(cfg: RunConfig, backend: Backend, out_dir: Path, *, resume: Path | Non
     deletion of the previous run: a refused config or missing data leaves that run as it was)."""
     if resume is None:
         cfg = _absolute_paths(cfg)
+    if cfg.train.ttt != "off" and world_size > 1:  # before any work: TTT steps one model on its own
+        raise ConfigError(f"train.ttt = {cfg.train.ttt!r} runs in one process, not on {world_size} ranks; train "
+                          "with train.ttt = \"off\" and score the checkpoint with `ternary eval --ttt` afterwards")
     tokenizer = get_tokenizer(cfg.data.tokenizer)
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise ConfigError(f"data.tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} tokens but "
@@ -278,6 +282,7 @@ def _summary(cfg, backend, dataset, plan, result: LoopResult, world_size: int = 
         "eval_mode": last.get("mode"), "entropy_bpb": dataset.entropy_bits_per_byte,
         "entropy_gap_bpb": last.get("entropy_gap_bpb"), "checkpoint": str(result.checkpoint or ""),
         **({k: last.get(k) for k in TEMPERATURE_KEYS} if t.temperature_scaling else {}),
+        **({k: last.get(k) for k in TTT_KEYS} if t.ttt != "off" else {}),
         **{k: plan[k] for k in ("parameters", "ternary_parameters", "epochs", "tokens_per_parameter")},
     }
 
@@ -296,6 +301,8 @@ def format_summary(s: dict[str, Any]) -> str:
     if s.get("temperature") is not None:  # next to the untempered numbers above, never instead of them
         lines.append(f"  tempered       val_loss {f(s['val_loss_tempered'])}   val_bpb {f(s['val_bpb_tempered'])}"
                      f"   (logits / {s['temperature']:g}, T chosen on training tokens)")
+    if s.get("ttt_mode") is not None:  # beside the plain val_bpb above, never instead of it
+        lines.append(f"  val_bpb ({s['ttt_mode']})   {f(s['val_bpb_ttt'])}   val_loss {f(s['val_loss_ttt'])}")
     if s["entropy_bpb"] is not None:
         lines.append(f"  source entropy {s['entropy_bpb']:.4f} bpb; gap {f(s['entropy_gap_bpb'], '{:+.4f}')} bpb")
     lines.append(f"  checkpoint     {s['checkpoint'] or '-'}")

@@ -18,6 +18,7 @@ import numpy as np
 from shared.spec import checkpoint as fmt
 from shared.spec.atomic_dir import clean_leftovers
 from shared.train.evaluation import with_temperature
+from shared.train.ttt import plan_of
 from shared.train.checkpoint_space import CheckpointSaveError, checkpoint_bytes, room_problem, save_failure
 from shared.data.tokenizers import Tokenizer
 
@@ -25,6 +26,7 @@ from shared.data.tokenizers import Tokenizer
 class TrainerCommon:
     checkpoint: Any
     evaluate_model: Callable[..., dict]
+    evaluate_ttt_model: Callable[..., dict]  # ternary_*/evaluate.py's evaluate_ttt
     rank: int = 0  # data parallel: every rank calls save(), rank 0 writes
 
     def agree(self, flag: bool) -> bool:
@@ -32,11 +34,13 @@ class TrainerCommon:
         return bool(flag)
 
     def evaluate(self, tokens: np.ndarray, tokenizer: Tokenizer, max_tokens: int,
-                 calibration_tokens: np.ndarray | None = None) -> dict:
+                 calibration_tokens: np.ndarray | None = None, *, ttt: bool = False) -> dict:
         """Validation metrics of the current weights (of the EMA weights when EMA is on). Every
         rank calls this; with several, each scores a share of the windows (shared/train/evaluation.py).
         With train.temperature_scaling and `calibration_tokens` (training tokens) the metrics also
-        hold the temperature chosen on those and the tempered val_loss / val_bpb."""
+        hold the temperature chosen on those and the tempered val_loss / val_bpb. With `ttt` (the
+        final evaluation under train.ttt) they also hold the score-first TTT numbers of the same
+        weights (shared/train/ttt.py: val_bpb_ttt, ttt_mode, ...), beside the plain ones."""
         ema = self.ema_weights()
         current = self.model.numpy_weights() if ema is not None else None
         if ema is not None:
@@ -51,6 +55,9 @@ class TrainerCommon:
             metrics = evaluate_at(tokens)
             if self.config.train.temperature_scaling and calibration_tokens is not None:
                 metrics = with_temperature(metrics, evaluate_at, tokens, calibration_tokens)
+            if ttt:  # after the plain score, from the same weights; it puts them back itself
+                metrics = {**metrics, **self.evaluate_ttt_model(self.model, tokens, tokenizer, self.config.train.seq_len,
+                                                                plan_of(self.config.train), max_tokens=max_tokens)}
             return metrics
         finally:
             self.model.check_ids = False

@@ -32,6 +32,9 @@ STEPS = {
                        muon_ns_steps=3, muon_momentum_warmup_start=0.85, muon_momentum_warmup_steps=3,
                        muon_weight_decay=0.05, weight_decay=0.05, z_loss=1e-4, schedule="warmdown",
                        warmdown_steps=2, steps=5), {}),
+    # issue 11: the decoder half at its own rate (in every group), and an EMA that starts at step 2
+    "decoder-lr-ema-start": (dict(optimizer="muon", decoder_lr_mult=0.25, ema_decay=0.8, ema_start_frac=0.4,
+                                  steps=5), {}),
     "golf-adamw-zloss": (dict(optimizer="adamw", lr_matrix=2e-3, lr_scalar=4e-3, lr_embed=5e-3, lr_head=1e-3,
                               weight_decay=0.05, z_loss=1e-2), dict(float_qat="fp8")),
 }

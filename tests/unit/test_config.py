@@ -273,7 +273,8 @@ ONE_KEY = [("train.steps", "-1"), ("train.batch_size", "0"), ("train.seq_len", "
            ("train.grad_clip", "-1.0"), ("train.weight_decay", "-0.1"), ("train.min_delta", "-0.1"),
            ("train.warmdown_frac", "1.5"), ("train.min_lr_frac", "-0.5"), ("train.distill_alpha", "2.0"),
            ("train.beta1", "1.0"), ("train.beta2", "-0.1"), ("train.muon_momentum", "1.0"),
-           ("train.ema_decay", "1.0"), ("train.patience", "0"), ("train.time_budget_s", "0.0"),
+           ("train.ema_decay", "1.0"), ("train.ema_start_frac", "1.0"), ("train.ema_start_frac", "-0.1"),
+           ("train.decoder_lr_mult", "-0.5"), ("train.patience", "0"), ("train.time_budget_s", "0.0"),
            ("model.rope_theta", "0.0"), ("model.rms_norm_eps", "-1e-06"), ("model.initializer_range", "-0.1"),
            ("ternary.warmup_steps", "-1"), ("ternary.eps", "0.0")]
 
