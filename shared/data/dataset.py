@@ -38,6 +38,7 @@ import numpy as np
 from shared.spec.atomic_dir import discard, staging_dir, swap_dir
 from shared.spec.ownership import foreign_entries, listing, occupied, source_conflict
 from shared.data.checks import check_token_ids
+from shared.data.shard_stream import ShardedTokens
 from shared.data.tokenizers import Tokenizer, TokenizerError
 
 MAGIC = 20240520
@@ -112,8 +113,8 @@ def read_shard(path: str | os.PathLike) -> np.ndarray:
 # ---- datasets -----------------------------------------------------------------------------------
 @dataclass
 class TokenDataset:
-    train: np.ndarray
-    val: np.ndarray
+    train: np.ndarray | ShardedTokens  # ShardedTokens for shards on disk: never loaded whole
+    val: np.ndarray | ShardedTokens
     tokenizer: Tokenizer
     description: str
     entropy_bits_per_byte: float | None  # only for the synthetic source: the best achievable val_bpb
@@ -144,12 +145,11 @@ def load_token_dataset(source: str, tokenizer: Tokenizer, *, synthetic_train_byt
     splits = {}
     for split in ("train", "val"):
         files = [root / f for f in man["splits"][split]["files"]]
-        arrays = [read_shard(f) for f in files]
-        if not arrays:
+        if not files:
             raise DataError(f"{root}: the manifest lists no {split} shards")
-        for f, a in zip(files, arrays):  # once per shard, vectorised (SEEDS S13)
-            check_token_ids(a, tokenizer.vocab_size, str(f))
-        tokens = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        # memory maps end to end, never concatenated (shared/data/shard_stream.py)
+        tokens = ShardedTokens([read_shard(f) for f in files], [str(f) for f in files])
+        tokens.check_ids(tokenizer.vocab_size)  # once per shard, in chunks (SEEDS S13)
         if len(tokens) != man["splits"][split]["tokens"]:
             raise DataError(f"{root}: {split} shards hold {len(tokens)} tokens, the manifest says "
                             f"{man['splits'][split]['tokens']}")

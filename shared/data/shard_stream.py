@@ -1,0 +1,170 @@
+"""A corpus of token shards as one read-only 1-D token sequence that is never loaded whole (DESIGN 3.5).
+
+`ShardedTokens` stands where a concatenation of the shards used to: its length, its positions and
+its slices are those of `np.concatenate(shards)`, so the training windows, their order and the
+evaluation windows are unchanged (a window may still cross from one shard into the next). But the
+shards stay memory maps: a slice copies only the tokens it covers, a batch of windows only its
+windows, so resident memory follows the batch, not the corpus (a 16 GB FineWeb set, per rank).
+
+The id check (SEEDS S13: ids outside the vocabulary are an error, never clamped) reads each shard
+once, in fixed-size chunks through ordinary file reads into one reused buffer, not through the
+map, so that scanning the corpus does not leave all of it mapped into the process; the smallest
+and largest id of each shard are kept, so a later check (the training loader's, with the model's
+vocabulary) costs nothing. `np.asarray(ShardedTokens)` still gives the whole corpus as one array
+(for tests and small data); the loader and the evaluation never call it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from shared.data.checks import TokenIdError
+
+SCAN_TOKENS = 1 << 22  # tokens per chunk of the id scan (8 MB of uint16, 16 MB of uint32)
+
+
+class ShardedTokens:
+    """The tokens of `parts` (1-D integer arrays, usually shard memory maps) end to end."""
+
+    ndim = 1
+
+    def __init__(self, parts: Sequence[np.ndarray], names: Sequence[str]):
+        if len(parts) != len(names) or not parts:
+            raise ValueError("ShardedTokens: one name per part, at least one part")
+        self.parts = list(parts)
+        self.names = [str(n) for n in names]
+        self.dtype = np.result_type(*(p.dtype for p in self.parts))  # that of np.concatenate(parts)
+        self.bounds = np.cumsum([0] + [len(p) for p in self.parts]).astype(np.int64)  # part i: bounds[i]:bounds[i+1]
+        self._ranges: list[tuple[int, int] | None] = [None] * len(self.parts)
+
+    def __len__(self) -> int:
+        return int(self.bounds[-1])
+
+    @property
+    def size(self) -> int:
+        return len(self)
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (len(self),)
+
+    def __repr__(self) -> str:
+        return f"ShardedTokens({len(self):,} tokens in {len(self.parts)} shard(s), {self.dtype})"
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        """The whole corpus in memory: an explicit request (tests, small data), never the loader's."""
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+    def tolist(self) -> list[int]:
+        return self[:].tolist()
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            i = int(key) + len(self) if key < 0 else int(key)
+            if not 0 <= i < len(self):
+                raise IndexError(f"index {key} is out of range for {len(self)} tokens")
+            k = int(np.searchsorted(self.bounds, i, side="right")) - 1
+            return self.parts[k][i - self.bounds[k]]
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step != 1:
+                raise TypeError("ShardedTokens: only contiguous slices (step 1) are supported")
+            return self._range(start, max(start, stop))
+        raise TypeError(f"ShardedTokens: index with an int or a slice, not {type(key).__name__} "
+                        "(use windows() for a batch of windows)")
+
+    def _range(self, start: int, stop: int) -> np.ndarray:
+        """tokens[start:stop] as a new array: copies of the pieces of the shards it covers."""
+        first = int(np.searchsorted(self.bounds, start, side="right")) - 1
+        pieces = []
+        k = max(first, 0)
+        while k < len(self.parts) and self.bounds[k] < stop:
+            lo, hi = max(start, self.bounds[k]) - self.bounds[k], min(stop, self.bounds[k + 1]) - self.bounds[k]
+            pieces.append(np.asarray(self.parts[k][lo:hi]))
+            k += 1
+        if not pieces:
+            return np.zeros(0, self.dtype)
+        return pieces[0].astype(self.dtype) if len(pieces) == 1 else np.concatenate(pieces).astype(self.dtype, copy=False)
+
+    def windows(self, starts: np.ndarray, length: int) -> np.ndarray:
+        """int32 (len(starts), length): row r is tokens[starts[r] : starts[r] + length]."""
+        starts = np.asarray(starts, dtype=np.int64)
+        out = np.empty((len(starts), length), dtype=np.int32)
+        for r, s in enumerate(starts.tolist()):  # a batch is tens of rows; each copies only its window
+            row = self._range(s, s + length)
+            if len(row) != length:
+                raise IndexError(f"window {s}:{s + length} runs past the {len(self)} tokens")
+            out[r] = row
+        return out
+
+    # ---- the id check ---------------------------------------------------------------------------
+    def id_range(self, k: int) -> tuple[int, int]:
+        """(smallest, largest) id of part k, scanned once and kept; (0, -1) for an empty part."""
+        if self._ranges[k] is None:
+            lo, hi = 0, -1
+            for chunk in _chunks(self.parts[k]):
+                lo, hi = (int(chunk.min()), int(chunk.max())) if hi < lo else \
+                    (min(lo, int(chunk.min())), max(hi, int(chunk.max())))
+            self._ranges[k] = (lo, hi)
+        return self._ranges[k]
+
+    def min(self) -> int:
+        return min(self.id_range(k)[0] for k in range(len(self.parts)) if len(self.parts[k]))
+
+    def max(self) -> int:
+        return max(self.id_range(k)[1] for k in range(len(self.parts)) if len(self.parts[k]))
+
+    def check_ids(self, vocab_size: int, where: str | None = None) -> None:
+        """check_token_ids over the corpus, shard by shard: the first shard holding an id outside
+        [0, vocab_size) is named, with the count and the first position within it."""
+        for k, part in enumerate(self.parts):
+            lo, hi = self.id_range(k)
+            if hi >= lo and (lo < 0 or hi >= vocab_size):
+                _raise_bad_ids(part, vocab_size, self.names[k] if where is None else f"{where} ({self.names[k]})")
+
+
+def _chunks(part: np.ndarray, n: int | None = None):
+    """Part `part` in chunks of `n` (default SCAN_TOKENS) tokens: read from its file into one buffer when it is a memory
+    map (the map itself stays untouched), else views of the array."""
+    n = SCAN_TOKENS if n is None else n
+    path = getattr(part, "filename", None)
+    if not isinstance(part, np.memmap) or path is None:
+        for s in range(0, len(part), n):
+            yield part[s:s + n]
+        return
+    buf = np.empty(min(n, len(part)), dtype=part.dtype)
+    with open(path, "rb", buffering=0) as f:
+        f.seek(part.offset)
+        done = 0
+        while done < len(part):
+            m = min(n, len(part) - done)
+            view = buf[:m]
+            got = f.readinto(memoryview(view).cast("B"))
+            if got != m * part.dtype.itemsize:
+                raise TokenIdError(f"{Path(path).name}: the file ended early while reading its tokens")
+            done += m
+            yield view
+
+
+def _raise_bad_ids(part: np.ndarray, vocab_size: int, where: str) -> None:
+    """check_token_ids's message for the whole part, gathered chunk by chunk."""
+    count, first, pos, done = 0, None, None, 0
+    for chunk in _chunks(part):
+        bad = (chunk < 0) | (chunk >= vocab_size)
+        n = int(bad.sum())
+        if n and first is None:
+            j = int(np.argmax(bad))
+            first, pos = int(chunk[j]), done + j
+        count += n
+        done += len(chunk)
+    raise TokenIdError(f"{where}: {count} token id(s) outside the vocabulary [0, {vocab_size}), "
+                       f"e.g. {first} at position {[pos]}; ids are never clamped")
+
+
+def as_tokens(tokens) -> np.ndarray | ShardedTokens:
+    """`tokens` as the loader and the evaluation read it: a ShardedTokens as it is (never
+    concatenated), anything else as an array."""
+    return tokens if isinstance(tokens, ShardedTokens) else np.asarray(tokens)
