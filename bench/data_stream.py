@@ -10,7 +10,8 @@ fineweb_train_*.bin / fineweb_val_*.bin for the synthetic-bpe-512 SentencePiece 
 a fresh process per side, `load_token_dataset` + `TokenLoader(..., vocab_size=...)` (the training
 run's id check) + `--batches` batches of `--rows` x `--seq` + the first `--eval-windows` evaluation
 windows. Each process reports its startup (loading and the loader's construction) and sampling time
-and its peak resident set (getrusage ru_maxrss: file pages mapped into the process count too). The
+and its peak resident set (VmHWM of /proc/self/status, Linux; file pages mapped into the process
+count too; getrusage's ru_maxrss would carry over the parent's peak across exec). The
 old side is `git archive REF shared` unpacked into a temporary directory. Output: one JSON object.
 """
 from __future__ import annotations
@@ -34,8 +35,14 @@ MAGIC, VERSION_UINT16, HEADER_INTS = 20240520, 1, 256
 LAYOUTS = {"ours": ("bytes", 256), "pg": ("synthetic-bpe-512", 512)}
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 t0 = time.perf_counter()
+
+def status_mib(key):  # VmHWM (peak) / VmRSS (now) of this process; unlike ru_maxrss, reset by exec
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+
 from shared.data.dataset import load_token_dataset
 from shared.data.loader import TokenLoader, val_windows
 from shared.data.tokenizers import get_tokenizer
@@ -45,7 +52,7 @@ t_import = time.perf_counter()
 ds = load_token_dataset(root, tok)
 loader = TokenLoader(ds.train, rows, seq, seed=0, vocab_size=tok.vocab_size, log=lambda m: None)
 t_ready = time.perf_counter()
-rss_ready = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+rss_ready = status_mib("VmHWM")
 digest = 0
 for _ in range(batches):
     digest = (digest * 31 + int(loader.next_batch().astype("int64").sum())) % (1 << 61)
@@ -57,8 +64,8 @@ t_end = time.perf_counter()
 print(json.dumps({"import_s": t_import - t0, "startup_s": t_ready - t_import,
                   "sampling_s": t_batches - t_ready, "ms_per_batch": 1000 * (t_batches - t_ready) / batches,
                   "eval_windows_s": t_end - t_batches,
-                  "peak_rss_after_startup_mib": rss_ready / 1024,
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "peak_rss_after_startup_mib": rss_ready,
+                  "peak_rss_mib": status_mib("VmHWM"), "rss_at_end_mib": status_mib("VmRSS"),
                   "train_tokens": len(ds.train), "train_type": type(ds.train).__name__,
                   "batch_digest": digest}))
 """

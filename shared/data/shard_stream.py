@@ -18,11 +18,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import mmap
+
 import numpy as np
 
 from shared.data.checks import TokenIdError
 
 SCAN_TOKENS = 1 << 22  # tokens per chunk of the id scan (8 MB of uint16, 16 MB of uint32)
+_RELEASE_ALIGN = 1 << 21  # release whole 2 MiB blocks around a window: read-around maps its neighbours
 
 
 class ShardedTokens:
@@ -38,6 +41,7 @@ class ShardedTokens:
         self.dtype = np.result_type(*(p.dtype for p in self.parts))  # that of np.concatenate(parts)
         self.bounds = np.cumsum([0] + [len(p) for p in self.parts]).astype(np.int64)  # part i: bounds[i]:bounds[i+1]
         self._ranges: list[tuple[int, int] | None] = [None] * len(self.parts)
+        self._maps = [_map_of(p) for p in self.parts]
 
     def __len__(self) -> int:
         return int(self.bounds[-1])
@@ -83,7 +87,8 @@ class ShardedTokens:
         k = max(first, 0)
         while k < len(self.parts) and self.bounds[k] < stop:
             lo, hi = max(start, self.bounds[k]) - self.bounds[k], min(stop, self.bounds[k + 1]) - self.bounds[k]
-            pieces.append(np.asarray(self.parts[k][lo:hi]))
+            pieces.append(np.array(self.parts[k][lo:hi]))
+            self._release(k, lo, hi)
             k += 1
         if not pieces:
             return np.zeros(0, self.dtype)
@@ -95,15 +100,22 @@ class ShardedTokens:
         if len(starts) and (starts.min() < 0 or starts.max() + length > len(self)):
             raise IndexError(f"a window of {length} tokens runs outside the {len(self)} tokens")
         out = np.empty((len(starts), length), dtype=np.int32)
-        part = np.searchsorted(self.bounds, starts, side="right") - 1
-        inside = starts + length <= self.bounds[part + 1]
-        offsets = np.arange(length, dtype=np.int64)
-        for k in np.unique(part[inside]).tolist():  # rows within one shard: one gather from its map
-            rows = np.flatnonzero(inside & (part == k))
-            out[rows] = self.parts[k][(starts[rows] - self.bounds[k])[:, None] + offsets]
-        for r in np.flatnonzero(~inside).tolist():  # rows that cross a shard end: piece by piece
-            out[r] = self._range(int(starts[r]), int(starts[r]) + length)
+        for r, s in enumerate(starts.tolist()):  # window by window: each is read, then its pages released
+            out[r] = self._range(s, s + length)
         return out
+
+    def _release(self, k: int, lo: int, hi: int) -> None:
+        """Unmap the pages of part k that tokens [lo, hi) were read from (MADV_DONTNEED; the kernel's
+        page cache keeps them). Without it every page a window touches (and the kernel's read-around
+        with it: ~300 KB per random window here) stays mapped, so a long run's resident set grows
+        towards the corpus size, as with the concatenation."""
+        if self._maps[k] is None:
+            return
+        mm, base = self._maps[k]
+        size = self.parts[k].dtype.itemsize
+        start = (base + lo * size) // _RELEASE_ALIGN * _RELEASE_ALIGN
+        end = min(len(mm), -(-(base + hi * size) // _RELEASE_ALIGN) * _RELEASE_ALIGN)
+        mm.madvise(mmap.MADV_DONTNEED, start, end - start)
 
     # ---- the id check ---------------------------------------------------------------------------
     def id_range(self, k: int) -> tuple[int, int]:
@@ -129,6 +141,16 @@ class ShardedTokens:
             lo, hi = self.id_range(k)
             if hi >= lo and (lo < 0 or hi >= vocab_size):
                 _raise_bad_ids(part, vocab_size, self.names[k] if where is None else f"{where} ({self.names[k]})")
+
+
+def _map_of(part: np.ndarray) -> tuple[mmap.mmap, int] | None:
+    """(the mmap under a memory-mapped part, the byte offset of the part's first token in it), or
+    None where pages cannot be released (not a memory map, or no madvise on this platform)."""
+    mm = getattr(part, "_mmap", None)
+    if not isinstance(mm, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED") or not len(part):
+        return None
+    base = part.ctypes.data - np.frombuffer(mm, dtype=np.uint8).ctypes.data
+    return mm, int(base)
 
 
 def _chunks(part: np.ndarray, n: int | None = None):

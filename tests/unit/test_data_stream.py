@@ -4,6 +4,7 @@ resume and data-parallel ranks as before; a bad shard is one line naming it."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,3 +178,23 @@ def test_a_truncated_shard_is_one_line(corpus, byte_tok):
     with pytest.raises(DataError) as e:
         load_token_dataset(str(root), byte_tok)
     assert "train_000003.bin: file is" in str(e.value) and "\n" not in str(e.value)
+
+
+def _rss_mib() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads the resident set from /proc (Linux)")
+def test_resident_set_stays_flat_while_sampling(tmp_path):
+    """120 MB of shards, 400 random batches: the pages a window was read from are released, so the
+    resident set does not grow towards the corpus size (without the release it gains ~100 MB)."""
+    rng = np.random.default_rng(0)
+    files = [write_shard(tmp_path / f"s{i}.bin", rng.integers(0, 1 << 16, 15_000_000, dtype=np.uint16), 1 << 16)
+             for i in range(4)]
+    tokens = ShardedTokens([read_shard(f) for f in files], [str(f) for f in files])
+    ld = TokenLoader(tokens, 16, 512, seed=0, log=lambda m: None)
+    ld.next_batch()
+    before = _rss_mib()
+    for _ in range(400):
+        ld.next_batch()
+    assert _rss_mib() - before < 16
