@@ -218,11 +218,12 @@ def write_splits(files: list[Path], tokenizer, tmp: Path, *, val_bytes: int, sha
 
     try:
         for piece in iter_pieces(files, documents, chunk_chars):
+            piece_bytes = len(piece.text.encode("utf-8"))
             for split, text, starts in val.split(piece):
                 pending.append((split, text, starts, "" if starts else piece.anchor))
                 stats[split]["documents"] += starts
-                stats[split]["text_bytes"] += len(text.encode("utf-8"))
-            bar.read(len(piece.text.encode("utf-8")))
+                stats[split]["text_bytes"] += piece_bytes if text is piece.text else len(text.encode("utf-8"))
+            bar.read(piece_bytes)
             if len(pending) >= 256 or sum(len(t) for _, t, _, _ in pending) >= 4 * chunk_chars:
                 flush()
         flush()
