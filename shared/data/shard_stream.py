@@ -25,6 +25,7 @@ import numpy as np
 from shared.data.checks import TokenIdError
 
 SCAN_TOKENS = 1 << 22  # tokens per chunk of the id scan (8 MB of uint16, 16 MB of uint32)
+RELEASE_EVERY = 16  # windows read between two releases of their pages (each maps ~1 MB: read-around)
 _RELEASE_ALIGN = 1 << 21  # release whole 2 MiB blocks around a window: read-around maps its neighbours
 
 
@@ -80,15 +81,20 @@ class ShardedTokens:
         raise TypeError(f"ShardedTokens: index with an int or a slice, not {type(key).__name__} "
                         "(use windows() for a batch of windows)")
 
-    def _range(self, start: int, stop: int) -> np.ndarray:
-        """tokens[start:stop] as a new array: copies of the pieces of the shards it covers."""
+    def _range(self, start: int, stop: int, touched: set[int] | None = None) -> np.ndarray:
+        """tokens[start:stop] as a new array: copies of the pieces of the shards it covers, whose
+        pages are then released (or, with `touched`, the parts are added to it for the caller to
+        release)."""
         first = int(np.searchsorted(self.bounds, start, side="right")) - 1
         pieces = []
         k = max(first, 0)
         while k < len(self.parts) and self.bounds[k] < stop:
             lo, hi = max(start, self.bounds[k]) - self.bounds[k], min(stop, self.bounds[k + 1]) - self.bounds[k]
             pieces.append(np.array(self.parts[k][lo:hi]))
-            self._release(k, lo, hi)
+            if touched is None:
+                self._release(k, lo, hi)
+            else:
+                touched.add(k)
             k += 1
         if not pieces:
             return np.zeros(0, self.dtype)
@@ -100,15 +106,28 @@ class ShardedTokens:
         if len(starts) and (starts.min() < 0 or starts.max() + length > len(self)):
             raise IndexError(f"a window of {length} tokens runs outside the {len(self)} tokens")
         out = np.empty((len(starts), length), dtype=np.int32)
-        for r, s in enumerate(starts.tolist()):  # window by window: each is read, then its pages released
-            out[r] = self._range(s, s + length)
+        touched: set[int] = set()
+        part = (np.searchsorted(self.bounds, starts, side="right") - 1).tolist()
+        for r, s in enumerate(starts.tolist()):  # window by window, each from its map(s)
+            k = part[r]
+            lo = s - int(self.bounds[k])
+            if lo + length <= len(self.parts[k]):
+                out[r] = self.parts[k][lo:lo + length]
+                touched.add(k)
+            else:  # across a shard end
+                out[r] = self._range(s, s + length, touched)
+            if (r + 1) % RELEASE_EVERY == 0 or r + 1 == len(starts):
+                for k in touched:  # a few windows' pages at once: cheaper than after each window
+                    self._release(k, 0, len(self.parts[k]))
+                touched.clear()
         return out
 
     def _release(self, k: int, lo: int, hi: int) -> None:
         """Unmap the pages of part k that tokens [lo, hi) were read from (MADV_DONTNEED; the kernel's
         page cache keeps them). Without it every page a window touches (and the kernel's read-around
         with it: ~300 KB per random window here) stays mapped, so a long run's resident set grows
-        towards the corpus size, as with the concatenation."""
+        towards the corpus size, as with the concatenation. Only mapped pages cost anything, so
+        releasing a whole shard is cheap."""
         if self._maps[k] is None:
             return
         mm, base = self._maps[k]
