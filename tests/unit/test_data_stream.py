@@ -1,5 +1,5 @@
 """Shards stream (shared/data/shard_stream.py): the windows of a multi-shard corpus are those of the
-old concatenation (also across shard ends), read from memory maps that are never concatenated;
+old concatenation (also across shard ends), read from shards that are never concatenated;
 resume and data-parallel ranks as before; a bad shard is one line naming it."""
 from __future__ import annotations
 
@@ -16,6 +16,14 @@ from shared.data.shard_stream import ShardedTokens
 from shared.data.tokenizers import get_tokenizer
 
 SHARD_TOKENS = 997  # not a multiple of any seq_len below: many windows cross a shard end
+
+
+@pytest.fixture(autouse=True, params=["pread", "map"])
+def read_path(request, monkeypatch):
+    """Every test twice: windows read with os.pread (POSIX) and from the memory map itself (the
+    path without os.pread, which releases the map's pages)."""
+    monkeypatch.setattr("shared.data.shard_stream.PREAD", request.param == "pread")
+    return request.param
 
 
 @pytest.fixture(scope="module")
