@@ -57,7 +57,7 @@ def register(subs) -> None:
              "The validation split is the first --val-bytes of text (default: 5% of it), in file\n"
              "order. Each document is tokenized on its own and prefixed with the tokenizer's BOS\n"
              "(if it has one; `bytes` has none). Text is read, tokenized and written in pieces of\n"
-             "about 4 MB, so memory stays bounded whatever the size of the input.\n"
+             "about 1 MB, so memory stays bounded whatever the size of the input.\n"
              "Train on it with --set data.source=DIR data.tokenizer=<the same tokenizer>; a run or\n"
              "`ternary eval` refuses data tokenized with another tokenizer.", run_prepare)
     dp.add_argument("text", nargs="+", metavar="TEXT", help="UTF-8 text files (.jsonl: one {\"text\": ...} per line)")

@@ -256,7 +256,7 @@ def prepare_data(text_files: Iterable[str | os.PathLike], tokenizer: Tokenizer, 
     """Tokenize text files into val_*.bin / train_*.bin shards and manifest.json (see module doc).
     Written into a temporary sibling directory and renamed into place when complete. The text is
     read, tokenized and written piece by piece (shared/data/text_stream.py: pieces of `chunk_chars`
-    characters, default ~4M), so memory stays bounded whatever the input's size; `progress` shows
+    characters, default ~1M), so memory stays bounded whatever the input's size; `progress` shows
     a bar of bytes read, tokens written and their rates on stderr."""
     files = [Path(f) for f in text_files]
     out_dir = Path(out_dir)

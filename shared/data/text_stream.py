@@ -27,7 +27,7 @@ import numpy as np
 
 from shared.data.dataset import DataError  # dataset.py imports this module inside functions only
 
-CHUNK_CHARS = 1 << 22  # ~4 MB of text per piece
+CHUNK_CHARS = 1 << 20  # ~1 MB of text per piece: SentencePiece returns ~0.8 tokens a character as Python ints (~30 MB)
 MAX_CHUNKS_WITHOUT_CUT = 8
 ANCHOR_CHARS = 64
 _CUT = re.compile(r"(?<=\S) (?=\S)")  # a space between two non-space characters
@@ -224,7 +224,7 @@ def write_splits(files: list[Path], tokenizer, tmp: Path, *, val_bytes: int, sha
                 stats[split]["documents"] += starts
                 stats[split]["text_bytes"] += piece_bytes if text is piece.text else len(text.encode("utf-8"))
             bar.read(piece_bytes)
-            if len(pending) >= 256 or sum(len(t) for _, t, _, _ in pending) >= 4 * chunk_chars:
+            if len(pending) >= 256 or sum(len(t) for _, t, _, _ in pending) >= 2 * chunk_chars:
                 flush()
         flush()
     finally:

@@ -73,7 +73,7 @@ def test_pieces_are_bounded_and_cut_between_words(tmp_path):
     assert [p.last for p in pieces] == [False] * (len(pieces) - 1) + [True]
     for a, b in zip(pieces, pieces[1:]):  # a space between two non-space characters
         assert b.text[0] == " " and not a.text[-1].isspace() and not b.text[1].isspace()
-    assert CHUNK_CHARS >= 1 << 20  # the default: MBs, not the whole file
+    assert CHUNK_CHARS >= 1 << 20  # the default: a MB or more, not the whole file
 
 
 def test_prepare_encodes_bounded_pieces_and_shows_progress(tmp_path, tokenizers, capsys, monkeypatch):
