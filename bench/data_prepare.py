@@ -1,7 +1,7 @@
 """Peak memory and time of `prepare_data` (`ternary data prepare`) on large text files: this tree's
 streaming version against an older tree's (default: git ref `main`), side by side in one run.
 
-    python bench/data_prepare.py                                   # bytes at 100 and 400 MB
+    python bench/data_prepare.py                                   # bytes at 50 and 200 MB
     python bench/data_prepare.py --mb 8 32 --tokenizer synthetic-bpe-512 --json-out out.json
 
 The text file is /work/shared/data's text (or --source files) repeated to each size, one document
@@ -77,7 +77,7 @@ def run_side(tree: Path, text: Path, tok: str, out: Path) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--mb", type=float, nargs="+", default=[100, 400], help="text sizes in MB (default 100 400)")
+    ap.add_argument("--mb", type=float, nargs="+", default=[50, 200], help="text sizes in MB (default 50 200)")
     ap.add_argument("--tokenizer", default="bytes")
     ap.add_argument("--source", nargs="+", default=SOURCES, help="text repeated to each size")
     ap.add_argument("--old-ref", default="main", help="git ref of the old prepare ('' to skip it)")
