@@ -23,6 +23,7 @@ from typing import Sequence
 
 import mmap
 import os
+import weakref
 
 import numpy as np
 
@@ -48,6 +49,7 @@ class ShardedTokens:
         self._ranges: list[tuple[int, int] | None] = [None] * len(self.parts)
         self._maps = [_map_of(p) for p in self.parts]
         self._fds = [_file_of(p) for p in self.parts]  # open files of the memory-mapped parts, for pread
+        self.close = weakref.finalize(self, _close_files, self._fds)  # also when collected
 
     def __len__(self) -> int:
         return int(self.bounds[-1])
@@ -180,12 +182,18 @@ def _map_of(part: np.ndarray) -> tuple[mmap.mmap, int] | None:
     return mm, int(base)
 
 
+def _close_files(files) -> None:
+    for f in files:
+        if f is not None:
+            f.close()
+
+
 def _file_of(part: np.ndarray):
     """The shard file under a memory-mapped part, opened for positional reads; None otherwise."""
     path = getattr(part, "filename", None)
     if not isinstance(part, np.memmap) or path is None or not hasattr(os, "pread") or not len(part):
         return None
-    return open(path, "rb", buffering=0)  # closed when the ShardedTokens is collected
+    return open(path, "rb", buffering=0)  # closed by ShardedTokens.close(), at the latest when collected
 
 
 def _chunks(part: np.ndarray, n: int | None = None):
