@@ -48,7 +48,7 @@ def iter_pieces(files: Iterable[Path], documents: str, chunk_chars: int = CHUNK_
         elif documents == "file":
             docs = [_file_fragments(f, chunk_chars)]
         else:
-            docs = ([p] for p in _paragraphs(_lines(f)))
+            docs = _paragraphs(_lines(f))
         for fragments in docs:
             yield from _cut_document(fragments, chunk_chars, f)
 
@@ -116,18 +116,22 @@ def _lines(f: Path) -> Iterator[str]:
             raise DataError(f"{f}: not UTF-8 text ({e})") from None
 
 
-def _paragraphs(lines: Iterable[str]) -> Iterator[str]:
-    """Runs of lines between lines that are empty or hold only whitespace (WikiText's blank lines
-    hold a space), each joined with newlines."""
-    para: list[str] = []
-    for line in lines:
+def _paragraphs(lines: Iterable[str]) -> Iterator[Iterator[str]]:
+    """Each paragraph, a run of lines between lines that are empty or hold only whitespace
+    (WikiText's blank lines hold a space), as the fragments of its newline-joined text: a long
+    paragraph is never held whole. Each must be consumed before the next is asked for."""
+    it = iter(lines)
+    for line in it:
         if line.strip():
-            para.append(line)
-        elif para:
-            yield "\n".join(para)
-            para = []
-    if para:
-        yield "\n".join(para)
+            yield _paragraph(line, it)
+
+
+def _paragraph(first: str, lines: Iterator[str]) -> Iterator[str]:
+    yield first
+    for line in lines:
+        if not line.strip():
+            return
+        yield "\n" + line
 
 
 def _jsonl_texts(f: Path) -> Iterator[str]:

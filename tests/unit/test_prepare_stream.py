@@ -12,7 +12,7 @@ import pytest
 
 from shared.data.corpus import SyntheticCorpus
 from shared.data.dataset import DataError, prepare_data
-from shared.data.text_stream import ANCHOR_CHARS, CHUNK_CHARS, iter_pieces
+from shared.data.text_stream import ANCHOR_CHARS, CHUNK_CHARS, _paragraphs, iter_pieces
 from shared.data.tokenizers import get_tokenizer
 from tests.unit.test_tokenizers import _tiny_hf_tokenizer
 
@@ -111,3 +111,22 @@ def test_jsonl_documents_are_read_in_pieces(tmp_path, tokenizers):
     streamed = prepare_data([jl], tokenizers["sp512"], tmp_path / "b", chunk_chars=CHUNK, **kw)
     assert streamed == whole and _shards(tmp_path / "a") == _shards(tmp_path / "b")
     assert np.sum([whole["splits"][s]["documents"] for s in ("val", "train")]) == 5  # 4 + the cut one
+
+
+def test_a_long_paragraph_is_read_in_pieces(tmp_path, tokenizers):
+    """--documents paragraph: a paragraph of many lines and ~20 pieces is never held whole, and its
+    shards are those of the whole paragraph."""
+    corpus = SyntheticCorpus(3)
+    words = corpus.generate(14_000, "train").split(" ")
+    lines = [" ".join(words[i:i + 9]) for i in range(0, len(words), 9)]
+    f = tmp_path / "para.txt"
+    f.write_text("short first paragraph\n \n" + "\n".join(lines) + "\n\nlast one\n")
+    pieces = list(iter_pieces([f], "paragraph", CHUNK))
+    assert len(pieces) > 15 and max(len(p.text) for p in pieces) <= CHUNK
+    assert sum(p.first for p in pieces) == 3 and pieces[1].text.startswith(lines[0] + "\n")
+    kw = dict(val_bytes=3_000, shard_tokens=2_000, documents="paragraph", log=lambda m: None)
+    whole = prepare_data([f], tokenizers["sp512"], tmp_path / "a", chunk_chars=10**9, **kw)
+    streamed = prepare_data([f], tokenizers["sp512"], tmp_path / "b", chunk_chars=CHUNK, **kw)
+    assert streamed == whole and _shards(tmp_path / "a") == _shards(tmp_path / "b")
+    # paragraphs come line by line, never joined whole
+    assert [list(p) for p in _paragraphs(iter(["a", "b", " ", "", "c", "d e"]))] == [["a", "\nb"], ["c", "\nd e"]]
