@@ -24,7 +24,7 @@ def run_prepare(args) -> int:
     man = prepare_data(args.text, tok, args.out, val_fraction=args.val_fraction or 0.05,
                        val_bytes=args.val_bytes, shard_tokens=args.shard_tokens,
                        bos_per_document=not args.no_bos, documents=documents, overwrite=args.overwrite,
-                       log=lambda _m: None)
+                       log=lambda _m: None, progress=not args.no_progress)
     for split in ("train", "val"):
         s = man["splits"][split]
         print(f"  {split:<5} {s['tokens']:>12,} tokens in {len(s['files'])} shard(s); {s['documents']:,} "
@@ -56,7 +56,8 @@ def register(subs) -> None:
              "  ternary data prepare web.jsonl --tokenizer bytes --out data/web --val-bytes 1000000\n\n"
              "The validation split is the first --val-bytes of text (default: 5% of it), in file\n"
              "order. Each document is tokenized on its own and prefixed with the tokenizer's BOS\n"
-             "(if it has one; `bytes` has none).\n"
+             "(if it has one; `bytes` has none). Text is read, tokenized and written in pieces of\n"
+             "about 1 MB, so memory stays bounded whatever the size of the input.\n"
              "Train on it with --set data.source=DIR data.tokenizer=<the same tokenizer>; a run or\n"
              "`ternary eval` refuses data tokenized with another tokenizer.", run_prepare)
     dp.add_argument("text", nargs="+", metavar="TEXT", help="UTF-8 text files (.jsonl: one {\"text\": ...} per line)")
@@ -72,5 +73,7 @@ def register(subs) -> None:
     dp.add_argument("--shard-tokens", type=positive_int, default=100_000_000, metavar="N",
                     help="tokens per shard (default: 100,000,000)")
     dp.add_argument("--no-bos", action="store_true", help="do not put BOS in front of each document")
+    dp.add_argument("--no-progress", action="store_true", help="no progress bar (bytes read of the total, "
+                    "tokens written and their rates, on stderr)")
     dp.add_argument("--overwrite", action="store_true", help="replace an existing --out directory, but only one "
                     "that `data prepare` wrote: its manifest.json and the shards it lists, nothing else")

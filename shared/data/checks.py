@@ -9,6 +9,9 @@ class TokenIdError(ValueError):
 
 
 def check_token_ids(ids: np.ndarray, vocab_size: int, where: str = "input_ids") -> None:
+    sharded_check = getattr(ids, "check_ids", None)  # shared.data.shard_stream.ShardedTokens: never loaded whole
+    if sharded_check is not None:
+        return sharded_check(vocab_size, where)
     ids = np.asarray(ids)
     if ids.size == 0:
         return

@@ -31,13 +31,14 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from shared.spec.atomic_dir import discard, staging_dir, swap_dir
 from shared.spec.ownership import foreign_entries, listing, occupied, source_conflict
 from shared.data.checks import check_token_ids
+from shared.data.shard_stream import ShardedTokens
 from shared.data.tokenizers import Tokenizer, TokenizerError
 
 MAGIC = 20240520
@@ -112,8 +113,8 @@ def read_shard(path: str | os.PathLike) -> np.ndarray:
 # ---- datasets -----------------------------------------------------------------------------------
 @dataclass
 class TokenDataset:
-    train: np.ndarray
-    val: np.ndarray
+    train: np.ndarray | ShardedTokens  # ShardedTokens for shards on disk: never loaded whole
+    val: np.ndarray | ShardedTokens
     tokenizer: Tokenizer
     description: str
     entropy_bits_per_byte: float | None  # only for the synthetic source: the best achievable val_bpb
@@ -144,12 +145,11 @@ def load_token_dataset(source: str, tokenizer: Tokenizer, *, synthetic_train_byt
     splits = {}
     for split in ("train", "val"):
         files = [root / f for f in man["splits"][split]["files"]]
-        arrays = [read_shard(f) for f in files]
-        if not arrays:
+        if not files:
             raise DataError(f"{root}: the manifest lists no {split} shards")
-        for f, a in zip(files, arrays):  # once per shard, vectorised (SEEDS S13)
-            check_token_ids(a, tokenizer.vocab_size, str(f))
-        tokens = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        # memory maps end to end, never concatenated (shared/data/shard_stream.py)
+        tokens = ShardedTokens([read_shard(f) for f in files], [str(f) for f in files])
+        tokens.check_ids(tokenizer.vocab_size)  # once per shard, in chunks (SEEDS S13)
         if len(tokens) != man["splits"][split]["tokens"]:
             raise DataError(f"{root}: {split} shards hold {len(tokens)} tokens, the manifest says "
                             f"{man['splits'][split]['tokens']}")
@@ -251,18 +251,23 @@ def prepare_data(text_files: Iterable[str | os.PathLike], tokenizer: Tokenizer, 
                  *, val_fraction: float = 0.05, val_bytes: int | None = None,
                  shard_tokens: int = 100_000_000, bos_per_document: bool = True,
                  documents: str = "file", overwrite: bool = False,
-                 log: Callable[[str], None] = print) -> dict[str, Any]:
+                 log: Callable[[str], None] = print, chunk_chars: int | None = None,
+                 progress: bool = False) -> dict[str, Any]:
     """Tokenize text files into val_*.bin / train_*.bin shards and manifest.json (see module doc).
-    Written into a temporary sibling directory and renamed into place when complete."""
+    Written into a temporary sibling directory and renamed into place when complete. The text is
+    read, tokenized and written piece by piece (shared/data/text_stream.py: pieces of `chunk_chars`
+    characters, default ~1M), so memory stays bounded whatever the input's size; `progress` shows
+    a bar of bytes read, tokens written and their rates on stderr."""
     files = [Path(f) for f in text_files]
     out_dir = Path(out_dir)
     val_bytes = _prepare_args(files, out_dir, val_fraction=val_fraction, val_bytes=val_bytes,
                               shard_tokens=shard_tokens, documents=documents, overwrite=overwrite)
+    from shared.data.text_stream import write_splits
     bos = tokenizer.bos_id if bos_per_document else None
     tmp = staging_dir(out_dir)  # also clears what killed earlier prepares left behind
     try:
-        writers, stats = _write_shards(files, tokenizer, tmp, val_bytes=val_bytes, shard_tokens=shard_tokens,
-                                       bos=bos, documents=documents)
+        writers, stats = write_splits(files, tokenizer, tmp, val_bytes=val_bytes, shard_tokens=shard_tokens,
+                                      bos=bos, documents=documents, chunk_chars=chunk_chars, progress=progress)
         manifest = {
             "format": FORMAT, "version": 1,
             "tokenizer": {"name": tokenizer.name, "kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size,
@@ -295,8 +300,8 @@ def _prepare_args(files: list[Path], out_dir: Path, *, val_fraction: float, val_
             raise DataError(f"prepare_data: text file not found: {f}")
     if documents not in ("file", "paragraph"):
         raise DataError(f"prepare_data: documents must be 'file' or 'paragraph', got {documents!r}")
-    if shard_tokens <= 0:
-        raise DataError("prepare_data: shard_tokens must be positive")
+    if not 0 < shard_tokens < 2**31:
+        raise DataError(f"prepare_data: shard_tokens must be in 1..2**31 - 1 (one shard's header count), got {shard_tokens}")
     _check_out(files, out_dir, overwrite)
     total_in = sum(f.stat().st_size for f in files)
     if val_bytes is None:
@@ -337,142 +342,3 @@ def _data_dir_refusal(out_dir: Path) -> str | None:
         return f"{out_dir} is not a data directory of `ternary data prepare` (no readable {MANIFEST})"
     other = foreign_entries(out_dir, lambda e: e.name in own and e.is_file())
     return f"{out_dir} holds {listing(other)}, which its {MANIFEST} does not list" if other else None
-
-
-def _write_shards(files: list[Path], tokenizer: Tokenizer, tmp: Path, *, val_bytes: int, shard_tokens: int,
-                  bos: int | None, documents: str) -> tuple[dict[str, _ShardWriter], dict[str, dict[str, int]]]:
-    """Tokenize the documents into both splits' shards in `tmp`: (writers, per-split counts)."""
-    writers = {s: _ShardWriter(tmp, s, shard_tokens, tokenizer) for s in ("val", "train")}
-    stats = {s: {"documents": 0, "text_bytes": 0} for s in ("val", "train")}
-    remaining = val_bytes
-    pending: list[tuple[str, str]] = []
-    encode_batch = getattr(tokenizer, "encode_batch", None) or (lambda ts: [tokenizer.encode(t) for t in ts])
-
-    def flush() -> None:  # documents are encoded in batches (multi-threaded where supported)
-        for (split, _), ids in zip(pending, encode_batch([t for _, t in pending])):
-            if bos is not None:
-                ids = np.concatenate([np.array([bos], np.int32), ids])
-            writers[split].add(np.asarray(ids, dtype=np.int32))
-        pending.clear()
-
-    for doc in _iter_documents(files, documents):
-        for split, text in _split_val(doc, remaining):
-            nb = len(text.encode("utf-8"))
-            remaining = remaining - nb if split == "val" else 0  # val is one prefix of the text
-            pending.append((split, text))
-            stats[split]["documents"] += 1
-            stats[split]["text_bytes"] += nb
-        if len(pending) >= 256:
-            flush()
-    flush()
-    for w in writers.values():
-        w.close()
-    if writers["val"].count < 2 or writers["train"].count < 2:
-        raise DataError(f"prepare_data: too little text for both splits ({writers['val'].count} val and "
-                        f"{writers['train'].count} train tokens); lower val_fraction/val_bytes or add text")
-    return writers, stats
-
-
-class _ShardWriter:
-    """Buffers one split's tokens into shards of `shard_tokens`; counts the bytes its targets
-    (every token after the split's first) stand for, as evaluation will."""
-
-    def __init__(self, root: Path, split: str, shard_tokens: int, tokenizer: Tokenizer):
-        self.root, self.split, self.shard_tokens, self.tokenizer = root, split, shard_tokens, tokenizer
-        self.buf: list[np.ndarray] = []
-        self.buffered = 0
-        self.count = 0
-        self.files: list[str] = []
-        self.scored_bytes = 0
-        self.prev: int | None = None
-
-    def add(self, ids: np.ndarray) -> None:
-        if len(ids) == 0:
-            return
-        check_token_ids(ids, self.tokenizer.vocab_size, f"{self.split} tokens")
-        if self.prev is None:
-            targets, prev = ids[1:], ids[:-1]
-        else:
-            targets, prev = ids, np.concatenate([np.array([self.prev], ids.dtype), ids[:-1]])
-        self.scored_bytes += int(self.tokenizer.byte_counts(targets, prev).sum())
-        self.prev = int(ids[-1])
-        self.buf.append(ids)
-        self.buffered += len(ids)
-        while self.buffered >= self.shard_tokens:
-            self._flush(self.shard_tokens)
-
-    def _flush(self, n: int) -> None:
-        allbuf = np.concatenate(self.buf) if len(self.buf) > 1 else self.buf[0]
-        chunk, rest = allbuf[:n], allbuf[n:]
-        name = f"{self.split}_{len(self.files):06d}.bin"
-        write_shard(self.root / name, chunk, self.tokenizer.vocab_size)
-        self.files.append(name)
-        self.count += len(chunk)
-        self.buf = [rest] if len(rest) else []
-        self.buffered = len(rest)
-
-    def close(self) -> None:
-        if self.buffered:
-            self._flush(self.buffered)
-
-
-def _iter_documents(files: list[Path], documents: str) -> Iterator[str]:
-    for f in files:
-        if f.suffix == ".jsonl":
-            yield from _jsonl_documents(f)
-            continue
-        try:
-            text = f.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise DataError(f"{f}: not UTF-8 text ({e})") from None
-        if documents == "file":
-            if text:
-                yield text
-        else:
-            yield from _paragraphs(text)
-
-
-def _paragraphs(text: str) -> Iterator[str]:
-    """The paragraphs of `text`: runs of lines between lines that are empty or hold only whitespace
-    (WikiText's blank lines hold a space)."""
-    para: list[str] = []
-    for line in text.split("\n"):
-        if line.strip():
-            para.append(line)
-        elif para:
-            yield "\n".join(para)
-            para = []
-    if para:
-        yield "\n".join(para)
-
-
-def _jsonl_documents(f: Path) -> Iterator[str]:
-    """The "text" of each line of a .jsonl file."""
-    with open(f, encoding="utf-8") as fh:
-        try:
-            for i, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    text = json.loads(line)["text"]
-                except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    raise DataError(f"{f}:{i}: expected a JSON object with a 'text' field ({e})") from None
-                if text:
-                    yield text
-        except UnicodeDecodeError as e:
-            raise DataError(f"{f}: not UTF-8 text ({e.reason})") from None
-
-
-def _split_val(doc: str, remaining: int) -> list[tuple[str, str]]:
-    """[(split, text)]: all val while `remaining` bytes are wanted, cut at a whitespace when the
-    document straddles the boundary."""
-    if remaining <= 0:
-        return [("train", doc)]
-    raw = doc.encode("utf-8")
-    if len(raw) <= remaining:
-        return [("val", doc)]
-    head = raw[:remaining].decode("utf-8", errors="ignore")
-    cut = max(head.rfind(" "), head.rfind("\n"))
-    cut = cut if cut > 0 else len(head)
-    val, train = doc[:cut], doc[cut:].lstrip()
-    return [(s, t) for s, t in (("val", val), ("train", train)) if t]

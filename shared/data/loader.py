@@ -7,7 +7,9 @@ The train tokens are cut into non-overlapping windows of seq_len + 1 tokens at s
 a permutation of those windows seeded by (seed, epoch). The windows form one endless stream,
 epoch after epoch; a global batch is the next world_size * batch_size windows of the stream and
 rank r takes windows [r * batch_size, (r + 1) * batch_size) of it. Starting a new epoch is logged
-(SEEDS S7); the loader never yields anything but corpus tokens.
+(SEEDS S7); the loader never yields anything but corpus tokens. The tokens may be a ShardedTokens
+(shards on disk): the same positions, read window by window from the memory maps, never
+concatenated; a window may cross from one shard into the next, as in the concatenation.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import numpy as np
 from shared.data.batching import inputs_and_targets
 from shared.data.dataset import DataError
 from shared.data.checks import TokenIdError, check_token_ids
+from shared.data.shard_stream import ShardedTokens, as_tokens
 
 
 # ---- training loader ----------------------------------------------------------------------------
@@ -31,7 +34,7 @@ class TokenLoader:
     def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, *, rank: int = 0,
                  world_size: int = 1, seed: int = 0, vocab_size: int | None = None,
                  log: Callable[[str], None] = print):
-        tokens = np.asarray(tokens)
+        tokens = as_tokens(tokens)  # shards on disk stay memory maps (shared/data/shard_stream.py)
         if tokens.ndim != 1:
             raise DataError(f"TokenLoader: tokens must be 1-D, got shape {tokens.shape}")
         if not np.issubdtype(tokens.dtype, np.integer):
@@ -100,6 +103,8 @@ class TokenLoader:
                 self._announce(e)
         mine = idx[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
         starts = mine.astype(np.int64) * self.seq_len
+        if isinstance(self.tokens, ShardedTokens):  # copies these windows only, across shard ends as before
+            return self.tokens.windows(starts, self.seq_len + 1)
         return np.asarray(self.tokens[starts[:, None] + self._offsets], dtype=np.int32)
 
     def _announce(self, epoch: int) -> None:
@@ -139,7 +144,7 @@ def val_windows(tokens: np.ndarray, seq_len: int, stride: int | None = None,
     (no padding): the last one starts early enough to end at the last token and scores only the
     targets not scored yet. A stream shorter than seq_len + 1 tokens gives one shorter window.
     """
-    tokens = np.asarray(tokens)
+    tokens = as_tokens(tokens)
     if seq_len <= 0:
         raise DataError(f"val_windows: seq_len must be positive, got {seq_len}")
     stride = seq_len if stride is None else int(stride)

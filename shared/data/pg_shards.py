@@ -4,8 +4,9 @@ what parameter-golf's `data/cached_challenge_fineweb.py` downloads (e.g. data/da
 Such a directory holds `fineweb_train_*.bin` and `fineweb_val_*.bin` shards and no manifest.json.
 Each shard is the format of shared/data/dataset.py at version 1 only (magic 20240520, version 1,
 num_tokens, then uint16 tokens; exactly 1024 + 2 * num_tokens bytes), which is all parameter-golf's
-`load_data_shard` reads. The train split is the train shards concatenated in sorted file-name order
-(the order of parameter-golf's TokenStream), the val split the val shards likewise; from there the
+`load_data_shard` reads. The train split is the train shards end to end in sorted file-name order
+(the order of parameter-golf's TokenStream), the val split the val shards likewise, as memory maps
+that are never concatenated (shared/data/shard_stream.py); from there the
 training loader, its resume state and its determinism are those of our own shards
 (shared/data/loader.py). Without a manifest nothing records which tokenizer made the shards: only
 that every id is below the vocabulary of `data.tokenizer`, which must be the SentencePiece `.model`
@@ -26,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.data.checks import check_token_ids
 from shared.data.dataset import MANIFEST, VERSION_UINT16, DataError, TokenDataset, read_shard
+from shared.data.shard_stream import ShardedTokens
 from shared.data.tokenizers import Tokenizer, TokenizerError
 
 TRAIN_GLOB = "fineweb_train_*.bin"
@@ -81,9 +82,10 @@ def load_parameter_golf(root: Path, tokenizer: Tokenizer) -> TokenDataset:
             raise DataError(f"{root}: no {pattern} shards; a parameter-golf data directory needs both "
                             f"{TRAIN_GLOB} and {VAL_GLOB} (download them with parameter-golf's "
                             "data/cached_challenge_fineweb.py)")
-        arrays = [_read_pg_shard(f, tokenizer.vocab_size) for f in files]
+        tokens = ShardedTokens([_read_pg_shard(f) for f in files], [str(f) for f in files])
+        tokens.check_ids(tokenizer.vocab_size)  # once per shard, in chunks (SEEDS S13)
         counts[split] = len(files)
-        splits[split] = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        splits[split] = tokens
         if len(splits[split]) < 2:
             raise DataError(f"{root}: the {split} shards hold {len(splits[split])} token(s); at least 2 are needed")
     val = splits["val"]
@@ -94,12 +96,11 @@ def load_parameter_golf(root: Path, tokenizer: Tokenizer) -> TokenDataset:
     return TokenDataset(splits["train"], val, scorer, desc, None, val_bytes)
 
 
-def _read_pg_shard(path: Path, vocab_size: int) -> np.ndarray:
+def _read_pg_shard(path: Path) -> np.ndarray:
     tokens = read_shard(path)  # magic, version, size against the header: one line naming the file
     if tokens.dtype.itemsize != np.dtype("<u2").itemsize:
         raise DataError(f"{path}: shard version 2 (uint32 tokens) is this project's extension; parameter-golf "
                         f"shards are version {VERSION_UINT16} (uint16)")
-    check_token_ids(tokens, vocab_size, str(path))
     return tokens
 
 
