@@ -179,8 +179,10 @@ def write_report(spec, out: Path) -> int:
                  + first.config.to_toml())
     verdict = rep.verdict(best)
     partial = "" if len(records) == len(spec.runs) else f" ({len(records)} of {len(spec.runs)} runs finished)"
+    span = max(r["ended"] for r in records) - min(r["started"] for r in records)
     head = (f"ternary sweep {spec.path}: {len(spec.variants)} variants x {len(spec.seeds)} seeds, "
-            f"{spec.describe_budget()}{partial}; base {spec.baseline!r}")
+            f"{spec.describe_budget()}{partial}; base {spec.baseline!r}; {_fmt_s(span)} from the first run's "
+            f"start to the last one's end ({len({tuple(r['cpus']) for r in records})} core set(s))")
     note = ("val_bpb: each run's final evaluation. Δ: difference of mean val_bpb from the base variant, with a "
             f"{rep.LEVEL:.0%} Welch t interval (unequal variances, Welch-Satterthwaite degrees of freedom).")
     write_atomic(out / "results.md", f"{head}\n\n{rep.markdown_table(stats)}\n{verdict}\n\n{note}\n")
@@ -228,6 +230,7 @@ def _sweep(spec, out: Path, slots: list[list[int]]) -> int:
     print(f"ternary sweep: {len(spec.variants)} variants x {len(spec.seeds)} seeds = {sched.total} runs into {out}; "
           f"{spec.describe_budget()}; {len(slots)} job(s) at a time, {len(slots[0])} core(s) each"
           + (f"; {skipped} already done (skipped)" if skipped else ""), flush=True)
+    t0 = time.time()
     try:
         sched.run()
     except KeyboardInterrupt:
@@ -235,6 +238,7 @@ def _sweep(spec, out: Path, slots: list[list[int]]) -> int:
         print(f"resume with: ternary sweep {spec.path} --out {out}", file=sys.stderr)
         return 130
     write_report(spec, out)
+    print(f"ternary sweep: ran {sched.total - skipped - len(sched.failed)} run(s) in {_fmt_s(time.time() - t0)}")
     if sched.failed:
         print(f"ternary sweep: {len(sched.failed)} run(s) failed ({', '.join(sched.failed)}); their logs say why; "
               f"rerun `ternary sweep {spec.path} --out {out}` to retry them", file=sys.stderr)
