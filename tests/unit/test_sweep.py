@@ -165,3 +165,16 @@ def test_table_numbers_are_the_records_statistics():
 def test_sample_std_needs_two_values():
     assert sample_std([1.0]) is None
     assert sample_std([1.0, 3.0]) == pytest.approx(math.sqrt(2))
+
+
+def test_the_example_resolves_and_the_readme_shows_it():
+    import re
+    from pathlib import Path
+    from shared.train.sweep_spec import read_spec, tomllib
+    root = Path(__file__).resolve().parents[2]
+    path = root / "examples" / "sweep-smoke.toml"
+    example = load_spec(path)
+    assert len(example.runs) == 12 and example.baseline == "plain" and example.export_args is not None
+    assert str(example.out) == "runs/sweep-smoke" and example.budget == {"steps": 200}
+    block = re.search(r"```toml\n(out = \"runs/sweep-smoke\".*?)```", (root / "README.md").read_text(), re.S)
+    assert tomllib.loads(block.group(1)) == read_spec(path)  # the README's spec is the example's
