@@ -163,3 +163,38 @@ def test_a_bad_override_is_one_line_before_anything_runs(tmp_path):
     assert "\n" not in line and line.startswith("ternary: error: ")
     assert "variant 'wide'" in line and "hiden_size" in line and "hidden_size" in line
     assert not (tmp_path / "out").exists()
+
+
+def test_bad_export_args_and_too_many_jobs_are_refused_before_anything_runs(tmp_path):
+    spec = tmp_path / "spec.toml"
+    spec.write_text(spec_text(tmp_path / "out").replace('"--compress", "zstd"', '"--compress", "brotli"'))
+    r = sweep(spec)
+    assert r.returncode == 2 and "export.args" in r.stderr and "brotli" in r.stderr, r.stderr
+    spec.write_text(spec_text(tmp_path / "out"))
+    r = sweep(spec, "--jobs", str(len(os.sched_getaffinity(0)) + 1))
+    assert r.returncode == 2 and "CPU(s)" in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_saves_each_running_run_and_exits_130(tmp_path):
+    import signal
+    import time
+    from convert.sweep_runs import RunFiles, state
+    out = tmp_path / "out"
+    spec = tmp_path / "spec.toml"
+    spec.write_text(spec_text(out, variants="plain = []\n", steps=100000).split("[export]")[0])
+    p = subprocess.Popen([sys.executable, "-m", "convert.cli", "sweep", str(spec), "--jobs", str(JOBS)], cwd=ROOT,
+                         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    metrics = [RunFiles(out, f"plain-seed{s}").run_dir / "metrics.jsonl" for s in (0, 1)][:JOBS]
+    deadline = time.time() + 240
+    while not all(m.exists() and m.stat().st_size for m in metrics) and time.time() < deadline:
+        time.sleep(0.5)  # both runs are training: their first losses are written
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=240)
+    assert p.returncode == 130, stdout + stderr
+    assert "resume with: ternary sweep" in stderr
+    for s in range(JOBS):
+        files = RunFiles(out, f"plain-seed{s}")
+        assert state(files) == "resume", (stdout, stderr)  # a checkpoint, no done marker
+        saved = json.loads((files.run_dir / "checkpoint" / "trainer_state.json").read_text())
+        assert saved["saved_because"] == "interrupted" and 0 < saved["step"] < 100000
