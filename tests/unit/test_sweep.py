@@ -178,3 +178,13 @@ def test_the_example_resolves_and_the_readme_shows_it():
     assert str(example.out) == "runs/sweep-smoke" and example.budget == {"steps": 200}
     block = re.search(r"```toml\n(out = \"runs/sweep-smoke\".*?)```", (root / "README.md").read_text(), re.S)
     assert tomllib.loads(block.group(1)) == read_spec(path)  # the README's spec is the example's
+
+
+def test_core_slots_are_equal_and_disjoint():
+    from convert.commands.sweep import core_slots
+    from convert.common import CliError
+    assert core_slots(2, [0, 1, 2, 3]) == [[0, 1], [2, 3]]
+    assert core_slots(3, [0, 1, 2, 3, 4]) == [[0], [1], [2]]  # the remainder unused: equal shares
+    assert core_slots(1, [4, 7]) == [[4, 7]]
+    with pytest.raises(CliError, match="at most 2"):
+        core_slots(3, [0, 1])
