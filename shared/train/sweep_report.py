@@ -16,6 +16,7 @@ from pathlib import Path
 from shared.train.sweep_stats import Difference, mean, sample_std, welch_interval
 
 LEVEL = 0.95
+SMOOTH_FRAC = 0.02  # the loss curves' running-mean window, as a fraction of a run's steps
 COLUMNS = ("variant", "seeds", "val_bpb (mean ± std)", f"Δ vs base ({LEVEL:.0%} CI, Welch t)", "steps",
            "tokens/s", "train s", "artifact bytes", "round-trip bpb")
 
@@ -137,9 +138,9 @@ def plot(records: list[dict], stats: list[VariantStats], metrics: dict[str, Path
             continue
         label = None if r["variant"] in labelled else r["variant"]
         labelled.add(r["variant"])
-        ax_loss.plot(*zip(*curve), lw=0.8, alpha=0.7, color=colours.get(r["variant"], "k"), label=label)
+        ax_loss.plot(*_running_mean(curve), lw=0.8, alpha=0.7, color=colours.get(r["variant"], "k"), label=label)
     ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel("train loss (nats/token)")
+    ax_loss.set_ylabel(f"train loss (nats/token; running mean of {SMOOTH_FRAC:.0%} of the steps)")
     ax_loss.grid(alpha=0.3)
     if labelled:
         ax_loss.legend()
@@ -148,6 +149,17 @@ def plot(records: list[dict], stats: list[VariantStats], metrics: dict[str, Path
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     tmp.replace(path)
+
+
+def _running_mean(curve: list[tuple[int, float]]) -> tuple[list[int], list[float]]:
+    """The curve averaged over windows of SMOOTH_FRAC of its points (one step's loss is noisy, and a
+    dozen noisy lines on one axis hide their differences); each point averages the window ending there."""
+    steps, losses = zip(*curve)
+    k = max(1, int(len(losses) * SMOOTH_FRAC))
+    sums = [0.0]
+    for x in losses:
+        sums.append(sums[-1] + x)
+    return list(steps), [(sums[i + 1] - sums[max(0, i + 1 - k)]) / (i + 1 - max(0, i + 1 - k)) for i in range(len(losses))]
 
 
 def _train_curve(path: Path | None) -> list[tuple[int, float]]:
