@@ -20,6 +20,7 @@ with an action). mlx, torch and the heavier shared modules are imported inside t
   inspect.py          ternary inspect: verify and describe a checkpoint
   convert.py          ternary convert: export as canonical, packed, hf, mlx-lm, hf-bitnet or gguf
   promote.py          ternary promote: scale an ablation config to a GPU target
+  sweep.py            ternary sweep: an ablation of named variants x seeds, with its table and plot
 
 Shared by verbs, not verbs themselves:
 
@@ -31,9 +32,9 @@ Helpers for every verb (CliError, sub, source_args, resolve, ...) are in convert
 from __future__ import annotations
 
 from convert.commands import (config, convert, data, demo, eval, generate, import_hf, import_pg, init, inspect, presets,
-                              promote, tokenizer, train)
+                              promote, sweep, tokenizer, train)
 
 COMMANDS = (train, eval, generate, presets, config, init, demo, tokenizer, data, import_hf, import_pg, inspect, convert,
-            promote)
+            promote, sweep)
 
 __all__ = ["COMMANDS"]

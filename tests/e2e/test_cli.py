@@ -15,7 +15,7 @@ from tests.variants import tiny_sets
 
 ROOT = Path(__file__).resolve().parents[2]
 SUBCOMMANDS = ("train", "eval", "generate", "presets", "config", "init", "demo", "tokenizer", "data", "import-hf",
-               "inspect", "convert", "promote")
+               "inspect", "convert", "promote", "sweep")
 # A model small enough that a demo with both backends takes a few seconds on 2 cores (one layer).
 TINY = ["--set", *tiny_sets(num_hidden_layers=1)]
 SHORT = ["--seq-len", "16"]
