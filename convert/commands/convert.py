@@ -53,6 +53,8 @@ def _convert_packed(args, src) -> int:
                        "--compress, --floats and --hadamard")
     if args.hadamard_seed is not None and not args.hadamard:
         raise CliError("--hadamard-seed applies to --hadamard only")
+    if args.hadamard_seed is not None and args.hadamard_seed < 0:
+        raise CliError(f"--hadamard-seed {args.hadamard_seed}: expected a non-negative integer")
     round_trip = record or args.hadamard or args.floats in ("int6", "int5", "mixed")
     if not round_trip and (args.backend is not None or args.eval_tokens is not None):
         raise CliError("--backend and --eval-tokens apply to the exports that measure a round trip only "
