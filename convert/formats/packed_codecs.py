@@ -12,9 +12,10 @@ unused high bits are constant, and the compressor (zstd or LZMA) removes them, a
 int5/int6 records rely on; parameter-golf's records clamp to [-Q - 1, Q] after rounding an fp16 scale
 that may have gone down, which can clip the row's largest value by one step: ours moves s up instead.
 
---floats mixed: the int5/int6 rule of parameter-golf's mixed-quantization records (the 1.1558
-record's export; records/track_10min_16mb/2026-03-20_10L_Int5MLP_MuonWD04_SWA50 is the one in the
-mirror with the code): int5 for MLP matrices, int6 for attention matrices, the token embedding
+--floats mixed: the int5/int6 rule of parameter-golf's mixed-quantization records. The 1.1558 record
+(SEEDS: "int5/int6 mixed quantization + zstd-22") is not in our mirror of parameter-golf, so the rule
+is read from the code those records share, records/track_10min_16mb/2026-03-20_10L_Int5MLP_MuonWD04_SWA50
+(train_gpt.py: mixed_quantize_int6, quantize_intN_per_row): int5 for MLP matrices, int6 for attention matrices, the token embedding
 fp16; here also int6 for float matrices outside the blocks (embed_proj, n-gram tables: the record's
 bigram tables are int6) and int8 for an untied head (the record's int8 rule for the rest). Float
 matrices of at most SMALL_MATRIX elements stay fp16, as in the record; 1-D and control tensors are
@@ -23,7 +24,9 @@ its role and ternary target), never from its name. The record also keeps one key
 (blocks.8.attn.c_k) in fp16 by name; that is not reproduced.
 
 Compression: "lzma" (xz, preset 9 | EXTREME), "zstd" (the zstandard package, level ZSTD_LEVEL),
-"zstd-22" (the same codec at level 22, as parameter-golf's int5/int6 records write) or "none". The
+"zstd-22" (the same codec at level 22, as parameter-golf's int5/int6 records write; on our payloads
+of up to 2 MB, int5/int6/mixed included, it came out byte-identical to level 19, since zstd bounds
+its parameters by the input size) or "none". The
 header records the codec ("zstd" for both levels: the reader needs no level); a reader refuses one it
 does not know, and a payload whose sha256 does not match the header is refused before it is
 decompressed.
