@@ -19,9 +19,9 @@ def load_model(path: str, backend, use_ema: bool):
     from shared.spec import checkpoint as fmt
     packed = Path(path).is_file()  # a `ternary convert --to packed` artifact: the round trip (S15)
     if packed:
-        from convert.formats.packed import load_packed
+        from convert.formats.packed import load_for_model
         ckpt = Path(path)
-        cfg, packed_weights = load_packed(ckpt, form="latent")  # same codes; scales from fp16
+        cfg, packed_weights = load_for_model(ckpt)  # same codes; scales from fp16 (or --hadamard's W_eff)
     else:
         ckpt = checkpoint_dir(path)
     b = load_backend(backend) if isinstance(backend, str) else backend

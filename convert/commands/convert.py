@@ -15,8 +15,9 @@ def run(args) -> int:
     src = checkpoint_dir(args.src)
     if args.to != "gguf" and (args.gguf_type is not None or args.gguf_float is not None or args.no_tokenizer):
         raise CliError("--gguf-type, --gguf-float and --no-tokenizer apply to --to gguf only")
-    if args.to != "packed" and (args.artifact != "default" or args.backend is not None or args.eval_tokens is not None):
-        raise CliError("--artifact, --backend and --eval-tokens apply to --to packed only")
+    if args.to != "packed" and (args.artifact != "default" or args.backend is not None or args.eval_tokens is not None
+                                or args.hadamard or args.hadamard_seed is not None):
+        raise CliError("--artifact, --hadamard, --hadamard-seed, --backend and --eval-tokens apply to --to packed only")
     if args.to in ("hf", "mlx-lm"):
         from convert.formats import hf_export as export_hf
         if args.compress is not None or args.floats is not None or args.dtype != "float32":
@@ -39,18 +40,35 @@ def run(args) -> int:
         return 0
     if args.dtype != "float32":
         raise CliError("--dtype applies to --to canonical only")
+    return _convert_packed(args, src)
+
+
+def _convert_packed(args, src) -> int:
+    """--to packed: the default layout (--floats, --compress, --hadamard) or --artifact pg-record; the
+    round trip for pg-record and for the lossy additions of issue 11 (int6/int5/mixed, --hadamard)."""
+    from convert.formats import packed as export
     record = args.artifact == "pg-record"
-    if record and (args.compress is not None or args.floats is not None):
-        raise CliError("--artifact pg-record fixes the storage (LZMA; fp8 and fp16 floats); leave out "
-                       "--compress and --floats")
-    if not record and (args.backend is not None or args.eval_tokens is not None):
-        raise CliError("--backend and --eval-tokens apply to --artifact pg-record only (its round trip)")
+    if record and (args.compress is not None or args.floats is not None or args.hadamard):
+        raise CliError("--artifact pg-record fixes the storage (LZMA; fp8 and fp16 floats; no rotation); leave out "
+                       "--compress, --floats and --hadamard")
+    if args.hadamard_seed is not None and not args.hadamard:
+        raise CliError("--hadamard-seed applies to --hadamard only")
+    if args.hadamard_seed is not None and args.hadamard_seed < 0:
+        raise CliError(f"--hadamard-seed {args.hadamard_seed}: expected a non-negative integer")
+    round_trip = record or args.hadamard or args.floats in ("int6", "int5", "mixed")
+    if not round_trip and (args.backend is not None or args.eval_tokens is not None):
+        raise CliError("--backend and --eval-tokens apply to the exports that measure a round trip only "
+                       "(--artifact pg-record, --floats int6|int5|mixed, --hadamard)")
+    seed = (args.hadamard_seed or 0) if args.hadamard else None
+    if seed is not None:  # before the round trip's (slow) scoring of the checkpoint
+        from shared.spec.checkpoint import read_config
+        export.check_hadamard_model(read_config(src))
     trip = None
-    if record:  # the data and the checkpoint's own score first: a run without its data writes nothing
+    if round_trip:  # the data and the checkpoint's own score first: a run without its data writes nothing
         from convert.commands.convert_roundtrip import RoundTrip
         trip = RoundTrip(src, args.backend or "torch", args.eval_tokens)
     st = export.to_packed(src, args.out, compress=args.compress or "lzma", floats=args.floats or "fp16",
-                          force=args.force, artifact=args.artifact)
+                          force=args.force, artifact=args.artifact, hadamard=seed)
     if record:
         from convert.formats.packed_pgrecord import budget_lines
         print(f"wrote packed file {args.out} (--artifact pg-record): {st.bytes:,d} bytes (raw payload "
@@ -58,12 +76,29 @@ def run(args) -> int:
               f"{st.float_codes_bytes:,d}, fp16 {st.plain_floats_bytes:,d})")
         print("\n".join(budget_lines(st.bytes, st.header_bytes, st.payload_bytes) + trip.lines(trip.after(Path(args.out)))))
         return 0
+    lines = _packed_lines(args.out, st)
+    if trip is not None:
+        lines += trip.lines(trip.after(Path(args.out)))
+    print("\n".join(lines))
+    return 0
+
+
+def _packed_lines(out, st) -> list[str]:
+    """The size breakdown of a default-layout packed file."""
+    codes = "row codes" if st.floats == "mixed" else f"{st.floats}"
     floats = (f"floats {st.floats_bytes:,d}" if st.floats == "fp16" else
-              f"floats {st.floats_bytes:,d} = int8 {st.float_codes_bytes:,d} + row scales "
+              f"floats {st.floats_bytes:,d} = {codes} {st.float_codes_bytes:,d} + row scales "
               f"{st.float_scales_bytes:,d} + fp16 {st.plain_floats_bytes:,d}")
-    lines = [f"wrote packed file {args.out}: {st.bytes:,d} bytes (header {st.header_bytes:,d}, payload "
+    rot = f", rotation signs {st.rotation_bytes:,d}" if st.hadamard_seed is not None else ""
+    lines = [f"wrote packed file {out}: {st.bytes:,d} bytes (header {st.header_bytes:,d}, payload "
              f"{st.payload_bytes:,d} {st.compress}; raw payload {st.raw_payload:,d}: codes {st.codes_bytes:,d}, "
-             f"scales {st.scales_bytes:,d}, {floats})"]
+             f"scales {st.scales_bytes:,d}, {floats}{rot})"]
+    if st.floats != "fp16" and st.float_kinds:
+        lines.append("  float matrices: " + ", ".join(f"{n} {k}" for k, n in sorted(st.float_kinds.items()))
+                     + f" (--floats {st.floats})")
+    if st.hadamard_seed is not None:
+        lines.append(f"  ternary weights ternarized after a seeded Hadamard rotation (seed {st.hadamard_seed}); "
+                     "loaded as T(W R) R^T in float32")
     if st.ternary_weights:
         line = (f"  {st.ternary_weights:,d} ternary weights: {st.bits_per_ternary_weight:.3f} bits each for the whole "
                 f"file; codes alone {st.code_bits_per_weight:.3f} (base 3)")
@@ -72,8 +107,7 @@ def run(args) -> int:
         lines.append(line)
     else:
         lines.append(f"  no ternary weights (ternary disabled): floats stored as {st.floats}")
-    print("\n".join(lines))
-    return 0
+    return lines
 
 
 def _convert_quantized(args, src) -> int:
@@ -111,6 +145,7 @@ def register(subs) -> None:
             "  ternary convert runs/smoke-mlx --to packed --out smoke.tpk --compress none\n"
             "  ternary convert runs/smoke-mlx --to packed --out smoke.tpk --floats int8 --compress zstd\n"
             "  ternary convert runs/pg --to packed --artifact pg-record --out pg.tpk   (parameter-golf's budget)\n"
+            "  ternary convert runs/smoke-mlx --to packed --out smoke.tpk --floats mixed --compress zstd-22 --hadamard\n"
             "  ternary convert runs/smoke-mlx --to gguf --out smoke.gguf     (the smoke model: every format below)\n"
             "  ternary convert ckpt/qwen3 --to hf --out qwen3-hf           (Qwen3ForCausalLM.from_pretrained)\n"
             "  ternary convert ckpt/qwen3 --to mlx-lm --out qwen3-mlx-lm   (mlx_lm.load; MLX groups of 64/128)\n"
@@ -128,6 +163,14 @@ def register(subs) -> None:
             "zstd or not at all; load it with convert.formats.packed.load_packed or score it with `ternary eval FILE`.\n"
             "The ternary forward pass is kept up to fp16 rounding of the scales (<= 2^-11 relative); latent\n"
             "weights are not.\n"
+            "--floats int6 / int5: every float matrix in per-row absmax codes of [-31, 31] / [-15, 15] (one byte\n"
+            "each, left to the compressor); --floats mixed: parameter-golf's 1.1558 record's rule, int5 MLP and\n"
+            "int6 attention matrices, int6 other matrices, int8 an untied head, fp16 the embedding and matrices\n"
+            "of <= 8192 values (ternary weights stay base-3 codes). --compress zstd-22: zstd at level 22, as\n"
+            "those records write. --hadamard: each ternary weight is ternarized after a seeded random Hadamard\n"
+            "rotation R of its input dim (blocks of the largest power of two dividing the group size) and\n"
+            "loads as the float32 matrix T(W R) R^T (R orthogonal: W R R^T = W), run with ternary projection\n"
+            "off. These three print the round trip as pg-record does (--backend, --eval-tokens).\n"
             "--artifact pg-record: parameter-golf's ternary record's storage instead: codes quantized from the\n"
             "fp16 group scales, float 2-D tensors in fp8 e4m3, 1-D ones fp16, LZMA; read back with its\n"
             "shrinkage fix (W = q * s / mean|q| per group, not q * s). It prints the file's bytes against\n"
@@ -160,12 +203,22 @@ def register(subs) -> None:
                    help="--to gguf: write no tokenizer metadata (tokenizer.ggml.model = no_vocab), e.g. when "
                         "data.tokenizer cannot be expressed; llama.cpp then cannot use the file for text")
     c.add_argument("--dtype", choices=("float32",), default="float32", help="canonical weight dtype (float32 only)")
-    c.add_argument("--compress", choices=("lzma", "zstd", "none"), default=None,
+    c.add_argument("--compress", choices=("lzma", "zstd", "zstd-22", "none"), default=None,
                    help="packed payload compression (default lzma: xz preset 9e, the smallest; zstd: level 19, about "
-                        "1%% larger on the smoke model, as fast or faster to write and 10-100x faster to read)")
-    c.add_argument("--floats", choices=("fp16", "int8"), default=None,
-                   help="packed float parameters (default fp16; int8: per-row absmax int8 + one fp16 scale per "
-                        "row for float matrices, 1-D norm gains stay fp16)")
+                        "1%% larger on the smoke model, as fast or faster to write and 10-100x faster to read; "
+                        "zstd-22: level 22, as parameter-golf's int5/int6 records write)")
+    c.add_argument("--floats", choices=("fp16", "int8", "int6", "int5", "mixed"), default=None,
+                   help="packed float parameters (default fp16; int8/int6/int5: per-row absmax codes in "
+                        "[-127,127]/[-31,31]/[-15,15] + one fp16 scale per row for every float matrix; mixed: the "
+                        "1.1558 record's rule, int5 MLP, int6 attention and other matrices, int8 untied head, "
+                        "embedding and matrices of <= 8192 values fp16; 1-D norm gains and controls stay fp16; "
+                        "int6/int5/mixed measure the round trip)")
+    c.add_argument("--hadamard", action="store_true",
+                   help="--to packed: ternarize each ternary weight after a seeded random Hadamard rotation of its "
+                        "input dim (W R); the file stores the signs and loads W_eff = T(W R) R^T in float32 "
+                        "(export only; measures the round trip)")
+    c.add_argument("--hadamard-seed", type=int, default=None, metavar="N",
+                   help="--hadamard: seed of the rotation's random signs (default 0; stored in the file)")
     c.add_argument("--artifact", choices=("default", "pg-record"), default="default",
                    help="--to packed: pg-record stores what parameter-golf's ternary record stores (codes from "
                         "fp16 group scales, base 3, LZMA; float 2-D tensors fp8 e4m3, 1-D fp16; decoded with "

@@ -8,25 +8,34 @@ packed: one compact file holding what the ternary forward pass needs, nothing el
     MAGIC (8 bytes) | header length (uint64 little endian) | header (UTF-8 JSON) | payload
 
 The header is never compressed (so it can be read without touching the payload). It holds the run
-config, the compression ("lzma", "zstd" or "none"), the float storage ("fp16" or "int8"), the stored
-and raw payload sizes, the sha256 of the stored payload, and the tensor table: for each parameter in
-canonical order its name, kind ("ternary" or "float"), shape, and for ternary weights the group
-size, the code count and the scale shape/dtype, each with (offset, bytes) into the raw
-(decompressed) payload. The raw payload is five sections, in this order so that the compressor sees
-like data together (sections 3 and 4 are empty unless --floats int8):
+config, the compression codec ("lzma", "zstd" or "none"), the float storage ("fp16", "int8", "int6",
+"int5" or "mixed"), the stored and raw payload sizes, the sha256 of the stored payload, with
+--hadamard a "hadamard" record (the seed), and the tensor table: for each parameter in canonical
+order its name, kind ("ternary" or "float"), shape, and for ternary weights the group size, the code
+count and the scale shape/dtype, each with (offset, bytes) into the raw (decompressed) payload. The
+raw payload is six sections, in this order so that the compressor sees like data together (sections
+3 and 4 are empty with --floats fp16, section 6 without --hadamard):
   1. codes        of every ternary weight: shared.spec.ternary.pack_base3 (5 codes per byte)
   2. scales       of every ternary weight: float16 (float32 for a tensor whose scales fall outside
                   the fp16 normal range, where fp16 would lose more than 2^-11 relative precision)
-  3. float codes  --floats int8 only: int8 codes of every float MATRIX (by its spec: the embedding, a
-                  float lm_head), one row = one slice along the first axis (a token's vector)
-  4. float scales --floats int8 only: one scale per such row, float16 (float32 for a tensor whose
-                  rows reach 127 * 65504)
+  3. float codes  row codes (one int8 per value; entry dtype "int8", "int6" or "int5" says the range)
+                  of the float MATRICES (by their spec: the embedding, a float lm_head, block matrices
+                  ternary does not target) that --floats quantizes: int8/int6/int5 all of them, mixed
+                  by the record's rule (packed_codecs.float_matrix_storage); one row = one slice
+                  along the first axis (a token's vector)
+  4. float scales one scale per such row, float16 (float32 for a tensor whose rows reach Q * 65504)
   5. floats       every other float parameter: float16 (float32 for a tensor that would overflow
-                  fp16). With --floats int8 these are the 1-D ones (norm gains), kept fp16 because
-                  they are few and an error in a gain scales a whole channel.
+                  fp16): the 1-D ones (norm gains) and controls always, kept fp16 because they are
+                  few and an error in a gain scales a whole channel; under mixed the embedding and
+                  small matrices too.
+  6. rotations    --hadamard only: the signs of each ternary weight's rotation, one bit per input
+                  column (convert/formats/packed_hadamard.py); its table entry has "hadamard":
+                  {"block": b, "signs": [offset, bytes]}.
 All numbers are little endian.
 
-The int8 rule and the compressors: convert/formats/packed_codecs.py.
+The row rules, the mixed rule and the compressors: convert/formats/packed_codecs.py. The rotation:
+convert/formats/packed_hadamard.py. The reader and the load forms: convert/formats/packed_read.py
+(every public name re-exported here).
 
 --artifact pg-record (convert/formats/packed_pgrecord.py) fills the same layout with what parameter-golf's
 ternary record stores: codes quantized from fp16 scales, float 2-D tensors in float8 e4m3, 1-D ones in
@@ -35,16 +44,21 @@ ternary entries say "dequantize": "shrinkage-fix": the record rebuilds latent we
 which its forward pass re-quantizes to exactly q and s; that is load_packed's form="latent" here, and
 the forward weights (the default form) are q * s as for every packed file.
 
-Versions: 3 is written for --artifact pg-record only (header key "artifact"), so that an older reader
-refuses such a file instead of misreading it; 2 (the default layout) added "zstd", --floats int8 and
-the header key "floats"; version 1 files (lzma/none, fp16 floats) are a subset and still read.
+Versions: 4 is written only for --floats int6|int5|mixed or --hadamard (header key "hadamard"), so
+that an older reader refuses such a file instead of misreading it, and a version 4 reader also checks
+that every float matrix is stored as --floats fixes for it; 3 is written for --artifact pg-record
+only (header key "artifact"); 2 (the default layout) added "zstd", --floats int8 and the header key
+"floats"; version 1 files (lzma/none, fp16 floats) are a subset and still read. Files that need none
+of version 4's additions are written as before (2), byte for byte.
 
 `load_packed(path)` -> (config, weights): the weights the ternary forward pass uses, W_t = q * s in
 float32 (scales widened from fp16), floats widened to float32 (int8 ones dequantized). Building a
 model from them needs `effective_config(config)` (ternary projection off: the weights are already
 projected). With `form="latent"` it instead returns latent weights whose projection under the
 original config is q * s again (to float32 rounding of the group mean), which also keeps
-activation quantization.
+activation quantization. A --hadamard file has the dequantized form only: W_eff = (q * s) R^T.
+`load_for_model(path)` picks what `ternary eval FILE` builds: the latent form, or W_eff under
+effective_config.
 """
 from __future__ import annotations
 
@@ -61,24 +75,21 @@ from typing import Any
 import numpy as np
 
 from convert.formats.replace import check_checkpoint_out, check_file_out
-from shared.spec.checkpoint import CheckpointError, check_finite, check_tensor_set, read_checkpoint, write_checkpoint
+from shared.spec.checkpoint import CheckpointError, check_tensor_set, read_checkpoint, write_checkpoint
 from shared.spec.config import ConfigError, RunConfig
 from shared.spec.options import inexpressible
-from shared.spec.params import float_matrices, parameter_shapes, ternary_parameters
-from shared.spec.ternary import pack_base3, quantize, unpack_base3
+from shared.spec.params import float_matrices, parameter_shapes, parameter_specs, ternary_parameters
+from shared.spec.ternary import pack_base3, quantize
 
-from convert.formats.packed_codecs import (COMPRESSIONS, FP16_MAX, FP16_MIN_NORMAL, PackedError, compress_payload,
-                                   decompress_payload, quantize_rows_int8, zstd_module)
+from convert.formats.packed_codecs import (FLOAT_MODES, FP16_MAX, FP16_MIN_NORMAL, WRITE_COMPRESSIONS,  # noqa: F401
+                                   PackedError, compress_payload, float_matrix_storage, quantize_rows,
+                                   quantize_rows_int8, zstd_module)
+from convert.formats import packed_hadamard as hadamard_rule
 from convert.formats import packed_pgrecord as pgrecord
-
-MAGIC = b"TERNPK1\n"  # unchanged across versions: the version lives in the header
-FORMAT = "ternary-packed"
-VERSION = 2  # what the default layout writes: 2 added zstd, --floats int8, header key "floats"
-PG_RECORD_VERSION = 3  # --artifact pg-record files (header key "artifact"); older readers refuse them
-MAX_VERSION = PG_RECORD_VERSION  # the newest this reader reads
-FLOAT_MODES = ("fp16", "int8")
-ARTIFACTS = ("default", pgrecord.ARTIFACT)
-MAX_HEADER = 64 << 20
+# the reader, re-exported: callers import the format from this one module
+from convert.formats.packed_read import (ARTIFACTS, FORMAT, MAGIC, MAX_HEADER, MAX_VERSION, PG_RECORD_VERSION,  # noqa: F401
+                                         QUANT_VERSION, V2_FLOAT_MODES, VERSION, _read_entry, describe,
+                                         effective_config, load_for_model, load_packed, read_header, read_packed)
 
 
 # ---- canonical ----------------------------------------------------------------------------------
@@ -141,6 +152,10 @@ class PackedStats:
     float_scales_bytes: int = 0  # their row scales
     plain_floats_bytes: int = 0  # fp16/fp32 float parameters
     artifact: str = "default"  # or "pg-record": float_codes_bytes are then the fp8 section
+    rotation_bytes: int = 0  # --hadamard: the rotation signs, one bit per input column of each ternary weight
+    hadamard_seed: int | None = None
+    float_kinds: dict[str, int] | None = None  # float matrices by storage ("fp16", "int8", "int6", "int5")
+
     @property
     def bits_per_ternary_weight(self) -> float:
         return 8 * self.bytes / self.ternary_weights if self.ternary_weights else float("nan")
@@ -156,24 +171,40 @@ class PackedStats:
         return 8 * self.codes_only_compressed / self.ternary_weights
 
 
-def _check_options(compress: str, floats: str, artifact: str = "default") -> None:
+def _check_options(compress: str, floats: str, artifact: str = "default", hadamard: int | None = None) -> None:
     if artifact not in ARTIFACTS:
         raise ConfigError(f"--artifact {artifact!r}: expected one of {', '.join(ARTIFACTS)}")
-    if artifact == pgrecord.ARTIFACT and (compress != "lzma" or floats != "fp16"):
-        raise ConfigError("--artifact pg-record fixes the storage (LZMA; fp8 and fp16 floats); "
-                          "leave out --compress and --floats")
-    if compress not in COMPRESSIONS:
-        raise ConfigError(f"--compress {compress!r}: expected one of {', '.join(COMPRESSIONS)}")
+    if artifact == pgrecord.ARTIFACT and (compress != "lzma" or floats != "fp16" or hadamard is not None):
+        raise ConfigError("--artifact pg-record fixes the storage (LZMA; fp8 and fp16 floats; no rotation); "
+                          "leave out --compress, --floats and --hadamard")
+    if compress not in WRITE_COMPRESSIONS:
+        raise ConfigError(f"--compress {compress!r}: expected one of {', '.join(WRITE_COMPRESSIONS)}")
     if floats not in FLOAT_MODES:
         raise ConfigError(f"--floats {floats!r}: expected one of {', '.join(FLOAT_MODES)}")
-    if compress == "zstd":
+    if hadamard is not None and (not isinstance(hadamard, int) or hadamard < 0):
+        raise ConfigError(f"--hadamard-seed {hadamard!r}: expected a non-negative integer")
+    if compress.startswith("zstd"):
         zstd_module()  # a missing package is an error now, not after reading the checkpoint
 
 
+def check_hadamard_model(config: RunConfig) -> None:
+    """Refuse --hadamard for a model it cannot serve (packed_hadamard.py's docstring)."""
+    if not ternary_parameters(config):
+        raise ConfigError("--hadamard rotates ternary weights, and this model has none (ternary disabled)")
+    if config.ternary.activation_bits:
+        raise ConfigError(f"--hadamard: this model quantizes activations (ternary.activation_bits = "
+                          f"{config.ternary.activation_bits}); the rotated weights load as float matrices, which "
+                          "cannot keep that")
+
+
 def pack(config: RunConfig, weights: dict[str, np.ndarray], compress: str = "lzma",
-         measure_codes: bool = True, floats: str = "fp16", artifact: str = "default") -> tuple[bytes, PackedStats]:
-    """The packed file's bytes and its size breakdown."""
-    _check_options(compress, floats, artifact)
+         measure_codes: bool = True, floats: str = "fp16", artifact: str = "default",
+         hadamard: int | None = None) -> tuple[bytes, PackedStats]:
+    """The packed file's bytes and its size breakdown. `hadamard`: None, or the seed of the rotation
+    applied before ternarizing (convert/formats/packed_hadamard.py)."""
+    _check_options(compress, floats, artifact, hadamard)
+    if hadamard is not None:
+        check_hadamard_model(config)
     shapes = parameter_shapes(config.model)
     check_tensor_set(shapes, {k: tuple(v.shape) for k, v in weights.items()}, "weights to pack")
     tern = set(ternary_parameters(config))
@@ -181,30 +212,39 @@ def pack(config: RunConfig, weights: dict[str, np.ndarray], compress: str = "lzm
         parts, table = pgrecord.pack_tensors(config, shapes, weights, tern)
         floats = "fp8"
     else:
-        parts, table = _pack_tensors(config, shapes, weights, tern, floats)
-    return _assemble(config, parts, table, compress, floats, artifact, measure_codes)
+        parts, table = _pack_tensors(config, weights, tern, floats, hadamard)
+    return _assemble(config, parts, table, compress, floats, artifact, measure_codes, hadamard)
 
 
-def _pack_tensors(config: RunConfig, shapes: dict, weights: dict, tern: set[str], floats: str
+def _pack_tensors(config: RunConfig, weights: dict, tern: set[str], floats: str, hadamard: int | None
                   ) -> tuple[dict[str, list], list[dict[str, Any]]]:
     """The sections and tensor table of the default layout (module docstring)."""
     matrices = set(float_matrices(config))
     G, eps = config.ternary.group_size, config.ternary.eps
-    parts: dict[str, list] = {k: [] for k in ("codes", "scales", "float_codes", "float_scales", "floats")}
+    parts: dict[str, list] = {k: [] for k in ("codes", "scales", "float_codes", "float_scales", "floats",
+                                              "rotations")}
     table: list[dict[str, Any]] = []
-    for name, shape in shapes.items():
-        w = np.asarray(weights[name], np.float32)
+    for name, spec in parameter_specs(config.model).items():
+        w, shape = np.asarray(weights[name], np.float32), spec.shape
+        kind = float_matrix_storage(floats, spec) if name in matrices else "fp16"
         if name in tern:
+            rot = None
+            if hadamard is not None:
+                rot = hadamard_rule.new_rotation(shape[1], G, hadamard, len(parts["codes"]))
+                w = rot.rotate(w).astype(np.float32)
             q, s = quantize(w, G, eps)
             sd = _scale_dtype(s)
             table.append({"name": name, "kind": "ternary", "shape": list(shape), "group_size": G,
                           "count": int(q.size), "scale_shape": list(s.shape), "scale_dtype": sd})
             parts["codes"].append((table[-1], "codes", pack_base3(q).tobytes()))
             parts["scales"].append((table[-1], "scales", _le(s.astype(sd), sd)))
-        elif floats == "int8" and name in matrices:
-            q, s = quantize_rows_int8(w, name)
+            if rot is not None:
+                table[-1]["hadamard"] = {"block": rot.block}
+                parts["rotations"].append((table[-1]["hadamard"], "signs", hadamard_rule.signs_bytes(rot)))
+        elif kind != "fp16":
+            q, s = quantize_rows(w, kind, name)
             sd = str(s.dtype)
-            table.append({"name": name, "kind": "float", "shape": list(shape), "dtype": "int8",
+            table.append({"name": name, "kind": "float", "shape": list(shape), "dtype": kind,
                           "scale_shape": [int(shape[0])], "scale_dtype": sd})
             parts["float_codes"].append((table[-1], "data", q.tobytes()))
             parts["float_scales"].append((table[-1], "scales", _le(s, sd)))
@@ -215,8 +255,15 @@ def _pack_tensors(config: RunConfig, shapes: dict, weights: dict, tern: set[str]
     return parts, table
 
 
+def _version(artifact: str, floats: str, hadamard: int | None) -> int:
+    """The oldest version that can say what this file holds (so that existing layouts stay byte-identical)."""
+    if artifact != "default":
+        return PG_RECORD_VERSION
+    return QUANT_VERSION if (floats not in V2_FLOAT_MODES or hadamard is not None) else VERSION
+
+
 def _assemble(config: RunConfig, parts: dict[str, list], table: list[dict[str, Any]], compress: str, floats: str,
-              artifact: str, measure_codes: bool) -> tuple[bytes, PackedStats]:
+              artifact: str, measure_codes: bool, hadamard: int | None = None) -> tuple[bytes, PackedStats]:
     """Lay the sections out in order, compress, and put the header in front."""
     raw, off, sections = [], 0, {}
     for sec_name, sec in parts.items():
@@ -228,12 +275,15 @@ def _assemble(config: RunConfig, parts: dict[str, list], table: list[dict[str, A
         sections[sec_name] = off - start
     raw_payload = b"".join(raw)
     payload = compress_payload(raw_payload, compress)
-    header = {"format": FORMAT, "version": PG_RECORD_VERSION if artifact != "default" else VERSION, "compress": compress, "floats": floats,
+    codec = "zstd" if compress == "zstd-22" else compress  # the header names the codec; the level is the writer's
+    header = {"format": FORMAT, "version": _version(artifact, floats, hadamard), "compress": codec, "floats": floats,
               "payload_bytes": len(payload), "raw_payload_bytes": len(raw_payload),
               "payload_sha256": hashlib.sha256(payload).hexdigest(),
               "config": config.to_dict(), "tensors": table}
     if artifact != "default":
         header["artifact"] = artifact
+    if hadamard is not None:
+        header["hadamard"] = {"seed": hadamard, "weights": "W_eff = T(W R) R^T, R = diag(signs) blockdiag(H_b / sqrt(b))"}
     hb = json.dumps(header, separators=(",", ":")).encode()
     blob = MAGIC + struct.pack("<Q", len(hb)) + hb + payload
     codes_c = None
@@ -241,7 +291,13 @@ def _assemble(config: RunConfig, parts: dict[str, list], table: list[dict[str, A
         codes_c = len(compress_payload(raw_payload[:sections["codes"]], compress))
     n_tern = sum(e["count"] for e in table if e["kind"] == "ternary")
     n_float = sum(math.prod(e["shape"]) for e in table if e["kind"] == "float")
-    float_total = sum(n for k, n in sections.items() if k not in ("codes", "scales"))
+    float_total = sum(n for k, n in sections.items() if k not in ("codes", "scales", "rotations"))
+    kinds: dict[str, int] = {}
+    matrices = set(float_matrices(config))
+    for e in table:
+        if e["kind"] == "float" and e["name"] in matrices:
+            k = "fp16" if e["dtype"] in ("float16", "float32") else e["dtype"]
+            kinds[k] = kinds.get(k, 0) + 1
     return blob, PackedStats(
         bytes=len(blob), raw_payload=len(raw_payload), codes_bytes=sections["codes"],
         scales_bytes=sections["scales"], floats_bytes=float_total, header_bytes=len(hb) + len(MAGIC) + 8,
@@ -249,18 +305,19 @@ def _assemble(config: RunConfig, parts: dict[str, list], table: list[dict[str, A
         floats=floats, payload_bytes=len(payload),
         float_codes_bytes=sections.get("float_codes", sections.get("fp8", 0)),
         float_scales_bytes=sections.get("float_scales", 0),
-        plain_floats_bytes=sections.get("floats", sections.get("fp16", 0)), artifact=artifact)
+        plain_floats_bytes=sections.get("floats", sections.get("fp16", 0)), artifact=artifact,
+        rotation_bytes=sections.get("rotations", 0), hadamard_seed=hadamard, float_kinds=kinds)
 
 
 def to_packed(src: str | Path, out: str | Path, *, compress: str = "lzma", floats: str = "fp16",
-              force: bool = False, artifact: str = "default") -> PackedStats:
+              force: bool = False, artifact: str = "default", hadamard: int | None = None) -> PackedStats:
     """Verified read of the checkpoint `src`, packed into the single file `out` (written atomically)."""
     out = Path(out)
     check_file_out(out, src, "packed", force, MAGIC, "ternary packed file")
-    _check_options(compress, floats, artifact)  # before the (slow) read
+    _check_options(compress, floats, artifact, hadamard)  # before the (slow) read
     config, weights = read_checkpoint(src)
     check_format(config, "packed")
-    blob, stats = pack(config, weights, compress, floats=floats, artifact=artifact)
+    blob, stats = pack(config, weights, compress, floats=floats, artifact=artifact, hadamard=hadamard)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
@@ -274,219 +331,3 @@ def to_packed(src: str | Path, out: str | Path, *, compress: str = "lzma", float
         raise
     read_packed(out)  # verify the file reads back
     return stats
-
-
-# ---- packed: reading ----------------------------------------------------------------------------
-def read_header(path: str | Path) -> tuple[dict[str, Any], int]:
-    """(header, offset of the payload); checks magic, header length, JSON, format and version."""
-    path = Path(path)
-    if not path.is_file():
-        raise PackedError(f"{path}: not a packed file" + (" (it does not exist)" if not path.exists() else ""))
-    with open(path, "rb") as f:
-        head = f.read(len(MAGIC) + 8)
-        if len(head) < len(MAGIC) + 8 or head[:len(MAGIC)] != MAGIC:
-            raise PackedError(f"{path}: not a ternary packed file (bad magic or too short)")
-        (n,) = struct.unpack("<Q", head[len(MAGIC):])
-        if n > MAX_HEADER:
-            raise PackedError(f"{path}: header length {n} is implausible (damaged file)")
-        hb = f.read(n)
-    if len(hb) != n:
-        raise PackedError(f"{path}: truncated inside the header ({len(hb)} of {n} bytes)")
-    try:
-        header = json.loads(hb.decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PackedError(f"{path}: damaged header ({e})") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise PackedError(f"{path}: header format is not {FORMAT!r}")
-    if not isinstance(header.get("version"), int) or not 1 <= header["version"] <= MAX_VERSION:
-        raise PackedError(f"{path}: format version {header.get('version')} is not one this tool reads "
-                          f"(1 to {MAX_VERSION}); a newer ternary may read it")
-    for key in ("compress", "payload_bytes", "raw_payload_bytes", "payload_sha256", "config", "tensors"):
-        if key not in header:
-            raise PackedError(f"{path}: header lacks {key!r}")
-    known = COMPRESSIONS if header["version"] >= 2 else ("lzma", "none")
-    if header["compress"] not in known:
-        raise PackedError(f"{path}: unknown compression {header['compress']!r} for format version "
-                          f"{header['version']} (this tool reads {', '.join(known)})")
-    artifact = header.get("artifact", "default")
-    if artifact not in (ARTIFACTS if header["version"] >= 3 else ("default",)):
-        raise PackedError(f"{path}: unknown artifact layout {artifact!r} (this tool reads {', '.join(ARTIFACTS)})")
-    floats = header.get("floats", "fp16")  # version 1 had fp16 floats only
-    modes = ("fp8",) if artifact == pgrecord.ARTIFACT else FLOAT_MODES if header["version"] >= 2 else ("fp16",)
-    if floats not in modes:
-        raise PackedError(f"{path}: unknown float storage {floats!r} (this tool reads {', '.join(modes)})")
-    return header, len(MAGIC) + 8 + n
-
-
-def describe(path: str | Path) -> str:
-    """One line on what a packed file keeps exactly and what it rounded (for `ternary eval FILE`)."""
-    h, _ = read_header(path)
-    if h.get("artifact") == pgrecord.ARTIFACT:
-        return ("pg-record: codes and fp16 scales (used as q * s; the record's shrinkage fix is the latent form), float 2-D "
-                f"tensors fp8 e4m3, 1-D fp16; format version {h['version']}, {h['compress']}")
-    floats = ("float matrices per-row int8, other float parameters fp16" if h.get("floats") == "int8"
-              else "float parameters fp16")
-    return f"codes exact, scales fp16, {floats}; format version {h['version']}, {h['compress']}"
-
-
-def _slice(raw: bytes, span, what: str, path) -> bytes:
-    try:
-        off, n = int(span[0]), int(span[1])
-    except (TypeError, ValueError, IndexError):
-        raise PackedError(f"{path}: bad offsets for {what}") from None
-    if off < 0 or n < 0 or off + n > len(raw):
-        raise PackedError(f"{path}: {what} lies outside the payload")
-    return raw[off:off + n]
-
-
-def _array(raw: bytes, span, dtype: str, count: int, what: str, path) -> np.ndarray:
-    """`count` little-endian values of `dtype` at `span` of the raw payload."""
-    if dtype not in ("int8", "float16", "float32"):
-        raise PackedError(f"{path}: {what}: unknown dtype {dtype!r}")
-    a = np.frombuffer(_slice(raw, span, what, path), np.dtype(dtype).newbyteorder("<"))
-    if a.size != count:
-        raise PackedError(f"{path}: {what}: {a.size} values where {count} are needed (wrong shape)")
-    return a
-
-
-def read_packed(path: str | Path, dequantize_floats: bool = True
-                ) -> tuple[RunConfig, dict[str, tuple[np.ndarray, np.ndarray] | np.ndarray]]:
-    """(config, {name: (codes int8, scales float32) for ternary weights, float32 array otherwise}).
-
-    With dequantize_floats=False an int8 float matrix comes back as (codes int8 shaped like the
-    matrix, row scales float32 [rows]) instead of codes * scales."""
-    path = Path(path)
-    header, start = read_header(path)
-    raw = _raw_payload(path, header, start)
-    config, table = _config_and_table(path, header)
-    tern = set(ternary_parameters(config))
-    floats = header.get("floats", "fp16")
-    out: dict[str, Any] = {}
-    for e in table:
-        name = e["name"]
-        try:
-            out[name] = _read_entry(raw, e, config, tern, floats, dequantize_floats, path)
-        except PackedError:
-            raise
-        except (KeyError, TypeError, ValueError) as err:
-            raise PackedError(f"{path}: {name}: damaged table entry or data ({err})") from None
-    return config, out
-
-
-def _raw_payload(path: Path, header: dict, start: int) -> bytes:
-    """The payload after `start`, its size and checksum verified, decompressed."""
-    size = path.stat().st_size
-    if size - start != header["payload_bytes"]:
-        raise PackedError(f"{path}: payload has {size - start} bytes, the header says {header['payload_bytes']} "
-                          "(truncated or appended to)")
-    payload = path.read_bytes()[start:]
-    if hashlib.sha256(payload).hexdigest() != header["payload_sha256"]:
-        raise PackedError(f"{path}: payload fails its sha256 checksum (the file is damaged)")
-    raw = decompress_payload(payload, header["compress"], header["raw_payload_bytes"], path)
-    if len(raw) != header["raw_payload_bytes"]:
-        raise PackedError(f"{path}: payload decompresses to {len(raw)} bytes, the header says "
-                          f"{header['raw_payload_bytes']}")
-    return raw
-
-
-def _config_and_table(path: Path, header: dict) -> tuple[RunConfig, list[dict]]:
-    """The header's config and tensor table, the table checked against the config's tensor set."""
-    try:
-        config = RunConfig.from_dict(header["config"], where=f"{path} header config")
-    except ConfigError as e:
-        raise PackedError(str(e)) from None
-    table = header["tensors"]
-    if not isinstance(table, list) or not all(isinstance(e, dict) and "name" in e for e in table):
-        raise PackedError(f"{path}: damaged tensor table")
-    try:
-        check_tensor_set(parameter_shapes(config.model), {e["name"]: tuple(e["shape"]) for e in table},
-                         f"{path} tensor table")
-    except CheckpointError as e:
-        raise PackedError(str(e)) from None
-    return config, table
-
-
-def _read_entry(raw: bytes, e: dict, config: RunConfig, tern: set[str], floats: str, dequantize_floats: bool,
-                path: Path) -> tuple[np.ndarray, np.ndarray] | np.ndarray:
-    """One tensor of the table: (codes, scales) for a ternary weight, else float32 (or, int8 with
-    dequantize_floats=False, (codes, row scales)). pg-record too gives (codes, s): the record's
-    "shrinkage fix" is how it rebuilds latent weights (load_packed's form="latent"), not a change of
-    the weights its forward pass uses."""
-    int8_ok, record = floats == "int8", floats == "fp8"
-    name, shape = e["name"], tuple(e["shape"])
-    if (e["kind"] == "ternary") != (name in tern):
-        raise PackedError(f"{path}: {name} is stored as {e['kind']} but the config says "
-                          f"{'ternary' if name in tern else 'float'}")
-    if e["kind"] == "ternary":
-        if e["group_size"] != config.ternary.group_size or e["count"] != math.prod(shape):
-            raise PackedError(f"{path}: {name}: group size or code count disagrees with the config")
-        codes = unpack_base3(np.frombuffer(_slice(raw, e["codes"], f"{name} codes", path), np.uint8),
-                             e["count"]).reshape(shape)
-        want = (1, 1) if config.ternary.group_size == 0 else (shape[0], shape[1] // config.ternary.group_size)
-        if tuple(e["scale_shape"]) != want:
-            raise PackedError(f"{path}: {name}: scales have the wrong shape")
-        scales = _array(raw, e["scales"], e["scale_dtype"], math.prod(want), f"{name} scales", path)
-        scales = scales.astype(np.float32).reshape(want)
-        if record != (e.get("dequantize") == "shrinkage-fix"):
-            raise PackedError(f"{path}: {name}: dequantization rule does not match the file's artifact layout")
-        return codes, scales
-    if e["dtype"] == pgrecord.FP8:
-        if not record:
-            raise PackedError(f"{path}: {name}: fp8 entry in a file without --artifact pg-record")
-        return pgrecord.read_fp8(raw, e["data"], math.prod(shape), name, path).reshape(shape)
-    if e["dtype"] == "int8":
-        if not int8_ok or len(shape) < 1 or list(e["scale_shape"]) != [shape[0]]:
-            raise PackedError(f"{path}: {name}: int8 entry in a file without --floats int8, "
-                              "or its scales have the wrong shape")
-        q = _array(raw, e["data"], "int8", math.prod(shape), name, path)
-        s = _array(raw, e["scales"], e["scale_dtype"], shape[0], f"{name} scales", path).astype(np.float32)
-        if q.size and q.min() < -127:  # the writer never uses -128
-            raise PackedError(f"{path}: {name}: int8 code -128 (damaged data)")
-        if not (np.isfinite(s).all() and (s >= 0).all()):
-            raise PackedError(f"{path}: {name}: negative or non-finite row scale (damaged data)")
-        q = q.reshape(shape)
-        return ((q.reshape(shape[0], -1) * s[:, None]).reshape(shape).astype(np.float32)
-                if dequantize_floats else (q, s))
-    if e["dtype"] not in ("float16", "float32"):
-        raise PackedError(f"{path}: {name}: unknown float dtype {e['dtype']!r}")
-    arr = _array(raw, e["data"], e["dtype"], math.prod(shape), name, path)
-    return arr.astype(np.float32).reshape(shape)
-
-
-def effective_config(config: RunConfig) -> RunConfig:
-    """The config under which a model built from load_packed's weights runs the same forward pass:
-    ternary projection off (the weights are already W_t). Activation quantization lives in the
-    ternary layers, so it cannot be kept this way; use load_packed(form="latent") for it."""
-    if config.ternary.enabled and config.ternary.activation_bits:
-        raise ConfigError("this model quantizes activations; build it from load_packed(path, form='latent') "
-                          "with its own config instead")
-    return config.with_overrides(["ternary.enabled=false"])
-
-
-def load_packed(path: str | Path, form: str = "dequantized") -> tuple[RunConfig, dict[str, np.ndarray]]:
-    """(config, float32 weights) from a packed file.
-
-    form="dequantized": ternary weights are W_t = q * s (float32 from the stored fp16 scales); build a
-    model with effective_config(config). Float parameters are float32 (int8 ones dequantized).
-    form="latent": ternary weights W' = q * s / mean|q| = q * s * G / nnz(group) (0 for an all-zero group), whose
-    projection is q again and whose scale mean|W'| is s up to float32 rounding; build a model with
-    `config` itself (keeps activation quantization).
-    """
-    if form not in ("dequantized", "latent"):
-        raise ValueError(f"form must be 'dequantized' or 'latent', got {form!r}")
-    config, parts = read_packed(path)
-    G = config.ternary.group_size
-    weights = {}
-    for name, v in parts.items():
-        if not isinstance(v, tuple):
-            weights[name] = v
-            continue
-        codes, scales = v
-        out_, inp = codes.shape
-        g = codes.reshape(1, 1, -1) if G == 0 else codes.reshape(out_, inp // G, G)
-        s = scales.astype(np.float32)
-        if form == "latent":  # s / mean|q| = s * G / nnz per group: the record's shrinkage fix
-            s = pgrecord.effective_scales(codes, s, G)
-        weights[name] = (g.astype(np.float32) * s[..., None]).reshape(codes.shape).astype(np.float32)
-    check_finite(weights, str(path))  # refused as a checkpoint's would be (fp16 overflows to inf)
-    return config, weights

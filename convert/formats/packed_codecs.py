@@ -1,28 +1,53 @@
-"""The number codecs of the packed artifact (convert/formats/packed.py): per-row int8 for float matrices,
-and the payload compressors.
+"""The number codecs of the packed artifact (convert/formats/packed.py): per-row integer codes for
+float matrices (--floats int8|int6|int5|mixed), and the payload compressors.
 
-int8 rule (per row, symmetric absmax): s = fp16(max|row| / 127), rounded to nearest and then moved
-up one fp16 step where that rounding went down, so that |w| / s <= 127 and no value is ever
-clipped; q = round_half_to_even(w / s) (computed in float64) in [-127, 127]; a row of zeros has
-s = 0 and q = 0. The reader returns q * s in float32 (exact: 7-bit q times an 11-bit s), so every
-element is off by at most s / 2 (~ max|row| / 254) from the checkpoint's float32 value. Non-finite
-values are refused. -128 is never written (the reader refuses it as damage).
+Row rule (per row, symmetric absmax, B bits, Q = 2^(B-1) - 1: 127 for int8, 31 for int6, 15 for
+int5): s = fp16(max|row| / Q), rounded to nearest and then moved up one fp16 step where that
+rounding went down, so that |w| / s <= Q and no value is ever clipped; q = round_half_to_even(w / s)
+(computed in float64) in [-Q, Q]; a row of zeros has s = 0 and q = 0. The reader returns q * s in
+float32 (exact: a <= 7-bit q times an 11-bit s), so every element is off by at most s / 2 (about
+max|row| / (2Q)) from the checkpoint's float32 value. Non-finite values are refused. -Q - 1 is never
+written (the reader refuses it as damage). Codes are stored one per byte (int8) whatever B is: the
+unused high bits are constant, and the compressor (zstd or LZMA) removes them, as parameter-golf's
+int5/int6 records rely on; parameter-golf's records clamp to [-Q - 1, Q] after rounding an fp16 scale
+that may have gone down, which can clip the row's largest value by one step: ours moves s up instead.
 
-Compression: "lzma" (xz, preset 9 | EXTREME), "zstd" (the zstandard package, level ZSTD_LEVEL) or
-"none". The header records which; a reader refuses one it does not know, and a payload whose sha256
-does not match the header is refused before it is decompressed.
+--floats mixed: the int5/int6 rule of parameter-golf's mixed-quantization records. The 1.1558 record
+(SEEDS: "int5/int6 mixed quantization + zstd-22") is not in our mirror of parameter-golf, so the rule
+is read from the code those records share, records/track_10min_16mb/2026-03-20_10L_Int5MLP_MuonWD04_SWA50
+(train_gpt.py: mixed_quantize_int6, quantize_intN_per_row): int5 for MLP matrices, int6 for attention matrices, the token embedding
+fp16; here also int6 for float matrices outside the blocks (embed_proj, n-gram tables: the record's
+bigram tables are int6) and int8 for an untied head (the record's int8 rule for the rest). Float
+matrices of at most SMALL_MATRIX elements stay fp16, as in the record; 1-D and control tensors are
+never quantized (fp16). Which is which comes from each parameter's spec (shared/spec/params.py:
+its role and ternary target), never from its name. The record also keeps one key projection
+(blocks.8.attn.c_k) in fp16 by name; that is not reproduced.
+
+Compression: "lzma" (xz, preset 9 | EXTREME), "zstd" (the zstandard package, level ZSTD_LEVEL),
+"zstd-22" (the same codec at level 22, as parameter-golf's int5/int6 records write; on our payloads
+of up to 2 MB, int5/int6/mixed included, it came out byte-identical to level 19, since zstd bounds
+its parameters by the input size) or "none". The
+header records the codec ("zstd" for both levels: the reader needs no level); a reader refuses one it
+does not know, and a payload whose sha256 does not match the header is refused before it is
+decompressed.
 """
 from __future__ import annotations
 
 import lzma
+import math
 
 import numpy as np
 
 from shared.spec.checkpoint import CheckpointError
 from shared.spec.config import ConfigError
+from shared.spec.options import EMBEDDING, HEAD
 
-COMPRESSIONS = ("lzma", "zstd", "none")
+COMPRESSIONS = ("lzma", "zstd", "none")  # what a header may name (the codec)
+WRITE_COMPRESSIONS = ("lzma", "zstd", "zstd-22", "none")  # what --compress accepts
 ZSTD_LEVEL = 19  # 22 (ultra) measured byte-identical on our models, with a 16x larger decoder window; see compress_payload
+FLOAT_MODES = ("fp16", "int8", "int6", "int5", "mixed")  # --floats
+ROW_QMAX = {"int8": 127, "int6": 31, "int5": 15}  # Q = 2^(bits-1) - 1 of each row-code kind
+SMALL_MATRIX = 8192  # --floats mixed keeps float matrices of at most this many elements fp16 (the record's rule)
 FP16_MAX = float(np.finfo(np.float16).max)
 FP16_MIN_NORMAL = float(np.finfo(np.float16).tiny)  # 2^-14
 
@@ -32,23 +57,44 @@ class PackedError(CheckpointError):
 
 
 def quantize_rows_int8(w: np.ndarray, name: str = "tensor") -> tuple[np.ndarray, np.ndarray]:
-    """(int8 codes shaped like w, row scales [w.shape[0]] float16 or float32): the module docstring's
-    int8 rule. Every element of codes * scales[:, None] is within scales / 2 of w."""
+    """quantize_rows(w, "int8", name)."""
+    return quantize_rows(w, "int8", name)
+
+
+def quantize_rows(w: np.ndarray, kind: str, name: str = "tensor") -> tuple[np.ndarray, np.ndarray]:
+    """(int8 codes shaped like w, in [-Q, Q], row scales [w.shape[0]] float16 or float32): the module
+    docstring's row rule for `kind` ("int8", "int6" or "int5"). Every element of
+    codes * scales[:, None] is within scales / 2 of w."""
+    qmax = ROW_QMAX[kind]
     rows = np.asarray(w, np.float64).reshape(w.shape[0], -1)
     if not np.isfinite(rows).all():
-        raise CheckpointError(f"{name}: non-finite values cannot be stored as int8 (--floats int8)")
+        raise CheckpointError(f"{name}: non-finite values cannot be stored as {kind} (--floats)")
     amax = np.abs(rows).max(axis=1) if rows.shape[1] else np.zeros(rows.shape[0])
     # fp16 unless a row's scale could reach the top fp16 step and be bumped past 65504: then float32
-    dt = np.float16 if (amax.size == 0 or amax.max() / 127 < 65472.0) else np.float32  # 65472: fp16 below max
-    s = (amax / 127).astype(dt)
-    low = s.astype(np.float64) * 127 < amax  # rounded down: the largest |w| / s would exceed 127
+    dt = np.float16 if (amax.size == 0 or amax.max() / qmax < 65472.0) else np.float32  # 65472: fp16 below max
+    s = (amax / qmax).astype(dt)
+    low = s.astype(np.float64) * qmax < amax  # rounded down: the largest |w| / s would exceed Q
     s[low] = np.nextafter(s[low], dt(np.inf))
     s64 = s.astype(np.float64)[:, None]
     q = np.divide(rows, s64, out=np.zeros_like(rows), where=s64 > 0)
     q = np.rint(q)  # round half to even
-    if q.size and np.abs(q).max() > 127:  # cannot happen by construction of s; never clip silently
-        raise AssertionError(f"{name}: int8 code outside [-127, 127]")
+    if q.size and np.abs(q).max() > qmax:  # cannot happen by construction of s; never clip silently
+        raise AssertionError(f"{name}: {kind} code outside [-{qmax}, {qmax}]")
     return q.astype(np.int8).reshape(w.shape), s
+
+
+def float_matrix_storage(mode: str, spec) -> str:
+    """How a float matrix (a shared.spec.params.ParamSpec of role matrix, embedding or head) is stored
+    under --floats `mode`: "fp16" (plain; float32 where it would overflow) or a row-code kind."""
+    if mode in ("fp16", "int8", "int6", "int5"):
+        return mode
+    if mode != "mixed":
+        raise ConfigError(f"--floats {mode!r}: expected one of {', '.join(FLOAT_MODES)}")
+    if math.prod(spec.shape) <= SMALL_MATRIX or spec.role == EMBEDDING:
+        return "fp16"
+    if spec.role == HEAD:
+        return "int8"
+    return "int5" if spec.target == "mlp" else "int6"
 
 
 def compress_payload(raw: bytes, how: str) -> bytes:
@@ -60,11 +106,11 @@ def compress_payload(raw: bytes, how: str) -> bytes:
     memory; so ZSTD_LEVEL = 19 (8 MB window)."""
     if how == "lzma":
         return lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME)
-    if how == "zstd":
-        return zstd_module().ZstdCompressor(level=ZSTD_LEVEL).compress(raw)
+    if how in ("zstd", "zstd-22"):
+        return zstd_module().ZstdCompressor(level=ZSTD_LEVEL if how == "zstd" else 22).compress(raw)
     if how == "none":
         return raw
-    raise ConfigError(f"--compress {how!r}: expected one of {', '.join(COMPRESSIONS)}")
+    raise ConfigError(f"--compress {how!r}: expected one of {', '.join(WRITE_COMPRESSIONS)}")
 
 
 def zstd_module():

@@ -126,7 +126,7 @@ def test_cli_refusals(tmp_path):
     r = run("convert", ck, "--to", "packed", "--artifact", "pg-record", "--compress", "zstd", "--out", str(tmp_path / "x"))
     assert_user_error(r, "--artifact pg-record fixes the storage")
     r = run("convert", ck, "--to", "packed", "--backend", "torch", "--out", str(tmp_path / "x"))
-    assert_user_error(r, "apply to --artifact pg-record only")
+    assert_user_error(r, "apply to the exports that measure a round trip only")
     r = run("convert", ck, "--to", "canonical", "--artifact", "pg-record", "--out", str(tmp_path / "x"))
     assert_user_error(r, "apply to --to packed only")
     # this checkpoint's config names a tokenizer larger than its vocabulary: no data to score the
