@@ -30,7 +30,7 @@ def chosen_experts(logits: torch.Tensor, k: int) -> torch.Tensor:
 def balance_loss(probs: torch.Tensor, chosen: torch.Tensor, k: int) -> torch.Tensor:
     """Switch Transformer's load-balancing loss E * sum_e f_e P_e over all tokens: f_e the share of
     the token-to-expert assignments that went to e, P_e the mean router probability of e (1 when
-    balanced, E when one expert takes everything)."""
+    either is uniform, E when one expert takes every token with probability 1)."""
     E = probs.shape[-1]
     f = torch.mean(chosen.reshape(-1, E), dim=0) / k
     p = torch.mean(probs.reshape(-1, E), dim=0)

@@ -30,7 +30,7 @@ def chosen_experts(logits: mx.array, k: int) -> mx.array:
 def balance_loss(probs: mx.array, chosen: mx.array, k: int) -> mx.array:
     """Switch Transformer's load-balancing loss E * sum_e f_e P_e over all tokens: f_e the share of
     the token-to-expert assignments that went to e, P_e the mean router probability of e (1 when
-    balanced, E when one expert takes everything)."""
+    either is uniform, E when one expert takes every token with probability 1)."""
     E = probs.shape[-1]
     f = mx.mean(chosen.reshape(-1, E), axis=0) / k
     p = mx.mean(probs.reshape(-1, E), axis=0)
