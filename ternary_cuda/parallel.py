@@ -169,7 +169,10 @@ def _fully_shard(model) -> None:
     # the ternary codes and scales must come from the float32 latents that checkpoints and exports
     # hold (SEEDS S15), not from bf16-rounded copies. The cost: float32 all-gathers.
     mp = MixedPrecisionPolicy(reduce_dtype=torch.float32)
-    for layer in model.model.layers:
+    # Depth recurrence applies a stored block several times per forward; rather than rely on a
+    # shard group being gathered and its gradients reduced once per application, such a model is
+    # one group (the root's) -- simple and correct, its memory saving smaller.
+    for layer in (model.model.layers if model.model.depth == len(model.model.layers) else ()):
         fully_shard(layer, mesh=mesh, mp_policy=mp)
     # The root reshards after forward too: evaluation (no backward) must not leave gathered root
     # weights behind that a later load_numpy (EMA swap, resume) would not reach.
