@@ -156,7 +156,8 @@ def wrap(model: torch.nn.Module, t: TrainConfig, bf16: bool) -> tuple[torch.nn.M
     if t.parallel == "fsdp2":
         _fully_shard(model)
         return model, [f"data parallel: FSDP2 over {world_size()} processes ({dist.get_backend()}), "
-                       f"one shard group per decoder layer + root, float32 parameters"
+                       + ("one shard group per decoder layer + root" if model.model.depth == len(model.model.layers)
+                          else "one shard group (shared blocks)") + ", float32 parameters"
                        + (" (bf16 matmuls through autocast)" if bf16 else "")]
     raise ConfigError(f"train.parallel: {t.parallel!r} is not ddp or fsdp2")
 
