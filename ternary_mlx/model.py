@@ -6,7 +6,9 @@ tied or untied head, optional logit soft-cap; parameter-golf's block options (we
 embedding norm, U-Net skips, residual mix, branch scales). With `ternary.enabled = false` and the
 default options it is exactly Qwen3ForCausalLM.
 The ternary record's options (factored embedding, vocab bias, polynomial soft-cap, ramped RoPE,
-norms before the output projections) are in shared/spec/options.py too.
+norms before the output projections) are in shared/spec/options.py too, and so are depth recurrence
+(stored blocks applied cyclically), stochastic depth (masks from shared/spec/layer_drop.py) and the
+mixture-of-experts MLP (ternary_mlx/experts.py).
 """
 from __future__ import annotations
 

@@ -31,6 +31,10 @@ unet_skips the first L // 2 layers push their outputs on a stack and decoder lay
 skip_weights[j] * pop() while the stack is not empty. fused_qkv / fused_gate_up change only how a
 backend computes the same projections, so they do not appear here.
 
+Depth and experts (issue #11): with num_unique_layers = U, applied layer i runs the stored block
+i % U; stochastic depth multiplies both branches of applied layer i by layer_keep[i, b] (given, as
+drawn in training; absent at evaluation); with moe_num_experts the MLP is `experts_block`.
+
 Ternary projection (DESIGN 3.2): the codes q and scales s come from shared/spec/ternary.py in float32,
 bit for bit as the backends compute them (they decide which side of a rounding boundary each weight
 falls on, so they must not be recomputed in float64); W_used = W + lambda * (q * s - W) is then
