@@ -207,6 +207,19 @@ def test_metrics_carry_the_balance_loss_as_its_own_term(tmp_path, name):
     assert all(0.009 < r["moe_aux_loss"] < 0.03 and 0 < r["z_loss"] for r in recs)
 
 
+@pytest.mark.parametrize("name", ["mlx", "torch"])
+def test_a_resumed_run_draws_the_same_masks(tmp_path, name):
+    """Stochastic depth's masks are keyed by the step: 4 steps, resumed to 8 == 8 steps, to the bit."""
+    opts = ("model.stochastic_depth=0.5", "model.moe_num_experts=2", "train.moe_aux_loss=0.01",
+            "train.checkpoint_every=4", "train.log_every=1")
+    run(config(*opts, "train.steps=8"), name, tmp_path / "full")
+    run(config(*opts, "train.steps=4"), name, tmp_path / "part")
+    run(config(*opts, "train.steps=8"), name, tmp_path / "part", resume=tmp_path / "part" / "checkpoint")
+    def steps(out):
+        return [(r["step"], r["loss"], r["moe_aux_loss"]) for r in records(out) if "eval" not in r]
+    assert steps(tmp_path / "part") == steps(tmp_path / "full") and len(steps(tmp_path / "full")) == 8
+
+
 # ---- what is refused ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("kw,match", [
     (dict(num_unique_layers=2), "model.num_unique_layers: must be below model.num_hidden_layers = 2"),
