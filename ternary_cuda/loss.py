@@ -26,7 +26,8 @@ def with_z_loss(loss: torch.Tensor, logits: torch.Tensor,
     return loss + z, loss, z
 
 
-def with_extra_terms(loss: torch.Tensor, logits: torch.Tensor, moe_aux: torch.Tensor | None, t) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def with_extra_terms(loss: torch.Tensor, logits: torch.Tensor, moe_aux: torch.Tensor | None,
+                     t) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """(objective, [loss, *terms]): the z-loss and the experts' balance loss (moe_aux, unweighted), each
     times its coefficient of TrainConfig `t`, added to the loss in the order of
     shared.train.loss_terms.extra_terms."""

@@ -163,7 +163,7 @@ class DecoderLayer(nn.Module):
             self.mlp_scale = nn.Parameter(torch.ones(m.hidden_size))
 
     def forward(self, x: torch.Tensor, x0: torch.Tensor | None = None, keep: torch.Tensor | None = None,
-                 aux: list | None = None) -> torch.Tensor:
+                aux: list | None = None) -> torch.Tensor:
         """x: the residual stream; x0: the embedding output (read by residual_mix only); keep (B, 1, 1):
         stochastic depth's factor on both branches (training only); aux: collects the experts' balance loss."""
         if self.residual_mix:
@@ -205,7 +205,8 @@ class Decoder(nn.Module):
         if m.unet_skips:
             self.skip_weights = nn.Parameter(torch.ones(parameter_shapes(m)["model.skip_weights"]))
 
-    def forward(self, input_ids: torch.Tensor, layer_keep: torch.Tensor | None = None, aux: list | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, layer_keep: torch.Tensor | None = None,
+                aux: list | None = None) -> torch.Tensor:
         """layer_keep (L, B): stochastic depth's factors per applied layer and sequence; aux: see DecoderLayer."""
         x = self.embed_tokens(input_ids)
         if self.factored:

@@ -26,7 +26,8 @@ def with_z_loss(loss: mx.array, logits: mx.array, coefficient: float) -> tuple[m
     return loss + z, loss, z
 
 
-def with_extra_terms(loss: mx.array, logits: mx.array, moe_aux: mx.array | None, t) -> tuple[mx.array, list[mx.array]]:
+def with_extra_terms(loss: mx.array, logits: mx.array, moe_aux: mx.array | None,
+                     t) -> tuple[mx.array, list[mx.array]]:
     """(objective, [loss, *terms]): the z-loss and the experts' balance loss (moe_aux, unweighted), each
     times its coefficient of TrainConfig `t`, added to the loss in the order of
     shared.train.loss_terms.extra_terms."""

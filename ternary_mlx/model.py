@@ -201,7 +201,8 @@ class Decoder(nn.Module):
         if m.unet_skips:
             self.skip_weights = mx.ones(parameter_shapes(m)["model.skip_weights"])
 
-    def __call__(self, input_ids: mx.array, layer_keep: mx.array | None = None, aux: list | None = None) -> mx.array:
+    def __call__(self, input_ids: mx.array, layer_keep: mx.array | None = None,
+                 aux: list | None = None) -> mx.array:
         """layer_keep (L, B): stochastic depth's factors per applied layer and sequence; aux: see DecoderLayer."""
         x = self.embed_tokens(input_ids)
         if self.factored:
