@@ -244,3 +244,9 @@ def test_recurrence_stores_only_the_unique_blocks():
     # the stored blocks start as a 2-layer model's (the same random streams)
     two = init_weights(tiny_config(num_hidden_layers=2).model)
     assert all(np.array_equal(v, two[k]) for k, v in init_weights(m).items())
+
+
+def test_a_shared_block_costs_its_flops_once_per_applied_layer():
+    from shared.train.promote import flops_per_token
+    assert flops_per_token(tiny_config(num_hidden_layers=5, num_unique_layers=2), 64) == \
+        flops_per_token(tiny_config(num_hidden_layers=5), 64)
