@@ -26,6 +26,22 @@ def with_z_loss(loss: torch.Tensor, logits: torch.Tensor,
     return loss + z, loss, z
 
 
+def with_extra_terms(loss: torch.Tensor, logits: torch.Tensor, moe_aux: torch.Tensor | None,
+                     t) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(objective, [loss, *terms]): the z-loss and the experts' balance loss (moe_aux, unweighted), each
+    times its coefficient of TrainConfig `t`, added to the loss in the order of
+    shared.train.loss_terms.extra_terms."""
+    objective, parts = loss, [loss]
+    if t.z_loss:
+        objective, _, z = with_z_loss(objective, logits, t.z_loss)
+        parts.append(z)
+    if t.moe_aux_loss:
+        balance = t.moe_aux_loss * moe_aux
+        objective = objective + balance
+        parts.append(balance)
+    return objective, parts
+
+
 def next_token_loss(model, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Loss of `model` on inputs whose targets come from shared.data.batching.inputs_and_targets."""
     if model.check_ids:  # targets out of range are an error, never clamped or ignored (S13)

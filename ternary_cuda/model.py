@@ -6,7 +6,9 @@ tied or untied head, optional logit soft-cap; parameter-golf's block options (we
 embedding norm, U-Net skips, residual mix, branch scales). With `ternary.enabled = false` and the
 default options it is exactly Qwen3ForCausalLM.
 The ternary record's options (factored embedding, vocab bias, polynomial soft-cap, ramped RoPE,
-norms before the output projections) are in shared/spec/options.py too.
+norms before the output projections) are in shared/spec/options.py too, and so are depth recurrence
+(stored blocks applied cyclically), stochastic depth (masks from shared/spec/layer_drop.py) and the
+mixture-of-experts MLP (ternary_cuda/experts.py).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from shared.data.checks import check_token_ids
 from shared.spec.init import init_weights
 from shared.spec.params import float_qat_parameters, parameter_shapes, ternary_parameters
 from ternary_cuda.blocks import BlockHooks
+from ternary_cuda.experts import MixtureMLP
 from ternary_cuda.layers import (RMSNorm, SubLN, TernaryEmbedding, TernaryLinear, fused_linear, mark_float_qat,
                                  mark_ternary)
 
@@ -150,7 +153,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(m.hidden_size, m.rms_norm_eps, m.rms_norm_weights)
         self.self_attn = Attention(cfg)
         self.post_attention_layernorm = RMSNorm(m.hidden_size, m.rms_norm_eps, m.rms_norm_weights)
-        self.mlp = MLP(cfg)
+        self.mlp = MixtureMLP(cfg, MLP) if m.moe_num_experts else MLP(cfg)
+        self.moe = bool(m.moe_num_experts)
         self.residual_mix, self.branch_scales = m.residual_mix, m.branch_scales
         # values come from the parameter specs' init (shared/spec/init.py)
         if m.residual_mix:
@@ -159,15 +163,22 @@ class DecoderLayer(nn.Module):
             self.attn_scale = nn.Parameter(torch.ones(m.hidden_size))
             self.mlp_scale = nn.Parameter(torch.ones(m.hidden_size))
 
-    def forward(self, x: torch.Tensor, x0: torch.Tensor | None = None) -> torch.Tensor:
-        """x: the residual stream; x0: the embedding output (read by residual_mix only)."""
+    def forward(self, x: torch.Tensor, x0: torch.Tensor | None = None, keep: torch.Tensor | None = None,
+                aux: list | None = None) -> torch.Tensor:
+        """x: the residual stream; x0: the embedding output (read by residual_mix only); keep (B, 1, 1):
+        stochastic depth's factor on both branches (training only); aux: collects the experts' balance loss."""
         if self.residual_mix:
             if x0 is None:
                 raise ValueError("model.residual_mix: a layer needs x0, the embedding output")
             x = self.resid_mix[0] * x + self.resid_mix[1] * x0
         a = self.self_attn(self.input_layernorm(x))  # residuals around pre-normed blocks (S1, S2)
+        if keep is not None:
+            a = keep * a
         h = x + (self.attn_scale * a if self.branch_scales else a)
-        f = self.mlp(self.post_attention_layernorm(h))
+        g = self.post_attention_layernorm(h)
+        f = self.mlp(g, aux) if self.moe else self.mlp(g)
+        if keep is not None:
+            f = keep * f
         return h + (self.mlp_scale * f if self.branch_scales else f)
 
 
@@ -185,7 +196,9 @@ class Decoder(nn.Module):
         if m.vocab_bias:  # added to the logits by Model.head_logits; values from the spec's init (zeros)
             self.vocab_bias = nn.Parameter(torch.zeros(m.vocab_size))
         self.has_vocab_bias = m.vocab_bias
-        self.layers = nn.ModuleList([DecoderLayer(cfg) for _ in range(m.num_hidden_layers)])
+        stored = m.num_unique_layers or m.num_hidden_layers
+        self.layers = nn.ModuleList([DecoderLayer(cfg) for _ in range(stored)])
+        self.depth = m.num_hidden_layers  # applied layers; with num_unique_layers, layer i runs block i % U
         self.norm = RMSNorm(m.hidden_size, m.rms_norm_eps, m.rms_norm_weights)
         self.embed_norm = RMSNorm(m.hidden_size, m.rms_norm_eps, weighted=False) if m.embed_norm else None
         # U-Net: the first L // 2 layers are the encoder (see shared/spec/options.py)
@@ -194,7 +207,9 @@ class Decoder(nn.Module):
             self.skip_weights = nn.Parameter(torch.ones(parameter_shapes(m)["model.skip_weights"]))
         self.plugins = BlockHooks(self, cfg)  # block plug-ins: model.NAME (shared/spec/blocks.py)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, layer_keep: torch.Tensor | None = None,
+                aux: list | None = None) -> torch.Tensor:
+        """layer_keep (L, B): stochastic depth's factors per applied layer and sequence; aux: see DecoderLayer."""
         x = self.embed_tokens(input_ids)
         if self.factored:
             x = self.embed_proj(x)
@@ -203,11 +218,12 @@ class Decoder(nn.Module):
             x = self.embed_norm(x)
         x = self.plugins.stream(x, input_ids)
         x0, skips = x, []
-        for i, layer in enumerate(self.layers):
+        for i in range(self.depth):
+            layer = self.layers[i % len(self.layers)]
             if i >= self.n_encoder and skips:  # decoder layer j = i - n_encoder pops the latest push
                 x = x + self.skip_weights[i - self.n_encoder] * skips.pop()
             x = self.plugins.layer_input(x, input_ids, i)
-            x = layer(x, x0)
+            x = layer(x, x0, None if layer_keep is None else layer_keep[i][:, None, None], aux)
             x = self.plugins.layer_output(x, input_ids, i)
             if i < self.n_encoder:
                 skips.append(x)
@@ -237,10 +253,16 @@ class Model(nn.Module):
         mark_float_qat(self, float_qat_parameters(config), config.ternary.float_qat)
         self.load_numpy(weights if weights is not None else init_weights(m, seed), device)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, layer_keep: torch.Tensor | None = None, with_aux: bool = False):
+        """Logits; layer_keep (L, B): stochastic depth's factors (shared/spec/layer_drop.py; training only).
+        with_aux: (logits, the experts' balance loss averaged over the applied layers; 0 without experts)."""
         if self.check_ids:
             check_token_ids(input_ids.detach().cpu().numpy(), self.config.model.vocab_size)
-        return self.head_logits(self.model(input_ids))
+        aux = [] if with_aux else None
+        logits = self.head_logits(self.model(input_ids, layer_keep, aux))
+        if not with_aux:
+            return logits
+        return logits, (sum(aux) / len(aux) if aux else torch.zeros((), device=logits.device))
 
     def head_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Final-normed hidden state -> logits: the head (tied: through embed_proj_rev when the

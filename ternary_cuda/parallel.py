@@ -156,7 +156,8 @@ def wrap(model: torch.nn.Module, t: TrainConfig, bf16: bool) -> tuple[torch.nn.M
     if t.parallel == "fsdp2":
         _fully_shard(model)
         return model, [f"data parallel: FSDP2 over {world_size()} processes ({dist.get_backend()}), "
-                       f"one shard group per decoder layer + root, float32 parameters"
+                       + ("one shard group per decoder layer + root" if model.model.depth == len(model.model.layers)
+                          else "one shard group (shared blocks)") + ", float32 parameters"
                        + (" (bf16 matmuls through autocast)" if bf16 else "")]
     raise ConfigError(f"train.parallel: {t.parallel!r} is not ddp or fsdp2")
 
@@ -169,7 +170,10 @@ def _fully_shard(model) -> None:
     # the ternary codes and scales must come from the float32 latents that checkpoints and exports
     # hold (SEEDS S15), not from bf16-rounded copies. The cost: float32 all-gathers.
     mp = MixedPrecisionPolicy(reduce_dtype=torch.float32)
-    for layer in model.model.layers:
+    # Depth recurrence applies a stored block several times per forward; rather than rely on a
+    # shard group being gathered and its gradients reduced once per application, such a model is
+    # one group (the root's) -- simple and correct, its memory saving smaller.
+    for layer in (model.model.layers if model.model.depth == len(model.model.layers) else ()):
         fully_shard(layer, mesh=mesh, mp_policy=mp)
     # The root reshards after forward too: evaluation (no backward) must not leave gathered root
     # weights behind that a later load_numpy (EMA swap, resume) would not reach.

@@ -25,7 +25,8 @@ from shared.spec.ternary import quant_lambda
 from shared.train.trainer_common import TrainerCommon
 from ternary_cuda import checkpoint, parallel
 from ternary_cuda.evaluate import evaluate, evaluate_ttt
-from ternary_cuda.loss import cross_entropy, distillation_loss, with_z_loss
+from shared.spec.layer_drop import layer_keep_scales
+from ternary_cuda.loss import cross_entropy, distillation_loss, with_extra_terms
 from ternary_cuda.model import Model
 from ternary_cuda.optim import Optimizer
 
@@ -68,40 +69,46 @@ class Trainer(TrainerCommon):
             teacher.eval()
             teacher.to(self.device)
 
-    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(objective to differentiate, [loss] or with train.z_loss [loss, z])."""
+    def _loss(self, x: torch.Tensor, y: torch.Tensor,
+              keep: torch.Tensor | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(objective to differentiate, [loss, *terms of shared.train.loss_terms.extra_terms]); keep (L, B):
+        stochastic depth's factors for this micro-batch, or None."""
         t = self.config.train
-        logits = self.forward(x)
+        if t.moe_aux_loss:
+            logits, moe_aux = self.forward(x, layer_keep=keep, with_aux=True)
+        else:
+            logits, moe_aux = self.forward(x, layer_keep=keep), None
         if self.teacher is None:
             loss = cross_entropy(logits, y)
         else:
             with torch.no_grad():
                 teacher_logits = self.teacher(x)
             loss = distillation_loss(logits, y, teacher_logits, t.distill_alpha, t.distill_temperature)
-        if not t.z_loss:
-            return loss, [loss]
-        objective, loss, z = with_z_loss(loss, logits, t.z_loss)
-        return objective, [loss, z]
+        return with_extra_terms(loss, logits, moe_aux, t)
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         a = np.asarray(a)  # (ascontiguousarray alone makes 0-d scalars 1-d, which DTensor warns about)
         return torch.from_numpy(np.ascontiguousarray(a).reshape(a.shape)).to(self.device, non_blocking=True)
 
     def step(self, windows: np.ndarray, step: int):
-        """One optimizer step on (grad_accum, batch, seq_len + 1) windows; returns lazy (loss, grad_norm),
-        or (loss, grad_norm, z_loss) with train.z_loss."""
+        """One optimizer step on (grad_accum, batch, seq_len + 1) windows; returns lazy (loss, grad_norm,
+        *terms), the terms of shared.train.loss_terms.extra_terms."""
         xs, ys = inputs_and_targets(windows.reshape(-1, windows.shape[-1]))
         shape = windows.shape[:2] + (windows.shape[-1] - 1,)
         xs, ys = self._tensor(xs.reshape(shape).astype(np.int64)), self._tensor(ys.reshape(shape).astype(np.int64))
         scalars = {k: self._tensor(v) for k, v in step_scalars(step, self.config.train).items()}
         if self.dynamic_lambda:
             self._set_lambda(quant_lambda(step, self.config.ternary.warmup_steps))
-        reported = None  # [loss] or, with the z-loss, [loss, z]
+        reported = None  # [loss, *extra terms]
         n = xs.shape[0]
+        keeps = None
+        if self.config.model.stochastic_depth:  # drawn on the host: the same draws as the other backend
+            keeps = self._tensor(layer_keep_scales(self.config.model, self.config.train.seed, step, self.rank,
+                                                   *windows.shape[:2]))
         for a in range(n):  # gradient accumulation: sum, then divide once
             with parallel.grad_sync(self.wrapped, last=a == n - 1):  # ranks reduce gradients once per step
                 with parallel.autocast(self.bf16):
-                    objective, parts = self._loss(xs[a], ys[a])
+                    objective, parts = self._loss(xs[a], ys[a], None if keeps is None else keeps[a])
                 objective.backward()
             parts = [p.detach() for p in parts]
             reported = parts if reported is None else [r + p for r, p in zip(reported, parts)]
@@ -130,7 +137,7 @@ class Trainer(TrainerCommon):
             self.model.set_quant_lambda(lam)
 
     def fetch(self, handles: list) -> list[tuple[float, float]]:
-        """Host sync: (loss, grad_norm[, z_loss]) floats for the pending steps, in one transfer. The
+        """Host sync: (loss, grad_norm, *terms) floats for the pending steps, in one transfer. The
         losses are means over all ranks (one all-reduce); the gradient norm is already global."""
         if not handles:
             return []

@@ -26,6 +26,22 @@ def with_z_loss(loss: mx.array, logits: mx.array, coefficient: float) -> tuple[m
     return loss + z, loss, z
 
 
+def with_extra_terms(loss: mx.array, logits: mx.array, moe_aux: mx.array | None,
+                     t) -> tuple[mx.array, list[mx.array]]:
+    """(objective, [loss, *terms]): the z-loss and the experts' balance loss (moe_aux, unweighted), each
+    times its coefficient of TrainConfig `t`, added to the loss in the order of
+    shared.train.loss_terms.extra_terms."""
+    objective, parts = loss, [loss]
+    if t.z_loss:
+        objective, _, z = with_z_loss(objective, logits, t.z_loss)
+        parts.append(z)
+    if t.moe_aux_loss:
+        balance = t.moe_aux_loss * moe_aux
+        objective = objective + balance
+        parts.append(balance)
+    return objective, parts
+
+
 def next_token_loss(model, input_ids: mx.array, targets: mx.array) -> mx.array:
     """Loss of `model` on inputs whose targets come from shared.data.batching.inputs_and_targets."""
     if model.check_ids:  # targets out of range are an error, never clamped or ignored (S13)

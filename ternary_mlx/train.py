@@ -23,7 +23,9 @@ from shared.spec.ternary import quant_lambda
 from shared.train.trainer_common import TrainerCommon
 from ternary_mlx import checkpoint, parallel
 from ternary_mlx.evaluate import evaluate, evaluate_ttt
-from ternary_mlx.loss import cross_entropy, distillation_loss, with_z_loss
+from shared.spec.layer_drop import layer_keep_scales
+from shared.train.loss_terms import extra_terms
+from ternary_mlx.loss import cross_entropy, distillation_loss, with_extra_terms
 from ternary_mlx.model import Model
 from ternary_mlx.optim import Optimizer
 
@@ -56,17 +58,21 @@ class Trainer(TrainerCommon):
             teacher.check_ids = False
             teacher.freeze()
 
-        z_coef = t.z_loss
+        reports_terms = bool(extra_terms(t))  # train.z_loss, train.moe_aux_loss
 
-        def loss_fn(x: mx.array, y: mx.array):
-            """The loss, or with train.z_loss (objective, loss, z): value_and_grad differentiates the first."""
-            logits = model(x)
+        def loss_fn(x: mx.array, y: mx.array, keep: mx.array | None):
+            """The loss, or with extra terms (objective, loss, *terms): value_and_grad differentiates the first.
+            keep (L, B): stochastic depth's factors for this micro-batch, or None."""
+            logits, moe_aux = model(x, keep, with_aux=True) if t.moe_aux_loss else (model(x, keep), None)
             if teacher is None:
                 loss = cross_entropy(logits, y)
             else:
                 teacher_logits = mx.stop_gradient(teacher(x))
                 loss = distillation_loss(logits, y, teacher_logits, t.distill_alpha, t.distill_temperature)
-            return with_z_loss(loss, logits, z_coef) if z_coef else loss
+            if not reports_terms:
+                return loss
+            objective, parts = with_extra_terms(loss, logits, moe_aux, t)
+            return (objective, *parts)
 
         loss_and_grad = nn.value_and_grad(model, loss_fn)
         clip = config.train.grad_clip
@@ -74,10 +80,11 @@ class Trainer(TrainerCommon):
         def step_fn(xs: mx.array, ys: mx.array, scalars: dict[str, mx.array]):
             if self.dynamic_lambda:
                 model.set_quant_lambda(scalars["lam"])
-            reported, grads = None, None  # [loss] or, with the z-loss, [loss, z]
+            reported, grads = None, None  # [loss, *extra terms]
+            keeps = scalars.get("layer_keep")  # (grad_accum, L, B) with model.stochastic_depth
             for a in range(xs.shape[0]):  # gradient accumulation: sum, then divide once
-                out, ga = loss_and_grad(xs[a], ys[a])
-                parts = list(out[1:]) if z_coef else [out]
+                out, ga = loss_and_grad(xs[a], ys[a], None if keeps is None else keeps[a])
+                parts = list(out[1:]) if reports_terms else [out]
                 ga = dict(tree_flatten(ga))
                 reported = parts if reported is None else [r + p for r, p in zip(reported, parts)]
                 grads = ga if grads is None else {k: grads[k] + ga[k] for k in grads}
@@ -103,11 +110,14 @@ class Trainer(TrainerCommon):
         self._step = mx.compile(step_fn, inputs=self._state, outputs=self._state)
 
     def step(self, windows: np.ndarray, step: int):
-        """One optimizer step on (grad_accum, batch, seq_len + 1) windows; returns lazy (loss, grad_norm),
-        or (loss, grad_norm, z_loss) with train.z_loss."""
+        """One optimizer step on (grad_accum, batch, seq_len + 1) windows; returns lazy (loss, grad_norm,
+        *terms), the terms of shared.train.loss_terms.extra_terms."""
         xs, ys = inputs_and_targets(windows.reshape(-1, windows.shape[-1]))
         shape = windows.shape[:2] + (windows.shape[-1] - 1,)
         scalars = {k: mx.array(v) for k, v in step_scalars(step, self.config.train).items()}
+        if self.config.model.stochastic_depth:  # an input of the compiled step, drawn on the host
+            scalars["layer_keep"] = mx.array(layer_keep_scales(self.config.model, self.config.train.seed, step,
+                                                               self.rank, *windows.shape[:2]))
         lam = quant_lambda(step, self.config.ternary.warmup_steps)
         if self.dynamic_lambda:
             scalars["lam"] = mx.array(lam, mx.float32)
@@ -123,7 +133,7 @@ class Trainer(TrainerCommon):
 
     @staticmethod
     def fetch(handles: list) -> list[tuple[float, float]]:
-        """Host sync: (loss, grad_norm[, z_loss]) floats for the pending steps."""
+        """Host sync: (loss, grad_norm, *terms) floats for the pending steps."""
         return [tuple(float(v.item()) for v in h) for h in handles]
 
     def numpy_weights(self) -> dict[str, np.ndarray]:

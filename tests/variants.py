@@ -109,6 +109,22 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     # the ternary record's SMEAR after every layer, with U-Net pushes of smeared outputs (3 layers)
     "plugin-smearmean-L3-unet-relu2-G32": (dict(smear_running_mean=True, num_hidden_layers=3, unet_skips=True,
                                                 hidden_act="relu2"), dict(group_size=32)),
+    # Depth and experts (issue #11). Depth recurrence: 5 applied layers over 2 stored blocks (0 1 0 1 0)
+    # with U-Net skips over the applied depth and the blocks' own mixes and scales; stochastic depth
+    # only trains differently, so its rows check that evaluation is the plain forward.
+    "recur-L5-U2-unet-mix-scales-relu2-G64": (
+        dict(num_hidden_layers=5, num_unique_layers=2, unet_skips=True, residual_mix=True, branch_scales=True,
+             hidden_act="relu2"), dict(group_size=64)),
+    "float-recur-L3-U1-stochdepth0.3": (dict(num_hidden_layers=3, num_unique_layers=1, stochastic_depth=0.3),
+                                        dict(enabled=False)),
+    # The SKC-600 report's mixture: 3 experts, top-1; and top-2 of 3 gateless experts, per tensor
+    "moe3-top1-silu-G64": (dict(moe_num_experts=3), dict(group_size=64)),
+    "moe3-top2-relu2-untied-pertensor-embed-head": (
+        dict(moe_num_experts=3, moe_top_k=2, hidden_act="relu2", tie_word_embeddings=False),
+        dict(group_size=0, targets=ALL_TARGETS)),
+    "moe2-recur-L3-U2-stochdepth0.5-mix-G32": (
+        dict(moe_num_experts=2, num_hidden_layers=3, num_unique_layers=2, stochastic_depth=0.5,
+             residual_mix=True), dict(group_size=32)),
 }
 # A short list for the slower suites (training steps): one row per parameter-set shape. (The tied
 # record row with a ternary embedding is not here: by its fourth step one down_proj weight that sits
@@ -116,7 +132,8 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
 # losses part by ~2e-4; the two record rows here train the same parameter sets.)
 FAST_VARIANTS = ["gqa-tied-silu-G64", "mha-untied-relu2-G32", "float-gqa-untied", "subln-gqa-silu-G64",
                  "record-untied-embed16-bias-softcap30-outnorm-pertensor",
-                 "float-record-tied-embed16-poly1.5-ramp2-headdim32", "plugin-ngram23-h2-gated-layer1-unet-mix-G32"]
+                 "float-record-tied-embed16-poly1.5-ramp2-headdim32", "plugin-ngram23-h2-gated-layer1-unet-mix-G32",
+                 "moe2-recur-L3-U2-stochdepth0.5-mix-G32"]
 
 
 def tiny_dict(ternary: dict | None = None, train: dict | None = None, data: dict | None = None,

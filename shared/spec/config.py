@@ -125,6 +125,8 @@ class TrainConfig:
     adam_eps: float = 1e-8
     weight_decay: float = 0.0  # decoupled, on the AdamW tensors whose spec decays (matrices, embedding, head)
     z_loss: float = 0.0  # coefficient of mean(logsumexp(logits)^2) added to the training loss; 0 = off
+    # coefficient of the experts' load-balancing loss E * sum_e f_e P_e (model.moe_num_experts; 0 = off)
+    moe_aux_loss: float = 0.0
     schedule: str = "constant"  # after warm-up: "constant", "cosine" or "warmdown"
     warmup_steps: int = 10
     warmdown_frac: float = 0.3  # "warmdown": linear decay to 0 over this final fraction of steps
@@ -398,8 +400,11 @@ class RunConfig:
         _require("train.muon_ns_steps", tr.muon_ns_steps, tr.muon_ns_steps >= 1, ">= 1")
         _require("train.muon_momentum_warmup_start", tr.muon_momentum_warmup_start,
                  0 <= tr.muon_momentum_warmup_start < 1, "in [0, 1)")
-        for key in ("muon_momentum_warmup_steps", "z_loss", "batch_tokens_start", "seq_len_start"):
+        for key in ("muon_momentum_warmup_steps", "z_loss", "moe_aux_loss", "batch_tokens_start", "seq_len_start"):
             _require(f"train.{key}", getattr(tr, key), getattr(tr, key) >= 0, ">= 0 (0 = off)")
+        if tr.moe_aux_loss and not m.moe_num_experts:
+            raise ConfigError(f"train.moe_aux_loss={tr.moe_aux_loss} weights the experts' load-balancing loss, "
+                              "but model.moe_num_experts is 0 (no experts)")
         if tr.muon_weight_decay is not None:
             _require("train.muon_weight_decay", tr.muon_weight_decay, tr.muon_weight_decay >= 0,
                      ">= 0 (absent = train.weight_decay)")

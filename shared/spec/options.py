@@ -176,6 +176,67 @@ def _slope(v) -> str | None:
     return None if isinstance(v, (int, float)) and 0 < v < 1 else f"must be in (0, 1), got {v!r}"
 
 
+# ---- depth and experts (issue #11) ----
+def _stored_blocks_fit(v, m) -> str | None:
+    if v < m.num_hidden_layers:
+        return None
+    return (f"must be below model.num_hidden_layers = {m.num_hidden_layers} (the applied depth); as many "
+            "stored blocks as applied layers is no sharing: leave it absent")
+
+
+def _drop_probability(v) -> str | None:
+    return None if isinstance(v, (int, float)) and 0 <= v < 1 else f"must be in [0, 1), got {v!r}"
+
+
+def _expert_count(v) -> str | None:
+    if isinstance(v, int) and not isinstance(v, bool) and (v == 0 or v >= 2):
+        return None
+    return f"must be 0 (a plain MLP) or at least 2 experts, got {v!r}"
+
+
+def _top_k(v) -> str | None:
+    return None if isinstance(v, int) and not isinstance(v, bool) and v >= 1 else f"must be >= 1, got {v!r}"
+
+
+def _experts_fit(v, m) -> str | None:
+    """The expert MLPs are the plain MLP repeated; what would need per-expert variants is refused."""
+    if m.subln:
+        return "model.subln is not supported with experts (each expert would need its own ffn_sub_norm)"
+    if m.fused_gate_up:
+        return "model.fused_gate_up is not supported with experts (each expert runs its own projections)"
+    if m.zero_init_output_proj:
+        return "model.zero_init_output_proj is not supported with experts (it names mlp.down_proj.weight)"
+    return None
+
+
+def _top_k_fits(v, m) -> str | None:
+    if not m.moe_num_experts:
+        return "needs model.moe_num_experts (experts to choose from)"
+    return None if v <= m.moe_num_experts else f"must not exceed model.moe_num_experts = {m.moe_num_experts}"
+
+
+def _moe_params(n: int) -> tuple[ParamRule, ...]:
+    """The router (a float CONTROL matrix: AdamW, no decay, never ternary or fp8-rounded), then expert
+    e's gate (SwiGLU only), up and down projections, ternary under the mlp target."""
+    if not n:
+        return ()
+    inter = lambda m: (m.intermediate_size, m.hidden_size)  # noqa: E731
+    rules = [ParamRule("mlp.router.weight", lambda m: (m.moe_num_experts, m.hidden_size), CONTROL,
+                       after="mlp.down_proj.weight")]
+    for e in range(n):
+        p = f"mlp.experts.{e}."
+        rules += [ParamRule(p + "gate_proj.weight", inter, MATRIX, after="mlp.down_proj.weight", target="mlp",
+                            when=lambda m: m.hidden_act == "silu"),
+                  ParamRule(p + "up_proj.weight", inter, MATRIX, after="mlp.down_proj.weight", target="mlp"),
+                  ParamRule(p + "down_proj.weight", lambda m: (m.hidden_size, m.intermediate_size), MATRIX,
+                            after="mlp.down_proj.weight", target="mlp")]
+    return tuple(rules)
+
+
+_PLAIN_MLP = (ParamEdit("mlp.gate_proj.weight", remove=True, must_exist=False),
+              ParamEdit("mlp.up_proj.weight", remove=True), ParamEdit("mlp.down_proj.weight", remove=True))
+
+
 # In table order; rules placed at the same `after` keep this order.
 OPTIONS: tuple[ModelOption, ...] = (
     ModelOption("tie_word_embeddings", bool, True,
@@ -273,6 +334,29 @@ OPTIONS: tuple[ModelOption, ...] = (
                 "a weightless RMSNorm on the input of o_proj and down_proj (the record's NormedTernaryLinear; "
                 "SubLN's position without its gain or warm-up blend)",
                 OURS, "no norm before o_proj / down_proj", example=True),
+    # ---- depth and experts (issue #11; docs/design.md 3.7) ----
+    ModelOption("num_unique_layers", int | None, None,
+                "depth recurrence: only blocks model.layers.0 .. U-1 are stored and applied layer i (of "
+                "num_hidden_layers) runs block i % U; per-block tensors (resid_mix, branch scales) are shared "
+                "with the block, unet_skips' skip_weights stay one per applied pairing",
+                OURS, "one stored block per layer", check=_positive_or_none("the stored blocks"),
+                requires=_stored_blocks_fit, example=1),
+    ModelOption("stochastic_depth", float, 0.0,
+                "training only: applied layer i of L drops both residual branches for a sequence with "
+                "probability p (i + 1) / L and scales a kept layer's branches by 1 / (1 - p_i); masks drawn "
+                "in NumPy (shared/spec/layer_drop.py); evaluation and generation run every layer unscaled",
+                EVERYWHERE, check=_drop_probability, example=0.2),
+    ModelOption("moe_num_experts", int, 0,
+                "a top-k mixture-of-experts MLP: router softmax p = softmax(x R^T); the k most probable "
+                "experts (ties: the lower index) each add p_e * expert_e(x), every expert an MLP of hidden_act; "
+                "train.moe_aux_loss weights the load-balancing loss",
+                OURS, "one MLP per layer", check=_expert_count, requires=_experts_fit, params=_moe_params,
+                edits=lambda v: _PLAIN_MLP if v else (), example=3),
+    ModelOption("moe_top_k", int, 1,
+                "experts per token of the mixture-of-experts MLP (gates are the full softmax's "
+                "probabilities, not renormalised over the k)",
+                OURS, "one MLP per layer", check=_top_k, requires=_top_k_fits, example=2,
+                example_needs=dict(moe_num_experts=3)),
 )
 # The block plug-ins' rows (shared/spec/blocks.py) follow the built-in ones.
 from shared.spec.blocks import plugin_options  # noqa: E402 (blocks' declarations import this module's names)

@@ -132,7 +132,7 @@ def parameter_specs(m: "ModelConfig") -> dict[str, ParamSpec]:
     (embed, embed_value), *rest = _edit(_place(_BASE_MODEL, "model", m), "model", m)
     layer = _edit(_place(_BASE_LAYER, "layer", m), "layer", m)
     out = {embed.suffix: _spec(embed.suffix, embed, m, embed_value)}
-    for i in range(m.num_hidden_layers):
+    for i in range(m.num_unique_layers or m.num_hidden_layers):  # stored blocks (depth recurrence: fewer)
         for r, value in layer:
             name = f"model.layers.{i}.{r.suffix}"
             out[name] = dataclasses.replace(_spec(name, r, m, value), layer=i, decoder=i >= m.num_hidden_layers // 2)

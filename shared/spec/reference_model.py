@@ -34,6 +34,9 @@ backend computes the same projections, so they do not appear here.
 Block plug-ins (shared/spec/blocks.py) act at four hook points, each called once: after the lookup
 (and embed_proj), after embed_norm (the result is x0), before and after each layer. Their equations
 are in shared/spec/reference_blocks/, one file each.
+Depth and experts (issue #11): with num_unique_layers = U, applied layer i runs the stored block
+i % U; stochastic depth multiplies both branches of applied layer i by layer_keep[i, b] (given, as
+drawn in training; absent at evaluation); with moe_num_experts the MLP is `experts_block`.
 
 Ternary projection (DESIGN 3.2): the codes q and scales s come from shared/spec/ternary.py in float32,
 bit for bit as the backends compute them (they decide which side of a rounding boundary each weight
@@ -109,6 +112,8 @@ class _Pass:
     ternary: frozenset[str]
     lam: float
     margin: np.ndarray
+    layer_keep: np.ndarray | None = None  # (L, B) stochastic depth's factors (training), None: every layer
+    aux: list | None = None  # the experts' balance loss of each applied layer, when asked for
 
 
 def linear(x: np.ndarray, name: str, fp: _Pass) -> np.ndarray:
@@ -198,12 +203,12 @@ def attention_block(x: np.ndarray, p: str, fp: _Pass) -> np.ndarray:
     return linear(o, p + "self_attn.o_proj.weight", fp)
 
 
-def mlp_block(x: np.ndarray, p: str, fp: _Pass) -> np.ndarray:
+def mlp_block(x: np.ndarray, p: str, fp: _Pass, mlp: str = "mlp.") -> np.ndarray:
     """SwiGLU down(silu(gate x) * up x) or down(a(up x)) for a gateless activation a; x (B, T, hidden)."""
     m = fp.cfg.model
-    up = linear(x, p + "mlp.up_proj.weight", fp)  # (B, T, intermediate)
+    up = linear(x, p + mlp + "up_proj.weight", fp)  # (B, T, intermediate)
     if m.hidden_act == "silu":
-        gate = linear(x, p + "mlp.gate_proj.weight", fp)
+        gate = linear(x, p + mlp + "gate_proj.weight", fp)
         h = gate / (1.0 + np.exp(-gate)) * up  # silu(g) = g * sigmoid(g)
     elif m.hidden_act in ("relu", "relu2"):
         h = np.maximum(up, 0.0)
@@ -214,22 +219,55 @@ def mlp_block(x: np.ndarray, p: str, fp: _Pass) -> np.ndarray:
     if m.hidden_act.endswith("2"):  # relu2, leaky_relu2: squared
         h = h * h
     if m.subln:
-        h = sub_norm(h, p + "mlp.ffn_sub_norm.weight", fp)
+        h = sub_norm(h, p + mlp + "ffn_sub_norm.weight", fp)
     if m.out_proj_norm:
         h = rms_norm(h, 1.0, m.rms_norm_eps)
-    return linear(h, p + "mlp.down_proj.weight", fp)
+    return linear(h, p + mlp + "down_proj.weight", fp)
+
+
+def chosen_experts(logits: np.ndarray, k: int) -> np.ndarray:
+    """(..., E) -> (..., E) 0/1: expert e is chosen when fewer than k experts beat it; e' beats e with a
+    larger router logit, or an equal one and e' < e (a tie goes to the lower index)."""
+    E = logits.shape[-1]
+    le, lj = logits[..., :, None], logits[..., None, :]  # [..., e, j]
+    lower = np.arange(E)[None, :] < np.arange(E)[:, None]  # [e, j]: j < e
+    beaten_by = ((lj > le) | ((lj == le) & lower)).sum(axis=-1)
+    return (beaten_by < k).astype(np.float64)
+
+
+def experts_block(x: np.ndarray, p: str, fp: _Pass) -> np.ndarray:
+    """The mixture-of-experts MLP: router probabilities pi = softmax(x R^T) (R: mlp.router.weight, float),
+    y = sum over the k chosen experts e of pi_e * MLP_e(x), MLP_e with the weights mlp.experts.{e}.*;
+    the balance loss E * sum_e f_e P_e (f_e: share of the N*k assignments, P_e: mean pi_e over the N
+    tokens) goes to fp.aux."""
+    m = fp.cfg.model
+    E, k = m.moe_num_experts, m.moe_top_k
+    logits = x @ fp.w[p + "mlp.router.weight"].T  # (B, T, E)
+    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs = z / z.sum(axis=-1, keepdims=True)
+    chosen = chosen_experts(logits, k)
+    y = sum((probs * chosen)[..., e:e + 1] * mlp_block(x, f"{p}mlp.experts.{e}.", fp, "") for e in range(E))
+    if fp.aux is not None:
+        f = chosen.reshape(-1, E).mean(axis=0) / k
+        fp.aux.append(E * float(np.sum(f * probs.reshape(-1, E).mean(axis=0))))
+    return y
 
 
 def decoder_layer(x: np.ndarray, x0: np.ndarray, i: int, fp: _Pass) -> np.ndarray:
-    """Pre-norm block: the residual stream x (B, T, hidden) is never normed itself. x0: the
-    embedding output, mixed in by residual_mix."""
-    m, p, w = fp.cfg.model, f"model.layers.{i}.", fp.w
+    """Applied layer i as a pre-norm block: the residual stream x (B, T, hidden) is never normed itself.
+    x0: the embedding output, mixed in by residual_mix. It runs the stored block i % U
+    (model.num_unique_layers = U; U = L without depth recurrence)."""
+    m, w = fp.cfg.model, fp.w
+    p = f"model.layers.{i % (m.num_unique_layers or m.num_hidden_layers)}."
+    keep = 1.0 if fp.layer_keep is None else fp.layer_keep[i].astype(np.float64)[:, None, None]
     if m.residual_mix:
         mix = w[p + "resid_mix"]  # (2, hidden)
         x = mix[0] * x + mix[1] * x0
     attn = attention_block(norm(x, p + "input_layernorm.weight", fp), p, fp)
+    attn = keep * attn  # stochastic depth: 0 (dropped) or 1 / (1 - p_i) (kept) per sequence
     x = x + (w[p + "attn_scale"] * attn if m.branch_scales else attn)
-    mlp = mlp_block(norm(x, p + "post_attention_layernorm.weight", fp), p, fp)
+    mlp = keep * (experts_block if m.moe_num_experts else mlp_block)(norm(x, p + "post_attention_layernorm.weight",
+                                                                           fp), p, fp)
     return x + (w[p + "mlp_scale"] * mlp if m.branch_scales else mlp)
 
 
@@ -252,10 +290,13 @@ def layers(x: np.ndarray, fp: _Pass, ids: np.ndarray) -> np.ndarray:
 
 
 def reference_forward(cfg: RunConfig, weights: dict[str, np.ndarray], input_ids: np.ndarray,
-                      quant_lambda: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+                      quant_lambda: float = 1.0, layer_keep: np.ndarray | None = None,
+                      aux: list | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(logits (B, T, vocab) float64, margin (B, T)): see `reference_logits`. margin[b, t] is how
     close any activation quantized for token (b, t) came to a rounding boundary, in steps (inf
-    without activation quantization); a float32 backend may round those differently."""
+    without activation quantization); a float32 backend may round those differently.
+    layer_keep (L, B): stochastic depth's factors (shared/spec/layer_drop.py), as in training; aux: a
+    list that receives each applied layer's expert balance loss (model.moe_num_experts)."""
     m = cfg.model
     check_tensor_set(parameter_shapes(m), {k: tuple(v.shape) for k, v in weights.items()}, "weights")
     ids = np.asarray(input_ids)
@@ -266,7 +307,7 @@ def reference_forward(cfg: RunConfig, weights: dict[str, np.ndarray], input_ids:
         raise ValueError(f"quant_lambda must be in [0, 1], got {quant_lambda}")
     ternary = ternary_names(cfg)
     fp = _Pass(cfg, effective_weights(cfg, weights, ternary, quant_lambda), ternary, float(quant_lambda),
-               np.full(ids.shape, np.inf))
+               np.full(ids.shape, np.inf), layer_keep, aux)
     x = fp.w["model.embed_tokens.weight"][ids]  # (B, T, embed width); a lookup: no activation quantization
     if m.embed_dim is not None:
         x = linear(x, "model.embed_proj.weight", fp)  # (B, T, hidden)

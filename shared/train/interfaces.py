@@ -21,12 +21,13 @@ if TYPE_CHECKING:  # annotations only: shared.train.evaluation and shared.spec.c
 @runtime_checkable
 class Model(Protocol):
     """model(input_ids (B, T) int tensor) -> logits (B, T, vocab) float32 tensor; weights in and
-    out as NumPy under canonical names (shared/spec/params.py)."""
+    out as NumPy under canonical names (shared/spec/params.py). Training also passes layer_keep
+    (stochastic depth's (L, B) factors) and with_aux (then (logits, the experts' balance loss))."""
 
     config: RunConfig
     check_ids: bool  # check every id against the vocabulary per call; trainers that checked on the host switch it off
 
-    def __call__(self, input_ids: Any) -> Any: ...
+    def __call__(self, input_ids: Any, layer_keep: Any = None, with_aux: bool = False) -> Any: ...
 
     def numpy_weights(self) -> dict[str, Any]:
         """Canonical name -> float32 NumPy copy of every parameter."""
@@ -64,8 +65,9 @@ class Trainer(Protocol):
         """One optimizer step on (grad_accum, batch, seq_len + 1) NumPy windows; a lazy handle."""
 
     def fetch(self, handles: list) -> list[tuple[float, ...]]:
-        """Host sync: (loss, grad_norm) of the pending steps, (loss, grad_norm, z_loss) with
-        train.z_loss (losses averaged over the ranks)."""
+        """Host sync: (loss, grad_norm) of the pending steps, followed by the terms of
+        shared.train.loss_terms.extra_terms (z_loss, moe_aux_loss) when they are on (losses
+        averaged over the ranks)."""
 
     def agree(self, flag: bool) -> bool:
         """True on every rank when `flag` is true on any (identity for one process)."""

@@ -3,7 +3,8 @@
 A backend provides a `Trainer` (train.py) with `step(windows, step) -> handle` (lazy, no host
 sync), `fetch(handles) -> [(loss, grad_norm)]` (one sync; with train.z_loss each entry is
 (loss, grad_norm, z_loss): the loss is the cross-entropy, z_loss the coefficient times
-mean(logsumexp^2), and the objective their sum), `numpy_weights()`,
+mean(logsumexp^2), and the objective their sum; train.moe_aux_loss adds the experts' weighted
+balance loss after it, shared.train.loss_terms.extra_terms names them), `numpy_weights()`,
 `numpy_optimizer_state()`, `ema_weights()`, `evaluate(tokens, tokenizer, max_tokens)` and
 `check_room(path)` and `save(path, trainer_state)` (shared.train.interfaces.Trainer; a save that
 cannot happen raises CheckpointSaveError on every rank). This module owns the cadence: logging,
@@ -34,6 +35,7 @@ from shared.data.dataset import TokenDataset
 from shared.data.loader import TokenLoader
 from shared.spec.params import parameter_shapes, ternary_parameters
 from shared.train.evaluation import CALIBRATION_TOKENS
+from shared.train.loss_terms import extra_terms
 from shared.train.schedule import batch_shape_at, check_batch_schedule, tokens_through
 
 # Tokens per parameter below which a run is data-starved. Compute-optimal LMs see ~20; the smoke
@@ -258,8 +260,9 @@ class _Loop:
         first = self.step - len(values)
         # train_time_s: training time so far (evaluations excluded) when these losses were fetched;
         # with train.log_every=1 its differences are per-step times (bench/pg_step.py reads them)
-        for i, (loss, gnorm, *z) in enumerate(values):
-            self.write({"step": first + i + 1, "loss": loss, "grad_norm": gnorm, **({"z_loss": z[0]} if z else {}),
+        terms = extra_terms(self.t)  # z_loss, moe_aux_loss: each its own column, as the trainers return them
+        for i, (loss, gnorm, *extra) in enumerate(values):
+            self.write({"step": first + i + 1, "loss": loss, "grad_norm": gnorm, **dict(zip(terms, extra)),
                         "train_time_s": round(result.train_time_s, 6)})
         pending.clear()
         loss = values[-1][0]

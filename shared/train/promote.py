@@ -271,11 +271,21 @@ def flops_per_token(cfg: RunConfig, seq_len: int) -> tuple[float, int]:
     """(training FLOPs per token, N): 6N for the matmuls (block matrices, a factored embedding's
     projections, plus the vocab x width head, tied or not, whose width is model.embed_dim when a
     factored embedding is tied; the embedding lookup is free) + 12 * layers * heads * head_dim *
-    seq_len for attention scores and values (PaLM, appendix B)."""
+    seq_len for attention scores and values (PaLM, appendix B). A stored block counts once per applied
+    layer that runs it (model.num_unique_layers); experts count all (every expert runs every token)."""
     m = cfg.model
-    n = sum(math.prod(s.shape) for s in parameter_specs(m).values() if s.role == MATRIX)
+    n = sum(math.prod(s.shape) * _applications(name, m) for name, s in parameter_specs(m).items()
+            if s.role == MATRIX)
     n += m.vocab_size * (m.embed_dim if m.tie_word_embeddings and m.embed_dim else m.hidden_size)
     return 6.0 * n + 12.0 * m.num_hidden_layers * m.num_attention_heads * m.head_dim * seq_len, n
+
+
+def _applications(name: str, m) -> int:
+    """How many applied layers run the tensor `name` per token: 1, or for stored block u of U under
+    depth recurrence the applied layers i < num_hidden_layers with i % U == u."""
+    if not (m.num_unique_layers and name.startswith("model.layers.")):
+        return 1
+    return len(range(int(name.split(".")[2]), m.num_hidden_layers, m.num_unique_layers))
 
 
 @dataclass

@@ -62,7 +62,8 @@ def test_model_and_trainer_have_the_protocols_members(name):
         for fn in _members(protocol):
             if fn == "__call__":  # torch's nn.Module.__call__ takes (*args, **kwargs); forward has the ids
                 impl = getattr(obj, "forward", obj)
-                assert [p.name for p in inspect.signature(impl).parameters.values()] == ["input_ids"]
+                assert [(p.name, p.default) for p in inspect.signature(impl).parameters.values()] == \
+                    [("input_ids", inspect.Parameter.empty), ("layer_keep", None), ("with_aux", False)]
                 continue
             assert _compatible(getattr(obj, fn), getattr(protocol, fn)), \
                 f"{type(obj).__name__}.{fn}{inspect.signature(getattr(obj, fn))}"
