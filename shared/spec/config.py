@@ -376,7 +376,10 @@ class RunConfig:
         _require("train.ttt_lr", tr.ttt_lr, tr.ttt_lr > 0, "positive")
         for key in ("ttt_steps", "ttt_lora_rank"):
             _require(f"train.{key}", getattr(tr, key), getattr(tr, key) >= 1, ">= 1")
-        if tr.ttt_chunk_tokens < 1 or tr.ttt_chunk_tokens % tr.seq_len:
+        _require("train.ttt_chunk_tokens", tr.ttt_chunk_tokens, tr.ttt_chunk_tokens >= 1, ">= 1")
+        # the multiple of seq_len only binds when TTT is on: the default chunk must not refuse a
+        # run at a sequence length that does not divide it
+        if tr.ttt != "off" and tr.ttt_chunk_tokens % tr.seq_len:
             raise ConfigError(f"train.ttt_chunk_tokens must be a positive multiple of train.seq_len ({tr.seq_len}), "
                               f"got {tr.ttt_chunk_tokens}")
         from shared.spec.params import parameter_specs

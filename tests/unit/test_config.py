@@ -526,3 +526,12 @@ def test_shared_imports_no_framework():
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_ttt_chunk_multiple_of_seq_len_binds_only_when_ttt_is_on():
+    # the default chunk (2048 tokens) must not refuse a run whose seq_len does not divide it
+    RunConfig.from_dict(tiny_dict(train=dict(seq_len=96)))
+    with pytest.raises(ConfigError, match="ttt_chunk_tokens must be a positive multiple"):
+        RunConfig.from_dict(tiny_dict(train=dict(seq_len=96, ttt="full")))
+    with pytest.raises(ConfigError, match="ttt_chunk_tokens"):
+        RunConfig.from_dict(tiny_dict(train=dict(ttt_chunk_tokens=0)))
