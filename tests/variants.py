@@ -119,7 +119,8 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
 # losses part by ~2e-4; the two record rows here train the same parameter sets.)
 FAST_VARIANTS = ["gqa-tied-silu-G64", "mha-untied-relu2-G32", "float-gqa-untied", "subln-gqa-silu-G64",
                  "record-untied-embed16-bias-softcap30-outnorm-pertensor",
-                 "float-record-tied-embed16-poly1.5-ramp2-headdim32"]
+                 "float-record-tied-embed16-poly1.5-ramp2-headdim32",
+                 "attn-vres-xsa1-gate-lnscale-rope0.5-G32"]  # the attention gate and value-residual mixes
 
 
 def tiny_dict(ternary: dict | None = None, train: dict | None = None, data: dict | None = None,
