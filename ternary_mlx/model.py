@@ -106,9 +106,9 @@ class Attention(nn.Module):
             self.attn_gate = nn.Linear(m.hidden_size, self.n_heads, bias=True)
         self.gated_attention = m.gated_attention
 
-    def __call__(self, x: mx.array, v_mix: tuple | None = None) -> tuple[mx.array, mx.array]:
-        """x: the normed input; v_mix: (v_first, lambdas) of value_residual, or None. Returns the
-        output and this layer's own values (B, H_kv, T, D), before any mix."""
+    def __call__(self, x: mx.array, v_mix: tuple | None = None, return_values: bool = False):
+        """x: the normed input; v_mix: (v_first, lambdas) of value_residual, or None. With
+        `return_values`: (output, this layer's own values (B, H_kv, T, D), before any mix)."""
         B, T, _ = x.shape
         parts = [self.q_proj, self.k_proj, self.v_proj]
         q, k, v = fused_linear(x, parts) if self.fused_qkv else [p(x) for p in parts]
@@ -132,7 +132,8 @@ class Attention(nn.Module):
         o = o.transpose(0, 2, 1, 3).reshape(B, T, -1)
         if self.out_proj_norm_eps is not None:
             o = rms_norm_weightless(o, self.out_proj_norm_eps)
-        return self.o_proj(self.attn_sub_norm(o) if self.subln else o), v_own
+        out = self.o_proj(self.attn_sub_norm(o) if self.subln else o)
+        return (out, v_own) if return_values else out
 
 
 class MLP(nn.Module):
@@ -184,19 +185,20 @@ class DecoderLayer(nn.Module):
         if m.branch_scales:
             self.attn_scale, self.mlp_scale = mx.ones((m.hidden_size,)), mx.ones((m.hidden_size,))
 
-    def __call__(self, x: mx.array, x0: mx.array | None = None,
-                 v_mix: tuple | None = None) -> tuple[mx.array, mx.array]:
-        """x: the residual stream; x0: the embedding output (read by residual_mix only); v_mix: see
-        Attention. Returns the new stream and the layer's own values."""
+    def __call__(self, x: mx.array, x0: mx.array | None = None, v_mix: tuple | None = None,
+                 return_values: bool = False):
+        """x: the residual stream; x0: the embedding output (read by residual_mix only); v_mix and
+        return_values: see Attention (with return_values: (new stream, the layer's own values))."""
         if self.residual_mix:
             if x0 is None:
                 raise ValueError("model.residual_mix: a layer needs x0, the embedding output")
             x = self.resid_mix[0] * x + self.resid_mix[1] * x0
         # residuals around pre-normed blocks (S1, S2)
-        a, v_own = self.self_attn(self._damp(self.input_layernorm(x)), v_mix)
+        a, v_own = self.self_attn(self._damp(self.input_layernorm(x)), v_mix, return_values=True)
         h = x + (self.attn_scale * a if self.branch_scales else a)
         f = self.mlp(self._damp(self.post_attention_layernorm(h)))
-        return h + (self.mlp_scale * f if self.branch_scales else f), v_own
+        out = h + (self.mlp_scale * f if self.branch_scales else f)
+        return (out, v_own) if return_values else out
 
     def _damp(self, x):
         return x if self.damping is None else x * self.damping
@@ -238,9 +240,10 @@ class Decoder(nn.Module):
         for i, layer in enumerate(self.layers):
             if i >= self.n_encoder and skips:  # decoder layer j = i - n_encoder pops the latest push
                 x = x + self.skip_weights[i - self.n_encoder] * skips.pop()
-            v_mix = (v_first, self.value_residual_lambdas[i - 1]) if self.value_residual and i > 0 else None
-            x, v_own = layer(x, x0, v_mix)
-            v_first = v_own if i == 0 else v_first
+            if self.value_residual and i == 0:  # layer 0's values feed every later layer
+                x, v_first = layer(x, x0, return_values=True)
+            else:
+                x = layer(x, x0, (v_first, self.value_residual_lambdas[i - 1]) if self.value_residual else None)
             if i < self.n_encoder:
                 skips.append(x)
         return self.norm(x)
