@@ -316,7 +316,7 @@ OPTIONS: tuple[ModelOption, ...] = (
                 "along its own token's value vector, o - (o . v_hat) v_hat (GQA: v of the head's kv head)",
                 OURS, "plain attention output only", check=_non_negative_int,
                 requires=lambda v, m: None if v <= m.num_hidden_layers else
-                f"{v} layers, but model.num_hidden_layers = {m.num_hidden_layers}", example=1),
+                f"XSA on the last {v} layers, but model.num_hidden_layers = {m.num_hidden_layers}", example=1),
     ModelOption("gated_attention", bool, False,
                 "each head's output times sigmoid(attn_gate(x)), x the attention's (normed) input; "
                 "a float per-head gate, weight zeros and bias 4 at init",

@@ -17,7 +17,7 @@ IDS = np.random.default_rng(0).integers(0, 256, (2, 24))
 
 @pytest.mark.parametrize("overrides,message", [
     (dict(xsa_last_n=-1), "model.xsa_last_n: must be >= 0"),
-    (dict(xsa_last_n=3), "model.xsa_last_n: 3 layers, but model.num_hidden_layers = 2"),
+    (dict(xsa_last_n=3), "model.xsa_last_n: XSA on the last 3 layers, but model.num_hidden_layers = 2"),
     (dict(partial_rotary_factor=0.0), r"model.partial_rotary_factor: must be in \(0, 1\]"),
     (dict(partial_rotary_factor=1.5), r"model.partial_rotary_factor: must be in \(0, 1\]"),
     (dict(partial_rotary_factor=0.1), "int\\(16 \\* 0.1\\) = 1 rotary dims; need a positive even number"),
