@@ -6,7 +6,8 @@ tied or untied head, optional logit soft-cap; parameter-golf's block options (we
 embedding norm, U-Net skips, residual mix, branch scales). With `ternary.enabled = false` and the
 default options it is exactly Qwen3ForCausalLM.
 The ternary record's options (factored embedding, vocab bias, polynomial soft-cap, ramped RoPE,
-norms before the output projections) are in shared/spec/options.py too.
+norms before the output projections) are in shared/spec/options.py too, and so are issue #11's
+attention options (value residual, XSA, a gate on the attention output, LN-scale damping, partial RoPE).
 """
 from __future__ import annotations
 
