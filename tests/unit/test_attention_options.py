@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.spec.config import ConfigError
+from shared.spec.config import ConfigError, model_config_from_hf
 from shared.spec.init import init_weights
 from shared.spec.params import parameter_specs, ternary_parameters
 from shared.spec.reference_model import exclusive_attention, reference_logits, rope
@@ -118,3 +118,12 @@ def test_partial_rope_rotates_the_first_dims_as_a_narrower_head():
     assert np.isclose(np.mod(angle, 2 * np.pi), 10000.0 ** (-2 / 8))
     plain, w = _logits()
     assert np.abs(_logits(w, partial_rotary_factor=0.5)[0] - plain).max() > 1e-3
+
+
+def test_hf_config_partial_rotary_factor_is_read_at_top_level_and_in_rope_parameters():
+    """transformers >= 5 moves the key into rope_parameters; dropping it there would be a silent full RoPE."""
+    assert model_config_from_hf({"model_type": "qwen3", "partial_rotary_factor": 0.5}).partial_rotary_factor == 0.5
+    nested = {"model_type": "qwen3", "rope_parameters": {"rope_type": "default", "rope_theta": 1e6,
+                                                         "partial_rotary_factor": 0.25}}
+    assert model_config_from_hf(nested).partial_rotary_factor == 0.25
+    assert model_config_from_hf({"model_type": "qwen3"}).partial_rotary_factor == 1.0
