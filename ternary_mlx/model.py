@@ -8,7 +8,8 @@ default options it is exactly Qwen3ForCausalLM.
 The ternary record's options (factored embedding, vocab bias, polynomial soft-cap, ramped RoPE,
 norms before the output projections) are in shared/spec/options.py too, and so are depth recurrence
 (stored blocks applied cyclically), stochastic depth (masks from shared/spec/layer_drop.py) and the
-mixture-of-experts MLP (ternary_mlx/experts.py).
+mixture-of-experts MLP (ternary_mlx/experts.py), and issue #11's attention options (value
+residual, XSA, a gate on the attention output, LN-scale damping, partial RoPE).
 """
 from __future__ import annotations
 
@@ -34,9 +35,12 @@ def _linear(cfg: RunConfig, d_in: int, d_out: int) -> TernaryLinear:
     return TernaryLinear(d_in, d_out, False, t.group_size, t.eps, t.activation_bits)
 
 
-def rope(x: mx.array, theta: float, ramp_factor: float | None = None) -> mx.array:
+def rope(x: mx.array, theta: float, ramp_factor: float | None = None, rotary_dims: int | None = None) -> mx.array:
     """Hugging Face RoPE on (B, heads, T, head_dim): rotate the two halves (not interleaved pairs).
-    With `ramp_factor`, the frequencies are parameter-golf's ramped ones (`rope_inv_freq`)."""
+    With `ramp_factor`, the frequencies are parameter-golf's ramped ones (`rope_inv_freq`). With
+    `rotary_dims` (partial RoPE) only the first rotary_dims dims turn, as a head of that width."""
+    if rotary_dims is not None and rotary_dims < x.shape[-1]:
+        return mx.concatenate([rope(x[..., :rotary_dims], theta, ramp_factor), x[..., rotary_dims:]], axis=-1)
     if ramp_factor is None:
         return mx.fast.rope(x, x.shape[-1], traditional=False, base=theta, scale=1.0, offset=0)
     periods = 1.0 / rope_inv_freq(x.shape[-1], theta, ramp_factor)  # mx.fast.rope takes 1 / inv_freq
@@ -59,6 +63,16 @@ def rms_norm_weightless(x: mx.array, eps: float) -> mx.array:
     return mx.fast.rms_norm(x, None, eps)
 
 
+def exclusive_attention(o: mx.array, v: mx.array) -> mx.array:
+    """XSA: each head's output o (B, H, T, D) minus its component along the unit value vector of its
+    own token, from its kv head in v (B, H_kv, T, D); grouped, never repeated (GQA)."""
+    B, H, T, D = o.shape
+    u = v / mx.maximum(mx.sqrt(mx.sum(v * v, axis=-1, keepdims=True)), 1e-12)  # a zero v removes nothing
+    u = u[:, :, None]  # (B, H_kv, 1, T, D): query head h = j * group + g reads kv head j
+    o = o.reshape(B, v.shape[1], H // v.shape[1], T, D)
+    return (o - mx.sum(o * u, axis=-1, keepdims=True) * u).reshape(B, H, T, D)
+
+
 def soft_cap(logits: mx.array, c: float, kind: str) -> mx.array:
     """tanh: c tanh(z / c); poly: c * clamp(u (1 - u^2/3 + u^4/15), -1, 1), u = clamp(z / c, -2, 2)."""
     if kind == "tanh":
@@ -69,7 +83,7 @@ def soft_cap(logits: mx.array, c: float, kind: str) -> mx.array:
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, layer_index: int = 0):
         super().__init__()
         m = cfg.model
         self.n_heads, self.n_kv_heads, self.head_dim = m.num_attention_heads, m.num_key_value_heads, m.head_dim
@@ -90,8 +104,16 @@ class Attention(nn.Module):
         self.has_q_gain = m.qk_gain is not None
         self.out_proj_norm_eps = m.rms_norm_eps if m.out_proj_norm else None
         self.fused_qkv = m.fused_qkv
+        # issue #11's attention options (shared/spec/options.py)
+        self.rotary_dims = int(self.head_dim * m.partial_rotary_factor)  # Hugging Face's rounding
+        self.xsa = layer_index >= m.num_hidden_layers - m.xsa_last_n  # the last xsa_last_n layers
+        if m.gated_attention:  # float; values from the spec's init (weight zeros, bias 4)
+            self.attn_gate = nn.Linear(m.hidden_size, self.n_heads, bias=True)
+        self.gated_attention = m.gated_attention
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, v_mix: tuple | None = None, return_values: bool = False):
+        """x: the normed input; v_mix: (v_first, lambdas) of value_residual, or None. With
+        `return_values`: (output, this layer's own values (B, H_kv, T, D), before any mix)."""
         B, T, _ = x.shape
         parts = [self.q_proj, self.k_proj, self.v_proj]
         q, k, v = fused_linear(x, parts) if self.fused_qkv else [p(x) for p in parts]
@@ -101,14 +123,22 @@ class Attention(nn.Module):
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))  # (B, heads, T, head_dim)
-        q, k = rope(q, self.rope_theta, self.rope_ramp_factor), rope(k, self.rope_theta, self.rope_ramp_factor)
+        v_own = v
+        if v_mix is not None:  # value residual: v = l0 * v_first + l1 * v
+            v = v_mix[1][0] * v_mix[0] + v_mix[1][1] * v
+        q, k = (rope(a, self.rope_theta, self.rope_ramp_factor, self.rotary_dims) for a in (q, k))
         if self.has_q_gain:
             q = q * self.q_gain[:, None, None]  # one gain per query head
         o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.head_dim ** -0.5, mask="causal")
+        if self.xsa:
+            o = exclusive_attention(o, v)
+        if self.gated_attention:  # one gate per head and token, from the attention's input
+            o = o * mx.sigmoid(self.attn_gate(x)).transpose(0, 2, 1)[..., None]
         o = o.transpose(0, 2, 1, 3).reshape(B, T, -1)
         if self.out_proj_norm_eps is not None:
             o = rms_norm_weightless(o, self.out_proj_norm_eps)
-        return self.o_proj(self.attn_sub_norm(o) if self.subln else o)
+        out = self.o_proj(self.attn_sub_norm(o) if self.subln else o)
+        return (out, v_own) if return_values else out
 
 
 class MLP(nn.Module):
@@ -144,11 +174,13 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, layer_index: int = 0):
         super().__init__()
         m = cfg.model
         self.input_layernorm = RMSNorm(m.hidden_size, m.rms_norm_eps, m.rms_norm_weights)
-        self.self_attn = Attention(cfg)
+        self.self_attn = Attention(cfg, layer_index)
+        # model.ln_scale_damping: both normed inputs times 1 / sqrt(layer_index + 1), index from 0
+        self.damping = 1.0 / (layer_index + 1) ** 0.5 if m.ln_scale_damping else None
         self.post_attention_layernorm = RMSNorm(m.hidden_size, m.rms_norm_eps, m.rms_norm_weights)
         self.mlp = MixtureMLP(cfg, MLP) if m.moe_num_experts else MLP(cfg)
         self.moe = bool(m.moe_num_experts)
@@ -160,22 +192,28 @@ class DecoderLayer(nn.Module):
             self.attn_scale, self.mlp_scale = mx.ones((m.hidden_size,)), mx.ones((m.hidden_size,))
 
     def __call__(self, x: mx.array, x0: mx.array | None = None, keep: mx.array | None = None,
-                 aux: list | None = None) -> mx.array:
+                 aux: list | None = None, v_mix: tuple | None = None, return_values: bool = False):
         """x: the residual stream; x0: the embedding output (read by residual_mix only); keep (B, 1, 1):
-        stochastic depth's factor on both branches (training only); aux: collects the experts' balance loss."""
+        stochastic depth's factor on both branches (training only); aux: collects the experts' balance loss;
+        v_mix and return_values: see Attention (with return_values: (new stream, the layer's own values))."""
         if self.residual_mix:
             if x0 is None:
                 raise ValueError("model.residual_mix: a layer needs x0, the embedding output")
             x = self.resid_mix[0] * x + self.resid_mix[1] * x0
-        a = self.self_attn(self.input_layernorm(x))  # residuals around pre-normed blocks (S1, S2)
+        # residuals around pre-normed blocks (S1, S2)
+        a, v_own = self.self_attn(self._damp(self.input_layernorm(x)), v_mix, return_values=True)
         if keep is not None:
             a = keep * a
         h = x + (self.attn_scale * a if self.branch_scales else a)
-        g = self.post_attention_layernorm(h)
+        g = self._damp(self.post_attention_layernorm(h))
         f = self.mlp(g, aux) if self.moe else self.mlp(g)
         if keep is not None:
             f = keep * f
-        return h + (self.mlp_scale * f if self.branch_scales else f)
+        out = h + (self.mlp_scale * f if self.branch_scales else f)
+        return (out, v_own) if return_values else out
+
+    def _damp(self, x):
+        return x if self.damping is None else x * self.damping
 
 
 class Decoder(nn.Module):
@@ -193,8 +231,12 @@ class Decoder(nn.Module):
             self.vocab_bias = mx.zeros((m.vocab_size,))
         self.has_vocab_bias = m.vocab_bias
         stored = m.num_unique_layers or m.num_hidden_layers
-        self.layers = [DecoderLayer(cfg) for _ in range(stored)]
+        self.layers = [DecoderLayer(cfg, i) for i in range(stored)]
         self.depth = m.num_hidden_layers  # applied layers; with num_unique_layers, layer i runs block i % U
+        if m.value_residual:  # row i - 1: layer i's (l0, l1); values from the spec's init (0.5)
+            shape = parameter_shapes(m)["model.value_residual_lambdas"]
+            self.value_residual_lambdas = mx.zeros(shape)
+        self.value_residual = m.value_residual
         self.norm = RMSNorm(m.hidden_size, m.rms_norm_eps, m.rms_norm_weights)
         self.embed_norm = RMSNorm(m.hidden_size, m.rms_norm_eps, weighted=False) if m.embed_norm else None
         # U-Net: the first L // 2 layers are the encoder (see shared/spec/options.py)
@@ -213,13 +255,18 @@ class Decoder(nn.Module):
         if self.embed_norm is not None:
             x = self.embed_norm(x)
         x = self.plugins.stream(x, input_ids)
-        x0, skips = x, []
+        x0, skips, v_first = x, [], None
         for i in range(self.depth):
             layer = self.layers[i % len(self.layers)]
             if i >= self.n_encoder and skips:  # decoder layer j = i - n_encoder pops the latest push
                 x = x + self.skip_weights[i - self.n_encoder] * skips.pop()
             x = self.plugins.layer_input(x, input_ids, i)
-            x = layer(x, x0, None if layer_keep is None else layer_keep[i][:, None, None], aux)
+            keep = None if layer_keep is None else layer_keep[i][:, None, None]
+            if self.value_residual and i == 0:  # applied layer 0's values feed every later layer
+                x, v_first = layer(x, x0, keep, aux, return_values=True)
+            else:
+                v_mix = (v_first, self.value_residual_lambdas[i - 1]) if self.value_residual else None
+                x = layer(x, x0, keep, aux, v_mix)
             x = self.plugins.layer_output(x, input_ids, i)
             if i < self.n_encoder:
                 skips.append(x)

@@ -122,9 +122,34 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "moe3-top2-relu2-untied-pertensor-embed-head": (
         dict(moe_num_experts=3, moe_top_k=2, hidden_act="relu2", tie_word_embeddings=False),
         dict(group_size=0, targets=ALL_TARGETS)),
+    # issue #11's three parts together: value residual over shared blocks (its mixes are per applied
+    # layer), the attention gate and a block plug-in; experts with XSA and LN-scale damping
+    "recur-L4-U2-vres-gate-bigram64-G32": (
+        dict(num_hidden_layers=4, num_unique_layers=2, value_residual=True, gated_attention=True,
+             bigram_hash_buckets=64), dict(group_size=32)),
+    "moe3-top1-xsa1-lnscale-smear-G64": (dict(moe_num_experts=3, xsa_last_n=1, ln_scale_damping=True, smear=True),
+                                         dict(group_size=64)),
     "moe2-recur-L3-U2-stochdepth0.5-mix-G32": (
         dict(moe_num_experts=2, num_hidden_layers=3, num_unique_layers=2, stochastic_depth=0.5,
              residual_mix=True), dict(group_size=32)),
+    # issue #11's attention options. Every one on the GQA base (4 query / 2 kv heads), XSA on the
+    # last layer only, half the head rotated; then value residual under fused_qkv with XSA on every
+    # layer of an MHA U-Net (v_first also feeds the decoder layers); then a float row of partial RoPE
+    # with ramped frequencies over 8 of 32 dims and the gate under SubLN; then three layers, XSA on
+    # two. (No 8-bit activations: test_logits compares MLX and torch without the reference's
+    # rounding margins, and at three layers one flipped rounding already moved a logit by 0.07.)
+    "attn-vres-xsa1-gate-lnscale-rope0.5-G32": (
+        dict(value_residual=True, xsa_last_n=1, gated_attention=True, ln_scale_damping=True,
+             partial_rotary_factor=0.5), dict(group_size=32)),
+    "attn-mha-L3-unet-mix-vres-fusedqkv-xsa3-pertensor": (
+        dict(num_hidden_layers=3, num_key_value_heads=4, unet_skips=True, residual_mix=True, value_residual=True,
+             fused_qkv=True, xsa_last_n=3, hidden_act="relu2"), dict(group_size=0)),
+    "float-attn-headdim32-rope0.25-ramp4-gate-subln-lnscale-untied": (
+        dict(head_dim=32, partial_rotary_factor=0.25, rope_ramp_factor=4.0, gated_attention=True, subln=True,
+             ln_scale_damping=True, tie_word_embeddings=False), dict(enabled=False)),
+    "attn-L3-vres-xsa2-gate-qkgain-G64": (
+        dict(num_hidden_layers=3, value_residual=True, xsa_last_n=2, gated_attention=True, qk_gain=1.5),
+        dict(group_size=64)),
 }
 # A short list for the slower suites (training steps): one row per parameter-set shape. (The tied
 # record row with a ternary embedding is not here: by its fourth step one down_proj weight that sits
@@ -133,7 +158,8 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
 FAST_VARIANTS = ["gqa-tied-silu-G64", "mha-untied-relu2-G32", "float-gqa-untied", "subln-gqa-silu-G64",
                  "record-untied-embed16-bias-softcap30-outnorm-pertensor",
                  "float-record-tied-embed16-poly1.5-ramp2-headdim32", "plugin-ngram23-h2-gated-layer1-unet-mix-G32",
-                 "moe2-recur-L3-U2-stochdepth0.5-mix-G32"]
+                 "moe2-recur-L3-U2-stochdepth0.5-mix-G32",
+                 "attn-vres-xsa1-gate-lnscale-rope0.5-G32"]  # the attention gate and value-residual mixes
 
 
 def tiny_dict(ternary: dict | None = None, train: dict | None = None, data: dict | None = None,

@@ -444,6 +444,8 @@ def model_config_from_hf(hf: dict[str, Any], where: str = "config.json") -> Mode
             raise ConfigError(f"{where}: rope_parameters.rope_type={rope['rope_type']!r} is not supported "
                               "(only 'default')")
         hf.setdefault("rope_theta", rope.get("rope_theta", 10000.0))
+        if "partial_rotary_factor" in rope:  # Hugging Face's key and ours (model.partial_rotary_factor)
+            hf.setdefault("partial_rotary_factor", rope["partial_rotary_factor"])
     if any(t != "full_attention" for t in hf.get("layer_types") or []):
         raise ConfigError(f"{where}: layer_types other than full_attention are not supported")
     kept = {k: v for k, v in hf.items() if k in fields_}

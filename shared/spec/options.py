@@ -47,14 +47,14 @@ class ParamRule:
     shape: Callable[["ModelConfig"], tuple[int, ...]]
     role: str
     after: str
-    # "normal" (N(0, initializer_range)), "ones", "zeros", "option" (the value), "first_row_ones"
-    # (row 0 ones, the other rows zeros: a mix that starts as the identity on its first input) or
-    # "constant" (`value`)
+    # "normal" (N(0, initializer_range)), "ones", "zeros", "option" (the value), "constant"
+    # (`init_value`) or "first_row_ones" (row 0 ones, the other rows zeros: a mix that starts as the
+    # identity on its first input)
     init: str = "normal"
     target: str | None = None  # the ternary target it belongs to (ternary.targets), if any
     scope: str = "layer"
     when: Callable[["ModelConfig"], bool] | None = None  # present only where this holds (another option)
-    value: float = 0.0  # the value of a "constant" init
+    init_value: float = 0.0  # the value of init "constant"
 
 
 @dataclass(frozen=True)
@@ -162,6 +162,38 @@ HIDDEN_ACTS = ("silu", "relu2", "relu", "leaky_relu", "leaky_relu2")
 LEAKY_ACTS = ("leaky_relu", "leaky_relu2")
 
 
+# ---- attention options (issue #11), as parameter-golf's 2026-03-20..23 records define them ----
+# Value residual (ResFormer): one (lambda_first, lambda_own) pair per layer after the first, both 0.5
+# (the record's vr_lambda; its first layer holds a pair it never reads, so ours has none). Model
+# scope, after the layers, so every layer keeps its random stream.
+_VALUE_RESIDUAL = ParamRule("model.value_residual_lambdas", lambda m: (m.num_hidden_layers - 1, 2), CONTROL,
+                            after="model.norm.weight", init="constant", init_value=0.5, scope="model")
+# Gated attention: a float Linear(hidden -> heads) with a bias, weight zeros and bias 4 (each gate
+# starts at sigmoid(4) ~ 0.98); the record trains it with the scalars (AdamW, no decay), so CONTROL:
+# never ternary, never Muon.
+_ATTN_GATE = (ParamRule("self_attn.attn_gate.weight", lambda m: (m.num_attention_heads, m.hidden_size), CONTROL,
+                        after="self_attn.o_proj.weight", init="zeros"),
+              ParamRule("self_attn.attn_gate.bias", lambda m: (m.num_attention_heads,), CONTROL,
+                        after="self_attn.o_proj.weight", init="constant", init_value=4.0))
+
+
+def _non_negative_int(v) -> str | None:
+    return None if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else f"must be >= 0, got {v!r}"
+
+
+def _rotary_fraction(v) -> str | None:
+    return None if isinstance(v, (int, float)) and 0 < v <= 1 else f"must be in (0, 1], got {v!r}"
+
+
+def _rotary_dims_problem(v, m) -> str | None:
+    """Hugging Face rotates int(head_dim * factor) dims; RoPE rotates pairs, so that must be even."""
+    dims = int(m.head_dim * v)
+    if dims >= 2 and dims % 2 == 0:
+        return None
+    return (f"int(head_dim * {v}) = int({m.head_dim} * {v}) = {dims} rotary dims; "
+            "need a positive even number (RoPE rotates pairs)")
+
+
 def _skip_count(m) -> int:
     """U-Net skips: the first L // 2 layers push, the rest pop; one weight per pairing."""
     L = m.num_hidden_layers
@@ -178,6 +210,11 @@ def _slope(v) -> str | None:
 
 # ---- depth and experts (issue #11) ----
 def _stored_blocks_fit(v, m) -> str | None:
+    # XSA and LN-scale damping are set per stored block from its index; shared blocks would need the
+    # applied index (not defined yet). The value residual's mixes are per applied layer, so it combines.
+    for key, on in (("xsa_last_n", m.xsa_last_n), ("ln_scale_damping", m.ln_scale_damping)):
+        if on:
+            return f"is not defined with model.{key} yet (it depends on the applied layer's index)"
     if v < m.num_hidden_layers:
         return None
     return (f"must be below model.num_hidden_layers = {m.num_hidden_layers} (the applied depth); as many "
@@ -357,6 +394,31 @@ OPTIONS: tuple[ModelOption, ...] = (
                 "probabilities, not renormalised over the k)",
                 OURS, "one MLP per layer", check=_top_k, requires=_top_k_fits, example=2,
                 example_needs=dict(moe_num_experts=3)),
+    # ---- attention options (issue #11) ----
+    ModelOption("value_residual", bool, False,
+                "ResFormer: layer i > 0 attends to v = l0 * v_first + l1 * v (v_first: layer 0's value "
+                "projection), l = value_residual_lambdas[i - 1], both 0.5 at init",
+                OURS, "no value residual", params=lambda v: (_VALUE_RESIDUAL,) if v else (),
+                requires=_needs(lambda m: m.num_hidden_layers >= 2, "needs model.num_hidden_layers >= 2"),
+                example=True),
+    ModelOption("xsa_last_n", int, 0,
+                "exclusive self attention on the last N layers: each head's output loses its component "
+                "along its own token's value vector, o - (o . v_hat) v_hat (GQA: v of the head's kv head)",
+                OURS, "plain attention output only", check=_non_negative_int,
+                requires=lambda v, m: None if v <= m.num_hidden_layers else
+                f"XSA on the last {v} layers, but model.num_hidden_layers = {m.num_hidden_layers}", example=1),
+    ModelOption("gated_attention", bool, False,
+                "each head's output times sigmoid(attn_gate(x)), x the attention's (normed) input; "
+                "a float per-head gate, weight zeros and bias 4 at init",
+                OURS, "no gate on the attention output", params=lambda v: _ATTN_GATE if v else (), example=True),
+    ModelOption("ln_scale_damping", bool, False,
+                "layer i (from 0) multiplies both normed block inputs by 1 / sqrt(i + 1) (parameter-golf's LN_SCALE)",
+                OURS, "block inputs are not damped by depth", example=True),
+    ModelOption("partial_rotary_factor", float, 1.0,
+                "RoPE on the first int(head_dim * factor) dims of each head only, theta^(-2j/dims) over those "
+                "dims (Hugging Face's key; parameter-golf's ROPE_DIMS); the rest pass unrotated",
+                OURS, "RoPE on the whole head (Qwen3 and Llama rotate every dim)", check=_rotary_fraction,
+                requires=_rotary_dims_problem, example=0.5),
 )
 # The block plug-ins' rows (shared/spec/blocks.py) follow the built-in ones.
 from shared.spec.blocks import plugin_options  # noqa: E402 (blocks' declarations import this module's names)

@@ -120,10 +120,10 @@ def _spec(name: str, r: ParamRule, m: "ModelConfig", option_value) -> ParamSpec:
         init, value = "constant", float(option_value)
     elif init == "option_std":  # the option's value is the standard deviation (model.embed_init_std)
         init, value = "normal", float(option_value)
+    elif init == "constant":  # a rule's own constant (gated_attention's bias of 4, a plug-in's scale)
+        value = float(r.init_value)
     elif init == "normal":
         value = float(m.initializer_range)
-    elif init == "constant":  # a fixed initial value (a block plug-in's scale)
-        value = float(r.value)
     return ParamSpec(name, tuple(r.shape(m)), r.role, init, value, r.target)
 
 

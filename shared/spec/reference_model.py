@@ -37,6 +37,12 @@ are in shared/spec/reference_blocks/, one file each.
 Depth and experts (issue #11): with num_unique_layers = U, applied layer i runs the stored block
 i % U; stochastic depth multiplies both branches of applied layer i by layer_keep[i, b] (given, as
 drawn in training; absent at evaluation); with moe_num_experts the MLP is `experts_block`.
+Attention options (issue #11): value_residual mixes layer 0's values into every later layer's,
+v = l0 * v_first + l1 * v with a learned pair per layer; xsa_last_n removes from each head's output,
+in the last N layers, its component along its own token's unit value vector; gated_attention
+multiplies each head's output by sigmoid(W x + b), x the attention's input; ln_scale_damping
+multiplies both normed block inputs of layer i (from 0) by 1 / sqrt(i + 1); partial_rotary_factor
+rotates only the first int(head_dim * factor) dims of each head, as a head of that width.
 
 Ternary projection (DESIGN 3.2): the codes q and scales s come from shared/spec/ternary.py in float32,
 bit for bit as the backends compute them (they decide which side of a rounding boundary each weight
@@ -144,10 +150,14 @@ def rope_inv_freq(D: int, theta: float, ramp_factor: float | None) -> np.ndarray
     return inv_freq / (1.0 + ramp * (ramp_factor - 1.0))
 
 
-def rope(x: np.ndarray, theta: float, ramp_factor: float | None = None) -> np.ndarray:
+def rope(x: np.ndarray, theta: float, ramp_factor: float | None = None, rotary_dims: int | None = None) -> np.ndarray:
     """Hugging Face (non-interleaved) RoPE on (B, heads, T, D): dimension i is paired with i + D/2
     (not with i + 1), and the pair at position p is rotated by the angle p * inv_freq_i
-    (theta^(-2i/D) unless ramped, see `rope_inv_freq`)."""
+    (theta^(-2i/D) unless ramped, see `rope_inv_freq`). With `rotary_dims` R < D (partial RoPE) the
+    first R dims are rotated as a head of width R (pairs i, i + R/2, theta^(-2i/R)) and the rest pass."""
+    if rotary_dims is not None and rotary_dims < x.shape[-1]:
+        rotated = rope(x[..., :rotary_dims], theta, ramp_factor)
+        return np.concatenate([rotated, x[..., rotary_dims:]], axis=-1)
     T_, D = x.shape[-2], x.shape[-1]
     inv_freq = rope_inv_freq(D, theta, ramp_factor)  # (D/2,)
     angle = np.arange(T_, dtype=np.float64)[:, None] * inv_freq[None, :]  # (T, D/2)
@@ -168,6 +178,15 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
     return (p / p.sum(axis=-1, keepdims=True)) @ v
 
 
+def exclusive_attention(o: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """XSA: o_h - (o_h . u) u with u = v / |v| the unit value vector of head h's own token (of its kv
+    head, h // (H / H_kv)). o (B, H, T, D), v (B, H_kv, T, D). |v| is floored at 1e-12 (a zero value
+    vector removes nothing)."""
+    v = np.repeat(v, o.shape[1] // v.shape[1], axis=1)
+    u = v / np.maximum(np.sqrt(np.sum(v * v, axis=-1, keepdims=True)), 1e-12)
+    return o - np.sum(o * u, axis=-1, keepdims=True) * u
+
+
 def norm(x: np.ndarray, name: str, fp: "_Pass") -> np.ndarray:
     """The RMSNorm whose gain is `name`; weightless (gain 1, no tensor) with rms_norm_weights = false."""
     m = fp.cfg.model
@@ -180,9 +199,12 @@ def sub_norm(x: np.ndarray, name: str, fp: "_Pass") -> np.ndarray:
 
 
 # ---- blocks ----------------------------------------------------------------------------------------
-def attention_block(x: np.ndarray, p: str, fp: _Pass) -> np.ndarray:
-    """Self-attention of layer prefix `p` on its (already normed) input x (B, T, hidden)."""
-    m, w = fp.cfg.model, fp.w
+def attention_block(x: np.ndarray, i: int, fp: _Pass, v_first: np.ndarray | None = None,
+                    p: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Self-attention of applied layer i on its (already normed) input x (B, T, hidden), with the weights
+    of prefix p (default model.layers.{i}.): (output, the layer's own value projection (B, H_kv, T, D),
+    before the value residual mixes v_first into it)."""
+    m, w, p = fp.cfg.model, fp.w, p or f"model.layers.{i}."
     B, T_, _ = x.shape
     H, H_kv, D = m.num_attention_heads, m.num_key_value_heads, m.head_dim
     q = linear(x, p + "self_attn.q_proj.weight", fp).reshape(B, T_, H, D)
@@ -191,16 +213,26 @@ def attention_block(x: np.ndarray, p: str, fp: _Pass) -> np.ndarray:
     if m.qk_norm:  # Qwen3: per head, over head_dim, before RoPE
         q, k = norm(q, p + "self_attn.q_norm.weight", fp), norm(k, p + "self_attn.k_norm.weight", fp)
     q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))  # (B, heads, T, D)
-    q, k = rope(q, m.rope_theta, m.rope_ramp_factor), rope(k, m.rope_theta, m.rope_ramp_factor)
+    v_own = v
+    if m.value_residual and i > 0:  # v = l0 * v_first + l1 * v
+        lam = w["model.value_residual_lambdas"][i - 1]
+        v = lam[0] * v_first + lam[1] * v
+    rot = int(D * m.partial_rotary_factor)
+    q, k = (rope(a, m.rope_theta, m.rope_ramp_factor, rot) for a in (q, k))
     if m.qk_gain is not None:  # q_h <- g_h * q_h, one learned gain per query head, after RoPE
         q = q * w[p + "self_attn.q_gain"][:, None, None]
     o = causal_attention(q, k, v)
+    if i >= m.num_hidden_layers - m.xsa_last_n:  # the last xsa_last_n layers (none at 0)
+        o = exclusive_attention(o, v)
+    if m.gated_attention:  # head h times sigmoid(W_h . x + b_h), x the attention's input
+        z = linear(x, p + "self_attn.attn_gate.weight", fp) + w[p + "self_attn.attn_gate.bias"]
+        o = o * (1.0 / (1.0 + np.exp(-z))).transpose(0, 2, 1)[..., None]
     o = o.transpose(0, 2, 1, 3).reshape(B, T_, H * D)  # heads concatenated, head-major
     if m.subln:
         o = sub_norm(o, p + "self_attn.attn_sub_norm.weight", fp)
     if m.out_proj_norm:
         o = rms_norm(o, 1.0, m.rms_norm_eps)
-    return linear(o, p + "self_attn.o_proj.weight", fp)
+    return linear(o, p + "self_attn.o_proj.weight", fp), v_own
 
 
 def mlp_block(x: np.ndarray, p: str, fp: _Pass, mlp: str = "mlp.") -> np.ndarray:
@@ -253,22 +285,25 @@ def experts_block(x: np.ndarray, p: str, fp: _Pass) -> np.ndarray:
     return y
 
 
-def decoder_layer(x: np.ndarray, x0: np.ndarray, i: int, fp: _Pass) -> np.ndarray:
+def decoder_layer(x: np.ndarray, x0: np.ndarray, i: int, fp: _Pass, v_first: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Applied layer i as a pre-norm block: the residual stream x (B, T, hidden) is never normed itself.
-    x0: the embedding output, mixed in by residual_mix. It runs the stored block i % U
-    (model.num_unique_layers = U; U = L without depth recurrence)."""
+    x0: the embedding output, mixed in by residual_mix; v_first: applied layer 0's values (value_residual).
+    It runs the stored block i % U (model.num_unique_layers = U; U = L without depth recurrence).
+    Returns the new stream and this layer's own values."""
     m, w = fp.cfg.model, fp.w
     p = f"model.layers.{i % (m.num_unique_layers or m.num_hidden_layers)}."
     keep = 1.0 if fp.layer_keep is None else fp.layer_keep[i].astype(np.float64)[:, None, None]
     if m.residual_mix:
         mix = w[p + "resid_mix"]  # (2, hidden)
         x = mix[0] * x + mix[1] * x0
-    attn = attention_block(norm(x, p + "input_layernorm.weight", fp), p, fp)
+    damp = 1.0 / np.sqrt(i + 1.0) if m.ln_scale_damping else 1.0  # layer index from 0: layer 0 undamped
+    attn, v_own = attention_block(norm(x, p + "input_layernorm.weight", fp) * damp, i, fp, v_first, p)
     attn = keep * attn  # stochastic depth: 0 (dropped) or 1 / (1 - p_i) (kept) per sequence
     x = x + (w[p + "attn_scale"] * attn if m.branch_scales else attn)
-    mlp = keep * (experts_block if m.moe_num_experts else mlp_block)(norm(x, p + "post_attention_layernorm.weight",
-                                                                           fp), p, fp)
-    return x + (w[p + "mlp_scale"] * mlp if m.branch_scales else mlp)
+    h = norm(x, p + "post_attention_layernorm.weight", fp) * damp
+    mlp = keep * (experts_block if m.moe_num_experts else mlp_block)(h, p, fp)
+    return x + (w[p + "mlp_scale"] * mlp if m.branch_scales else mlp), v_own
 
 
 def layers(x: np.ndarray, fp: _Pass, ids: np.ndarray) -> np.ndarray:
@@ -277,12 +312,13 @@ def layers(x: np.ndarray, fp: _Pass, ids: np.ndarray) -> np.ndarray:
     m = fp.cfg.model
     L = m.num_hidden_layers
     n_enc = L // 2 if m.unet_skips else 0
-    x0, stack = x, []
+    x0, stack, v_first = x, [], None
     for i in range(L):
         if i >= n_enc and stack:
             x = x + fp.w["model.skip_weights"][i - n_enc] * stack.pop()
         x = reference_hook("layer_input", x, ids, i, fp)
-        x = decoder_layer(x, x0, i, fp)
+        x, v_own = decoder_layer(x, x0, i, fp, v_first)
+        v_first = v_own if i == 0 else v_first
         x = reference_hook("layer_output", x, ids, i, fp)
         if i < n_enc:
             stack.append(x)

@@ -26,7 +26,7 @@ _TABLE = ParamRule("model.bigram_hash.embed.weight", lambda m: (m.bigram_hash_bu
 _PROJ = ParamRule("model.bigram_hash.proj.weight", lambda m: (m.hidden_size, m.bigram_hash_dim), MATRIX,
                   after="model.norm.weight", scope="model", when=lambda m: m.bigram_hash_dim is not None)
 _SCALE = ParamRule("model.bigram_hash.scale", lambda m: (1,), CONTROL, after="model.norm.weight", init="constant",
-                   value=0.05, scope="model")
+                   init_value=0.05, scope="model")
 
 
 def _buckets(v) -> str | None:
