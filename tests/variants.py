@@ -124,8 +124,8 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
         dict(group_size=0, targets=ALL_TARGETS)),
     # issue #11's three parts together: value residual over shared blocks (its mixes are per applied
     # layer), the attention gate and a block plug-in; experts with XSA and LN-scale damping
-    "recur-L4-U2-vres-gate-bigram64-G32": (
-        dict(num_hidden_layers=4, num_unique_layers=2, value_residual=True, gated_attention=True,
+    "recur-L3-U2-vres-gate-bigram64-G32": (
+        dict(num_hidden_layers=3, num_unique_layers=2, value_residual=True, gated_attention=True,
              bigram_hash_buckets=64), dict(group_size=32)),
     "moe3-top1-xsa1-lnscale-smear-G64": (dict(moe_num_experts=3, xsa_last_n=1, ln_scale_damping=True, smear=True),
                                          dict(group_size=64)),

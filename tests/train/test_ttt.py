@@ -172,7 +172,7 @@ def test_ternary_eval_ttt_reports_both_and_refuses_a_stride(tmp_path, capsys):
     (["train.ttt_lr=0"], "train.ttt_lr must be positive, got 0.0"),
     (["train.ttt_steps=0"], "train.ttt_steps must be >= 1, got 0"),
     (["train.ttt_lora_rank=0"], "train.ttt_lora_rank must be >= 1, got 0"),
-    (["train.ttt_chunk_tokens=300"], "train.ttt_chunk_tokens must be a positive multiple of train.seq_len (256)"),
+    (["train.ttt=full", "train.ttt_chunk_tokens=300"], "train.ttt_chunk_tokens must be a positive multiple of train.seq_len (256)"),
     (['train.ttt_lora_targets=["qproj"]'], "train.ttt_lora_targets: 'qproj' names no block projection"),
     (["train.ttt=full", "train.eval_stride=64"], "train.ttt = 'full' scores non-overlapping windows"),
 ])
