@@ -211,6 +211,7 @@ def write_splits(files: list[Path], tokenizer, tmp: Path, *, val_bytes: int, sha
     pending: list[tuple[str, str, bool, str]] = []  # (split, text, starts a document, anchor)
     encode_batch = getattr(tokenizer, "encode_batch", None) or (lambda ts: [tokenizer.encode(t) for t in ts])
     bar = PrepareProgress(sum(f.stat().st_size for f in files), progress)
+    done = False
 
     def flush() -> None:  # pieces are encoded in batches (multi-threaded where supported)
         for (split, _, starts, _), ids in zip(pending, encode_anchored(encode_batch, pending)):
@@ -231,10 +232,13 @@ def write_splits(files: list[Path], tokenizer, tmp: Path, *, val_bytes: int, sha
             if len(pending) >= 256 or sum(len(t) for _, t, _, _ in pending) >= 2 * chunk_chars:
                 flush()
         flush()
+        done = True
     finally:
+        # the bar ends its line first, so an error from here on (a full disk while the writers close)
+        # is a line of its own
+        bar.close(complete=done)
         for w in writers.values():
             w.close()
-        bar.close()
     if writers["val"].count < 2 or writers["train"].count < 2:
         raise DataError(f"prepare_data: too little text for both splits ({writers['val'].count} val and "
                         f"{writers['train'].count} train tokens); lower val_fraction/val_bytes or add text")
@@ -359,7 +363,8 @@ class PrepareProgress:
             rate = n / max(time.perf_counter() - self.t0, 1e-9)
             self.bar.set_postfix_str(f"{n:,} tokens, {rate:,.0f} tokens/s", refresh=False)
 
-    def close(self) -> None:
+    def close(self, complete: bool = True) -> None:
         if self.bar is not None:
-            self.bar.update(self.bar.total - self.bar.n)  # newlines translated on reading: a few bytes fewer
+            if complete:  # newlines translated on reading: a few bytes fewer than the files' sizes
+                self.bar.update(self.bar.total - self.bar.n)
             self.bar.close()
