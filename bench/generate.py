@@ -13,8 +13,8 @@ the same model in float for the peers: the peers get our effective weights (code
   peer_transformers      transformers Qwen3ForCausalLM (float32, sdpa) + .generate(do_sample=False)
 Each row: a prompt of --prompt-tokens random ids, then --new-tokens new ones, best of --reps. prompt
 tokens/s = prompt tokens / time to the first new token; decode tokens/s = the other new tokens / the
-time after it. Each framework runs in its own worker process with --threads threads (OMP, OpenBLAS,
-MKL and torch.set_num_threads); the MLX worker preloads Debian's OpenBLAS where it exists, as the
+time after it. The rows of one framework take turns, rep by rep, in one worker process per framework
+with --threads threads (OMP, OpenBLAS, MKL and torch.set_num_threads); the MLX worker preloads Debian's OpenBLAS where it exists, as the
 CLI does (convert/blas.py). On a shared machine the numbers move with the load: compare rows of
 one run, never runs.
 """
@@ -163,12 +163,16 @@ def worker(a) -> dict:
             torch.set_num_threads(a.threads)
     make = {"ours_mlx": lambda: row_ours("mlx", a, prompt), "ours_torch": lambda: row_ours("torch", a, prompt),
             "peer_mlx_lm": lambda: row_mlx_lm(a, prompt), "peer_transformers": lambda: row_transformers(a, prompt)}
+    onces = {r: make[r]() for r in rows}
+    runs = {r: [] for r in rows}
+    for rep in range(a.reps + 1):  # rep 0 warms up (first-call allocations, kernel set-up)
+        for r in rows:  # interleaved, so that a change of the machine's load hits both rows alike
+            t = onces[r]()
+            if rep:
+                runs[r].append(t)
     out = {}
     for r in rows:
-        once = make[r]()
-        once()  # warm-up: first-call allocations, kernel set-up
-        runs = [once() for _ in range(a.reps)]
-        first, rest, n = min(runs, key=lambda t: t[0] + t[1])
+        first, rest, n = min(runs[r], key=lambda t: t[0] + t[1])
         out[r] = {"prompt_tokens_per_s": round(a.prompt_tokens / first, 1),
                   "decode_tokens_per_s": round((n - 1) / rest, 1), "new_tokens": n,
                   "time_to_first_token_ms": round(first * 1e3, 2), "decode_s": round(rest, 3)}
@@ -231,7 +235,7 @@ def main(argv=None) -> int:
                               f"of 64, vocab {a.vocab}, tied; ternary attn+mlp G{a.group_size} (peers: its "
                               "effective weights in float32)",
                      "prompt_tokens": a.prompt_tokens, "new_tokens": a.new_tokens},
-           "threads": a.threads or "framework defaults", "statistic": f"best of {a.reps} after one warm-up",
+           "threads": a.threads or "framework defaults", "statistic": f"best of {a.reps} after one warm-up, the rows of a framework interleaved",
            "machine_note": "a shared machine: rows of one run compare; absolute numbers move with the load",
            "rows": rows, "ours_over_peer": ratio, "total_wall_s": round(time.perf_counter() - t0, 1)}
     text = json.dumps(out, indent=2)
