@@ -14,9 +14,9 @@ the same model in float for the peers: the peers get our effective weights (code
 Each row: a prompt of --prompt-tokens random ids, then --new-tokens new ones, best of --reps. prompt
 tokens/s = prompt tokens / time to the first new token; decode tokens/s = the other new tokens / the
 time after it. The rows of one framework take turns, rep by rep, in one worker process per framework
-with --threads threads (OMP, OpenBLAS, MKL and torch.set_num_threads); the MLX worker preloads Debian's OpenBLAS where it exists, as the
-CLI does (convert/blas.py). On a shared machine the numbers move with the load: compare rows of
-one run, never runs.
+with --threads threads (OMP, OpenBLAS, MKL and torch.set_num_threads); the MLX worker preloads
+Debian's OpenBLAS where it exists, as the CLI does (convert/blas.py). On a shared machine the
+numbers move with the load: compare rows of one run, never runs.
 """
 from __future__ import annotations
 
@@ -235,7 +235,8 @@ def main(argv=None) -> int:
                               f"of 64, vocab {a.vocab}, tied; ternary attn+mlp G{a.group_size} (peers: its "
                               "effective weights in float32)",
                      "prompt_tokens": a.prompt_tokens, "new_tokens": a.new_tokens},
-           "threads": a.threads or "framework defaults", "statistic": f"best of {a.reps} after one warm-up, the rows of a framework interleaved",
+           "threads": a.threads or "framework defaults",
+           "statistic": f"best of {a.reps} after one warm-up, the rows of a framework interleaved",
            "machine_note": "a shared machine: rows of one run compare; absolute numbers move with the load",
            "rows": rows, "ours_over_peer": ratio, "total_wall_s": round(time.perf_counter() - t0, 1)}
     text = json.dumps(out, indent=2)
