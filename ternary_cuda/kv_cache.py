@@ -5,8 +5,9 @@
 residual's mix), so a step costs one token's forward and attention over the cached positions.
 Per-token options need nothing more (value residual mixes the token's own layer-0 values, XSA reads
 the token's own value, MoE routes per token, U-Net skips and residual mixes are per position);
-depth recurrence gets a slot per applied layer. Block plug-ins (BigramHash, n-grams, smear) read
-earlier tokens' ids or hidden states, which this cache does not keep: it refuses them.
+depth recurrence gets a slot per applied layer. Block plug-ins (BigramHash, n-grams, smear, the
+running-mean smear) read earlier tokens' ids or hidden states: the cache keeps every id and each
+hook point's input history, and the plug-ins run over that history (blocks/__init__.py).
 """
 from __future__ import annotations
 
@@ -45,19 +46,26 @@ class KVCache:
             raise ValueError(f"KV cache: {why}")
         depth = config.model.num_hidden_layers
         self.keys, self.values, self.offset = [None] * depth, [None] * depth, 0
+        self.ids, self.hook_inputs = None, {}  # every id so far; the plug-ins' input histories
 
     def layer(self, i: int) -> LayerSlot:
         return LayerSlot(self, i)
 
-    def check(self, plugins, T: int) -> None:
-        """Refuse what the cache cannot do: block plug-ins, and anything but a prompt at position 0 or
-        one token after it (a causal mask over a chunk at an offset is not aligned the same way in
-        every framework)."""
-        if any(plugins.at.values()):
-            raise ValueError("KV cache: block plug-ins need earlier tokens' state, which the cache does not keep")
+    def begin(self, ids) -> None:
+        """A forward of `ids` (B, T) starts: a prompt at position 0 or one token after it (a causal
+        mask over a chunk at an offset is not aligned the same way in every framework)."""
+        T = ids.shape[1]
         if T == 0 or (self.offset > 0 and T != 1):
             raise ValueError(f"KV cache: give the prompt first, then one token at a time (got {T} tokens "
                              f"at position {self.offset})")
+        self.ids = ids if self.offset == 0 else torch.cat([self.ids, ids], dim=1)
+
+    def history(self, key, x):
+        """Block plug-ins: the input x (B, T, hidden) at hook point `key` appended to the earlier
+        positions' inputs there; every position's input so far."""
+        past = self.hook_inputs.get(key)
+        self.hook_inputs[key] = x if past is None else torch.cat([past, x], dim=1)
+        return self.hook_inputs[key]
 
     def advance(self, T: int) -> None:
         self.offset += T

@@ -264,20 +264,20 @@ class Decoder(nn.Module):
         """layer_keep (L, B): stochastic depth's factors per applied layer and sequence; aux: see DecoderLayer.
         cache: a KVCache (ternary_cuda/kv_cache.py): input_ids are the tokens after the cached ones."""
         if cache is not None:
-            cache.check(self.plugins, input_ids.shape[1])
+            cache.begin(input_ids)
         x = self.embed_tokens(input_ids)
         if self.factored:
             x = self.embed_proj(x)
-        x = self.plugins.embedding(x, input_ids)
+        x = self.plugins.embedding(x, input_ids, cache)
         if self.embed_norm is not None:
             x = self.embed_norm(x)
-        x = self.plugins.stream(x, input_ids)
+        x = self.plugins.stream(x, input_ids, cache)
         x0, skips, v_first = x, [], None
         for i in range(self.depth):
             layer = self.layers[i % len(self.layers)]
             if i >= self.n_encoder and skips:  # decoder layer j = i - n_encoder pops the latest push
                 x = x + self.skip_weights[i - self.n_encoder] * skips.pop()
-            x = self.plugins.layer_input(x, input_ids, i)
+            x = self.plugins.layer_input(x, input_ids, i, cache)
             keep = None if layer_keep is None else layer_keep[i][:, None, None]
             kv = None if cache is None else cache.layer(i)  # one slot per applied layer (depth recurrence)
             if self.value_residual and i == 0:  # applied layer 0's values feed every later layer
@@ -285,7 +285,7 @@ class Decoder(nn.Module):
             else:
                 v_mix = (v_first, self.value_residual_lambdas[i - 1]) if self.value_residual else None
                 x = layer(x, x0, keep, aux, v_mix, kv=kv)
-            x = self.plugins.layer_output(x, input_ids, i)
+            x = self.plugins.layer_output(x, input_ids, i, cache)
             if i < self.n_encoder:
                 skips.append(x)
         if cache is not None:
