@@ -26,6 +26,10 @@ class LayerSlot:
     def offset(self) -> int:
         return self.cache.offset
 
+    def memo(self, key, make):
+        """make() once per forward for every layer that asks with `key` (torch's RoPE tables)."""
+        return self.cache.memo(key, make)
+
     def update(self, k, v, T: int):
         """Append k, v (B, H_kv, T, D); return every position's keys and values so far."""
         c, i = self.cache, self.i
@@ -47,6 +51,7 @@ class KVCache:
         depth = config.model.num_hidden_layers
         self.keys, self.values, self.offset = [None] * depth, [None] * depth, 0
         self.ids, self.hook_inputs = None, {}  # every id so far; the plug-ins' input histories
+        self._memo = {}  # values every layer of one forward shares (LayerSlot.memo)
 
     def layer(self, i: int) -> LayerSlot:
         return LayerSlot(self, i)
@@ -67,5 +72,11 @@ class KVCache:
         self.hook_inputs[key] = x if past is None else torch.cat([past, x], dim=1)
         return self.hook_inputs[key]
 
+    def memo(self, key, make):
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
+
     def advance(self, T: int) -> None:
         self.offset += T
+        self._memo = {}  # its entries were for the positions just decoded

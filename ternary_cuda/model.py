@@ -36,20 +36,30 @@ def _linear(cfg: RunConfig, d_in: int, d_out: int) -> TernaryLinear:
 
 
 def rope(x: torch.Tensor, theta: float, ramp_factor: float | None = None,
-         rotary_dims: int | None = None, offset: int = 0) -> torch.Tensor:
+         rotary_dims: int | None = None, offset: int = 0, tables=None) -> torch.Tensor:
     """Hugging Face RoPE on (B, heads, T, head_dim): rotate the two halves (not interleaved pairs).
     With `ramp_factor`, the frequencies are parameter-golf's ramped ones (`rope_inv_freq`). With
     `rotary_dims` (partial RoPE) only the first rotary_dims dims turn, as a head of that width.
-    `offset`: the position of the first of the T tokens (incremental decoding with a KV cache)."""
+    `offset`: the position of the first of the T tokens (incremental decoding with a KV cache);
+    `tables`: a KVCache's memo of the (cos, sin) tables, shared by every layer's q and k of a step."""
     if rotary_dims is not None and rotary_dims < x.shape[-1]:
-        return torch.cat([rope(x[..., :rotary_dims], theta, ramp_factor, offset=offset), x[..., rotary_dims:]],
-                         dim=-1)
+        return torch.cat([rope(x[..., :rotary_dims], theta, ramp_factor, offset=offset, tables=tables),
+                          x[..., rotary_dims:]], dim=-1)
     T, D = x.shape[-2], x.shape[-1]
-    inv_freq = rope_inv_freq(D, theta, ramp_factor, x.device)
-    freqs = torch.outer(torch.arange(offset, offset + T, dtype=torch.float32, device=x.device), inv_freq)
-    cos, sin = freqs.cos().to(x.dtype), freqs.sin().to(x.dtype)  # (T, D/2)
+    if tables is None:
+        cos, sin = rope_tables(T, D, theta, ramp_factor, offset, x.device, x.dtype)
+    else:
+        key = ("rope", T, D, theta, ramp_factor, offset, x.device, x.dtype)
+        cos, sin = tables(key, lambda: rope_tables(T, D, theta, ramp_factor, offset, x.device, x.dtype))
     x1, x2 = x[..., : D // 2], x[..., D // 2:]
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+def rope_tables(T: int, D: int, theta: float, ramp_factor: float | None, offset: int, device, dtype):
+    """(cos, sin), (T, D/2) each, of positions offset .. offset + T - 1."""
+    inv_freq = rope_inv_freq(D, theta, ramp_factor, device)
+    freqs = torch.outer(torch.arange(offset, offset + T, dtype=torch.float32, device=device), inv_freq)
+    return freqs.cos().to(dtype), freqs.sin().to(dtype)
 
 
 def rope_inv_freq(D: int, theta: float, ramp_factor: float | None, device=None) -> torch.Tensor:
@@ -133,7 +143,8 @@ class Attention(nn.Module):
         if v_mix is not None:  # value residual: v = l0 * v_first + l1 * v
             v = v_mix[1][0] * v_mix[0] + v_mix[1][1] * v
         offset = 0 if kv is None else kv.offset
-        q, k = (rope(a, self.rope_theta, self.rope_ramp_factor, self.rotary_dims, offset) for a in (q, k))
+        tables = None if kv is None else kv.memo  # torch builds the tables; once per step with a cache
+        q, k = (rope(a, self.rope_theta, self.rope_ramp_factor, self.rotary_dims, offset, tables) for a in (q, k))
         v_now = v  # XSA reads each query's own (mixed) value, never the cached ones
         if kv is not None:
             k, v = kv.update(k, v, T)
