@@ -41,4 +41,5 @@ def register(subs) -> None:
     g.add_argument("--top-k", type=int, default=50, metavar="N", help="sample among the N likeliest (0 = all; default: 50)")
     g.add_argument("--seed", type=int, default=0, metavar="N", help="sampling seed (default: 0)")
     g.add_argument("--no-kv-cache", action="store_true",
-                   help="run the full forward for every token (a check of the KV cache: the same logits to float32 rounding)")
+                   help="run the full forward for every token (a check of the KV cache: the same logits "
+                        "to float32 rounding)")
