@@ -1,6 +1,8 @@
 """Ternary building blocks in PyTorch (mirrors ternary_mlx/layers.py; math in shared/spec/ternary.py)."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -132,8 +134,11 @@ class TernaryLinear(nn.Module):
         self.activation_bits = activation_bits
         self._quant_lambda = 1.0  # set through Model.set_quant_lambda; '_' keeps it out of the parameters
         self.float_qat: str | None = None  # "fp8" (layers.mark_float_qat): a float weight rounded to e4m3
+        self._frozen = None  # the effective weight while `frozen_weights` holds it (inference)
 
     def effective_weight(self) -> torch.Tensor:
+        if self._frozen is not None:
+            return self._frozen
         if not self.ternary:
             return fp8_weight(self.weight) if self.float_qat == "fp8" else self.weight
         return ternary_weight(self.weight, self.group_size, self.eps, self._quant_lambda)
@@ -152,6 +157,22 @@ class TernaryEmbedding(TernaryLinear):
 
     def as_linear(self, x: torch.Tensor) -> torch.Tensor:
         return TernaryLinear.forward(self, x)
+
+
+@contextlib.contextmanager
+def frozen_weights(model):
+    """Inside: every TernaryLinear (and embedding) of `model` uses its effective weight computed once
+    on entry, not re-ternarized per call (generation, evaluation: the weights do not change). The
+    values are those of effective_weight(), so the logits are the same bit for bit."""
+    mods = [m for m in model.modules() if isinstance(m, TernaryLinear)]
+    with torch.no_grad():
+        for m in mods:
+            m._frozen = m.effective_weight().detach()  # a plain attribute: not a parameter or buffer
+    try:
+        yield model
+    finally:
+        for m in mods:
+            m._frozen = None
 
 
 def fused_linear(x: torch.Tensor, parts: list[TernaryLinear]) -> list[torch.Tensor]:

@@ -36,18 +36,30 @@ def _linear(cfg: RunConfig, d_in: int, d_out: int) -> TernaryLinear:
 
 
 def rope(x: torch.Tensor, theta: float, ramp_factor: float | None = None,
-         rotary_dims: int | None = None) -> torch.Tensor:
+         rotary_dims: int | None = None, offset: int = 0, tables=None) -> torch.Tensor:
     """Hugging Face RoPE on (B, heads, T, head_dim): rotate the two halves (not interleaved pairs).
     With `ramp_factor`, the frequencies are parameter-golf's ramped ones (`rope_inv_freq`). With
-    `rotary_dims` (partial RoPE) only the first rotary_dims dims turn, as a head of that width."""
+    `rotary_dims` (partial RoPE) only the first rotary_dims dims turn, as a head of that width.
+    `offset`: the position of the first of the T tokens (incremental decoding with a KV cache);
+    `tables`: a KVCache's memo of the (cos, sin) tables, shared by every layer's q and k of a step."""
     if rotary_dims is not None and rotary_dims < x.shape[-1]:
-        return torch.cat([rope(x[..., :rotary_dims], theta, ramp_factor), x[..., rotary_dims:]], dim=-1)
+        return torch.cat([rope(x[..., :rotary_dims], theta, ramp_factor, offset=offset, tables=tables),
+                          x[..., rotary_dims:]], dim=-1)
     T, D = x.shape[-2], x.shape[-1]
-    inv_freq = rope_inv_freq(D, theta, ramp_factor, x.device)
-    freqs = torch.outer(torch.arange(T, dtype=torch.float32, device=x.device), inv_freq)
-    cos, sin = freqs.cos().to(x.dtype), freqs.sin().to(x.dtype)  # (T, D/2)
+    if tables is None:
+        cos, sin = rope_tables(T, D, theta, ramp_factor, offset, x.device, x.dtype)
+    else:
+        key = ("rope", T, D, theta, ramp_factor, offset, x.device, x.dtype)
+        cos, sin = tables(key, lambda: rope_tables(T, D, theta, ramp_factor, offset, x.device, x.dtype))
     x1, x2 = x[..., : D // 2], x[..., D // 2:]
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+def rope_tables(T: int, D: int, theta: float, ramp_factor: float | None, offset: int, device, dtype):
+    """(cos, sin), (T, D/2) each, of positions offset .. offset + T - 1."""
+    inv_freq = rope_inv_freq(D, theta, ramp_factor, device)
+    freqs = torch.outer(torch.arange(offset, offset + T, dtype=torch.float32, device=device), inv_freq)
+    return freqs.cos().to(dtype), freqs.sin().to(dtype)
 
 
 def rope_inv_freq(D: int, theta: float, ramp_factor: float | None, device=None) -> torch.Tensor:
@@ -114,9 +126,10 @@ class Attention(nn.Module):
             self.attn_gate = nn.Linear(m.hidden_size, self.n_heads, bias=True)
         self.gated_attention = m.gated_attention
 
-    def forward(self, x: torch.Tensor, v_mix: tuple | None = None, return_values: bool = False):
+    def forward(self, x: torch.Tensor, v_mix: tuple | None = None, return_values: bool = False, kv=None):
         """x: the normed input; v_mix: (v_first, lambdas) of value_residual, or None. With
-        `return_values`: (output, this layer's own values (B, H_kv, T, D), before any mix)."""
+        `return_values`: (output, this layer's own values (B, H_kv, T, D), before any mix).
+        kv: this applied layer's slot of a KVCache (ternary_cuda/kv_cache.py), or None (training)."""
         B, T, _ = x.shape
         parts = [self.q_proj, self.k_proj, self.v_proj]
         q, k, v = fused_linear(x, parts) if self.fused_qkv else [p(x) for p in parts]
@@ -129,13 +142,19 @@ class Attention(nn.Module):
         v_own = v
         if v_mix is not None:  # value residual: v = l0 * v_first + l1 * v
             v = v_mix[1][0] * v_mix[0] + v_mix[1][1] * v
-        q, k = (rope(a, self.rope_theta, self.rope_ramp_factor, self.rotary_dims) for a in (q, k))
+        offset = 0 if kv is None else kv.offset
+        tables = None if kv is None else kv.memo  # torch builds the tables; once per step with a cache
+        q, k = (rope(a, self.rope_theta, self.rope_ramp_factor, self.rotary_dims, offset, tables) for a in (q, k))
+        v_now = v  # XSA reads each query's own (mixed) value, never the cached ones
+        if kv is not None:
+            k, v = kv.update(k, v, T)
         if self.has_q_gain:
             q = q * self.q_gain[:, None, None]  # one gain per query head
-        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.head_dim ** -0.5,
+        causal = kv is None or T > 1  # one new token sees every cached position
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=self.head_dim ** -0.5,
                                            enable_gqa=self.n_heads != self.n_kv_heads)
         if self.xsa:
-            o = exclusive_attention(o, v)
+            o = exclusive_attention(o, v_now)
         if self.gated_attention:  # one gate per head and token, from the attention's input
             o = o * torch.sigmoid(self.attn_gate(x)).transpose(1, 2)[..., None]
         o = o.transpose(1, 2).reshape(B, T, -1)
@@ -197,16 +216,17 @@ class DecoderLayer(nn.Module):
             self.mlp_scale = nn.Parameter(torch.ones(m.hidden_size))
 
     def forward(self, x: torch.Tensor, x0: torch.Tensor | None = None, keep: torch.Tensor | None = None,
-                 aux: list | None = None, v_mix: tuple | None = None, return_values: bool = False):
+                 aux: list | None = None, v_mix: tuple | None = None, return_values: bool = False,
+                kv=None):
         """x: the residual stream; x0: the embedding output (read by residual_mix only); keep (B, 1, 1):
         stochastic depth's factor on both branches (training only); aux: collects the experts' balance loss;
-        v_mix and return_values: see Attention (with return_values: (new stream, the layer's own values))."""
+        v_mix, return_values and kv: see Attention (with return_values: (new stream, the layer's own values))."""
         if self.residual_mix:
             if x0 is None:
                 raise ValueError("model.residual_mix: a layer needs x0, the embedding output")
             x = self.resid_mix[0] * x + self.resid_mix[1] * x0
         # residuals around pre-normed blocks (S1, S2)
-        a, v_own = self.self_attn(self._damp(self.input_layernorm(x)), v_mix, return_values=True)
+        a, v_own = self.self_attn(self._damp(self.input_layernorm(x)), v_mix, return_values=True, kv=kv)
         if keep is not None:
             a = keep * a
         h = x + (self.attn_scale * a if self.branch_scales else a)
@@ -251,30 +271,36 @@ class Decoder(nn.Module):
         self.plugins = BlockHooks(self, cfg)  # block plug-ins: model.NAME (shared/spec/blocks.py)
 
     def forward(self, input_ids: torch.Tensor, layer_keep: torch.Tensor | None = None,
-                aux: list | None = None) -> torch.Tensor:
-        """layer_keep (L, B): stochastic depth's factors per applied layer and sequence; aux: see DecoderLayer."""
+                aux: list | None = None, cache=None) -> torch.Tensor:
+        """layer_keep (L, B): stochastic depth's factors per applied layer and sequence; aux: see DecoderLayer.
+        cache: a KVCache (ternary_cuda/kv_cache.py): input_ids are the tokens after the cached ones."""
+        if cache is not None:
+            cache.begin(input_ids)
         x = self.embed_tokens(input_ids)
         if self.factored:
             x = self.embed_proj(x)
-        x = self.plugins.embedding(x, input_ids)
+        x = self.plugins.embedding(x, input_ids, cache)
         if self.embed_norm is not None:
             x = self.embed_norm(x)
-        x = self.plugins.stream(x, input_ids)
+        x = self.plugins.stream(x, input_ids, cache)
         x0, skips, v_first = x, [], None
         for i in range(self.depth):
             layer = self.layers[i % len(self.layers)]
             if i >= self.n_encoder and skips:  # decoder layer j = i - n_encoder pops the latest push
                 x = x + self.skip_weights[i - self.n_encoder] * skips.pop()
-            x = self.plugins.layer_input(x, input_ids, i)
+            x = self.plugins.layer_input(x, input_ids, i, cache)
             keep = None if layer_keep is None else layer_keep[i][:, None, None]
+            kv = None if cache is None else cache.layer(i)  # one slot per applied layer (depth recurrence)
             if self.value_residual and i == 0:  # applied layer 0's values feed every later layer
-                x, v_first = layer(x, x0, keep, aux, return_values=True)
+                x, v_first = layer(x, x0, keep, aux, return_values=True, kv=kv)
             else:
                 v_mix = (v_first, self.value_residual_lambdas[i - 1]) if self.value_residual else None
-                x = layer(x, x0, keep, aux, v_mix)
-            x = self.plugins.layer_output(x, input_ids, i)
+                x = layer(x, x0, keep, aux, v_mix, kv=kv)
+            x = self.plugins.layer_output(x, input_ids, i, cache)
             if i < self.n_encoder:
                 skips.append(x)
+        if cache is not None:
+            cache.advance(input_ids.shape[1])
         return self.norm(x)
 
 
@@ -301,13 +327,15 @@ class Model(nn.Module):
         mark_float_qat(self, float_qat_parameters(config), config.ternary.float_qat)
         self.load_numpy(weights if weights is not None else init_weights(m, seed), device)
 
-    def forward(self, input_ids: torch.Tensor, layer_keep: torch.Tensor | None = None, with_aux: bool = False):
+    def forward(self, input_ids: torch.Tensor, layer_keep: torch.Tensor | None = None, with_aux: bool = False,
+                cache=None):
         """Logits; layer_keep (L, B): stochastic depth's factors (shared/spec/layer_drop.py; training only).
-        with_aux: (logits, the experts' balance loss averaged over the applied layers; 0 without experts)."""
+        with_aux: (logits, the experts' balance loss averaged over the applied layers; 0 without experts).
+        cache: a KVCache (ternary_cuda/kv_cache.py; decoding): the logits of input_ids after the cached tokens."""
         if self.check_ids:
             check_token_ids(input_ids.detach().cpu().numpy(), self.config.model.vocab_size)
         aux = [] if with_aux else None
-        logits = self.head_logits(self.model(input_ids, layer_keep, aux))
+        logits = self.head_logits(self.model(input_ids, layer_keep, aux, cache))
         if not with_aux:
             return logits
         return logits, (sum(aux) / len(aux) if aux else torch.zeros((), device=logits.device))

@@ -1,6 +1,7 @@
 """Ternary building blocks in MLX (mirrors ternary_cuda/layers.py; math in shared/spec/ternary.py)."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import mlx.core as mx
@@ -129,8 +130,11 @@ class TernaryLinear(nn.Module):
         self.activation_bits = activation_bits
         self._quant_lambda = 1.0  # set through Model.set_quant_lambda; '_' keeps it out of the parameters
         self.float_qat: str | None = None  # "fp8" (layers.mark_float_qat): a float weight rounded to e4m3
+        self._frozen = None  # the effective weight while `frozen_weights` holds it (inference)
 
     def effective_weight(self) -> mx.array:
+        if self._frozen is not None:
+            return self._frozen
         if not self.ternary:
             return fp8_weight(self.weight) if self.float_qat == "fp8" else self.weight
         return ternary_weight(self.weight, self.group_size, self.eps, self._quant_lambda)
@@ -149,6 +153,23 @@ class TernaryEmbedding(TernaryLinear):
 
     def as_linear(self, x: mx.array) -> mx.array:
         return TernaryLinear.__call__(self, x)
+
+
+@contextlib.contextmanager
+def frozen_weights(model):
+    """Inside: every TernaryLinear (and embedding) of `model` uses its effective weight computed once
+    on entry, not re-ternarized per call (generation, evaluation: the weights do not change). The
+    values are those of effective_weight(), so the logits are the same bit for bit."""
+    mods = [m for _, m in model.named_modules() if isinstance(m, TernaryLinear)]
+    for m in mods:
+        # object.__setattr__: an array stored the Module way would join the model's parameters
+        object.__setattr__(m, "_frozen", mx.stop_gradient(m.effective_weight()))
+    mx.eval([m._frozen for m in mods])
+    try:
+        yield model
+    finally:
+        for m in mods:
+            object.__setattr__(m, "_frozen", None)
 
 
 def fused_linear(x: mx.array, parts: list[TernaryLinear]) -> list[mx.array]:

@@ -35,16 +35,19 @@ def _linear(cfg: RunConfig, d_in: int, d_out: int) -> TernaryLinear:
     return TernaryLinear(d_in, d_out, False, t.group_size, t.eps, t.activation_bits)
 
 
-def rope(x: mx.array, theta: float, ramp_factor: float | None = None, rotary_dims: int | None = None) -> mx.array:
+def rope(x: mx.array, theta: float, ramp_factor: float | None = None, rotary_dims: int | None = None,
+         offset: int = 0) -> mx.array:
     """Hugging Face RoPE on (B, heads, T, head_dim): rotate the two halves (not interleaved pairs).
     With `ramp_factor`, the frequencies are parameter-golf's ramped ones (`rope_inv_freq`). With
-    `rotary_dims` (partial RoPE) only the first rotary_dims dims turn, as a head of that width."""
+    `rotary_dims` (partial RoPE) only the first rotary_dims dims turn, as a head of that width.
+    `offset`: the position of the first of the T tokens (incremental decoding with a KV cache)."""
     if rotary_dims is not None and rotary_dims < x.shape[-1]:
-        return mx.concatenate([rope(x[..., :rotary_dims], theta, ramp_factor), x[..., rotary_dims:]], axis=-1)
+        return mx.concatenate([rope(x[..., :rotary_dims], theta, ramp_factor, offset=offset), x[..., rotary_dims:]],
+                              axis=-1)
     if ramp_factor is None:
-        return mx.fast.rope(x, x.shape[-1], traditional=False, base=theta, scale=1.0, offset=0)
+        return mx.fast.rope(x, x.shape[-1], traditional=False, base=theta, scale=1.0, offset=offset)
     periods = 1.0 / rope_inv_freq(x.shape[-1], theta, ramp_factor)  # mx.fast.rope takes 1 / inv_freq
-    return mx.fast.rope(x, x.shape[-1], traditional=False, base=None, scale=1.0, offset=0, freqs=periods)
+    return mx.fast.rope(x, x.shape[-1], traditional=False, base=None, scale=1.0, offset=offset, freqs=periods)
 
 
 def rope_inv_freq(D: int, theta: float, ramp_factor: float | None) -> mx.array:
@@ -111,9 +114,10 @@ class Attention(nn.Module):
             self.attn_gate = nn.Linear(m.hidden_size, self.n_heads, bias=True)
         self.gated_attention = m.gated_attention
 
-    def __call__(self, x: mx.array, v_mix: tuple | None = None, return_values: bool = False):
+    def __call__(self, x: mx.array, v_mix: tuple | None = None, return_values: bool = False, kv=None):
         """x: the normed input; v_mix: (v_first, lambdas) of value_residual, or None. With
-        `return_values`: (output, this layer's own values (B, H_kv, T, D), before any mix)."""
+        `return_values`: (output, this layer's own values (B, H_kv, T, D), before any mix).
+        kv: this applied layer's slot of a KVCache (ternary_mlx/kv_cache.py), or None (training)."""
         B, T, _ = x.shape
         parts = [self.q_proj, self.k_proj, self.v_proj]
         q, k, v = fused_linear(x, parts) if self.fused_qkv else [p(x) for p in parts]
@@ -126,12 +130,17 @@ class Attention(nn.Module):
         v_own = v
         if v_mix is not None:  # value residual: v = l0 * v_first + l1 * v
             v = v_mix[1][0] * v_mix[0] + v_mix[1][1] * v
-        q, k = (rope(a, self.rope_theta, self.rope_ramp_factor, self.rotary_dims) for a in (q, k))
+        offset = 0 if kv is None else kv.offset
+        q, k = (rope(a, self.rope_theta, self.rope_ramp_factor, self.rotary_dims, offset) for a in (q, k))
+        v_now = v  # XSA reads each query's own (mixed) value, never the cached ones
+        if kv is not None:
+            k, v = kv.update(k, v, T)
         if self.has_q_gain:
             q = q * self.q_gain[:, None, None]  # one gain per query head
-        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.head_dim ** -0.5, mask="causal")
+        mask = "causal" if kv is None or T > 1 else None  # one new token sees every cached position
+        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.head_dim ** -0.5, mask=mask)
         if self.xsa:
-            o = exclusive_attention(o, v)
+            o = exclusive_attention(o, v_now)
         if self.gated_attention:  # one gate per head and token, from the attention's input
             o = o * mx.sigmoid(self.attn_gate(x)).transpose(0, 2, 1)[..., None]
         o = o.transpose(0, 2, 1, 3).reshape(B, T, -1)
@@ -192,16 +201,17 @@ class DecoderLayer(nn.Module):
             self.attn_scale, self.mlp_scale = mx.ones((m.hidden_size,)), mx.ones((m.hidden_size,))
 
     def __call__(self, x: mx.array, x0: mx.array | None = None, keep: mx.array | None = None,
-                 aux: list | None = None, v_mix: tuple | None = None, return_values: bool = False):
+                 aux: list | None = None, v_mix: tuple | None = None, return_values: bool = False,
+                 kv=None):
         """x: the residual stream; x0: the embedding output (read by residual_mix only); keep (B, 1, 1):
         stochastic depth's factor on both branches (training only); aux: collects the experts' balance loss;
-        v_mix and return_values: see Attention (with return_values: (new stream, the layer's own values))."""
+        v_mix, return_values and kv: see Attention (with return_values: (new stream, the layer's own values))."""
         if self.residual_mix:
             if x0 is None:
                 raise ValueError("model.residual_mix: a layer needs x0, the embedding output")
             x = self.resid_mix[0] * x + self.resid_mix[1] * x0
         # residuals around pre-normed blocks (S1, S2)
-        a, v_own = self.self_attn(self._damp(self.input_layernorm(x)), v_mix, return_values=True)
+        a, v_own = self.self_attn(self._damp(self.input_layernorm(x)), v_mix, return_values=True, kv=kv)
         if keep is not None:
             a = keep * a
         h = x + (self.attn_scale * a if self.branch_scales else a)
@@ -246,30 +256,36 @@ class Decoder(nn.Module):
         self.plugins = BlockHooks(self, cfg)  # block plug-ins: model.NAME (shared/spec/blocks.py)
 
     def __call__(self, input_ids: mx.array, layer_keep: mx.array | None = None,
-                 aux: list | None = None) -> mx.array:
-        """layer_keep (L, B): stochastic depth's factors per applied layer and sequence; aux: see DecoderLayer."""
+                 aux: list | None = None, cache=None) -> mx.array:
+        """layer_keep (L, B): stochastic depth's factors per applied layer and sequence; aux: see DecoderLayer.
+        cache: a KVCache (ternary_mlx/kv_cache.py): input_ids are the tokens after the cached ones."""
+        if cache is not None:
+            cache.begin(input_ids)
         x = self.embed_tokens(input_ids)
         if self.factored:
             x = self.embed_proj(x)
-        x = self.plugins.embedding(x, input_ids)
+        x = self.plugins.embedding(x, input_ids, cache)
         if self.embed_norm is not None:
             x = self.embed_norm(x)
-        x = self.plugins.stream(x, input_ids)
+        x = self.plugins.stream(x, input_ids, cache)
         x0, skips, v_first = x, [], None
         for i in range(self.depth):
             layer = self.layers[i % len(self.layers)]
             if i >= self.n_encoder and skips:  # decoder layer j = i - n_encoder pops the latest push
                 x = x + self.skip_weights[i - self.n_encoder] * skips.pop()
-            x = self.plugins.layer_input(x, input_ids, i)
+            x = self.plugins.layer_input(x, input_ids, i, cache)
             keep = None if layer_keep is None else layer_keep[i][:, None, None]
+            kv = None if cache is None else cache.layer(i)  # one slot per applied layer (depth recurrence)
             if self.value_residual and i == 0:  # applied layer 0's values feed every later layer
-                x, v_first = layer(x, x0, keep, aux, return_values=True)
+                x, v_first = layer(x, x0, keep, aux, return_values=True, kv=kv)
             else:
                 v_mix = (v_first, self.value_residual_lambdas[i - 1]) if self.value_residual else None
-                x = layer(x, x0, keep, aux, v_mix)
-            x = self.plugins.layer_output(x, input_ids, i)
+                x = layer(x, x0, keep, aux, v_mix, kv=kv)
+            x = self.plugins.layer_output(x, input_ids, i, cache)
             if i < self.n_encoder:
                 skips.append(x)
+        if cache is not None:
+            cache.advance(input_ids.shape[1])
         return self.norm(x)
 
 
@@ -294,13 +310,15 @@ class Model(nn.Module):
         mark_float_qat(self, float_qat_parameters(config), config.ternary.float_qat)
         self.load_numpy(weights if weights is not None else init_weights(m, seed))
 
-    def __call__(self, input_ids: mx.array, layer_keep: mx.array | None = None, with_aux: bool = False):
+    def __call__(self, input_ids: mx.array, layer_keep: mx.array | None = None, with_aux: bool = False,
+                 cache=None):
         """Logits; layer_keep (L, B): stochastic depth's factors (shared/spec/layer_drop.py; training only).
-        with_aux: (logits, the experts' balance loss averaged over the applied layers; 0 without experts)."""
+        with_aux: (logits, the experts' balance loss averaged over the applied layers; 0 without experts).
+        cache: a KVCache (ternary_mlx/kv_cache.py; decoding): the logits of input_ids after the cached tokens."""
         if self.check_ids:
             check_token_ids(np.array(input_ids), self.config.model.vocab_size)
         aux = [] if with_aux else None
-        logits = self.head_logits(self.model(input_ids, layer_keep, aux))
+        logits = self.head_logits(self.model(input_ids, layer_keep, aux, cache))
         if not with_aux:
             return logits
         return logits, (sum(aux) / len(aux) if aux else mx.array(0.0))

@@ -19,19 +19,31 @@ class BlockHooks:
             for point in plugin.hooks:
                 self.at[point].append(getattr(block, point))
 
-    def _run(self, point, x, ids, i):
+    def _run(self, point, x, ids, i, cache=None):
+        if cache is not None and self.at[point]:
+            return self._replay(point, x, i, cache)
         for hook in self.at[point]:
             x = hook(x, ids, i)
         return x
 
-    def embedding(self, x, ids):
-        return self._run("embedding", x, ids, None)
+    def _replay(self, point, x, i, cache):
+        """Under a KV cache (decoding): the hooks read earlier tokens' ids or hidden states, so they
+        run on this point's whole input history (kept by the cache) with every id so far; their
+        outputs at the new positions are the full forward's, since every plug-in is causal."""
+        T = x.shape[1]
+        x = cache.history((point, i), x)
+        for hook in self.at[point]:
+            x = hook(x, cache.ids, i)
+        return x[:, -T:]
 
-    def stream(self, x, ids):
-        return self._run("stream", x, ids, None)
+    def embedding(self, x, ids, cache=None):
+        return self._run("embedding", x, ids, None, cache)
 
-    def layer_input(self, x, ids, i):
-        return self._run("layer_input", x, ids, i)
+    def stream(self, x, ids, cache=None):
+        return self._run("stream", x, ids, None, cache)
 
-    def layer_output(self, x, ids, i):
-        return self._run("layer_output", x, ids, i)
+    def layer_input(self, x, ids, i, cache=None):
+        return self._run("layer_input", x, ids, i, cache)
+
+    def layer_output(self, x, ids, i, cache=None):
+        return self._run("layer_output", x, ids, i, cache)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.train.generation import generate_ids, generate_text, sample_next
+from shared.train.generation import CachedLogits, Progress, generate_ids, generate_text, sample_next
 from shared.data.tokenizers import get_tokenizer
 
 
@@ -42,3 +42,34 @@ def test_continuation_keeps_the_space_of_a_word_piece():
     text = generate_text(last_logits, tok, "the", 2, context=64, temperature=0)
     piece = tok.id_to_piece(word)[1:]
     assert text == f" {piece} {piece}"
+
+
+def test_cached_logits_steps_one_token_and_prefills_a_slid_window():
+    """CachedLogits: a window one token longer than the last is a cached step (the new token only);
+    the first window and one that slid past the context (every position moves) are fresh prefills."""
+    calls = []
+
+    def forward(ids, cache):
+        calls.append((ids[0].tolist(), cache["n"]))
+        cache["n"] += ids.shape[1]
+        return np.zeros(10)
+
+    logits = CachedLogits(lambda: {"n": 0}, forward)
+    list(generate_ids(logits, np.array([1, 2]), 4, context=4, temperature=0))
+    # windows: [1 2], [1 2 0], [1 2 0 0], then [2 0 0 0] (slid: a fresh cache)
+    assert calls == [([1, 2], 0), ([0], 2), ([0], 3), ([2, 0, 0, 0], 0)]
+
+
+def test_progress_line_counts_tokens_and_rate(monkeypatch):
+    import io
+
+    import shared.train.generation as g
+    clock = iter([0.0, 1.0, 3.0, 3.5, 5.0])
+    monkeypatch.setattr(g.time, "perf_counter", lambda: next(clock))
+    out = io.StringIO()
+    p = Progress(10, out, after=2.0, every=1.0)  # start at 0
+    p.update(1)   # t=1: before `after`, silent
+    p.update(6)   # t=3: shown
+    p.update(7)   # t=3.5: within `every` of the last line, silent
+    p.update(10)  # t=5: the last token is always shown
+    assert out.getvalue().splitlines() == ["generate: 6/10 tokens, 2.0 tokens/s", "generate: 10/10 tokens, 2.0 tokens/s"]
