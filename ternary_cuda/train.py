@@ -21,6 +21,7 @@ from shared.data.batching import inputs_and_targets
 from shared.spec.config import ConfigError, RunConfig
 from shared.train.optim_rules import step_scalars
 from shared.spec.params import parameter_specs
+from shared.spec.safetensors_stream import LazyTensor
 from shared.spec.ternary import quant_lambda
 from shared.train.trainer_common import TrainerCommon
 from ternary_cuda import checkpoint, parallel
@@ -182,6 +183,16 @@ class Trainer(TrainerCommon):
 
     def numpy_weights(self) -> dict[str, np.ndarray]:
         return self.model.numpy_weights()
+
+    def lazy_weights(self) -> dict[str, LazyTensor]:
+        """numpy_weights, each tensor copied only when the checkpoint writer reaches it."""
+        return {k: LazyTensor(tuple(v.shape), np.dtype(np.float32), lambda v=v: v.detach().float().cpu().numpy())
+                for k, v in self.model.named_parameters()}
+
+    def lazy_optimizer_state(self) -> dict[str, LazyTensor]:
+        """numpy_optimizer_state, tensor by tensor as lazy_weights."""
+        return {k: LazyTensor(tuple(v.shape), np.dtype(np.float32), lambda v=v: v.detach().float().cpu().numpy())
+                for k, v in self.opt.state.items()}
 
     def numpy_optimizer_state(self) -> dict[str, np.ndarray]:
         """The whole state (FSDP2: gathered, a collective every rank calls)."""

@@ -19,6 +19,7 @@ from shared.data.batching import inputs_and_targets
 from shared.spec.config import RunConfig
 from shared.train.optim_rules import step_scalars
 from shared.spec.params import parameter_specs
+from shared.spec.safetensors_stream import LazyTensor
 from shared.spec.ternary import quant_lambda
 from shared.train.trainer_common import TrainerCommon
 from ternary_mlx import checkpoint, parallel
@@ -156,6 +157,17 @@ class Trainer(TrainerCommon):
 
     def numpy_optimizer_state(self) -> dict[str, np.ndarray]:
         return self.opt.numpy_state()
+
+    def lazy_weights(self) -> dict[str, LazyTensor]:
+        """numpy_weights, each tensor copied only when the checkpoint writer reaches it."""
+        flat = dict(tree_flatten(self.model.parameters()))
+        return {k: LazyTensor(tuple(v.shape), np.dtype(np.float32), lambda v=v: np.array(v.astype(mx.float32)))
+                for k, v in flat.items()}
+
+    def lazy_optimizer_state(self) -> dict[str, LazyTensor]:
+        """numpy_optimizer_state, tensor by tensor as lazy_weights."""
+        return {k: LazyTensor(tuple(v.shape), np.dtype(str(v.dtype).rsplit(".", 1)[-1]), lambda v=v: np.array(v))
+                for k, v in self.opt.state.items()}
 
     def ema_weights(self) -> dict[str, np.ndarray] | None:
         st = self.opt.state
