@@ -12,6 +12,7 @@ script measures an older checkout's code ("before") against this one's ("after")
       --seq 512 --steps 3 --backend mlx --backend torch --chunk 0 --chunk 1024 --teacher-dtype float32 \\
       --teacher-dtype bfloat16 --before-code /work/main
   python bench/qwen_memory.py --seq 512 --steps 2 --backend torch --chunk 1024 --teacher-dtype bfloat16  # full shape
+  python bench/qwen_memory.py --save-only --hidden 512 ... --before-code /work/main   # one checkpoint save
 
 Prints one JSON object: per case the backend, code, chunk, teacher dtype, peak RSS (GiB; also the
 peak before the first step, i.e. of building the models), seconds
@@ -60,6 +61,26 @@ def _vm_hwm_gib() -> float | None:
     return round(int(kb.group(1)) / 2 ** 20, 3) if kb else None
 
 
+def _rss_gib() -> float:
+    kb = re.search(r"VmRSS:\s+(\d+) kB", Path("/proc/self/status").read_text())
+    return int(kb.group(1)) / 2 ** 20
+
+
+def save_peak(cfg, trainer, out: dict) -> None:
+    """--save-only: the resident memory a checkpoint save adds on top of the trained state (the
+    peak counter is reset first: /proc/self/clear_refs)."""
+    import tempfile
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    before = _rss_gib()
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as d:
+        trainer.save(Path(d) / "checkpoint", {"step": 0})
+        size = sum(f.stat().st_size for f in (Path(d) / "checkpoint").iterdir())
+    out.update(save_s=round(time.perf_counter() - t0, 2), checkpoint_gib=round(size / 2 ** 30, 3),
+               rss_before_save_gib=round(before, 3), save_adds_gib=round(_vm_hwm_gib() - before, 3))
+    print("RESULT " + json.dumps(out), flush=True)
+
+
 def child(a) -> None:
     """One case in this process: build, step, print one JSON line."""
     import copy
@@ -82,6 +103,8 @@ def child(a) -> None:
         out["budget"] = budget_line(cfg, teacher_cfg)
     except ImportError:  # an older checkout
         out["budget"] = None
+    if a.save_only:
+        return save_peak(cfg, Trainer(cfg, Model(cfg, seed=0)), out)
     teacher = Model(teacher_cfg, seed=1)
     trainer = Trainer(cfg, Model(cfg, seed=0), teacher=teacher)
     out["peak_before_steps_gib"] = _vm_hwm_gib()  # building the models (NumPy init + copies)
@@ -100,7 +123,7 @@ def child(a) -> None:
 def run_case(a, backend: str, code: Path, chunk: int, teacher_dtype: str) -> dict:
     args = [sys.executable, str(Path(__file__).resolve()), "--child", "--backend", backend, "--seq", str(a.seq),
             "--steps", str(a.steps), "--chunk", str(chunk), "--teacher-dtype", teacher_dtype,
-            "--threads", str(a.threads)]
+            "--threads", str(a.threads)] + (["--save-only"] if a.save_only else [])
     for flag in ("hidden", "intermediate", "layers", "heads", "kv_heads"):
         if getattr(a, flag):
             args += [f"--{flag.replace('_', '-')}", str(getattr(a, flag))]
@@ -124,6 +147,7 @@ def run_case(a, backend: str, code: Path, chunk: int, teacher_dtype: str) -> dic
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--save-only", action="store_true", help="measure one checkpoint save instead of steps")
     p.add_argument("--backend", action="append", choices=["mlx", "torch"])
     p.add_argument("--hidden", type=int)
     p.add_argument("--intermediate", type=int)
