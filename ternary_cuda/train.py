@@ -146,12 +146,14 @@ class Trainer(TrainerCommon):
             reported = [r / xs.shape[0] for r in reported]
             grads = {k: p.grad for k, p in self.params.items()}
             if xs.shape[0] > 1:  # x / 1 == x: no extra full pass over the gradients without accumulation
-                grads = {k: g / xs.shape[0] for k, g in grads.items()}
+                for g in grads.values():  # in place: no second copy of every gradient (freed below anyway)
+                    g.div_(xs.shape[0])
             gnorm = parallel.full(torch.sqrt(sum(torch.sum(g * g) for g in grads.values())))  # FSDP2: over all shards
             clip = self.config.train.grad_clip
             if clip:
                 scale = torch.clamp(torch.full_like(gnorm, clip) / (gnorm + 1e-6), max=1.0)  # a true division, as MLX
-                grads = {k: g * scale for k, g in grads.items()}
+                for g in grads.values():  # in place, as the division above
+                    g.mul_(scale)
             new = self.opt.apply({k: p.detach() for k, p in self.params.items()}, grads, scalars)
             for k, p in self.params.items():
                 p.copy_(new[k])
