@@ -70,6 +70,9 @@ def save_peak(cfg, trainer, out: dict) -> None:
     """--save-only: the resident memory a checkpoint save adds on top of the trained state (the
     peak counter is reset first: /proc/self/clear_refs)."""
     import tempfile
+    if trainer.backend == "mlx":  # MLX is lazy: materialise the weights and optimizer state first
+        import mlx.core as mx
+        mx.eval(trainer.model.parameters(), trainer.opt.state)
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
     before = _rss_gib()
     t0 = time.perf_counter()
