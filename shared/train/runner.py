@@ -62,7 +62,7 @@ def _teacher_overrides(opts: TrainOptions) -> list[str]:
     """--set overrides plus --teacher as train.teacher (both at once is ambiguous: refused)."""
     overrides = list(opts.overrides)
     if opts.teacher is not None:
-        if any(o.strip().startswith("train.teacher") for o in overrides):
+        if any(o.split("=", 1)[0].strip() == "train.teacher" for o in overrides):  # not train.teacher_dtype
             raise ConfigError("--teacher and --set train.teacher=... both name a teacher; give one")
         overrides.append(f"train.teacher={_checkpoint_dir(opts.teacher).resolve()}")
     return overrides

@@ -37,3 +37,4 @@ def test_budget_without_teacher_whole_batch_logits_and_ema():
     assert b["logits"] == 4 * 16 * 256 * 3  # the whole micro-batch (loss_chunk_tokens 0)
     line = budget_line(cfg)
     assert line.startswith("memory budget (estimate, GiB): weights 0.00") and "16 of 16 tokens" in line
+
