@@ -18,15 +18,16 @@ import numpy as np
 import torch
 
 from shared.data.batching import inputs_and_targets
-from shared.spec.config import RunConfig
+from shared.spec.config import ConfigError, RunConfig
 from shared.train.optim_rules import step_scalars
 from shared.spec.params import parameter_specs
+from shared.spec.safetensors_stream import LazyTensor
 from shared.spec.ternary import quant_lambda
 from shared.train.trainer_common import TrainerCommon
 from ternary_cuda import checkpoint, parallel
 from ternary_cuda.evaluate import evaluate, evaluate_ttt
 from shared.spec.layer_drop import layer_keep_scales
-from ternary_cuda.loss import cross_entropy, distillation_loss, with_extra_terms
+from ternary_cuda.loss import chunked_loss, cross_entropy, distillation_loss, hidden_states, with_extra_terms
 from ternary_cuda.model import Model
 from ternary_cuda.optim import Optimizer
 
@@ -48,6 +49,7 @@ class Trainer(TrainerCommon):
         self.wrapped, notes = parallel.wrap(model, config.train, self.bf16)  # FSDP2: params become shards
         self.notes += notes
         self.forward = torch.compile(self.wrapped) if use_compile else self.wrapped
+        self.decoder = torch.compile(model.model) if use_compile else model.model  # train.loss_chunk_tokens
         self.params = dict(model.named_parameters())
         # Every slot is laid out as its parameter from the start (FSDP2: this rank's rows only; a
         # resumed slot is copied in row by row, EMA clones the sharded parameters), so no rank
@@ -68,12 +70,19 @@ class Trainer(TrainerCommon):
             teacher.requires_grad_(False)
             teacher.eval()
             teacher.to(self.device)
+            if config.train.teacher_dtype == "bfloat16":  # half the teacher's memory; logits cast to float32
+                teacher.to(torch.bfloat16)
+        if config.train.loss_chunk_tokens and self.world_size > 1:
+            raise ConfigError(f"train.loss_chunk_tokens = {config.train.loss_chunk_tokens} runs in one process, "
+                              f"not on {self.world_size} ranks; set it to 0 under torchrun")
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor,
               keep: torch.Tensor | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(objective to differentiate, [loss, *terms of shared.train.loss_terms.extra_terms]); keep (L, B):
         stochastic depth's factors for this micro-batch, or None."""
         t = self.config.train
+        if t.loss_chunk_tokens and x.numel() > t.loss_chunk_tokens:
+            return self._chunked_loss(x, y, keep)
         if t.moe_aux_loss:
             logits, moe_aux = self.forward(x, layer_keep=keep, with_aux=True)
         else:
@@ -81,10 +90,31 @@ class Trainer(TrainerCommon):
         if self.teacher is None:
             loss = cross_entropy(logits, y)
         else:
-            with torch.no_grad():
+            with torch.no_grad(), self._teacher_autocast():
                 teacher_logits = self.teacher(x)
             loss = distillation_loss(logits, y, teacher_logits, t.distill_alpha, t.distill_temperature)
         return with_extra_terms(loss, logits, moe_aux, t)
+
+    def _chunked_loss(self, x: torch.Tensor, y: torch.Tensor,
+                      keep: torch.Tensor | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """_loss through chunked_loss: never the whole micro-batch's logits (train.loss_chunk_tokens).
+        The decoder runs unwrapped (one process: refused under torchrun in __init__), compiled when
+        the whole model would be."""
+        t = self.config.train
+        h, moe_aux = hidden_states(self.decoder, x, keep, with_aux=bool(t.moe_aux_loss))
+        th = None
+        if self.teacher is not None:
+            with torch.no_grad(), self._teacher_autocast():
+                th = self.teacher.model(x)
+        loss, z_term = chunked_loss(self.model, h, y, t.loss_chunk_tokens, self.teacher, th, t.distill_alpha,
+                                    t.distill_temperature)
+        return with_extra_terms(loss, None, moe_aux, t, z_term=z_term)
+
+    def _teacher_autocast(self):
+        """A bfloat16 teacher (train.teacher_dtype) runs under autocast, so that ops whose buffers stay
+        float32 (e.g. RoPE's tables) meet its bfloat16 weights without a dtype error."""
+        bf16 = self.config.train.teacher_dtype == "bfloat16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         a = np.asarray(a)  # (ascontiguousarray alone makes 0-d scalars 1-d, which DTensor warns about)
@@ -116,12 +146,14 @@ class Trainer(TrainerCommon):
             reported = [r / xs.shape[0] for r in reported]
             grads = {k: p.grad for k, p in self.params.items()}
             if xs.shape[0] > 1:  # x / 1 == x: no extra full pass over the gradients without accumulation
-                grads = {k: g / xs.shape[0] for k, g in grads.items()}
+                for g in grads.values():  # in place: no second copy of every gradient (freed below anyway)
+                    g.div_(xs.shape[0])
             gnorm = parallel.full(torch.sqrt(sum(torch.sum(g * g) for g in grads.values())))  # FSDP2: over all shards
             clip = self.config.train.grad_clip
             if clip:
                 scale = torch.clamp(torch.full_like(gnorm, clip) / (gnorm + 1e-6), max=1.0)  # a true division, as MLX
-                grads = {k: g * scale for k, g in grads.items()}
+                for g in grads.values():  # in place, as the division above
+                    g.mul_(scale)
             new = self.opt.apply({k: p.detach() for k, p in self.params.items()}, grads, scalars)
             for k, p in self.params.items():
                 p.copy_(new[k])
@@ -153,6 +185,16 @@ class Trainer(TrainerCommon):
 
     def numpy_weights(self) -> dict[str, np.ndarray]:
         return self.model.numpy_weights()
+
+    def lazy_weights(self) -> dict[str, LazyTensor]:
+        """numpy_weights, each tensor copied only when the checkpoint writer reaches it."""
+        return {k: LazyTensor(tuple(v.shape), np.dtype(np.float32), lambda v=v: v.detach().float().cpu().numpy())
+                for k, v in self.model.named_parameters()}
+
+    def lazy_optimizer_state(self) -> dict[str, LazyTensor]:
+        """numpy_optimizer_state, tensor by tensor as lazy_weights."""
+        return {k: LazyTensor(tuple(v.shape), np.dtype(np.float32), lambda v=v: v.detach().float().cpu().numpy())
+                for k, v in self.opt.state.items()}
 
     def numpy_optimizer_state(self) -> dict[str, np.ndarray]:
         """The whole state (FSDP2: gathered, a collective every rank calls)."""

@@ -26,14 +26,18 @@ def with_z_loss(loss: mx.array, logits: mx.array, coefficient: float) -> tuple[m
     return loss + z, loss, z
 
 
-def with_extra_terms(loss: mx.array, logits: mx.array, moe_aux: mx.array | None,
-                     t) -> tuple[mx.array, list[mx.array]]:
+def with_extra_terms(loss: mx.array, logits: mx.array | None, moe_aux: mx.array | None,
+                     t, z_term: mx.array | None = None) -> tuple[mx.array, list[mx.array]]:
     """(objective, [loss, *terms]): the z-loss and the experts' balance loss (moe_aux, unweighted), each
     times its coefficient of TrainConfig `t`, added to the loss in the order of
-    shared.train.loss_terms.extra_terms."""
+    shared.train.loss_terms.extra_terms. z_term: z_loss_term already computed (chunked_loss; logits None)."""
     objective, parts = loss, [loss]
     if t.z_loss:
-        objective, _, z = with_z_loss(objective, logits, t.z_loss)
+        if z_term is None:
+            objective, _, z = with_z_loss(objective, logits, t.z_loss)
+        else:
+            z = t.z_loss * z_term
+            objective = objective + z
         parts.append(z)
     if t.moe_aux_loss:
         balance = t.moe_aux_loss * moe_aux
@@ -60,3 +64,64 @@ def distillation_loss(logits: mx.array, targets: mx.array, teacher_logits: mx.ar
     log_p_t = nn.log_softmax(teacher_logits.astype(mx.float32) / temperature, axis=-1)
     kl = mx.sum(mx.exp(log_p_t) * (log_p_t - log_p_s), axis=-1).mean()
     return (1.0 - alpha) * ce + alpha * temperature ** 2 * kl
+
+
+def _head_parameters(model) -> dict:
+    """The trainable parameters head_logits reads (lm_head, or the tied embedding and its factored
+    projection; the vocab bias): the explicit inputs of each checkpointed chunk, so that its
+    gradients reach them (mx.checkpoint differentiates its inputs, not what the function captures)."""
+    p = model.trainable_parameters()
+    dec = {k: p["model"][k] for k in ("embed_tokens", "embed_proj_rev", "vocab_bias") if k in p["model"]}
+    head = {"lm_head": p["lm_head"]} if "lm_head" in p else {}
+    if not model.tied:
+        dec = {k: v for k, v in dec.items() if k == "vocab_bias"}
+    return {**head, "model": dec} if dec else head
+
+
+def _chunk_sums(model, teacher, temperature: float):
+    """A checkpointed function (head parameters, h (n, H), y (n,), teacher h (n, H') or None) ->
+    [CE sum, KL sum, sum of logsumexp^2] over the n tokens, float32: backward recomputes the
+    chunk's logits instead of keeping them."""
+    def sums(params, h, y, th):
+        model.update(params)
+        logits = model.head_logits(h).astype(mx.float32)
+        lse = mx.logsumexp(logits, axis=-1)
+        ce = mx.sum(lse - mx.take_along_axis(logits, mx.stop_gradient(y)[:, None], axis=-1)[:, 0])
+        kl = mx.array(0.0, mx.float32)
+        if th is not None:
+            t_logits = mx.stop_gradient(teacher.head_logits(th)).astype(mx.float32)
+            log_p_t = nn.log_softmax(t_logits / temperature, axis=-1)
+            log_p_s = nn.log_softmax(logits / temperature, axis=-1)
+            kl = mx.sum(mx.exp(log_p_t) * (log_p_t - log_p_s))
+        return mx.stack([ce, kl, mx.sum(lse * lse)])
+    return mx.checkpoint(sums)
+
+
+def chunked_loss(model, h: mx.array, targets: mx.array, chunk: int, teacher=None,
+                 teacher_h: mx.array | None = None, alpha: float = 0.0,
+                 temperature: float = 1.0) -> tuple[mx.array, mx.array]:
+    """(loss, z_loss_term) from the final hidden states h (B, T, H), `chunk` tokens at a time:
+    at most chunk x vocab float32 logits exist at once, in the forward and in the backward. The
+    loss is cross_entropy, or distillation_loss with a teacher (its hidden states teacher_h);
+    z_loss_term as z_loss_term(logits). Equal to the whole-batch functions up to float rounding."""
+    n = h.shape[0] * h.shape[1]
+    h, y = h.reshape(n, h.shape[-1]), targets.reshape(n)
+    th = None if teacher_h is None else mx.stop_gradient(teacher_h).reshape(n, teacher_h.shape[-1])
+    sums, params = _chunk_sums(model, teacher, temperature), _head_parameters(model)
+    total = mx.zeros((3,), mx.float32)
+    for s in range(0, n, chunk):
+        total = total + sums(params, h[s:s + chunk], y[s:s + chunk], None if th is None else th[s:s + chunk])
+    ce, kl, lse2 = total[0] / n, total[1] / n, total[2] / n
+    loss = ce if teacher is None else (1.0 - alpha) * ce + alpha * temperature ** 2 * kl
+    return loss, lse2
+
+
+def hidden_states(decoder, input_ids: mx.array, layer_keep: mx.array | None = None,
+                  with_aux: bool = False) -> tuple[mx.array, mx.array | None]:
+    """(final-normed hidden states, experts' balance loss or None) of `decoder` (Model.model, or a
+    compiled one): the Model's call without the head, for chunked_loss."""
+    aux = [] if with_aux else None
+    h = decoder(input_ids, layer_keep, aux)
+    if not with_aux:
+        return h, None
+    return h, (sum(aux) / len(aux) if aux else mx.array(0.0))

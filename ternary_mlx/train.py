@@ -19,13 +19,14 @@ from shared.data.batching import inputs_and_targets
 from shared.spec.config import RunConfig
 from shared.train.optim_rules import step_scalars
 from shared.spec.params import parameter_specs
+from shared.spec.safetensors_stream import LazyTensor
 from shared.spec.ternary import quant_lambda
 from shared.train.trainer_common import TrainerCommon
 from ternary_mlx import checkpoint, parallel
 from ternary_mlx.evaluate import evaluate, evaluate_ttt
 from shared.spec.layer_drop import layer_keep_scales
 from shared.train.loss_terms import extra_terms
-from ternary_mlx.loss import cross_entropy, distillation_loss, with_extra_terms
+from ternary_mlx.loss import chunked_loss, cross_entropy, distillation_loss, hidden_states, with_extra_terms
 from ternary_mlx.model import Model
 from ternary_mlx.optim import Optimizer
 
@@ -57,12 +58,27 @@ class Trainer(TrainerCommon):
         if teacher is not None:  # frozen: outside value_and_grad, so no gradients; never saved
             teacher.check_ids = False
             teacher.freeze()
+            if t.teacher_dtype == "bfloat16":  # half the teacher's memory; its logits are cast to float32
+                teacher.set_dtype(mx.bfloat16)
 
         reports_terms = bool(extra_terms(t))  # train.z_loss, train.moe_aux_loss
+
+        def chunked_loss_fn(x: mx.array, y: mx.array, keep: mx.array | None):
+            """loss_fn through chunked_loss: never the whole micro-batch's logits (train.loss_chunk_tokens)."""
+            h, moe_aux = hidden_states(model.model, x, keep, with_aux=bool(t.moe_aux_loss))
+            th = None if teacher is None else mx.stop_gradient(teacher.model(x))
+            loss, z_term = chunked_loss(model, h, y, t.loss_chunk_tokens, teacher, th, t.distill_alpha,
+                                        t.distill_temperature)
+            if not reports_terms:
+                return loss
+            objective, parts = with_extra_terms(loss, None, moe_aux, t, z_term=z_term)
+            return (objective, *parts)
 
         def loss_fn(x: mx.array, y: mx.array, keep: mx.array | None):
             """The loss, or with extra terms (objective, loss, *terms): value_and_grad differentiates the first.
             keep (L, B): stochastic depth's factors for this micro-batch, or None."""
+            if t.loss_chunk_tokens and x.size > t.loss_chunk_tokens:  # shapes are fixed when the step is traced
+                return chunked_loss_fn(x, y, keep)
             logits, moe_aux = model(x, keep, with_aux=True) if t.moe_aux_loss else (model(x, keep), None)
             if teacher is None:
                 loss = cross_entropy(logits, y)
@@ -141,6 +157,17 @@ class Trainer(TrainerCommon):
 
     def numpy_optimizer_state(self) -> dict[str, np.ndarray]:
         return self.opt.numpy_state()
+
+    def lazy_weights(self) -> dict[str, LazyTensor]:
+        """numpy_weights, each tensor copied only when the checkpoint writer reaches it."""
+        flat = dict(tree_flatten(self.model.parameters()))
+        return {k: LazyTensor(tuple(v.shape), np.dtype(np.float32), lambda v=v: np.array(v.astype(mx.float32)))
+                for k, v in flat.items()}
+
+    def lazy_optimizer_state(self) -> dict[str, LazyTensor]:
+        """numpy_optimizer_state, tensor by tensor as lazy_weights."""
+        return {k: LazyTensor(tuple(v.shape), np.dtype(str(v.dtype).rsplit(".", 1)[-1]), lambda v=v: np.array(v))
+                for k, v in self.opt.state.items()}
 
     def ema_weights(self) -> dict[str, np.ndarray] | None:
         st = self.opt.state

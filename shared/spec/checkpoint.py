@@ -30,6 +30,7 @@ from safetensors.numpy import save_file
 from shared.spec.atomic_dir import discard, recover, staging_dir, swap_dir  # noqa: F401 - swap_dir: for the other writers
 from shared.spec.config import RunConfig
 from shared.spec.params import parameter_shapes
+from shared.spec.safetensors_stream import LazyTensor, save_streaming
 
 FORMAT = "ternary-checkpoint"
 VERSION = 1
@@ -106,8 +107,9 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _save_tensors(tensors: dict[str, np.ndarray], file: Path) -> None:
-    save_safetensors({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(file), metadata={"format": FORMAT})
+def _save_tensors(tensors: dict[str, np.ndarray | LazyTensor], file: Path) -> None:
+    """One tensor in host memory at a time (LazyTensor: loaded for its own write only)."""
+    save_streaming(tensors, str(file), metadata={"format": FORMAT})
 
 
 def write_checkpoint(path: str | Path, config: RunConfig, weights: dict[str, np.ndarray], *,

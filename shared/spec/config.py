@@ -35,6 +35,7 @@ OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("constant", "cosine", "warmdown")
 PARALLEL_MODES = ("ddp", "fsdp2")  # torch under torchrun: replicated (DDP) or sharded (FSDP2)
 PRECISIONS = ("float32", "bf16")
+TEACHER_DTYPES = ("float32", "bfloat16")
 FLOAT_QAT_FORMATS = ("fp8",)  # ternary.float_qat: float8 e4m3 (torch.float8_e4m3fn) rounding of the float matrices
 
 # Keys that Hugging Face writes into a Qwen3/Llama config.json and that do not change the math
@@ -171,6 +172,13 @@ class TrainConfig:
     teacher: str | None = None
     distill_alpha: float = 0.5
     distill_temperature: float = 2.0
+    teacher_dtype: str = "float32"  # "float32" or "bfloat16": the frozen teacher's weights and forward (half the memory)
+    # Tokens per chunk of the cross-entropy / distillation loss: the head projection and the float32
+    # logits exist for at most this many tokens at once, forward and backward (the backward recomputes
+    # each chunk's logits). 0 = the whole micro-batch at once (the default: small vocabularies need no
+    # chunks); e.g. 1024 for a 151,936-token vocabulary. A micro-batch of at most this many tokens
+    # takes the whole-batch path, bit for bit.
+    loss_chunk_tokens: int = 0
     # PyTorch on several processes (torchrun) and on CUDA; a CPU run ignores the last three (logged).
     parallel: str = "ddp"  # "ddp" (replicated model) or "fsdp2" (sharded, for models that do not fit)
     compile: bool = True  # torch.compile the training forward/backward (CUDA only)
@@ -334,14 +342,14 @@ class RunConfig:
                     "adam_eps", "distill_temperature"):
             _require(f"train.{key}", getattr(tr, key), getattr(tr, key) > 0, "positive")
         for key in ("steps", "eval_every", "checkpoint_every", "warmup_steps", "grad_clip", "weight_decay",
-                    "min_delta"):
+                    "min_delta", "loss_chunk_tokens"):
             _require(f"train.{key}", getattr(tr, key), getattr(tr, key) >= 0, ">= 0")
         for key in ("warmdown_frac", "min_lr_frac", "distill_alpha"):
             _require(f"train.{key}", getattr(tr, key), 0 <= getattr(tr, key) <= 1, "in [0, 1]")
         for key in ("beta1", "beta2", "muon_momentum"):
             _require(f"train.{key}", getattr(tr, key), 0 <= getattr(tr, key) < 1, "in [0, 1)")
         for key, options in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("parallel", PARALLEL_MODES),
-                             ("precision", PRECISIONS)):
+                             ("precision", PRECISIONS), ("teacher_dtype", TEACHER_DTYPES)):
             if getattr(tr, key) not in options:
                 raise ConfigError(f"train.{key}: {getattr(tr, key)!r} is not one of {', '.join(options)}"
                                   f"{_suggest(getattr(tr, key), options)}")

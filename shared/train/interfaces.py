@@ -54,7 +54,7 @@ class Trainer(Protocol):
 
     step / fetch / agree / evaluate / check_room / save are what the loop calls (the last three
     come from shared/train/trainer_common.py, which builds them on numpy_weights,
-    numpy_optimizer_state, ema_weights and checkpoint_tensors)."""
+    numpy_optimizer_state, lazy_weights, lazy_optimizer_state, ema_weights and checkpoint_tensors)."""
 
     config: RunConfig
     model: Model
@@ -91,8 +91,15 @@ class Trainer(Protocol):
 
     def ema_weights(self) -> dict[str, Any] | None: ...
 
+    def lazy_weights(self) -> dict[str, Any]:
+        """numpy_weights as shared.spec.safetensors_stream.LazyTensor: each copied when written."""
+
+    def lazy_optimizer_state(self) -> dict[str, Any]:
+        """numpy_optimizer_state likewise."""
+
     def checkpoint_tensors(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        """(weights, optimizer state) as NumPy on rank 0, None on the others (a collective)."""
+        """(weights, optimizer state) as NumPy arrays or LazyTensors on rank 0, None on the others
+        (a collective)."""
 
 
 class TrainerClass(Protocol):

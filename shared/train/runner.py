@@ -26,6 +26,7 @@ from shared.data.dataset import load_token_dataset
 from shared.train.evaluation import TEMPERATURE_KEYS
 from shared.train.ttt import TTT_KEYS
 from shared.train.loop import LoopResult, count_parameters, preflight, run
+from shared.train.memory_budget import budget_line
 from shared.train.schedule import tokens_through
 from shared.spec.params import parameter_shapes
 from shared.spec.presets import get_preset
@@ -61,7 +62,7 @@ def _teacher_overrides(opts: TrainOptions) -> list[str]:
     """--set overrides plus --teacher as train.teacher (both at once is ambiguous: refused)."""
     overrides = list(opts.overrides)
     if opts.teacher is not None:
-        if any(o.strip().startswith("train.teacher") for o in overrides):
+        if any(o.split("=", 1)[0].strip() == "train.teacher" for o in overrides):  # not train.teacher_dtype
             raise ConfigError("--teacher and --set train.teacher=... both name a teacher; give one")
         overrides.append(f"train.teacher={_checkpoint_dir(opts.teacher).resolve()}")
     return overrides
@@ -194,6 +195,7 @@ def train(cfg: RunConfig, backend: Backend, out_dir: Path, *, resume: Path | Non
         cfg.save_toml(out_dir / "config.toml")
         if resume is not None:
             _truncate_metrics(out_dir / "metrics.jsonl", state.get("step", 0))
+    log(budget_line(cfg, None if teacher is None else teacher.config))  # before the student is built
     model = backend.Model(cfg, weights, seed=cfg.train.seed)
     trainer = backend.Trainer(cfg, model, opt_state, teacher=teacher)
     del weights, opt_state  # the model and optimizer hold their own copies (FSDP2: only this rank's rows)

@@ -104,4 +104,4 @@ class TrainerCommon:
         ranks copy nothing; a backend whose ranks hold shards overrides it (a collective)."""
         if self.rank != 0:
             return None
-        return self.model.numpy_weights(), self.numpy_optimizer_state()
+        return self.lazy_weights(), self.lazy_optimizer_state()  # copied to NumPy one tensor at a time

@@ -10,7 +10,7 @@ import time
 import shared.spec.checkpoint as ck
 from convert.cli import main
 
-_real, _saves = ck.save_file, [0]
+_real, _saves = ck.save_streaming, [0]  # the checkpoint's tensor writer
 
 
 def _save_file(tensors, filename, metadata=None):
@@ -22,7 +22,7 @@ def _save_file(tensors, filename, metadata=None):
 
 
 if __name__ == "__main__":
-    ck.save_file = _save_file
+    ck.save_streaming = _save_file
     rc = main(["train", "--backend", "torch", *sys.argv[1:]])
     if rc != 0 and os.environ.get("RANK") == "0":
         # torchrun terminates the other ranks as soon as one exits: rank 0 waits, so that the test

@@ -15,7 +15,6 @@ import shutil
 from collections import namedtuple
 
 import pytest
-from safetensors import SafetensorError
 
 import shared.spec.checkpoint as ck
 import shared.train.checkpoint_space as space
@@ -24,7 +23,6 @@ from shared.train.checkpoint_space import CheckpointSaveError, checkpoint_bytes
 from tests.train.common import BASE, backend, config, records, run, trainer_state
 
 Usage = namedtuple("Usage", "total used free")
-ENOSPC_FROM_SAFETENSORS = "Error while serializing: I/O error: No space left on device (os error 28)"
 
 
 def _disk_with(monkeypatch, free: int) -> None:
@@ -33,15 +31,15 @@ def _disk_with(monkeypatch, free: int) -> None:
 
 def _full_at(monkeypatch, save: int, file: str = ck.OPTIMIZER_FILE, error=None) -> None:
     """The disk fills during the `save`-th checkpoint save, while writing `file`."""
-    real, count = ck.save_file, [0]
+    real, count = ck.save_streaming, [0]
 
-    def save_file(tensors, filename, metadata=None):
+    def save_streaming(tensors, filename, metadata=None):
         if filename.endswith(ck.MODEL_FILE):
             count[0] += 1
         if count[0] == save and filename.endswith(file):
-            raise error or SafetensorError(ENOSPC_FROM_SAFETENSORS)  # what safetensors raises on a full disk
+            raise error or OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)  # a write to a full disk
         return real(tensors, filename, metadata=metadata)
-    monkeypatch.setattr(ck, "save_file", save_file)
+    monkeypatch.setattr(ck, "save_streaming", save_streaming)  # the checkpoint's tensor writer
 
 
 def _files_bytes(path) -> int:
@@ -113,8 +111,8 @@ def test_the_disk_filling_between_saves_is_caught_before_writing(tmp_path, monke
         return Usage(10 ** 12, 10 ** 12 - free, free)
     monkeypatch.setattr(shutil, "disk_usage", disk_usage)
     written = []
-    real = ck.save_file
-    monkeypatch.setattr(ck, "save_file", lambda *a, **k: (written.append(a[1]), real(*a, **k)))
+    real = ck.save_streaming
+    monkeypatch.setattr(ck, "save_streaming", lambda *a, **k: (written.append(a[1]), real(*a, **k)))
     with pytest.raises(CheckpointSaveError, match="no room .* the previous checkpoint there is kept"):
         run(cfg, "mlx", tmp_path)
     assert len(written) == 2 and trainer_state(tmp_path / "checkpoint")["step"] == 2  # one save, then none

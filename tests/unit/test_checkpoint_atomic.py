@@ -21,7 +21,7 @@ from shared.spec.init import init_weights
 from tests.variants import tiny_config
 
 CFG = tiny_config(ternary=dict(group_size=8), hidden_size=16, num_attention_heads=2, num_key_value_heads=1)
-STEPS = [(ck, "_write_json"), (ck, "save_file"), (ck, "_fsync"),
+STEPS = [(ck, "_write_json"), (ck, "save_streaming"), (ck, "_fsync"),
          (ad, "_rename"), (ad, "_exchange"), (ad, "_remove_tree")]
 
 
@@ -101,7 +101,7 @@ def _steps_of_a_save(tmp_path, monkeypatch) -> list[str]:
 def test_a_save_failed_or_killed_at_any_step_keeps_a_loadable_checkpoint(tmp_path, monkeypatch, protocol, kill):
     names = _steps_of_a_save(tmp_path, monkeypatch)
     swap = ["_exchange", "_remove_tree"] if protocol == "exchange" else ["_exchange", "_rename", "_rename", "_remove_tree"]
-    assert names[-len(swap):] == swap and names.count("save_file") == 2  # model and optimizer
+    assert names[-len(swap):] == swap and names.count("save_streaming") == 2  # model and optimizer
     gap_seen = False
     for at in range(len(names)):
         path = tmp_path / f"at{at}" / "ckpt"
@@ -219,7 +219,7 @@ save_version(path, 2)
 
 
 @pytest.mark.parametrize("target, protocol, survivor", [
-    ("ck.save_file", "exchange", 1),   # after the first tensor file: the staging directory is left
+    ("ck.save_streaming", "exchange", 1),   # after the first tensor file: the staging directory is left
     ("ad._exchange", "exchange", 2),   # after the exchange, before the old copy is removed
     ("ad._rename", "renames", 1),      # between the two renames: no checkpoint/ until a reader recovers it
 ])

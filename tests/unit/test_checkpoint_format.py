@@ -264,7 +264,7 @@ def _interrupting_save_file(*args, **kwargs):
 
 
 def test_interrupted_write_leaves_nothing(tmp_path, cfg, monkeypatch):
-    monkeypatch.setattr(ck, "save_file", _interrupting_save_file)
+    monkeypatch.setattr(ck, "save_streaming", _interrupting_save_file)  # the tensor writer
     with pytest.raises(KeyboardInterrupt):
         write_checkpoint(tmp_path / "c", cfg, init_weights(cfg.model), writer=WRITER)
     assert _visible_siblings(tmp_path) == []
@@ -274,7 +274,7 @@ def test_interrupted_overwrite_keeps_the_old_checkpoint(tmp_path, cfg, monkeypat
     path = tmp_path / "c"
     w0 = init_weights(cfg.model, seed=0)
     write_checkpoint(path, cfg, w0, writer=WRITER)
-    monkeypatch.setattr(ck, "save_file", _interrupting_save_file)
+    monkeypatch.setattr(ck, "save_streaming", _interrupting_save_file)  # the tensor writer
     with pytest.raises(KeyboardInterrupt):
         write_checkpoint(path, cfg, init_weights(cfg.model, seed=1), writer=WRITER)
     _, got = read_checkpoint(path)

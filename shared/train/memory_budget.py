@@ -1,0 +1,73 @@
+"""The memory a training step needs, estimated from the config alone and printed before the first
+step (both backends print the same line: shared/train/runner.py). Bytes, not measured: a peak RSS
+also holds the framework, the data windows and allocator slack.
+
+- weights, gradients: every parameter in float32 (the latent weights and their gradients);
+- optimizer: float32 slots per parameter (shared.train.optim_rules.slots_for: AdamW 2, Muon 1, EMA +1);
+- ternary weights: the effective weight of every ternary matrix, float32, kept for the backward;
+- teacher: its parameters at train.teacher_dtype (4 or 2 bytes);
+- activations: what the backward keeps per micro-batch token and applied layer, float32: the
+  inputs and outputs of the norms and projections, 6 x hidden + 2 x (query width + key-value
+  width) + 4 x intermediate (MoE: times moe_top_k), plus the attention probabilities, heads x
+  seq_len (an upper estimate: a fused attention keeps fewer);
+- logits: float32 (tokens, vocab) tensors alive at once, for the tokens of one loss chunk
+  (train.loss_chunk_tokens; 0: the whole micro-batch): 3 for the student (logits, softmax,
+  gradient), 2 more with a teacher (its logits and softmax).
+"""
+from __future__ import annotations
+
+import math
+
+from shared.spec.config import RunConfig
+from shared.spec.params import parameter_specs, ternary_parameters
+from shared.train.optim_rules import slots_for
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
+GIB = 2 ** 30
+
+
+def _numel(shape) -> int:
+    return math.prod(shape)
+
+
+def activation_floats_per_token_layer(cfg: RunConfig) -> int:
+    """The float32 values the backward keeps per token and applied layer (see the module docstring)."""
+    m = cfg.model
+    q_width = m.num_attention_heads * m.head_dim
+    kv_width = m.num_key_value_heads * m.head_dim
+    mlp = 4 * m.intermediate_size * (m.moe_top_k if m.moe_num_experts else 1)
+    return 6 * m.hidden_size + 2 * (q_width + kv_width) + mlp + m.num_attention_heads * cfg.train.seq_len
+
+
+def memory_budget(cfg: RunConfig, teacher_cfg: RunConfig | None = None) -> dict[str, int]:
+    """Bytes per item: weights, gradients, optimizer, ternary_weights, teacher, activations, logits, total."""
+    specs, t = parameter_specs(cfg.model), cfg.train
+    n_params = sum(_numel(s.shape) for s in specs.values())
+    tokens = t.batch_size * t.seq_len  # one micro-batch: gradient accumulation frees each one's activations
+    chunk = min(t.loss_chunk_tokens or tokens, tokens)
+    budget = {
+        "weights": 4 * n_params,
+        "gradients": 4 * n_params,
+        "optimizer": 4 * sum(_numel(s.shape) * len(slots_for(s, t)) for s in specs.values()),
+        "ternary_weights": 4 * sum(_numel(specs[n].shape) for n in ternary_parameters(cfg)),
+        "teacher": 0,
+        "activations": 4 * tokens * cfg.model.num_hidden_layers * activation_floats_per_token_layer(cfg),
+        "logits": 4 * chunk * cfg.model.vocab_size * (3 if teacher_cfg is None else 5),
+    }
+    if teacher_cfg is not None:
+        teacher_params = sum(_numel(s.shape) for s in parameter_specs(teacher_cfg.model).values())
+        budget["teacher"] = DTYPE_BYTES[t.teacher_dtype] * teacher_params
+    budget["total"] = sum(budget.values())
+    return budget
+
+
+def budget_line(cfg: RunConfig, teacher_cfg: RunConfig | None = None) -> str:
+    """One log line: each item in GiB, and how the logits and the teacher are held."""
+    b, t = memory_budget(cfg, teacher_cfg), cfg.train
+    tokens = t.batch_size * t.seq_len
+    chunk = min(t.loss_chunk_tokens or tokens, tokens)
+    notes = {"teacher": f" ({t.teacher_dtype})" if teacher_cfg is not None else "",
+             "activations": f" ({tokens} tokens x {cfg.model.num_hidden_layers} layers)",
+             "logits": f" ({chunk} of {tokens} tokens at once)"}
+    parts = [f"{k.replace('_', ' ')} {v / GIB:.2f}{notes.get(k, '')}" for k, v in b.items() if k != "total"]
+    return f"memory budget (estimate, GiB): {', '.join(parts)}; total {b['total'] / GIB:.2f}"
