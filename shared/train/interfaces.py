@@ -22,12 +22,13 @@ if TYPE_CHECKING:  # annotations only: shared.train.evaluation and shared.spec.c
 class Model(Protocol):
     """model(input_ids (B, T) int tensor) -> logits (B, T, vocab) float32 tensor; weights in and
     out as NumPy under canonical names (shared/spec/params.py). Training also passes layer_keep
-    (stochastic depth's (L, B) factors) and with_aux (then (logits, the experts' balance loss))."""
+    (stochastic depth's (L, B) factors) and with_aux (then (logits, the experts' balance loss));
+    generation passes cache (a KVCache: the prompt, then one token per call)."""
 
     config: RunConfig
     check_ids: bool  # check every id against the vocabulary per call; trainers that checked on the host switch it off
 
-    def __call__(self, input_ids: Any, layer_keep: Any = None, with_aux: bool = False) -> Any: ...
+    def __call__(self, input_ids: Any, layer_keep: Any = None, with_aux: bool = False, cache: Any = None) -> Any: ...
 
     def numpy_weights(self) -> dict[str, Any]:
         """Canonical name -> float32 NumPy copy of every parameter."""

@@ -62,8 +62,9 @@ def test_model_and_trainer_have_the_protocols_members(name):
         for fn in _members(protocol):
             if fn == "__call__":  # torch's nn.Module.__call__ takes (*args, **kwargs); forward has the ids
                 impl = getattr(obj, "forward", obj)
-                assert [(p.name, p.default) for p in inspect.signature(impl).parameters.values()] == \
-                    [("input_ids", inspect.Parameter.empty), ("layer_keep", None), ("with_aux", False)]
+                want = [(n, default) for n, _, default in _params(protocol.__call__, True)]
+                assert want[0] == ("input_ids", inspect.Parameter.empty) and len(want) == 4  # + layer_keep, with_aux, cache
+                assert [(p.name, p.default) for p in inspect.signature(impl).parameters.values()] == want
                 continue
             assert _compatible(getattr(obj, fn), getattr(protocol, fn)), \
                 f"{type(obj).__name__}.{fn}{inspect.signature(getattr(obj, fn))}"
