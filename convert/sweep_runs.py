@@ -22,14 +22,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.spec.atomic_dir import write_text_atomic
+from shared.train.run_dir import CHECKPOINT
+
 DONE, RUNS, CONFIGS, LOGS, ARTIFACTS = "done", "runs", "configs", "logs", "artifacts"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary sibling, so a kill leaves the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+# the sweep's own files (records, reports, its manifest) are written as configs are
+write_atomic = write_text_atomic
 
 
 @dataclass
@@ -75,7 +75,7 @@ def state(files: RunFiles) -> str:
     if files.done.is_file():
         return "done"
     summary = _summary(files.run_dir)
-    has_checkpoint = (files.run_dir / "checkpoint" / "manifest.json").is_file()
+    has_checkpoint = (files.run_dir / CHECKPOINT / "manifest.json").is_file()
     if summary is not None and has_checkpoint and not str(summary.get("stopped_because", "")).startswith("interrupted"):
         return "finished"
     if has_checkpoint:

@@ -19,12 +19,11 @@ from shared.spec.config import RunConfig
 def chosen_experts(logits: torch.Tensor, k: int) -> torch.Tensor:
     """(..., E) router logits -> (..., E) float 0/1: the k largest per token, a tie to the lower index."""
     E = logits.shape[-1]
-    cols = []
-    for e in range(E):
-        beaten_by = sum((logits[..., j] > logits[..., e]).int() if j > e else (logits[..., j] >= logits[..., e]).int()
-                        for j in range(E) if j != e)
-        cols.append(beaten_by < k)
-    return torch.stack(cols, dim=-1).float().detach()
+    le, lj = logits[..., :, None], logits[..., None, :]  # [..., e, j]
+    idx = torch.arange(E, device=logits.device)
+    lower = idx[None, :] < idx[:, None]  # [e, j]: j < e
+    beaten_by = ((lj > le) | ((lj == le) & lower)).sum(dim=-1)  # as shared/spec/reference_model.py
+    return (beaten_by < k).float().detach()
 
 
 def balance_loss(probs: torch.Tensor, chosen: torch.Tensor, k: int) -> torch.Tensor:

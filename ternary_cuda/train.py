@@ -49,7 +49,9 @@ class Trainer(TrainerCommon):
         self.wrapped, notes = parallel.wrap(model, config.train, self.bf16)  # FSDP2: params become shards
         self.notes += notes
         self.forward = torch.compile(self.wrapped) if use_compile else self.wrapped
-        self.decoder = torch.compile(model.model) if use_compile else model.model  # train.loss_chunk_tokens
+        self.decoder = None  # the unwrapped decoder of train.loss_chunk_tokens' path, compiled as the model is
+        if config.train.loss_chunk_tokens:
+            self.decoder = torch.compile(model.model) if use_compile else model.model
         self.params = dict(model.named_parameters())
         # Every slot is laid out as its parameter from the start (FSDP2: this rank's rows only; a
         # resumed slot is copied in row by row, EMA clones the sharded parameters), so no rank

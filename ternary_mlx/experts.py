@@ -19,12 +19,10 @@ from shared.spec.config import RunConfig
 def chosen_experts(logits: mx.array, k: int) -> mx.array:
     """(..., E) router logits -> (..., E) float 0/1: the k largest per token, a tie to the lower index."""
     E = logits.shape[-1]
-    cols = []
-    for e in range(E):
-        beaten_by = sum((logits[..., j] > logits[..., e]) if j > e else (logits[..., j] >= logits[..., e])
-                        for j in range(E) if j != e)
-        cols.append(beaten_by < k)
-    return mx.stop_gradient(mx.stack(cols, axis=-1).astype(mx.float32))
+    le, lj = logits[..., :, None], logits[..., None, :]  # [..., e, j]
+    lower = mx.arange(E)[None, :] < mx.arange(E)[:, None]  # [e, j]: j < e
+    beaten_by = ((lj > le) | ((lj == le) & lower)).sum(axis=-1)  # as shared/spec/reference_model.py
+    return mx.stop_gradient((beaten_by < k).astype(mx.float32))
 
 
 def balance_loss(probs: mx.array, chosen: mx.array, k: int) -> mx.array:

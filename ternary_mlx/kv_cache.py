@@ -30,7 +30,7 @@ class LayerSlot:
         """make() once per forward for every layer that asks with `key` (torch's RoPE tables)."""
         return self.cache.memo(key, make)
 
-    def update(self, k, v, T: int):
+    def update(self, k, v):
         """Append k, v (B, H_kv, T, D); return every position's keys and values so far."""
         c, i = self.cache, self.i
         if c.keys[i] is None:

@@ -134,7 +134,7 @@ class Attention(nn.Module):
         q, k = (rope(a, self.rope_theta, self.rope_ramp_factor, self.rotary_dims, offset) for a in (q, k))
         v_now = v  # XSA reads each query's own (mixed) value, never the cached ones
         if kv is not None:
-            k, v = kv.update(k, v, T)
+            k, v = kv.update(k, v)
         if self.has_q_gain:
             q = q * self.q_gain[:, None, None]  # one gain per query head
         mask = "causal" if kv is None or T > 1 else None  # one new token sees every cached position

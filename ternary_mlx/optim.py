@@ -79,7 +79,7 @@ class Optimizer:
         return out
 
     def numpy_state(self) -> dict[str, np.ndarray]:
-        return {k: np.array(v) for k, v in self.state.items()}
+        return {k: np.array(v.astype(mx.float32)) for k, v in self.state.items()}  # float32, as torch's
 
     def load_numpy_state(self, arrays: dict[str, np.ndarray]) -> None:
         from shared.spec.checkpoint import check_tensor_set

@@ -16,7 +16,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from shared.data.batching import inputs_and_targets
-from shared.spec.config import RunConfig
+from shared.spec.config import RunConfig, TrainConfig
 from shared.train.optim_rules import step_scalars
 from shared.spec.params import parameter_specs
 from shared.spec.safetensors_stream import LazyTensor
@@ -29,6 +29,38 @@ from shared.train.loss_terms import extra_terms
 from ternary_mlx.loss import chunked_loss, cross_entropy, distillation_loss, hidden_states, with_extra_terms
 from ternary_mlx.model import Model
 from ternary_mlx.optim import Optimizer
+
+
+def _loss_function(model: Model, teacher: Model | None, t: TrainConfig, reports_terms: bool):
+    """loss_fn(x, y, keep) for value_and_grad: the loss, or with extra terms (objective, loss, *terms)."""
+    def chunked_loss_fn(x: mx.array, y: mx.array, keep: mx.array | None):
+        """loss_fn through chunked_loss: never the whole micro-batch's logits (train.loss_chunk_tokens)."""
+        h, moe_aux = hidden_states(model.model, x, keep, with_aux=bool(t.moe_aux_loss))
+        th = None if teacher is None else mx.stop_gradient(teacher.model(x))
+        loss, z_term = chunked_loss(model, h, y, t.loss_chunk_tokens, teacher, th, t.distill_alpha,
+                                    t.distill_temperature)
+        if not reports_terms:
+            return loss
+        objective, parts = with_extra_terms(loss, None, moe_aux, t, z_term=z_term)
+        return (objective, *parts)
+
+    def loss_fn(x: mx.array, y: mx.array, keep: mx.array | None):
+        """The loss, or with extra terms (objective, loss, *terms): value_and_grad differentiates the first.
+        keep (L, B): stochastic depth's factors for this micro-batch, or None."""
+        if t.loss_chunk_tokens and x.size > t.loss_chunk_tokens:  # shapes are fixed when the step is traced
+            return chunked_loss_fn(x, y, keep)
+        logits, moe_aux = model(x, keep, with_aux=True) if t.moe_aux_loss else (model(x, keep), None)
+        if teacher is None:
+            loss = cross_entropy(logits, y)
+        else:
+            teacher_logits = mx.stop_gradient(teacher(x))
+            loss = distillation_loss(logits, y, teacher_logits, t.distill_alpha, t.distill_temperature)
+        if not reports_terms:
+            return loss
+        objective, parts = with_extra_terms(loss, logits, moe_aux, t)
+        return (objective, *parts)
+
+    return loss_fn
 
 
 class Trainer(TrainerCommon):
@@ -62,34 +94,7 @@ class Trainer(TrainerCommon):
                 teacher.set_dtype(mx.bfloat16)
 
         reports_terms = bool(extra_terms(t))  # train.z_loss, train.moe_aux_loss
-
-        def chunked_loss_fn(x: mx.array, y: mx.array, keep: mx.array | None):
-            """loss_fn through chunked_loss: never the whole micro-batch's logits (train.loss_chunk_tokens)."""
-            h, moe_aux = hidden_states(model.model, x, keep, with_aux=bool(t.moe_aux_loss))
-            th = None if teacher is None else mx.stop_gradient(teacher.model(x))
-            loss, z_term = chunked_loss(model, h, y, t.loss_chunk_tokens, teacher, th, t.distill_alpha,
-                                        t.distill_temperature)
-            if not reports_terms:
-                return loss
-            objective, parts = with_extra_terms(loss, None, moe_aux, t, z_term=z_term)
-            return (objective, *parts)
-
-        def loss_fn(x: mx.array, y: mx.array, keep: mx.array | None):
-            """The loss, or with extra terms (objective, loss, *terms): value_and_grad differentiates the first.
-            keep (L, B): stochastic depth's factors for this micro-batch, or None."""
-            if t.loss_chunk_tokens and x.size > t.loss_chunk_tokens:  # shapes are fixed when the step is traced
-                return chunked_loss_fn(x, y, keep)
-            logits, moe_aux = model(x, keep, with_aux=True) if t.moe_aux_loss else (model(x, keep), None)
-            if teacher is None:
-                loss = cross_entropy(logits, y)
-            else:
-                teacher_logits = mx.stop_gradient(teacher(x))
-                loss = distillation_loss(logits, y, teacher_logits, t.distill_alpha, t.distill_temperature)
-            if not reports_terms:
-                return loss
-            objective, parts = with_extra_terms(loss, logits, moe_aux, t)
-            return (objective, *parts)
-
+        loss_fn = _loss_function(model, teacher, t, reports_terms)
         loss_and_grad = nn.value_and_grad(model, loss_fn)
         clip = config.train.grad_clip
 
@@ -166,8 +171,8 @@ class Trainer(TrainerCommon):
 
     def lazy_optimizer_state(self) -> dict[str, LazyTensor]:
         """numpy_optimizer_state, tensor by tensor as lazy_weights."""
-        return {k: LazyTensor(tuple(v.shape), np.dtype(str(v.dtype).rsplit(".", 1)[-1]), lambda v=v: np.array(v))
-                for k, v in self.opt.state.items()}
+        return {k: LazyTensor(tuple(v.shape), np.dtype(np.float32), lambda v=v: np.array(v.astype(mx.float32)))
+                for k, v in self.opt.state.items()}  # float32 slots, as torch's
 
     def ema_weights(self) -> dict[str, np.ndarray] | None:
         st = self.opt.state

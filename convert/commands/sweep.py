@@ -218,7 +218,7 @@ def run(args) -> int:
             (out / sub_dir).mkdir(exist_ok=True)
         from convert.sweep_runs import RunFiles
         for r in spec.runs:
-            write_atomic(RunFiles(out, r.name).config, r.config.to_toml())
+            r.config.save_toml(RunFiles(out, r.name).config)
         return _sweep(spec, out, slots)
     finally:
         lock.release()

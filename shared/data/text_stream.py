@@ -193,11 +193,6 @@ class AppendingShards:
         if self._fh is not None:
             self._finish()
 
-    def abort(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-
 
 # ---- the splits ---------------------------------------------------------------------------------
 def write_splits(files: list[Path], tokenizer, tmp: Path, *, val_bytes: int, shard_tokens: int, bos: int | None,

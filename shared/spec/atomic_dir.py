@@ -202,3 +202,12 @@ def _exchange(a: Path, b: Path) -> bool:
     if err in _UNSUPPORTED:
         return False
     raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary sibling (named by this process), so a kill leaves
+    the old file or the new one, never half of either."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)

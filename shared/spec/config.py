@@ -221,7 +221,8 @@ class RunConfig:
         return tomli_w.dumps(_drop_none(self.to_dict()))
 
     def save_toml(self, path: str | Path) -> None:
-        _atomic_write_text(Path(path), self.to_toml())
+        from shared.spec.atomic_dir import write_text_atomic
+        write_text_atomic(Path(path), self.to_toml())
 
     @classmethod
     def load_toml(cls, path: str | Path) -> "RunConfig":
@@ -541,9 +542,3 @@ def _drop_none(d: Any) -> Any:
     if isinstance(d, dict):
         return {k: _drop_none(v) for k, v in d.items() if v is not None}
     return d
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

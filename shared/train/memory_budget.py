@@ -16,18 +16,13 @@ also holds the framework, the data windows and allocator slack.
 """
 from __future__ import annotations
 
-import math
 
 from shared.spec.config import RunConfig
-from shared.spec.params import parameter_specs, ternary_parameters
-from shared.train.optim_rules import slots_for
+from shared.train.loop import count_parameters
+from shared.train.promote import optimizer_state_bytes
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 GIB = 2 ** 30
-
-
-def _numel(shape) -> int:
-    return math.prod(shape)
 
 
 def activation_floats_per_token_layer(cfg: RunConfig) -> int:
@@ -39,24 +34,29 @@ def activation_floats_per_token_layer(cfg: RunConfig) -> int:
     return 6 * m.hidden_size + 2 * (q_width + kv_width) + mlp + m.num_attention_heads * cfg.train.seq_len
 
 
+def _loss_tokens(t) -> tuple[int, int]:
+    """(tokens of one micro-batch, tokens whose logits exist at once): gradient accumulation frees each
+    micro-batch's activations; train.loss_chunk_tokens bounds the logits."""
+    tokens = t.batch_size * t.seq_len
+    return tokens, min(t.loss_chunk_tokens or tokens, tokens)
+
+
 def memory_budget(cfg: RunConfig, teacher_cfg: RunConfig | None = None) -> dict[str, int]:
     """Bytes per item: weights, gradients, optimizer, ternary_weights, teacher, activations, logits, total."""
-    specs, t = parameter_specs(cfg.model), cfg.train
-    n_params = sum(_numel(s.shape) for s in specs.values())
-    tokens = t.batch_size * t.seq_len  # one micro-batch: gradient accumulation frees each one's activations
-    chunk = min(t.loss_chunk_tokens or tokens, tokens)
+    t = cfg.train
+    n_params, n_ternary = count_parameters(cfg)
+    tokens, chunk = _loss_tokens(t)
     budget = {
         "weights": 4 * n_params,
         "gradients": 4 * n_params,
-        "optimizer": 4 * sum(_numel(s.shape) * len(slots_for(s, t)) for s in specs.values()),
-        "ternary_weights": 4 * sum(_numel(specs[n].shape) for n in ternary_parameters(cfg)),
+        "optimizer": optimizer_state_bytes(cfg),
+        "ternary_weights": 4 * n_ternary,
         "teacher": 0,
         "activations": 4 * tokens * cfg.model.num_hidden_layers * activation_floats_per_token_layer(cfg),
         "logits": 4 * chunk * cfg.model.vocab_size * (3 if teacher_cfg is None else 5),
     }
     if teacher_cfg is not None:
-        teacher_params = sum(_numel(s.shape) for s in parameter_specs(teacher_cfg.model).values())
-        budget["teacher"] = DTYPE_BYTES[t.teacher_dtype] * teacher_params
+        budget["teacher"] = DTYPE_BYTES[t.teacher_dtype] * count_parameters(teacher_cfg)[0]
     budget["total"] = sum(budget.values())
     return budget
 
@@ -64,8 +64,7 @@ def memory_budget(cfg: RunConfig, teacher_cfg: RunConfig | None = None) -> dict[
 def budget_line(cfg: RunConfig, teacher_cfg: RunConfig | None = None) -> str:
     """One log line: each item in GiB, and how the logits and the teacher are held."""
     b, t = memory_budget(cfg, teacher_cfg), cfg.train
-    tokens = t.batch_size * t.seq_len
-    chunk = min(t.loss_chunk_tokens or tokens, tokens)
+    tokens, chunk = _loss_tokens(t)
     notes = {"teacher": f" ({t.teacher_dtype})" if teacher_cfg is not None else "",
              "activations": f" ({tokens} tokens x {cfg.model.num_hidden_layers} layers)",
              "logits": f" ({chunk} of {tokens} tokens at once)"}
