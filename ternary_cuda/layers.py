@@ -32,7 +32,9 @@ def _grouped(w: torch.Tensor, group_size: int) -> torch.Tensor:
 
 def group_absmean(w: torch.Tensor, group_size: int, eps: float = EPS) -> torch.Tensor:
     g = torch.abs(_grouped(w.float(), group_size))
-    mean = pairwise_sum_last(g) / torch.tensor(g.shape[-1], dtype=torch.float32, device=g.device)
+    # A true division by a device tensor, as the reference (CUDA divides by a Python scalar as a multiply by
+    # its reciprocal); made by torch.full, not torch.tensor: no blocking host-to-device copy per weight per step.
+    mean = pairwise_sum_last(g) / torch.full((), g.shape[-1], dtype=torch.float32, device=g.device)
     return torch.clamp_min(mean, eps)
 
 

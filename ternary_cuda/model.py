@@ -277,8 +277,8 @@ class Decoder(nn.Module):
         if cache is not None:
             cache.begin(input_ids)
         x = self.embed_tokens(input_ids)
-        if self.factored:
-            x = self.embed_proj(x)
+        if self.factored:  # .float(): under autocast the projection gives bfloat16; the stream stays float32
+            x = self.embed_proj(x).float()  # as the unfactored lookup's (a no-op in float32)
         x = self.plugins.embedding(x, input_ids, cache)
         if self.embed_norm is not None:
             x = self.embed_norm(x)
@@ -347,6 +347,7 @@ class Model(nn.Module):
             logits = self.model.embed_tokens.as_linear(self.model.embed_proj_rev(h) if self.model.factored else h)
         else:
             logits = self.lm_head(h)
+        logits = logits.float()  # float32 as documented: under autocast the head's matmul gives bfloat16
         if self.model.has_vocab_bias:
             logits = logits + self.model.vocab_bias
         if self.softcap:
