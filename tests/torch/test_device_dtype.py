@@ -105,3 +105,22 @@ def test_bf16_autocast_keeps_logits_and_the_stream_float32(variant):
     logits, stream = _autocast_run(variant)
     assert logits.dtype == torch.float32
     assert stream == [torch.float32]
+
+
+def test_the_record_shape_forward_compiles_to_one_graph():
+    """torch.compile of pg-ternary's forward (its options at tiny widths, autocast, the warm-up's lambda as a
+    tensor as the trainer sets it under compile): one graph, no break (an .item(), a host copy, a
+    data-dependent branch would each split it and leave the pieces between graphs eager)."""
+    from shared.spec.config import RunConfig
+    from shared.spec.presets import get_preset
+    d = get_preset("pg-ternary").to_dict()
+    d["model"].update(vocab_size=256, hidden_size=128, intermediate_size=256, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=32, embed_dim=32, max_position_embeddings=64)
+    d["train"].update(seq_len=16)
+    model = Model(RunConfig.from_dict(d), seed=0)
+    model.check_ids = False
+    model.set_quant_lambda(torch.full((), 0.5))
+    torch._dynamo.reset()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        explained = torch._dynamo.explain(model)(torch.zeros((2, 16), dtype=torch.int64))
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
