@@ -221,7 +221,8 @@ class Run:
         with self._autocast():  # with grad on: the training graph the trainer compiled, not a new one
             lc = trainer.forward(x).detach().float()
             le = trainer.model(x).detach().float()
-        out = {"loss_step0_abs_diff": abs(e[0] - c[0]), "loss_max_abs_diff": max(abs(p - q) for p, q in zip(e[:n], c[:n])),
+        out = {"loss_step0_abs_diff": abs(e[0] - c[0]),
+               "loss_max_abs_diff": max(abs(p - q) for p, q in zip(e[:n], c[:n])),
                "steps_compared": n, "logits": _diff(lc, le), "compiled": self.device.type == "cuda"}
         out["within_tolerance"] = (out["loss_step0_abs_diff"] <= self.tol["loss_abs"]
                                    and _within(out["logits"], self.tol))

@@ -81,8 +81,10 @@ def test_cuda_without_a_gpu_is_one_clear_error(monkeypatch, capsys):
     assert capsys.readouterr().err.startswith("ternary: error: --device cuda:")
 
 
-@pytest.mark.parametrize("variant", ["recur-L5-U2-unet-mix-scales-relu2-G64", "moe3-top2-relu2-untied-pertensor-embed-head",
-                                     "attn-vres-xsa1-gate-lnscale-rope0.5-G32", "plugin-bigram64-dim16-fp8qat-untied-G64",
+@pytest.mark.parametrize("variant", ["recur-L5-U2-unet-mix-scales-relu2-G64",
+                                     "moe3-top2-relu2-untied-pertensor-embed-head",
+                                     "attn-vres-xsa1-gate-lnscale-rope0.5-G32",
+                                     "plugin-bigram64-dim16-fp8qat-untied-G64",
                                      "record-untied-embed16-bias-softcap30-outnorm-pertensor"])
 def test_the_flop_formula_counts_what_torch_counts(variant):
     """N over depth recurrence (a stored block per application), dense experts, the attention gate, a

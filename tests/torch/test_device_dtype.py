@@ -27,14 +27,17 @@ class OpLog(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        self.ops.append((str(func), {a.device.type for a in tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)}))
+        tensors = [a for a in tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
+        self.ops.append((str(func), {a.device.type for a in tensors}))
         return func(*args, **kwargs)
 
 
 def _layer_keep(model: Model, ids: torch.Tensor) -> torch.Tensor | None:
     """Stochastic depth's factors, drawn on the host as the trainer does (made before any OpLog)."""
     m = model.config.model
-    return torch.from_numpy(layer_keep_scales(m, 0, 0, 0, 1, ids.shape[0])[0]).to(ids.device) if m.stochastic_depth else None
+    if not m.stochastic_depth:
+        return None
+    return torch.from_numpy(layer_keep_scales(m, 0, 0, 0, 1, ids.shape[0])[0]).to(ids.device)
 
 
 def _train_forward_backward(model: Model, ids: torch.Tensor, keep: torch.Tensor | None) -> None:
