@@ -126,7 +126,9 @@ def _packed_lines(out, st) -> list[str]:
 
 def _detail(st) -> str:
     """The compressor's level where the payload's size chose it (packed_codecs.zstd_level): else ""."""
-    return f" ({st.compression})" if st.compress in ("zstd", "zstd-22") and "multi" in st.compression else ""
+    if st.compress in ("zstd", "zstd-22") and "multi" in st.compression:
+        return f" ({st.compression.removeprefix('zstd ')}: raw payload over 16 MiB)"
+    return ""
 
 
 def _convert_quantized(args, src) -> int:

