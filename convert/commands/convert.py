@@ -89,9 +89,9 @@ def _convert_packed(args, src) -> int:
 def _progress(src: Path):
     """A timed progress line on stderr per long step, for checkpoints big enough to have long steps
     (a raw payload over LARGE_PAYLOAD: about 4 bytes of float32 checkpoint per packed byte); None else."""
-    from convert.formats.packed import LARGE_PAYLOAD
+    from convert.formats import packed_codecs
     model = src / MODEL_FILE
-    if not (model.is_file() and model.stat().st_size > 4 * LARGE_PAYLOAD):
+    if not (model.is_file() and model.stat().st_size > 4 * packed_codecs.LARGE_PAYLOAD):
         return None
     t0 = time.monotonic()
     return lambda msg: print(f"ternary: [{time.monotonic() - t0:6.1f} s] {msg}", file=sys.stderr, flush=True)

@@ -3,6 +3,8 @@ the zstd level by payload size (packed_codecs.LARGE_PAYLOAD, lowered here), the 
 (lazy_weights.py), the progress lines."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -53,8 +55,11 @@ def test_large_payloads_get_zstd_fast_and_read_back(tmp_path, monkeypatch, capsy
         assert zs.get_frame_parameters(payload).content_size == len(raw)
         for threads in (1, 2):  # the level that size chose; the same bytes whatever the machine's CPU count
             assert payload == zs.ZstdCompressor(level=level, threads=threads).compress(raw)
+    # a large file's read-back compares the decompressed payload with what was compressed
+    bad = dataclasses.replace(st, raw_sha256="0" * 64)
+    with pytest.raises(export.PackedError, match="did not read back"):
+        export._verify(tmp_path / "big.tpk", bad)
     # the CLI prints the level that size chose and, for a big checkpoint file, timed progress lines on stderr
-    monkeypatch.setattr(export, "LARGE_PAYLOAD", 1)
     assert main(["convert", str(tmp_path / "ck"), "--to", "packed", "--out", str(tmp_path / "cli.tpk")]) == 0
     out = capsys.readouterr()
     assert f"zstd (level {packed_codecs.ZSTD_FAST_LEVEL}, multi-threaded: raw payload over" in out.out
