@@ -320,7 +320,11 @@ def _assemble(config: RunConfig, parts: dict[str, list], table: list[dict[str, A
     for sec in parts.values():  # the joined copy is all that is needed from here: free the pieces
         sec.clear()
     if progress:
-        progress(f"compressing {len(raw_payload):,d} bytes: {describe_compression(compress, len(raw_payload))}")
+        how = describe_compression(compress, len(raw_payload))
+        slow = len(raw_payload) > packed_codecs.LARGE_PAYLOAD and ("lzma" in how or "level 22" in how)
+        progress(f"compressing {len(raw_payload):,d} bytes: {how}" + (
+            f" (slow: 1-3 MB/s on a 2-core machine, about {len(raw_payload) / 2e6 / 60:.0f} min; "
+            "--compress zstd takes seconds)" if slow else ""))
     payload = compress_payload(raw_payload, compress)
     head = header_bytes(config, table, header_codec(compress, len(raw_payload)), floats, artifact, hadamard,
                         len(payload), len(raw_payload), hashlib.sha256(payload).hexdigest())

@@ -64,6 +64,11 @@ def test_large_payloads_get_zstd_fast_and_read_back(tmp_path, monkeypatch, capsy
     out = capsys.readouterr()
     assert f"zstd (level {packed_codecs.ZSTD_FAST_LEVEL}, multi-threaded: raw payload over" in out.out
     assert "ternary: [" in out.err and "compressing" in out.err and "verifying" in out.err
+    assert "slow:" not in out.err
+    assert main(["convert", str(tmp_path / "ck"), "--to", "packed", "--compress", "lzma", "--out",
+                 str(tmp_path / "cli-lzma.tpk")]) == 0
+    assert "lzma (xz 9e) (slow: 1-3 MB/s" in capsys.readouterr().err  # an explicit lzma is honoured, and warned
+    assert export.read_header(tmp_path / "cli-lzma.tpk")[0]["compress"] == "lzma"
 
 
 def test_lazy_weights_match_read_checkpoint_and_refuse_nan(tmp_path):
