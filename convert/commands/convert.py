@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 from convert.backends import NAMES
 from convert.common import CliError, checkpoint_dir, positive_int, sub
 from convert.formats.replace import FORCE_HELP
+from shared.spec.checkpoint import MODEL_FILE
 
 
 def run(args) -> int:
@@ -67,8 +69,9 @@ def _convert_packed(args, src) -> int:
     if round_trip:  # the data and the checkpoint's own score first: a run without its data writes nothing
         from convert.commands.convert_roundtrip import RoundTrip
         trip = RoundTrip(src, args.backend or "torch", args.eval_tokens)
-    st = export.to_packed(src, args.out, compress=args.compress or "lzma", floats=args.floats or "fp16",
-                          force=args.force, artifact=args.artifact, hadamard=seed)
+    st = export.to_packed(src, args.out, compress=args.compress or ("lzma" if record else "auto"),
+                          floats=args.floats or "fp16", force=args.force, artifact=args.artifact, hadamard=seed,
+                          progress=_progress(src))
     if record:
         from convert.formats.packed_pgrecord import budget_lines
         print(f"wrote packed file {args.out} (--artifact pg-record): {st.bytes:,d} bytes (raw payload "
@@ -83,6 +86,17 @@ def _convert_packed(args, src) -> int:
     return 0
 
 
+def _progress(src: Path):
+    """A timed progress line on stderr per long step, for checkpoints big enough to have long steps
+    (a raw payload over LARGE_PAYLOAD: about 4 bytes of float32 checkpoint per packed byte); None else."""
+    from convert.formats import packed_codecs
+    model = src / MODEL_FILE
+    if not (model.is_file() and model.stat().st_size > 4 * packed_codecs.LARGE_PAYLOAD):
+        return None
+    t0 = time.monotonic()
+    return lambda msg: print(f"ternary: [{time.monotonic() - t0:6.1f} s] {msg}", file=sys.stderr, flush=True)
+
+
 def _packed_lines(out, st) -> list[str]:
     """The size breakdown of a default-layout packed file."""
     codes = "row codes" if st.floats == "mixed" else f"{st.floats}"
@@ -91,7 +105,7 @@ def _packed_lines(out, st) -> list[str]:
               f"{st.float_scales_bytes:,d} + fp16 {st.plain_floats_bytes:,d}")
     rot = f", rotation signs {st.rotation_bytes:,d}" if st.hadamard_seed is not None else ""
     lines = [f"wrote packed file {out}: {st.bytes:,d} bytes (header {st.header_bytes:,d}, payload "
-             f"{st.payload_bytes:,d} {st.compress}; raw payload {st.raw_payload:,d}: codes {st.codes_bytes:,d}, "
+             f"{st.payload_bytes:,d} {st.compress}{_detail(st)}; raw payload {st.raw_payload:,d}: codes {st.codes_bytes:,d}, "
              f"scales {st.scales_bytes:,d}, {floats}{rot})"]
     if st.floats != "fp16" and st.float_kinds:
         lines.append("  float matrices: " + ", ".join(f"{n} {k}" for k, n in sorted(st.float_kinds.items()))
@@ -108,6 +122,13 @@ def _packed_lines(out, st) -> list[str]:
     else:
         lines.append(f"  no ternary weights (ternary disabled): floats stored as {st.floats}")
     return lines
+
+
+def _detail(st) -> str:
+    """The compressor's level where the payload's size chose it (packed_codecs.zstd_level): else ""."""
+    if st.compress in ("zstd", "zstd-22") and "multi" in st.compression:
+        return f" ({st.compression.removeprefix('zstd ')}: raw payload over 16 MiB)"
+    return ""
 
 
 def _convert_quantized(args, src) -> int:
@@ -159,18 +180,21 @@ def register(subs) -> None:
             "  none (canonical, packed only)      mac-ablation, pg-baseline, pg-ternary (parameter-golf options)\n\n"
             "packed: one file, a JSON header (config, tensor table) and base-3 codes (5 per byte), fp16 scales\n"
             "and the other parameters in fp16 (--floats int8: float matrices such as the embedding in per-row\n"
-            "absmax int8, each element within half a row scale; norm gains stay fp16), compressed with LZMA,\n"
-            "zstd or not at all; load it with convert.formats.packed.load_packed or score it with `ternary eval FILE`.\n"
+            "absmax int8, each element within half a row scale; norm gains stay fp16), compressed (--compress\n"
+            "auto, the default: LZMA up to 16 MiB of raw payload, zstd level 9 multi-threaded above, so that\n"
+            "Qwen3-0.6B packs in well under a minute; the level used is printed) or not at all; load it with\n"
+            "convert.formats.packed.load_packed or score it with `ternary eval FILE`.\n"
             "The ternary forward pass is kept up to fp16 rounding of the scales (<= 2^-11 relative); latent\n"
             "weights are not.\n"
             "--floats int6 / int5: every float matrix in per-row absmax codes of [-31, 31] / [-15, 15] (one byte\n"
             "each, left to the compressor); --floats mixed: parameter-golf's 1.1558 record's rule, int5 MLP and\n"
             "int6 attention matrices, int6 other matrices, int8 an untied head, fp16 the embedding and matrices\n"
             "of <= 8192 values (ternary weights stay base-3 codes). --compress zstd-22: zstd at level 22, as\n"
-            "those records write. --hadamard: each ternary weight is ternarized after a seeded random Hadamard\n"
-            "rotation R of its input dim (blocks of the largest power of two dividing the group size) and\n"
-            "loads as the float32 matrix T(W R) R^T (R orthogonal: W R R^T = W), run with ternary projection\n"
-            "off. These three print the round trip as pg-record does (--backend, --eval-tokens).\n"
+            "those records write (the slow maximum: about 1-3 MB/s, minutes for a 0.6B model). --hadamard:\n"
+            "each ternary weight is ternarized after a seeded random Hadamard rotation R of its input dim\n"
+            "(blocks of the largest power of two dividing the group size) and loads as the float32 matrix\n"
+            "T(W R) R^T (R orthogonal: W R R^T = W), run with ternary projection off. These three print the\n"
+            "round trip as pg-record does (--backend, --eval-tokens).\n"
             "--artifact pg-record: parameter-golf's ternary record's storage instead: codes quantized from the\n"
             "fp16 group scales, float 2-D tensors in fp8 e4m3, 1-D ones fp16, LZMA; read back with its\n"
             "shrinkage fix (W = q * s / mean|q| per group, not q * s). It prints the file's bytes against\n"
@@ -203,10 +227,13 @@ def register(subs) -> None:
                    help="--to gguf: write no tokenizer metadata (tokenizer.ggml.model = no_vocab), e.g. when "
                         "data.tokenizer cannot be expressed; llama.cpp then cannot use the file for text")
     c.add_argument("--dtype", choices=("float32",), default="float32", help="canonical weight dtype (float32 only)")
-    c.add_argument("--compress", choices=("lzma", "zstd", "zstd-22", "none"), default=None,
-                   help="packed payload compression (default lzma: xz preset 9e, the smallest; zstd: level 19, about "
-                        "1%% larger on the smoke model, as fast or faster to write and 10-100x faster to read; "
-                        "zstd-22: level 22, as parameter-golf's int5/int6 records write)")
+    c.add_argument("--compress", choices=("auto", "lzma", "zstd", "zstd-22", "none"), default=None,
+                   help="packed payload compression (default auto: lzma for a raw payload of up to 16 MiB, zstd "
+                        "above it, so that a Qwen3-0.6B-sized model packs in seconds; lzma: xz preset 9e, the "
+                        "smallest, 1-3 MB/s, minutes for a 400 MB payload; zstd: level 19 up to 16 MiB of raw "
+                        "payload, about 1%% larger than lzma on the smoke model and 10-100x faster to read, level "
+                        "9 multi-threaded above it (about 100 MB/s, +0.1%% bytes); zstd-22: level 22 at any "
+                        "size, as parameter-golf's int5/int6 records write: the slow maximum)")
     c.add_argument("--floats", choices=("fp16", "int8", "int6", "int5", "mixed"), default=None,
                    help="packed float parameters (default fp16; int8/int6/int5: per-row absmax codes in "
                         "[-127,127]/[-31,31]/[-15,15] + one fp16 scale per row for every float matrix; mixed: the "

@@ -7,8 +7,11 @@ entropy (bits per ternary weight), and sizes: float32 and bf16 tensor data, 2-bi
 (shared.spec.ternary.pack_2bit layout: ceil(out/4) rows) + fp16 scales + bf16 other parameters, the
 tensor data of the hf-bitnet and gguf TQ2_0 / TQ1_0 exports (convert/formats/hf_bitnet.py,
 convert/formats/gguf_export.py; n/a where they refuse the model), and the packed artifact of
-convert/formats/packed.py (base-3 + fp16 + LZMA, and with --floats int8 when the model has float
-matrices), built in memory to measure it.
+convert/formats/packed.py (base-3 + fp16, compressed as `convert --to packed` compresses by default,
+and with --floats int8 when the model has float matrices): estimated by default (packed_estimate.py:
+exact raw sizes and header, the compression ratio from a sample of each section; seconds at
+Qwen3-0.6B's size), built in memory and measured with packed="measure" (`inspect --measure`).
+The tensors are read one at a time (lazy_weights.py), each once.
 """
 from __future__ import annotations
 
@@ -19,10 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from shared.spec.checkpoint import (MODEL_FILE, CheckpointError, check_finite, check_tensor_set, read_config,
-                                   read_safetensors, verify_manifest)
+from shared.spec.checkpoint import CheckpointError, verify_manifest
 from shared.spec.options import non_default
-from shared.spec.params import float_matrices, parameter_shapes, parameter_specs, ternary_parameters
+from shared.spec.params import float_matrices, parameter_specs, ternary_parameters
 from shared.spec.ternary import quantize
 
 
@@ -30,8 +32,16 @@ def _entropy(fracs) -> float:
     return float(-sum(p * math.log2(p) for p in fracs if p > 0))
 
 
-def inspect(path: str | Path, measure_packed: bool = True) -> dict[str, Any]:
+PACKED_MODES = ("estimate", "measure", "skip")  # how inspect sizes the packed file (module docstring)
+
+
+def inspect(path: str | Path, packed: str = "estimate") -> dict[str, Any]:
+    """The report (module docstring). `packed`: "estimate" (packed_estimate.py), "measure" (build
+    the files in memory) or "skip" (no packed sizes)."""
     from convert.common import checkpoint_dir
+    from convert.formats.lazy_weights import open_weights
+    if packed not in PACKED_MODES:
+        raise ValueError(f"packed={packed!r}: expected one of {', '.join(PACKED_MODES)}")
     path = checkpoint_dir(path)
     report: dict[str, Any] = {"path": str(path)}
     try:
@@ -40,10 +50,7 @@ def inspect(path: str | Path, measure_packed: bool = True) -> dict[str, Any]:
     except CheckpointError as e:
         report["manifest"] = f"ERROR: {e}"
         return report
-    config = read_config(path)
-    weights = read_safetensors(path / MODEL_FILE)
-    check_tensor_set(parameter_shapes(config.model), {k: v.shape for k, v in weights.items()}, str(path / MODEL_FILE))
-    check_finite(weights, str(path / MODEL_FILE))  # the code statistics of NaN are noise: refused like everywhere
+    config, weights = open_weights(path, verify=False)  # verified above; the tensors are read one at a time, each checked for NaN/inf
     m, t = config.model, config.ternary
     report["config"] = {
         "architecture": m.model_type,
@@ -56,24 +63,42 @@ def inspect(path: str | Path, measure_packed: bool = True) -> dict[str, Any]:
         "options": {o.key: getattr(m, o.key) for o in non_default(m)},  # every model option off its default
     }
     tern = ternary_parameters(config)
-    sizes = {k: int(v.size) for k, v in weights.items()}
+    sizes = {k: math.prod(v) for k, v in weights.shapes.items()}
     n_total, n_tern = sum(sizes.values()), sum(sizes[n] for n in tern)
     by_role: dict[str, int] = {}
     for name, spec in parameter_specs(config.model).items():
         by_role[spec.role] = by_role.get(spec.role, 0) + sizes[name]
     report["parameters"] = {"total": n_total, "ternary": n_tern, "float": n_total - n_tern, "by_role": by_role}
-    report["ternary_weights"], report["codes"], n_scales, two_bit = _code_statistics(weights, tern, t)
-    report["sizes_bytes"] = _sizes(config, weights, tern, n_total, n_total - n_tern, n_scales, two_bit,
-                                   measure_packed)
+    estimates = _estimators(config) if packed == "estimate" else []
+    report["ternary_weights"], report["codes"], n_scales, two_bit = _code_statistics(config, weights, tern, estimates)
+    report["sizes_bytes"] = _sizes(config, weights, n_total, n_total - n_tern, n_scales, two_bit, packed,
+                                   [e.result() for e in estimates])
     return report
 
 
-def _code_statistics(weights: dict[str, np.ndarray], tern: list[str], t) -> tuple[list, dict, int, int]:
+def _estimators(config) -> list:
+    from convert.formats.packed_estimate import PackedEstimate
+    return [PackedEstimate(config, "fp16")] + ([PackedEstimate(config, "int8")] if float_matrices(config) else [])
+
+
+def _code_statistics(config, weights, tern: list[str], estimates: list) -> tuple[list, dict, int, int]:
     """(per ternary weight: code fractions and scale statistics, overall code fractions and
-    entropy, number of scales, bytes of 2-bit codes)."""
+    entropy, number of scales, bytes of 2-bit codes). One pass over the tensors, each read once and
+    also handed to the packed-size estimates."""
+    from convert.formats.packed import pack_tensor
+    t, tern_set, matrices = config.ternary, set(tern), set(float_matrices(config))
     per, counts, n_scales, two_bit = [], np.zeros(3, np.int64), 0, 0
-    for name in tern:
-        q, s = quantize(weights[name], t.group_size, t.eps)
+    for name, spec in parameter_specs(config.model).items():
+        w = weights[name]
+        if name not in tern_set:
+            for e in estimates:
+                e.add(name, w)
+            continue
+        q, s = quantize(w, t.group_size, t.eps)
+        if estimates:  # packed once, with these codes, for both estimates
+            packed = pack_tensor(config, name, spec, w, tern_set, matrices, "fp16", None, len(per), (q, s))
+            for e in estimates:
+                e.add(name, w, packed)
         c = np.bincount((q.reshape(-1) + 1).astype(np.int64), minlength=3)
         counts += c
         n_scales += s.size
@@ -89,10 +114,9 @@ def _code_statistics(weights: dict[str, np.ndarray], tern: list[str], t) -> tupl
     return per, codes, n_scales, two_bit
 
 
-def _sizes(config, weights: dict[str, np.ndarray], tern: list[str], n_total: int, n_float: int, n_scales: int,
-           two_bit: int, measure_packed: bool) -> dict[str, Any]:
+def _sizes(config, weights, n_total: int, n_float: int, n_scales: int, two_bit: int, packed: str,
+           estimates: list[dict]) -> dict[str, Any]:
     """Bytes of the model in each format and export (None where an export refuses it)."""
-    from convert.formats.packed import pack
     sz: dict[str, Any] = {"float32": 4 * n_total, "bf16": 2 * n_total,
                           "packed_2bit": two_bit + 2 * n_scales + 2 * n_float}
     # tensor data of the stock-tool exports; None where that export refuses this model
@@ -101,16 +125,25 @@ def _sizes(config, weights: dict[str, np.ndarray], tern: list[str], n_total: int
     sz["hf_bitnet"] = export_bitnet.tensor_bytes(config)
     sz["gguf_tq2_0"] = export_gguf.tensor_bytes(config, "TQ2_0")
     sz["gguf_tq1_0"] = export_gguf.tensor_bytes(config, "TQ1_0")
-    if measure_packed:
-        blob, st = pack(config, weights, "lzma")
-        sz["packed_base3_lzma"] = st.bytes
-        sz["packed_bits_per_ternary_weight"] = st.bits_per_ternary_weight
-        sz["packed_code_bits_per_weight_compressed"] = st.code_bits_per_weight_compressed
-        if float_matrices(config):  # float matrices: int8 changes them
-            _, st8 = pack(config, weights, "lzma", measure_codes=False, floats="int8")
-            sz["packed_base3_int8_lzma"] = st8.bytes
-            sz["packed_int8_bits_per_ternary_weight"] = st8.bits_per_ternary_weight
+    if packed == "measure":
+        estimates = _measure(config, weights)
+    for key, e in zip(("packed_base3", "packed_base3_int8"), estimates):
+        sz[key] = e["bytes"]
+        sz[key + "_detail"] = {"measured": packed == "measure", **{k: v for k, v in e.items() if k != "bytes"}}
     return sz
+
+
+def _measure(config, weights) -> list[dict]:
+    """The packed files of `convert --to packed` (and with --floats int8), built in memory."""
+    from convert.formats.packed import pack
+    out = []
+    for floats in ("fp16", "int8") if float_matrices(config) else ("fp16",):
+        _, st = pack(config, weights, "auto", measure_codes=floats == "fp16", floats=floats)
+        out.append({"bytes": st.bytes, "header_bytes": st.header_bytes, "payload_bytes": st.payload_bytes,
+                    "raw_payload_bytes": st.raw_payload, "compression": st.compression,
+                    "bits_per_ternary_weight": st.bits_per_ternary_weight if st.ternary_weights else None,
+                    "code_bits_per_weight_compressed": st.code_bits_per_weight_compressed})
+    return out
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -152,16 +185,18 @@ def format_report(r: dict[str, Any]) -> str:
         if key in s:
             lines.append(f"    {label} " + (f"{s[key]:>14,d} B" if s[key] is not None
                                             else f"{'n/a':>14}   (this model cannot be exported so; see convert --help)"))
-    if "packed_base3_lzma" in s:
-        extra = f"  ({s['packed_bits_per_ternary_weight']:.3f} bits/ternary weight"
-        if s.get("packed_code_bits_per_weight_compressed") is not None:
-            extra += f"; codes alone {s['packed_code_bits_per_weight_compressed']:.3f}"
-        lines.append(f"    base-3 + fp16 + LZMA (convert packed)  {s['packed_base3_lzma']:>14,d} B"
-                     + (extra + ")" if p["ternary"] else ""))
-    if "packed_base3_int8_lzma" in s:
-        lines.append(f"    same, --floats int8 (float matrices)   {s['packed_base3_int8_lzma']:>14,d} B"
-                     + (f"  ({s['packed_int8_bits_per_ternary_weight']:.3f} bits/ternary weight)"
-                        if p["ternary"] else ""))
+    for key, label in (("packed_base3", "base-3 + fp16 (convert packed)"),
+                       ("packed_base3_int8", "same, --floats int8 (float matrices)")):
+        if key not in s:
+            continue
+        d = s[key + "_detail"]
+        how = "measured" if d["measured"] else "estimated"
+        extra = ""
+        if p["ternary"] and d["bits_per_ternary_weight"] is not None:
+            extra = f"; {d['bits_per_ternary_weight']:.3f} bits/ternary weight"
+            if d.get("code_bits_per_weight_compressed") is not None:
+                extra += f", codes alone {d['code_bits_per_weight_compressed']:.3f}"
+        lines.append(f"    {label:<38} {s[key]:>14,d} B  ({how}, {d['compression']}{extra})")
     return "\n".join(lines)
 
 

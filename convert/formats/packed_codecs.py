@@ -23,12 +23,20 @@ never quantized (fp16). Which is which comes from each parameter's spec (shared/
 its role and ternary target), never from its name. The record also keeps one key projection
 (blocks.8.attn.c_k) in fp16 by name; that is not reproduced.
 
-Compression: "lzma" (xz, preset 9 | EXTREME), "zstd" (the zstandard package, level ZSTD_LEVEL),
-"zstd-22" (the same codec at level 22, as parameter-golf's int5/int6 records write; on our payloads
-of up to 2 MB, int5/int6/mixed included, it came out byte-identical to level 19, since zstd bounds
-its parameters by the input size) or "none". The
-header records the codec ("zstd" for both levels: the reader needs no level); a reader refuses one it
-does not know, and a payload whose sha256 does not match the header is refused before it is
+Compression: "lzma" (xz, preset 9 | EXTREME), "zstd" (the zstandard package), "zstd-22" (zstd at
+level 22, as parameter-golf's int5/int6 records write: the slow maximum), "none", or "auto" (the
+default of `convert --to packed`): lzma for a raw payload of at most LARGE_PAYLOAD bytes, zstd above.
+The zstd level depends on the raw payload's size too (zstd_level): ZSTD_LEVEL (19) up to
+LARGE_PAYLOAD, ZSTD_FAST_LEVEL (9) above it, compressed multi-threaded (zstd's multi-threaded frames
+are the same bytes whatever the thread count, so the file does not depend on the machine). Why:
+measured on this project's 2-core VM, lzma (any preset) and zstd 19 compress 1-3 MB/s, zstd 9
+about 115 MB/s; Qwen3-0.6B's raw payload is about 400 MB (a 311 MB fp16 embedding), which took
+minutes at those rates and takes seconds at level 9, for about 0.1% more bytes on random fp16
+(ratio 0.9182 at 9, 0.9188 at 19; the base-3 codes do not compress at any level). Payloads up to
+LARGE_PAYLOAD are written byte for byte as before this rule. On "zstd-22", level 22 measured
+byte-identical to 19 on payloads up to 2 MB (zstd bounds its parameters by the input size). The
+header records the codec ("zstd" for every level: the reader needs no level); a reader refuses one
+it does not know, and a payload whose sha256 does not match the header is refused before it is
 decompressed.
 """
 from __future__ import annotations
@@ -43,10 +51,14 @@ from shared.spec.config import ConfigError
 from shared.spec.options import EMBEDDING, HEAD
 
 COMPRESSIONS = ("lzma", "zstd", "none")  # what a header may name (the codec)
-WRITE_COMPRESSIONS = ("lzma", "zstd", "zstd-22", "none")  # what --compress accepts
+WRITE_COMPRESSIONS = ("auto", "lzma", "zstd", "zstd-22", "none")  # what --compress accepts
 ZSTD_LEVEL = 19  # 22 (ultra) measured byte-identical on our models, with a 16x larger decoder window; see compress_payload
+ZSTD_FAST_LEVEL = 9  # raw payloads over LARGE_PAYLOAD: ~115 MB/s against 19's ~3 MB/s (module docstring)
+LARGE_PAYLOAD = 16 << 20  # raw payload bytes above which "auto" is zstd and "zstd" is ZSTD_FAST_LEVEL
 FLOAT_MODES = ("fp16", "int8", "int6", "int5", "mixed")  # --floats
 ROW_QMAX = {"int8": 127, "int6": 31, "int5": 15}  # Q = 2^(bits-1) - 1 of each row-code kind
+ROW_SCALE_FP16_BELOW = 65472.0  # row scales are fp16 when max|w| / Q is below this (the fp16 step below max)
+ROW_BLOCK = 1 << 22  # values per block of quantize_rows (32 MB of float64)
 SMALL_MATRIX = 8192  # --floats mixed keeps float matrices of at most this many elements fp16 (the record's rule)
 FP16_MAX = float(np.finfo(np.float16).max)
 FP16_MIN_NORMAL = float(np.finfo(np.float16).tiny)  # 2^-14
@@ -64,23 +76,30 @@ def quantize_rows_int8(w: np.ndarray, name: str = "tensor") -> tuple[np.ndarray,
 def quantize_rows(w: np.ndarray, kind: str, name: str = "tensor") -> tuple[np.ndarray, np.ndarray]:
     """(int8 codes shaped like w, in [-Q, Q], row scales [w.shape[0]] float16 or float32): the module
     docstring's row rule for `kind` ("int8", "int6" or "int5"). Every element of
-    codes * scales[:, None] is within scales / 2 of w."""
+    codes * scales[:, None] is within scales / 2 of w. Computed in blocks of rows, so that the float64
+    working copies stay near ROW_BLOCK values (a 151,936 x 1024 embedding is 1.2 GB in float64)."""
     qmax = ROW_QMAX[kind]
-    rows = np.asarray(w, np.float64).reshape(w.shape[0], -1)
+    w = np.asarray(w)
+    rows = w.reshape(w.shape[0], -1)
     if not np.isfinite(rows).all():
         raise CheckpointError(f"{name}: non-finite values cannot be stored as {kind} (--floats)")
-    amax = np.abs(rows).max(axis=1) if rows.shape[1] else np.zeros(rows.shape[0])
+    # max|row| of float32 values is one of them: exact in float32, as it was in float64
+    amax = np.abs(rows).max(axis=1).astype(np.float64) if rows.shape[1] else np.zeros(rows.shape[0])
     # fp16 unless a row's scale could reach the top fp16 step and be bumped past 65504: then float32
-    dt = np.float16 if (amax.size == 0 or amax.max() / qmax < 65472.0) else np.float32  # 65472: fp16 below max
+    dt = np.float16 if (amax.size == 0 or amax.max() / qmax < ROW_SCALE_FP16_BELOW) else np.float32
     s = (amax / qmax).astype(dt)
     low = s.astype(np.float64) * qmax < amax  # rounded down: the largest |w| / s would exceed Q
     s[low] = np.nextafter(s[low], dt(np.inf))
-    s64 = s.astype(np.float64)[:, None]
-    q = np.divide(rows, s64, out=np.zeros_like(rows), where=s64 > 0)
-    q = np.rint(q)  # round half to even
-    if q.size and np.abs(q).max() > qmax:  # cannot happen by construction of s; never clip silently
-        raise AssertionError(f"{name}: {kind} code outside [-{qmax}, {qmax}]")
-    return q.astype(np.int8).reshape(w.shape), s
+    q = np.empty(rows.shape, np.int8)
+    step = max(1, ROW_BLOCK // max(1, rows.shape[1]))
+    for r0 in range(0, rows.shape[0], step):
+        block = rows[r0:r0 + step].astype(np.float64)
+        s64 = s[r0:r0 + step].astype(np.float64)[:, None]
+        qb = np.rint(np.divide(block, s64, out=np.zeros_like(block), where=s64 > 0))  # round half to even
+        if qb.size and np.abs(qb).max() > qmax:  # cannot happen by construction of s; never clip silently
+            raise AssertionError(f"{name}: {kind} code outside [-{qmax}, {qmax}]")
+        q[r0:r0 + step] = qb
+    return q.reshape(w.shape), s
 
 
 def float_matrix_storage(mode: str, spec) -> str:
@@ -97,18 +116,48 @@ def float_matrix_storage(mode: str, spec) -> str:
     return "int5" if spec.target == "mlp" else "int6"
 
 
-def compress_payload(raw: bytes, how: str) -> bytes:
-    """Measured (2-core VM, loaded): the trained 4 x 128 relu^2 model (the former smoke preset), int8
+def codec_for(how: str, raw_bytes: int) -> str:
+    """The codec --compress `how` writes for a raw payload of `raw_bytes`: "auto" resolved by size."""
+    if how == "auto":
+        return "lzma" if raw_bytes <= LARGE_PAYLOAD else "zstd"
+    return how
+
+
+def zstd_level(how: str, raw_bytes: int) -> int:
+    """The zstd level of --compress `how` ("zstd", "zstd-22" or "auto") for `raw_bytes` of raw payload."""
+    if how == "zstd-22":
+        return 22
+    return ZSTD_LEVEL if raw_bytes <= LARGE_PAYLOAD else ZSTD_FAST_LEVEL
+
+
+def describe_compression(how: str, raw_bytes: int) -> str:
+    """What --compress `how` does to `raw_bytes`, for the CLI's lines ("zstd level 9, multi-threaded")."""
+    codec = codec_for(how, raw_bytes)
+    if codec == "lzma":
+        return "lzma (xz 9e)"
+    if codec != "zstd":
+        return codec
+    return f"zstd level {zstd_level(how, raw_bytes)}" + (", multi-threaded" if raw_bytes > LARGE_PAYLOAD else "")
+
+
+def compress_payload(raw: bytes, how: str, size_rule_bytes: int | None = None) -> bytes:
+    """`raw` compressed as --compress `how` writes it (codec_for, zstd_level). `size_rule_bytes`: the
+    raw payload size that picks codec and level, when `raw` is only a part of the payload (the codes
+    alone, an estimate's sample); default len(raw).
+    Measured (2-core VM, loaded): the trained 4 x 128 relu^2 model (the former smoke preset), int8
     floats, raw payload 236,096 B: lzma 9e 223,916 B in 0.4 s (decompress 39 ms); zstd 19 and 22 both
     226,475 B in 0.1 s (decompress 0.2 ms).
     Random 9 x 512 model, raw 5.1 MB: lzma 4,935,364 B in 3.5 s; zstd 19 and 22 both 4,948,813 B in
     2.4-3.7 s. Level 22 never came out smaller, and its window (128 MB, --ultra) sets the decoder's
     memory; so ZSTD_LEVEL = 19 (8 MB window)."""
-    if how == "lzma":
+    n = len(raw) if size_rule_bytes is None else size_rule_bytes
+    codec = codec_for(how, n)
+    if codec == "lzma":
         return lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME)
-    if how in ("zstd", "zstd-22"):
-        return zstd_module().ZstdCompressor(level=ZSTD_LEVEL if how == "zstd" else 22).compress(raw)
-    if how == "none":
+    if codec in ("zstd", "zstd-22"):
+        threads = -1 if n > LARGE_PAYLOAD else 0  # -1: every CPU; 0: single-threaded, the old bytes
+        return zstd_module().ZstdCompressor(level=zstd_level(how, n), threads=threads).compress(raw)
+    if codec == "none":
         return raw
     raise ConfigError(f"--compress {how!r}: expected one of {', '.join(WRITE_COMPRESSIONS)}")
 

@@ -115,6 +115,10 @@ def quant_lambda(step: int, warmup_steps: int) -> float:
 # ---- packing ----------------------------------------------------------------------------------
 def _check_codes(codes: np.ndarray) -> np.ndarray:
     c = np.asarray(codes)
+    if c.dtype.kind in "iub":  # integers: only the range to check (the float checks cost seconds at 0.6B codes)
+        if c.size and not (c.min() >= -1 and c.max() <= 1):
+            raise ValueError("ternary codes must be integers in {-1, 0, +1}")
+        return c.astype(np.int8)
     if c.size and not (np.all(np.isfinite(c)) and np.all(c == np.round(c)) and c.min() >= -1 and c.max() <= 1):
         raise ValueError("ternary codes must be integers in {-1, 0, +1}")
     return c.astype(np.int8)
@@ -148,6 +152,8 @@ def unpack_2bit(packed: np.ndarray, out_features: int) -> np.ndarray:
 
 
 _POW3 = np.array([1, 3, 9, 27, 81], np.uint8)
+# byte value -> its 5 codes (-1, 0, +1), for unpack_base3: one gather instead of 5 divisions per byte
+_BASE3_DIGITS = ((np.arange(243)[:, None] // _POW3.astype(np.int64)) % 3 - 1).astype(np.int8)
 
 
 def pack_base3(codes: np.ndarray) -> np.ndarray:
@@ -155,14 +161,20 @@ def pack_base3(codes: np.ndarray) -> np.ndarray:
     c = _check_codes(codes).reshape(-1)
     n = c.size
     digits = np.zeros(((n + 4) // 5) * 5, np.uint8)
-    digits[:n] = (c + 1).astype(np.uint8)
-    return (digits.reshape(-1, 5) * _POW3).sum(axis=1, dtype=np.uint16).astype(np.uint8)
+    np.add(c, 1, out=digits[:n], casting="unsafe")  # c + 1 in {0, 1, 2}
+    d = digits.reshape(-1, 5)
+    # Horner's rule on the columns, in uint8: every partial sum is at most 242, so nothing wraps
+    out = d[:, 4] * np.uint8(3)
+    for k in (3, 2, 1):
+        out += d[:, k]
+        out *= np.uint8(3)
+    out += d[:, 0]
+    return out
 
 
 def unpack_base3(packed: np.ndarray, count: int) -> np.ndarray:
     """Inverse of pack_base3: the first `count` codes (flat int8)."""
-    p = np.asarray(packed, np.uint8).astype(np.int16)
+    p = np.asarray(packed, np.uint8)
     if p.size != (count + 4) // 5 or (p.size and p.max() > 242):
         raise ValueError(f"not a base-3 packing of {count} codes")
-    digits = (p[:, None] // _POW3.astype(np.int16)) % 3
-    return (digits.reshape(-1)[:count] - 1).astype(np.int8)
+    return np.take(_BASE3_DIGITS, p, axis=0).reshape(-1)[:count]  # take: ~3x faster than [p] here
