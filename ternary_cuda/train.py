@@ -148,17 +148,14 @@ class Trainer(TrainerCommon):
             reported = [r / xs.shape[0] for r in reported]
             grads = {k: p.grad for k, p in self.params.items()}
             if xs.shape[0] > 1:  # x / 1 == x: no extra full pass over the gradients without accumulation
-                for g in grads.values():  # in place: no second copy of every gradient (freed below anyway)
-                    g.div_(xs.shape[0])
+                torch._foreach_div_(list(grads.values()), xs.shape[0])  # in place: no second copy of every gradient
             gnorm = parallel.full(torch.sqrt(sum(torch.sum(g * g) for g in grads.values())))  # FSDP2: over all shards
             clip = self.config.train.grad_clip
             if clip:
                 scale = torch.clamp(torch.full_like(gnorm, clip) / (gnorm + 1e-6), max=1.0)  # a true division, as MLX
-                for g in grads.values():  # in place, as the division above
-                    g.mul_(scale)
-            new = self.opt.apply({k: p.detach() for k, p in self.params.items()}, grads, scalars)
-            for k, p in self.params.items():
-                p.copy_(new[k])
+                torch._foreach_mul_(list(grads.values()), scale)  # in place, as the division above
+            self.opt.apply({k: p.detach() for k, p in self.params.items()}, grads, scalars)  # in place
+            for p in self.params.values():
                 p.grad = None
         if self.dynamic_lambda:  # evaluation between steps sees the lambda of the steps done
             self._set_lambda(quant_lambda(step + 1, self.config.ternary.warmup_steps))
