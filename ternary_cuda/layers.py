@@ -45,10 +45,12 @@ def ternarize(w: torch.Tensor, group_size: int, eps: float = EPS) -> tuple[torch
 
 
 def dequantized_ternary(w: torch.Tensor, group_size: int, eps: float = EPS) -> torch.Tensor:
-    """codes * scales of ternarize(w), float32 of w's shape, without the int8 round trip: the codes
-    stay float (-1, 0, 1 exactly) and are scaled in place, two passes over W fewer per call."""
+    """codes * scales of ternarize(w), float32 of w's shape, bit for bit, without the int8 round trip:
+    the codes stay float (-1, 0, 1) and are scaled in place (fewer passes over W, fewer temporaries).
+    `+= 0.0` turns round's -0.0 (of g / s in (-0.5, 0)) into the +0.0 that an int8 code 0 gives."""
     s = group_absmean(w, group_size, eps)
     q = torch.round(_grouped(w.float(), group_size) / s[..., None]).clamp_(-1, 1)
+    q += 0.0
     return q.mul_(s[..., None]).reshape(w.shape)
 
 

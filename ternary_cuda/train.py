@@ -122,13 +122,19 @@ class Trainer(TrainerCommon):
         a = np.asarray(a)  # (ascontiguousarray alone makes 0-d scalars 1-d, which DTensor warns about)
         return torch.from_numpy(np.ascontiguousarray(a).reshape(a.shape)).to(self.device, non_blocking=True)
 
+    def _step_scalars(self, step: int) -> dict[str, torch.Tensor]:
+        """step_scalars as 0-d tensors on the device, from one host-to-device copy (not one per scalar)."""
+        host = step_scalars(step, self.config.train)
+        packed = self._tensor(np.array([host[k] for k in host], np.float32))
+        return dict(zip(host, packed.unbind(0)))
+
     def step(self, windows: np.ndarray, step: int):
         """One optimizer step on (grad_accum, batch, seq_len + 1) windows; returns lazy (loss, grad_norm,
         *terms), the terms of shared.train.loss_terms.extra_terms."""
         xs, ys = inputs_and_targets(windows.reshape(-1, windows.shape[-1]))
         shape = windows.shape[:2] + (windows.shape[-1] - 1,)
         xs, ys = self._tensor(xs.reshape(shape).astype(np.int64)), self._tensor(ys.reshape(shape).astype(np.int64))
-        scalars = {k: self._tensor(v) for k, v in step_scalars(step, self.config.train).items()}
+        scalars = self._step_scalars(step)
         if self.dynamic_lambda:
             self._set_lambda(quant_lambda(step, self.config.ternary.warmup_steps))
         reported = None  # [loss, *extra terms]
