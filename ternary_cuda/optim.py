@@ -87,25 +87,34 @@ class Optimizer:
         its spec's group; optim_rules.lr_key), momentum and one_minus_momentum (Muon), bc1, bc2, and
         with EMA ema_decay and one_minus_ema_decay (0 and 1 before train.ema_start_frac).
         Parameters that share (optimizer, rate, decay) are updated together with torch._foreach_*
-        ops (one call per operation, not one per parameter and operation); Muon's matrices of one
-        shape go through one batched Newton-Schulz."""
+        ops, one call per operation (see _lists for the CPU); Muon's matrices of one shape go through
+        one batched Newton-Schulz."""
+        cpu = next(iter(params.values())).device.type == "cpu"
         for (muon, lr_name, decay), names in self._buckets(params).items():
-            lr = s[lr_name]
-            ps = [params[n] for n in names]
-            if muon:
-                updates = self._muon_updates(names, ps, grads, s)
-            else:
-                updates = self._adamw_updates(names, grads, s)
-            if decay:
-                torch._foreach_mul_(ps, 1 - lr * decay)  # p * (1 - lr * decay)
-            torch._foreach_mul_(updates, lr)
-            torch._foreach_sub_(ps, updates)  # p - lr * update
-        ema = [n for n in params if f"{n}.ema" in self.state]
-        if ema:
-            slots = [self.state[f"{n}.ema"] for n in ema]
+            for part in ([names] if muon else self._lists(names, cpu)):
+                self._update(part, muon, s[lr_name], decay, params, grads, s)
+        for part in self._lists([n for n in params if f"{n}.ema" in self.state], cpu):
+            slots = [self.state[f"{n}.ema"] for n in part]
             torch._foreach_mul_(slots, s["ema_decay"])
-            torch._foreach_add_(slots, torch._foreach_mul([params[n] for n in ema], s["one_minus_ema_decay"]))
+            torch._foreach_add_(slots, torch._foreach_mul([params[n] for n in part], s["one_minus_ema_decay"]))
         return params
+
+    @staticmethod
+    def _lists(names: list[str], cpu: bool) -> list[list[str]]:
+        """The foreach lists of an elementwise update: all of `names` at once (CUDA: one launch per
+        operation), or one parameter at a time on the CPU, where a foreach op is a loop over its
+        tensors: a whole list would stream every tensor through the cache once per operation, one
+        parameter keeps its working set in cache (AdamW at the bench shape: 35 ms per step as one
+        list, 21 ms one parameter at a time, 30 ms before, out of place)."""
+        return [[n] for n in names] if cpu else ([names] if names else [])
+
+    def _update(self, names: list[str], muon: bool, lr: torch.Tensor, decay: float, params, grads, s) -> None:
+        ps = [params[n] for n in names]
+        updates = self._muon_updates(names, ps, grads, s) if muon else self._adamw_updates(names, grads, s)
+        if decay:
+            torch._foreach_mul_(ps, 1 - lr * decay)  # p * (1 - lr * decay)
+        torch._foreach_mul_(updates, lr)
+        torch._foreach_sub_(ps, updates)  # p - lr * update
 
     def _buckets(self, params: dict[str, torch.Tensor]) -> dict[tuple, list[str]]:
         """(uses Muon, lr key, weight decay) -> the names of `params` updated alike, in order."""

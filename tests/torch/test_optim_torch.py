@@ -49,8 +49,11 @@ def reference_update(opt: Optimizer, params, grads, s, state):
     return out
 
 
+@pytest.mark.parametrize("whole_lists", [False, True])  # True: CUDA's grouping, tested on the CPU
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-def test_batched_update_equals_the_per_parameter_formulas(optimizer):
+def test_batched_update_equals_the_per_parameter_formulas(optimizer, whole_lists, monkeypatch):
+    if whole_lists:
+        monkeypatch.setattr(Optimizer, "_lists", staticmethod(lambda names, cpu: [names] if names else []))
     cfg = tiny_config(train=dict(optimizer=optimizer, weight_decay=0.1, ema_decay=0.9, lr_scalar=0.02,
                                  muon_ns_steps=3, steps=10))
     specs = parameter_specs(cfg.model)
