@@ -71,8 +71,9 @@ ALL_ROWS = (
     "peer_mlx_lm", "peer_transformers",
     "ours_mlx_ternary_muon", "ours_torch_ternary_muon",
 )
-TARGET_TERNARY_OVERHEAD_PCT = 10.0
-TARGET_OURS_VS_PEER = 1.0
+# issue 12 item 3, both backends: ours >= 1.3x the peer at equal work, ternary costs <= 3% over float
+TARGET_TERNARY_OVERHEAD_PCT = 3.0
+TARGET_OURS_VS_PEER = 1.3
 
 
 def log(*a) -> None:
@@ -580,10 +581,12 @@ def loss_check(res: dict[str, dict]) -> dict:
 
 
 def targets(derived: dict) -> dict:
-    t = {"ternary_overhead_pct_below": TARGET_TERNARY_OVERHEAD_PCT,
+    """Issue 12's goals, per backend: ours (float and ternary) >= 1.3x its peer's tokens/s, and the
+    ternary row at most 3 % slower than the float row (overhead <= 3 %)."""
+    t = {"ternary_overhead_pct_at_most": TARGET_TERNARY_OVERHEAD_PCT,
          "ours_vs_peer_at_least": TARGET_OURS_VS_PEER, "met": {}}
     for b, v in derived["ternary_overhead_pct"].items():  # from the median step time
-        t["met"][f"ternary_overhead_{b}"] = v < TARGET_TERNARY_OVERHEAD_PCT
+        t["met"][f"ternary_overhead_{b}"] = v <= TARGET_TERNARY_OVERHEAD_PCT
     for b, vs in derived["ours_vs_peer"].items():
         for kind, v in vs.items():
             t["met"][f"ours_{kind}_vs_peer_{b}"] = v >= TARGET_OURS_VS_PEER

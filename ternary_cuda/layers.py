@@ -46,6 +46,16 @@ def ternarize(w: torch.Tensor, group_size: int, eps: float = EPS) -> tuple[torch
     return q.to(torch.int8).reshape(w.shape), s
 
 
+def dequantized_ternary(w: torch.Tensor, group_size: int, eps: float = EPS) -> torch.Tensor:
+    """codes * scales of ternarize(w), float32 of w's shape, bit for bit, without the int8 round trip:
+    the codes stay float (-1, 0, 1) and are scaled in place (fewer passes over W, fewer temporaries).
+    `+= 0.0` turns round's -0.0 (of g / s in (-0.5, 0)) into the +0.0 that an int8 code 0 gives."""
+    s = group_absmean(w, group_size, eps)
+    q = torch.round(_grouped(w.float(), group_size) / s[..., None]).clamp_(-1, 1)
+    q += 0.0
+    return q.mul_(s[..., None]).reshape(w.shape)
+
+
 class _StraightThrough(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, x_used):
@@ -66,8 +76,7 @@ def ternary_weight(w: torch.Tensor, group_size: int, eps: float = EPS,
     """W_used = W + lam * (q * s - W) (exactly q * s at lam = 1), gradient straight through to W."""
     w32 = w.float()
     with torch.no_grad():
-        codes, s = ternarize(w32, group_size, eps)
-        wt = (_grouped(codes.float(), group_size) * s[..., None]).reshape(w.shape)
+        wt = dequantized_ternary(w32, group_size, eps)
         if isinstance(lam, torch.Tensor):  # lambda as a tensor (warm-up under torch.compile): exact q * s at 1
             wt = torch.where(lam >= 1.0, wt, w32 + lam * (wt - w32))
         elif lam < 1.0:

@@ -21,17 +21,25 @@ from shared.spec.params import ParamSpec
 
 def newton_schulz(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
     """Approximate orthogonalisation of a 2-D gradient (Muon's quintic iteration), float32."""
+    return newton_schulz_batched(g[None], steps)[0]
+
+
+def newton_schulz_batched(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """newton_schulz of each matrix of a (k, m, n) stack at once, float32: the quintic iteration
+    X <- a X + (b A + c A @ A) X, A = X X^T, written as two baddbmm calls (no elementwise passes of
+    their own, no temporaries for b A, c A^2, a X) and one bmm per step; same math as ternary_mlx's
+    newton_schulz, float rounding aside."""
     a, b, c = NS_COEFFS
     x = g.float()
-    x = x / (torch.sqrt(torch.sum(x * x)) + 1e-7)
-    tall = x.shape[0] > x.shape[1]
+    x = x / (torch.sqrt(torch.sum(x * x, dim=(1, 2), keepdim=True)) + 1e-7)
+    tall = x.shape[1] > x.shape[2]
     if tall:
-        x = x.T
+        x = x.transpose(1, 2)
     for _ in range(steps):
-        A = x @ x.T
-        B = b * A + c * (A @ A)
-        x = a * x + B @ x
-    return x.T if tall else x
+        A = torch.bmm(x, x.transpose(1, 2))
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c)  # b A + c A A
+        x = torch.baddbmm(x, B, x, beta=a)  # a X + B X
+    return x.transpose(1, 2) if tall else x
 
 
 def _host_copy(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:
@@ -73,30 +81,93 @@ class Optimizer:
     @torch.no_grad()
     def apply(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor],
               s: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One update; `s` holds shared.train.optim_rules.step_scalars as scalar tensors: lr_<group>
-        (each parameter's rate by its spec's group; optim_rules.lr_key), momentum and one_minus_momentum
-        (Muon), bc1, bc2, and with EMA ema_decay and one_minus_ema_decay (0 and 1 before train.ema_start_frac)."""
-        t, st, out = self.t, self.state, {}
-        for name, p in params.items():
-            g = grads[name]
+        """One update, in place: `params` (detached views of the parameters) and the state slots are
+        overwritten and `params` is returned (ternary_mlx's apply returns new arrays). `s` holds
+        shared.train.optim_rules.step_scalars as scalar tensors: lr_<group> (each parameter's rate by
+        its spec's group; optim_rules.lr_key), momentum and one_minus_momentum (Muon), bc1, bc2, and
+        with EMA ema_decay and one_minus_ema_decay (0 and 1 before train.ema_start_frac).
+        Parameters that share (optimizer, rate, decay) are updated together with torch._foreach_*
+        ops, one call per operation (see _lists for the CPU); Muon's matrices of one shape go through
+        one batched Newton-Schulz."""
+        cpu = next(iter(params.values())).device.type == "cpu"
+        for (muon, lr_name, decay), names in self._buckets(params).items():
+            for part in ([names] if muon else self._lists(names, cpu)):
+                self._update(part, muon, s[lr_name], decay, params, grads, s)
+        for part in self._lists([n for n in params if f"{n}.ema" in self.state], cpu):
+            slots = [self.state[f"{n}.ema"] for n in part]
+            torch._foreach_mul_(slots, s["ema_decay"])
+            torch._foreach_add_(slots, torch._foreach_mul([params[n] for n in part], s["one_minus_ema_decay"]))
+        return params
+
+    @staticmethod
+    def _lists(names: list[str], cpu: bool) -> list[list[str]]:
+        """The foreach lists of an elementwise update: all of `names` at once (CUDA: one launch per
+        operation), or one parameter at a time on the CPU, where a foreach op is a loop over its
+        tensors: a whole list would stream every tensor through the cache once per operation, one
+        parameter keeps its working set in cache (AdamW at the bench shape: 35 ms per step as one
+        list, 21 ms one parameter at a time, 30 ms before, out of place)."""
+        return [[n] for n in names] if cpu else ([names] if names else [])
+
+    def _update(self, names: list[str], muon: bool, lr: torch.Tensor, decay: float, params, grads, s) -> None:
+        ps = [params[n] for n in names]
+        updates = self._muon_updates(names, ps, grads, s) if muon else self._adamw_updates(names, grads, s)
+        if decay:
+            torch._foreach_mul_(ps, 1 - lr * decay)  # p * (1 - lr * decay)
+        torch._foreach_mul_(updates, lr)
+        torch._foreach_sub_(ps, updates)  # p - lr * update
+
+    def _buckets(self, params: dict[str, torch.Tensor]) -> dict[tuple, list[str]]:
+        """(uses Muon, lr key, weight decay) -> the names of `params` updated alike, in order."""
+        out: dict[tuple, list[str]] = {}
+        for name in params:
             spec = self.specs[name]
-            decay, lr = weight_decay_of(spec, t), s[lr_key(spec, t)]
-            if uses_muon(spec, t):
-                mu = s["momentum"]
-                buf = mu * st[f"{name}.momentum"] + s["one_minus_momentum"] * g
-                st[f"{name}.momentum"] = buf
-                whole = self.full(g + mu * (buf - g))
-                update = self.shard_like(newton_schulz(whole, t.muon_ns_steps) * muon_scale(spec.shape), p)
-            else:
-                m = t.beta1 * st[f"{name}.exp_avg"] + (1 - t.beta1) * g
-                v = t.beta2 * st[f"{name}.exp_avg_sq"] + (1 - t.beta2) * (g * g)
-                st[f"{name}.exp_avg"], st[f"{name}.exp_avg_sq"] = m, v
-                update = (m / s["bc1"]) / (torch.sqrt(v / s["bc2"]) + t.adam_eps)
-            if decay:
-                p = p * (1 - lr * decay)
-            out[name] = p - lr * update
-            if f"{name}.ema" in st:
-                st[f"{name}.ema"] = s["ema_decay"] * st[f"{name}.ema"] + s["one_minus_ema_decay"] * out[name]
+            key = (uses_muon(spec, self.t), lr_key(spec, self.t), weight_decay_of(spec, self.t))
+            out.setdefault(key, []).append(name)
+        return out
+
+    def _adamw_updates(self, names: list[str], grads: dict[str, torch.Tensor],
+                       s: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2 (slots in place); (m / bc1) / (sqrt(v / bc2) + eps),
+        each product and sum rounded as written (no fused multiply-adds), as ternary_mlx's AdamW."""
+        t, st = self.t, self.state
+        g = [grads[n] for n in names]
+        m = [st[f"{n}.exp_avg"] for n in names]
+        v = [st[f"{n}.exp_avg_sq"] for n in names]
+        torch._foreach_mul_(m, t.beta1)
+        torch._foreach_add_(m, torch._foreach_mul(g, 1 - t.beta1))
+        g2 = torch._foreach_mul(g, g)
+        torch._foreach_mul_(g2, 1 - t.beta2)
+        torch._foreach_mul_(v, t.beta2)
+        torch._foreach_add_(v, g2)
+        denom = torch._foreach_div(v, s["bc2"])
+        torch._foreach_sqrt_(denom)
+        torch._foreach_add_(denom, t.adam_eps)
+        update = torch._foreach_div(m, s["bc1"])
+        torch._foreach_div_(update, denom)
+        return update
+
+    def _muon_updates(self, names: list[str], ps: list[torch.Tensor], grads: dict[str, torch.Tensor],
+                      s: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """buf = mu buf + (1 - mu) g (in place); orthogonalised g + mu (buf - g), times muon_scale, laid
+        out as each parameter (FSDP2: the whole matrix in, this rank's rows out)."""
+        mu, st = s["momentum"], self.state
+        g = [grads[n] for n in names]
+        buf = [st[f"{n}.momentum"] for n in names]
+        torch._foreach_mul_(buf, mu)
+        torch._foreach_add_(buf, torch._foreach_mul(g, s["one_minus_momentum"]))
+        nesterov = torch._foreach_sub(buf, g)
+        torch._foreach_mul_(nesterov, mu)
+        torch._foreach_add_(nesterov, g)  # g + mu (buf - g)
+        whole = [self.full(x) for x in nesterov]
+        by_shape: dict[tuple, list[int]] = {}
+        for i, w in enumerate(whole):
+            by_shape.setdefault(tuple(w.shape), []).append(i)
+        out: list[torch.Tensor | None] = [None] * len(names)
+        for shape, idx in by_shape.items():
+            ortho = newton_schulz_batched(torch.stack([whole[i] for i in idx]), self.t.muon_ns_steps)
+            ortho = ortho * muon_scale(shape)
+            for j, i in enumerate(idx):
+                out[i] = self.shard_like(ortho[j], ps[i])
         return out
 
     def numpy_state(self) -> dict[str, np.ndarray]:

@@ -122,13 +122,19 @@ class Trainer(TrainerCommon):
         a = np.asarray(a)  # (ascontiguousarray alone makes 0-d scalars 1-d, which DTensor warns about)
         return torch.from_numpy(np.ascontiguousarray(a).reshape(a.shape)).to(self.device, non_blocking=True)
 
+    def _step_scalars(self, step: int) -> dict[str, torch.Tensor]:
+        """step_scalars as 0-d tensors on the device, from one host-to-device copy (not one per scalar)."""
+        host = step_scalars(step, self.config.train)
+        packed = self._tensor(np.array([host[k] for k in host], np.float32))
+        return dict(zip(host, packed.unbind(0)))
+
     def step(self, windows: np.ndarray, step: int):
         """One optimizer step on (grad_accum, batch, seq_len + 1) windows; returns lazy (loss, grad_norm,
         *terms), the terms of shared.train.loss_terms.extra_terms."""
         xs, ys = inputs_and_targets(windows.reshape(-1, windows.shape[-1]))
         shape = windows.shape[:2] + (windows.shape[-1] - 1,)
         xs, ys = self._tensor(xs.reshape(shape).astype(np.int64)), self._tensor(ys.reshape(shape).astype(np.int64))
-        scalars = {k: self._tensor(v) for k, v in step_scalars(step, self.config.train).items()}
+        scalars = self._step_scalars(step)
         if self.dynamic_lambda:
             self._set_lambda(quant_lambda(step, self.config.ternary.warmup_steps))
         reported = None  # [loss, *extra terms]
@@ -148,17 +154,14 @@ class Trainer(TrainerCommon):
             reported = [r / xs.shape[0] for r in reported]
             grads = {k: p.grad for k, p in self.params.items()}
             if xs.shape[0] > 1:  # x / 1 == x: no extra full pass over the gradients without accumulation
-                for g in grads.values():  # in place: no second copy of every gradient (freed below anyway)
-                    g.div_(xs.shape[0])
+                torch._foreach_div_(list(grads.values()), xs.shape[0])  # in place: no second copy of every gradient
             gnorm = parallel.full(torch.sqrt(sum(torch.sum(g * g) for g in grads.values())))  # FSDP2: over all shards
             clip = self.config.train.grad_clip
             if clip:
                 scale = torch.clamp(torch.full_like(gnorm, clip) / (gnorm + 1e-6), max=1.0)  # a true division, as MLX
-                for g in grads.values():  # in place, as the division above
-                    g.mul_(scale)
-            new = self.opt.apply({k: p.detach() for k, p in self.params.items()}, grads, scalars)
-            for k, p in self.params.items():
-                p.copy_(new[k])
+                torch._foreach_mul_(list(grads.values()), scale)  # in place, as the division above
+            self.opt.apply({k: p.detach() for k, p in self.params.items()}, grads, scalars)  # in place
+            for p in self.params.values():
                 p.grad = None
         if self.dynamic_lambda:  # evaluation between steps sees the lambda of the steps done
             self._set_lambda(quant_lambda(step + 1, self.config.ternary.warmup_steps))
