@@ -48,6 +48,8 @@ def _config(a):
     t.batch_size, t.seq_len, t.grad_accum, t.checkpoint_every = 1, a.seq, 1, 0
     if a.chunk or a.teacher_dtype != "float32":  # the new keys: absent in an older checkout
         t.loss_chunk_tokens, t.teacher_dtype = a.chunk, a.teacher_dtype
+    if a.checkpointing:
+        t.activation_checkpointing = True
     return cfg.validate()
 
 
@@ -126,7 +128,8 @@ def child(a) -> None:
 def run_case(a, backend: str, code: Path, chunk: int, teacher_dtype: str) -> dict:
     args = [sys.executable, str(Path(__file__).resolve()), "--child", "--backend", backend, "--seq", str(a.seq),
             "--steps", str(a.steps), "--chunk", str(chunk), "--teacher-dtype", teacher_dtype,
-            "--threads", str(a.threads)] + (["--save-only"] if a.save_only else [])
+            "--threads", str(a.threads)] + (["--save-only"] if a.save_only else []) + (
+                ["--checkpointing"] if a.checkpointing else [])
     for flag in ("hidden", "intermediate", "layers", "heads", "kv_heads"):
         if getattr(a, flag):
             args += [f"--{flag.replace('_', '-')}", str(getattr(a, flag))]
@@ -135,7 +138,8 @@ def run_case(a, backend: str, code: Path, chunk: int, teacher_dtype: str) -> dic
     if backend == "mlx" and blas.exists():  # as the CLI does (convert/blas.py): MLX's bundled BLAS is ~40x slower
         env["LD_PRELOAD"] = ":".join(filter(None, [env.get("LD_PRELOAD"), str(blas)]))
     proc = subprocess.run(["/usr/bin/time", "-v", *args], cwd=code, env=env, capture_output=True, text=True)
-    case = {"backend": backend, "code": str(code), "loss_chunk_tokens": chunk, "teacher_dtype": teacher_dtype}
+    case = {"backend": backend, "code": str(code), "loss_chunk_tokens": chunk, "teacher_dtype": teacher_dtype,
+            "activation_checkpointing": a.checkpointing}
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
     case["peak_rss_gib"] = round(int(rss.group(1)) / 2 ** 20, 3) if rss else None
     result = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -162,6 +166,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--chunk", type=int, action="append", help="train.loss_chunk_tokens (repeat for several)")
     p.add_argument("--teacher-dtype", action="append", choices=["float32", "bfloat16"])
+    p.add_argument("--checkpointing", action="store_true", help="train.activation_checkpointing = true")
     p.add_argument("--before-code", type=Path, help="also run the old defaults (chunk 0, float32) with this checkout")
     a = p.parse_args()
     if a.child:

@@ -19,6 +19,9 @@ from shared.train.optim_rules import NS_COEFFS, lr_key, muon_scale, slots_for, u
 from shared.spec.params import ParamSpec
 
 
+IN_PLACE_BLOCK = 1 << 22  # elements per block of Optimizer.apply_in_place (16 MiB of float32)
+
+
 def newton_schulz(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
     """Approximate orthogonalisation of a 2-D gradient (Muon's quintic iteration), float32."""
     a, b, c = NS_COEFFS
@@ -76,27 +79,53 @@ class Optimizer:
         """One update; `s` holds shared.train.optim_rules.step_scalars as scalar tensors: lr_<group>
         (each parameter's rate by its spec's group; optim_rules.lr_key), momentum and one_minus_momentum
         (Muon), bc1, bc2, and with EMA ema_decay and one_minus_ema_decay (0 and 1 before train.ema_start_frac)."""
-        t, st, out = self.t, self.state, {}
-        for name, p in params.items():
-            g = grads[name]
-            spec = self.specs[name]
-            decay, lr = weight_decay_of(spec, t), s[lr_key(spec, t)]
-            if uses_muon(spec, t):
-                mu = s["momentum"]
-                buf = mu * st[f"{name}.momentum"] + s["one_minus_momentum"] * g
-                st[f"{name}.momentum"] = buf
-                whole = self.full(g + mu * (buf - g))
-                update = self.shard_like(newton_schulz(whole, t.muon_ns_steps) * muon_scale(spec.shape), p)
-            else:
-                m = t.beta1 * st[f"{name}.exp_avg"] + (1 - t.beta1) * g
-                v = t.beta2 * st[f"{name}.exp_avg_sq"] + (1 - t.beta2) * (g * g)
-                st[f"{name}.exp_avg"], st[f"{name}.exp_avg_sq"] = m, v
-                update = (m / s["bc1"]) / (torch.sqrt(v / s["bc2"]) + t.adam_eps)
-            if decay:
-                p = p * (1 - lr * decay)
-            out[name] = p - lr * update
-            if f"{name}.ema" in st:
-                st[f"{name}.ema"] = s["ema_decay"] * st[f"{name}.ema"] + s["one_minus_ema_decay"] * out[name]
+        return {name: self._updated(name, p, grads[name], s, self.state) for name, p in params.items()}
+
+    @torch.no_grad()
+    def apply_in_place(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor],
+                       s: dict[str, torch.Tensor]) -> None:
+        """apply's values written into `params` and the slots (one process: no DTensors), bounding the
+        step's transient memory: parameter by parameter, each gradient popped from `grads` (the caller
+        holds no other reference, so it is freed after its update), and every elementwise update
+        (AdamW) over flat blocks of IN_PLACE_BLOCK elements, so that a 151,936-row embedding's
+        temporaries are a block's, not several copies of the embedding. Elementwise: bit for bit apply."""
+        for name in list(params):
+            p, g = params[name], grads.pop(name)
+            if uses_muon(self.specs[name], self.t) or p.numel() <= IN_PLACE_BLOCK:  # Muon: whole matrices
+                p.copy_(self._updated(name, p, g, s, self.state))
+                continue
+            keys = [k for k in self.state if k.rsplit(".", 1)[0] == name]
+            flat_p, flat_g = p.view(-1), g.reshape(-1)
+            for a in range(0, flat_p.numel(), IN_PLACE_BLOCK):
+                block = slice(a, a + IN_PLACE_BLOCK)
+                views = {k: self.state[k].view(-1)[block] for k in keys}
+                flat_p[block].copy_(self._updated(name, flat_p[block], flat_g[block], s, views))
+                for k in keys:  # _updated rebinds each slot to its new values
+                    self.state[k].view(-1)[block].copy_(views[k])
+
+    def _updated(self, name: str, p: torch.Tensor, g: torch.Tensor, s: dict[str, torch.Tensor],
+                 st: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The new value of parameter `name` (or a flat block of it: AdamW and EMA are elementwise);
+        its slots in `st` are rebound to their new values."""
+        t = self.t
+        spec = self.specs[name]
+        decay, lr = weight_decay_of(spec, t), s[lr_key(spec, t)]
+        if uses_muon(spec, t):
+            mu = s["momentum"]
+            buf = mu * st[f"{name}.momentum"] + s["one_minus_momentum"] * g
+            st[f"{name}.momentum"] = buf
+            whole = self.full(g + mu * (buf - g))
+            update = self.shard_like(newton_schulz(whole, t.muon_ns_steps) * muon_scale(spec.shape), p)
+        else:
+            m = t.beta1 * st[f"{name}.exp_avg"] + (1 - t.beta1) * g
+            v = t.beta2 * st[f"{name}.exp_avg_sq"] + (1 - t.beta2) * (g * g)
+            st[f"{name}.exp_avg"], st[f"{name}.exp_avg_sq"] = m, v
+            update = (m / s["bc1"]) / (torch.sqrt(v / s["bc2"]) + t.adam_eps)
+        if decay:
+            p = p * (1 - lr * decay)
+        out = p - lr * update
+        if f"{name}.ema" in st:
+            st[f"{name}.ema"] = s["ema_decay"] * st[f"{name}.ema"] + s["one_minus_ema_decay"] * out
         return out
 
     def numpy_state(self) -> dict[str, np.ndarray]:

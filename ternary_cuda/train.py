@@ -42,6 +42,7 @@ class Trainer(TrainerCommon):
                  teacher: Model | None = None):
         self.config, self.model, self.teacher = config, model, teacher
         model.check_ids = False  # the loader validated every id once (S13); no device sync per step
+        model.model.checkpoint_layers = config.train.activation_checkpointing  # recompute each layer in the backward
         # One process, or one rank of torchrun (parallel.setup() ran): its device, its wrapper.
         self.rank, self.world_size = parallel.rank(), parallel.world_size()
         self.device = parallel.device()
@@ -156,10 +157,14 @@ class Trainer(TrainerCommon):
                 scale = torch.clamp(torch.full_like(gnorm, clip) / (gnorm + 1e-6), max=1.0)  # a true division, as MLX
                 for g in grads.values():  # in place, as the division above
                     g.mul_(scale)
-            new = self.opt.apply({k: p.detach() for k, p in self.params.items()}, grads, scalars)
-            for k, p in self.params.items():
-                p.copy_(new[k])
+            weights = {k: p.detach() for k, p in self.params.items()}
+            for p in self.params.values():  # `grads` holds the only reference: each is freed after its update
                 p.grad = None
+            if parallel.sharded(self.params):
+                for k, v in self.opt.apply(weights, grads, scalars).items():
+                    weights[k].copy_(v)
+            else:  # no second copy of the weights, no whole-embedding temporaries (Optimizer.apply_in_place)
+                self.opt.apply_in_place(weights, grads, scalars)
         if self.dynamic_lambda:  # evaluation between steps sees the lambda of the steps done
             self._set_lambda(quant_lambda(step + 1, self.config.ternary.warmup_steps))
         return (reported[0], gnorm, *reported[1:])
