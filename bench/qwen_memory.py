@@ -167,13 +167,25 @@ def main() -> None:
     p.add_argument("--chunk", type=int, action="append", help="train.loss_chunk_tokens (repeat for several)")
     p.add_argument("--teacher-dtype", action="append", choices=["float32", "bfloat16"])
     p.add_argument("--checkpointing", action="store_true", help="train.activation_checkpointing = true")
+    p.add_argument("--mlx-lm", type=Path, metavar="DIR",
+                   help="also run mlx-lm's full fine-tune (bench/qwen_mlx_lm.py) of a random Qwen3-0.6B written to DIR "
+                        "(or reused from there); at the full shape only")
+    p.add_argument("--mlx-lm-iters", type=int, default=3)
+    p.add_argument("--mlx-lm-grad-checkpoint", action="store_true", help="mlx-lm's --grad-checkpoint")
     p.add_argument("--before-code", type=Path, help="also run the old defaults (chunk 0, float32) with this checkout")
     a = p.parse_args()
     if a.child:
         a.backend, a.chunk, a.teacher_dtype = a.backend[0], a.chunk[0], a.teacher_dtype[0]
         return child(a)
     cases = []
-    for backend in a.backend or ["mlx", "torch"]:
+    if a.mlx_lm is not None:  # first: a failure in the peer's setup shows before the long cases
+        if any(getattr(a, k) for k in ("hidden", "intermediate", "layers", "heads", "kv_heads")):
+            p.error("--mlx-lm runs the published Qwen3-0.6B shape; drop --hidden/--intermediate/--layers/--heads/--kv-heads")
+        import qwen_mlx_lm
+        model_dir = qwen_mlx_lm.write_model_dir(a.mlx_lm.resolve())
+        cases.append(qwen_mlx_lm.run(model_dir, a.seq, a.mlx_lm_iters, a.threads, a.mlx_lm_grad_checkpoint))
+        print(json.dumps(cases[-1]), file=sys.stderr, flush=True)
+    for backend in a.backend or ([] if a.mlx_lm is not None else ["mlx", "torch"]):
         if a.before_code is not None:
             cases.append(run_case(a, backend, a.before_code.resolve(), 0, "float32"))
         for chunk in a.chunk or [1024]:
