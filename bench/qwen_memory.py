@@ -13,6 +13,9 @@ script measures an older checkout's code ("before") against this one's ("after")
       --teacher-dtype bfloat16 --before-code /work/main
   python bench/qwen_memory.py --seq 512 --steps 2 --backend torch --chunk 1024 --teacher-dtype bfloat16  # full shape
   python bench/qwen_memory.py --save-only --hidden 512 ... --before-code /work/main   # one checkpoint save
+  python bench/qwen_memory.py --seq 512 --steps 2 --backend torch --backend mlx --chunk 128 \
+      --teacher-dtype bfloat16 --threads 1 --checkpointing          # full shape, activation checkpointing
+  python bench/qwen_memory.py --seq 512 --threads 1 --mlx-lm DIR    # mlx-lm's full fine-tune, the peer
 
 Prints one JSON object: per case the backend, code, chunk, teacher dtype, peak RSS (GiB; also the
 peak before the first step, i.e. of building the models), seconds
