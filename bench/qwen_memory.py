@@ -13,6 +13,9 @@ script measures an older checkout's code ("before") against this one's ("after")
       --teacher-dtype bfloat16 --before-code /work/main
   python bench/qwen_memory.py --seq 512 --steps 2 --backend torch --chunk 1024 --teacher-dtype bfloat16  # full shape
   python bench/qwen_memory.py --save-only --hidden 512 ... --before-code /work/main   # one checkpoint save
+  python bench/qwen_memory.py --seq 512 --steps 2 --backend torch --backend mlx --chunk 128 \
+      --teacher-dtype bfloat16 --threads 1 --checkpointing          # full shape, activation checkpointing
+  python bench/qwen_memory.py --seq 512 --threads 1 --mlx-lm DIR    # mlx-lm's full fine-tune, the peer
 
 Prints one JSON object: per case the backend, code, chunk, teacher dtype, peak RSS (GiB; also the
 peak before the first step, i.e. of building the models), seconds
@@ -48,6 +51,8 @@ def _config(a):
     t.batch_size, t.seq_len, t.grad_accum, t.checkpoint_every = 1, a.seq, 1, 0
     if a.chunk or a.teacher_dtype != "float32":  # the new keys: absent in an older checkout
         t.loss_chunk_tokens, t.teacher_dtype = a.chunk, a.teacher_dtype
+    if a.checkpointing:
+        t.activation_checkpointing = True
     return cfg.validate()
 
 
@@ -126,7 +131,8 @@ def child(a) -> None:
 def run_case(a, backend: str, code: Path, chunk: int, teacher_dtype: str) -> dict:
     args = [sys.executable, str(Path(__file__).resolve()), "--child", "--backend", backend, "--seq", str(a.seq),
             "--steps", str(a.steps), "--chunk", str(chunk), "--teacher-dtype", teacher_dtype,
-            "--threads", str(a.threads)] + (["--save-only"] if a.save_only else [])
+            "--threads", str(a.threads)] + (["--save-only"] if a.save_only else []) + (
+                ["--checkpointing"] if a.checkpointing else [])
     for flag in ("hidden", "intermediate", "layers", "heads", "kv_heads"):
         if getattr(a, flag):
             args += [f"--{flag.replace('_', '-')}", str(getattr(a, flag))]
@@ -135,7 +141,8 @@ def run_case(a, backend: str, code: Path, chunk: int, teacher_dtype: str) -> dic
     if backend == "mlx" and blas.exists():  # as the CLI does (convert/blas.py): MLX's bundled BLAS is ~40x slower
         env["LD_PRELOAD"] = ":".join(filter(None, [env.get("LD_PRELOAD"), str(blas)]))
     proc = subprocess.run(["/usr/bin/time", "-v", *args], cwd=code, env=env, capture_output=True, text=True)
-    case = {"backend": backend, "code": str(code), "loss_chunk_tokens": chunk, "teacher_dtype": teacher_dtype}
+    case = {"backend": backend, "code": str(code), "loss_chunk_tokens": chunk, "teacher_dtype": teacher_dtype,
+            "activation_checkpointing": a.checkpointing}
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
     case["peak_rss_gib"] = round(int(rss.group(1)) / 2 ** 20, 3) if rss else None
     result = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -162,13 +169,26 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--chunk", type=int, action="append", help="train.loss_chunk_tokens (repeat for several)")
     p.add_argument("--teacher-dtype", action="append", choices=["float32", "bfloat16"])
+    p.add_argument("--checkpointing", action="store_true", help="train.activation_checkpointing = true")
+    p.add_argument("--mlx-lm", type=Path, metavar="DIR",
+                   help="also run mlx-lm's full fine-tune (bench/qwen_mlx_lm.py) of a random Qwen3-0.6B written to DIR "
+                        "(or reused from there); at the full shape only")
+    p.add_argument("--mlx-lm-iters", type=int, default=3)
+    p.add_argument("--mlx-lm-grad-checkpoint", action="store_true", help="mlx-lm's --grad-checkpoint")
     p.add_argument("--before-code", type=Path, help="also run the old defaults (chunk 0, float32) with this checkout")
     a = p.parse_args()
     if a.child:
         a.backend, a.chunk, a.teacher_dtype = a.backend[0], a.chunk[0], a.teacher_dtype[0]
         return child(a)
     cases = []
-    for backend in a.backend or ["mlx", "torch"]:
+    if a.mlx_lm is not None:  # first: a failure in the peer's setup shows before the long cases
+        if any(getattr(a, k) for k in ("hidden", "intermediate", "layers", "heads", "kv_heads")):
+            p.error("--mlx-lm runs the published Qwen3-0.6B shape; drop --hidden/--intermediate/--layers/--heads/--kv-heads")
+        import qwen_mlx_lm
+        model_dir = qwen_mlx_lm.write_model_dir(a.mlx_lm.resolve())
+        cases.append(qwen_mlx_lm.run(model_dir, a.seq, a.mlx_lm_iters, a.threads, a.mlx_lm_grad_checkpoint))
+        print(json.dumps(cases[-1]), file=sys.stderr, flush=True)
+    for backend in a.backend or ([] if a.mlx_lm is not None else ["mlx", "torch"]):
         if a.before_code is not None:
             cases.append(run_case(a, backend, a.before_code.resolve(), 0, "float32"))
         for chunk in a.chunk or [1024]:

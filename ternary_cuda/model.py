@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from shared.spec.checkpoint import check_tensor_set
 from shared.spec.config import RunConfig
@@ -269,6 +270,7 @@ class Decoder(nn.Module):
         if m.unet_skips:
             self.skip_weights = nn.Parameter(torch.ones(parameter_shapes(m)["model.skip_weights"]))
         self.plugins = BlockHooks(self, cfg)  # block plug-ins: model.NAME (shared/spec/blocks.py)
+        self.checkpoint_layers = False  # the trainer sets train.activation_checkpointing (see _apply_layer)
 
     def forward(self, input_ids: torch.Tensor, layer_keep: torch.Tensor | None = None,
                 aux: list | None = None, cache=None) -> torch.Tensor:
@@ -292,16 +294,24 @@ class Decoder(nn.Module):
             keep = None if layer_keep is None else layer_keep[i][:, None, None]
             kv = None if cache is None else cache.layer(i)  # one slot per applied layer (depth recurrence)
             if self.value_residual and i == 0:  # applied layer 0's values feed every later layer
-                x, v_first = layer(x, x0, keep, aux, return_values=True, kv=kv)
+                x, v_first = self._apply_layer(layer, x, x0, keep, aux, None, True, kv)
             else:
                 v_mix = (v_first, self.value_residual_lambdas[i - 1]) if self.value_residual else None
-                x = layer(x, x0, keep, aux, v_mix, kv=kv)
+                x = self._apply_layer(layer, x, x0, keep, aux, v_mix, False, kv)
             x = self.plugins.layer_output(x, input_ids, i, cache)
             if i < self.n_encoder:
                 skips.append(x)
         if cache is not None:
             cache.advance(input_ids.shape[1])
         return self.norm(x)
+
+    def _apply_layer(self, layer, x, x0, keep, aux, v_mix, return_values: bool, kv):
+        """One decoder layer; with checkpoint_layers (train.activation_checkpointing) and autograd on,
+        through torch.utils.checkpoint: the backward keeps the layer's inputs only and recomputes its
+        inside (activations, ternarized weights). Decoding (kv) never checkpoints."""
+        if not (self.checkpoint_layers and kv is None and torch.is_grad_enabled()):
+            return layer(x, x0, keep, aux, v_mix, return_values=return_values, kv=kv)
+        return torch.utils.checkpoint.checkpoint(layer, x, x0, keep, aux, v_mix, return_values, use_reentrant=False)
 
 
 class Model(nn.Module):

@@ -18,6 +18,8 @@ from shared.spec.config import TrainConfig
 from shared.train.optim_rules import NS_COEFFS, lr_key, muon_scale, slots_for, uses_muon, weight_decay_of
 from shared.spec.params import ParamSpec
 
+ELEMENTWISE_BLOCK = 1 << 22  # CPU: AdamW of a larger parameter runs over flat blocks of this many elements
+
 
 def newton_schulz(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
     """Approximate orthogonalisation of a 2-D gradient (Muon's quintic iteration), float32."""
@@ -88,11 +90,18 @@ class Optimizer:
         with EMA ema_decay and one_minus_ema_decay (0 and 1 before train.ema_start_frac).
         Parameters that share (optimizer, rate, decay) are updated together with torch._foreach_*
         ops, one call per operation (see _lists for the CPU); Muon's matrices of one shape go through
-        one batched Newton-Schulz."""
+        one batched Newton-Schulz. Each gradient is dropped from `grads` once its parameter is updated,
+        so a caller that holds no other reference frees it there (at Qwen3-0.6B: never all gradients
+        and the step's temporaries at once)."""
         cpu = next(iter(params.values())).device.type == "cpu"
         for (muon, lr_name, decay), names in self._buckets(params).items():
             for part in ([names] if muon else self._lists(names, cpu)):
-                self._update(part, muon, s[lr_name], decay, params, grads, s)
+                if cpu and not muon and len(part) == 1 and params[part[0]].numel() > ELEMENTWISE_BLOCK:
+                    self._adamw_in_blocks(part[0], s[lr_name], decay, params, grads, s)
+                else:
+                    self._update(part, muon, s[lr_name], decay, params, grads, s)
+                for n in part:
+                    del grads[n]
         for part in self._lists([n for n in params if f"{n}.ema" in self.state], cpu):
             slots = [self.state[f"{n}.ema"] for n in part]
             torch._foreach_mul_(slots, s["ema_decay"])
@@ -108,9 +117,23 @@ class Optimizer:
         list, 21 ms one parameter at a time, 30 ms before, out of place)."""
         return [[n] for n in names] if cpu else ([names] if names else [])
 
-    def _update(self, names: list[str], muon: bool, lr: torch.Tensor, decay: float, params, grads, s) -> None:
+    def _adamw_in_blocks(self, name: str, lr: torch.Tensor, decay: float, params, grads, s) -> None:
+        """AdamW of one large parameter (a 151,936-row embedding) over flat blocks of ELEMENTWISE_BLOCK
+        elements: views of the parameter, its gradient and slots, so that the update's temporaries
+        are one block's, not several copies of the parameter. Elementwise, so the same bits."""
+        p, g = params[name].view(-1), grads[name].reshape(-1)
+        slots = (f"{name}.exp_avg", f"{name}.exp_avg_sq")
+        for a in range(0, p.numel(), ELEMENTWISE_BLOCK):
+            block = slice(a, a + ELEMENTWISE_BLOCK)
+            views = {k: self.state[k].view(-1)[block] for k in slots}
+            self._update([name], False, lr, decay, {name: p[block]}, {name: g[block]}, s, views)
+
+    def _update(self, names: list[str], muon: bool, lr: torch.Tensor, decay: float, params, grads, s,
+                slots: dict[str, torch.Tensor] | None = None) -> None:
+        """`slots`: views standing in for self.state's AdamW slots (_adamw_in_blocks)."""
         ps = [params[n] for n in names]
-        updates = self._muon_updates(names, ps, grads, s) if muon else self._adamw_updates(names, grads, s)
+        updates = (self._muon_updates(names, ps, grads, s) if muon
+                   else self._adamw_updates(names, grads, s, slots or self.state))
         if decay:
             torch._foreach_mul_(ps, 1 - lr * decay)  # p * (1 - lr * decay)
         torch._foreach_mul_(updates, lr)
@@ -126,10 +149,10 @@ class Optimizer:
         return out
 
     def _adamw_updates(self, names: list[str], grads: dict[str, torch.Tensor],
-                       s: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        """m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2 (slots in place); (m / bc1) / (sqrt(v / bc2) + eps),
-        each product and sum rounded as written (no fused multiply-adds), as ternary_mlx's AdamW."""
-        t, st = self.t, self.state
+                       s: dict[str, torch.Tensor], st: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2 (slots of `st` in place); (m / bc1) / (sqrt(v / bc2)
+        + eps), each product and sum rounded as written (no fused multiply-adds), as ternary_mlx's AdamW."""
+        t = self.t
         g = [grads[n] for n in names]
         m = [st[f"{n}.exp_avg"] for n in names]
         v = [st[f"{n}.exp_avg_sq"] for n in names]

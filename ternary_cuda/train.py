@@ -23,6 +23,7 @@ from shared.train.optim_rules import step_scalars
 from shared.spec.params import parameter_specs
 from shared.spec.safetensors_stream import LazyTensor
 from shared.spec.ternary import quant_lambda
+from shared.train.host_memory import map_large_blocks
 from shared.train.trainer_common import TrainerCommon
 from ternary_cuda import checkpoint, parallel
 from ternary_cuda.evaluate import evaluate, evaluate_ttt
@@ -42,10 +43,13 @@ class Trainer(TrainerCommon):
                  teacher: Model | None = None):
         self.config, self.model, self.teacher = config, model, teacher
         model.check_ids = False  # the loader validated every id once (S13); no device sync per step
+        model.model.checkpoint_layers = config.train.activation_checkpointing  # recompute each layer in the backward
         # One process, or one rank of torchrun (parallel.setup() ran): its device, its wrapper.
         self.rank, self.world_size = parallel.rank(), parallel.world_size()
         self.device = parallel.device()
         self.bf16, use_compile, self.notes = parallel.settings(config.train)
+        if self.device.type == "cpu":  # tensors live in malloc's memory: free blocks go back (shared/train/host_memory.py)
+            map_large_blocks()
         self.wrapped, notes = parallel.wrap(model, config.train, self.bf16)  # FSDP2: params become shards
         self.notes += notes
         self.forward = torch.compile(self.wrapped) if use_compile else self.wrapped
@@ -160,9 +164,10 @@ class Trainer(TrainerCommon):
             if clip:
                 scale = torch.clamp(torch.full_like(gnorm, clip) / (gnorm + 1e-6), max=1.0)  # a true division, as MLX
                 torch._foreach_mul_(list(grads.values()), scale)  # in place, as the division above
-            self.opt.apply({k: p.detach() for k, p in self.params.items()}, grads, scalars)  # in place
-            for p in self.params.values():
+            weights = {k: p.detach() for k, p in self.params.items()}
+            for p in self.params.values():  # `grads` holds the only reference: each is freed after its update
                 p.grad = None
+            self.opt.apply(weights, grads, scalars)  # in place; drops each gradient from `grads` once used
         if self.dynamic_lambda:  # evaluation between steps sees the lambda of the steps done
             self._set_lambda(quant_lambda(step + 1, self.config.ternary.warmup_steps))
         return (reported[0], gnorm, *reported[1:])

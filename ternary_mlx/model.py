@@ -260,6 +260,7 @@ class Decoder(nn.Module):
         if m.unet_skips:
             self.skip_weights = mx.ones(parameter_shapes(m)["model.skip_weights"])
         self.plugins = BlockHooks(self, cfg)  # block plug-ins: model.NAME (shared/spec/blocks.py)
+        self.checkpoint_layers = False  # the trainer sets train.activation_checkpointing (see _apply_layer)
 
     def __call__(self, input_ids: mx.array, layer_keep: mx.array | None = None,
                  aux: list | None = None, cache=None) -> mx.array:
@@ -283,16 +284,33 @@ class Decoder(nn.Module):
             keep = None if layer_keep is None else layer_keep[i][:, None, None]
             kv = None if cache is None else cache.layer(i)  # one slot per applied layer (depth recurrence)
             if self.value_residual and i == 0:  # applied layer 0's values feed every later layer
-                x, v_first = layer(x, x0, keep, aux, return_values=True, kv=kv)
+                x, v_first = self._apply_layer(layer, x, x0, keep, aux, None, True, kv)
             else:
                 v_mix = (v_first, self.value_residual_lambdas[i - 1]) if self.value_residual else None
-                x = layer(x, x0, keep, aux, v_mix, kv=kv)
+                x = self._apply_layer(layer, x, x0, keep, aux, v_mix, False, kv)
             x = self.plugins.layer_output(x, input_ids, i, cache)
             if i < self.n_encoder:
                 skips.append(x)
         if cache is not None:
             cache.advance(input_ids.shape[1])
         return self.norm(x)
+
+    def _apply_layer(self, layer, x, x0, keep, aux, v_mix, return_values: bool, kv):
+        """One decoder layer; with checkpoint_layers (train.activation_checkpointing), through
+        nn.utils.checkpoint (mx.checkpoint over the layer's parameters): the backward keeps the layer's
+        inputs only and recomputes its inside (activations, ternarized weights). Decoding (kv) never
+        checkpoints."""
+        if not (self.checkpoint_layers and kv is None):
+            return layer(x, x0, keep, aux, v_mix, return_values=return_values, kv=kv)
+        given = [x, x0, keep, *(v_mix or ())]  # mx.checkpoint takes arrays only: None stays outside
+        present = [a is not None for a in given]
+
+        def run(*arrays):
+            it = iter(arrays)
+            x_, x0_, keep_, *mix = [next(it) if p else None for p in present]
+            return layer(x_, x0_, keep_, aux, tuple(mix) if v_mix is not None else None, return_values=return_values)
+
+        return nn.utils.checkpoint(layer, run)(*[a for a in given if a is not None])
 
 
 class Model(nn.Module):

@@ -73,6 +73,7 @@ class Trainer(TrainerCommon):
                  teacher: Model | None = None):
         self.config, self.model, self.teacher = config, model, teacher
         model.check_ids = False  # the loader validated every id once (S13); compiled code cannot read back
+        model.model.checkpoint_layers = config.train.activation_checkpointing  # recompute each layer in the backward
         params = dict(tree_flatten(model.parameters()))
         self.opt = Optimizer(config.train, parameter_specs(config.model))
         if optimizer_state is not None:

@@ -179,6 +179,10 @@ class TrainConfig:
     # chunks); e.g. 1024 for a 151,936-token vocabulary. A micro-batch of at most this many tokens
     # takes the whole-batch path, bit for bit.
     loss_chunk_tokens: int = 0
+    # Activation checkpointing: the backward keeps only each decoder layer's inputs and recomputes the
+    # layer's inside (its activations and ternarized weights) when it reaches it: about one more
+    # forward per step for the memory of one layer's activations instead of all of them.
+    activation_checkpointing: bool = False
     # PyTorch on several processes (torchrun) and on CUDA; a CPU run ignores the last three (logged).
     parallel: str = "ddp"  # "ddp" (replicated model) or "fsdp2" (sharded, for models that do not fit)
     compile: bool = True  # torch.compile the training forward/backward (CUDA only)
@@ -414,6 +418,11 @@ class RunConfig:
                  0 <= tr.muon_momentum_warmup_start < 1, "in [0, 1)")
         for key in ("muon_momentum_warmup_steps", "z_loss", "moe_aux_loss", "batch_tokens_start", "seq_len_start"):
             _require(f"train.{key}", getattr(tr, key), getattr(tr, key) >= 0, ">= 0 (0 = off)")
+        if tr.activation_checkpointing and tr.moe_aux_loss:
+            raise ConfigError(f"train.activation_checkpointing recomputes each decoder layer in the backward, but "
+                              f"train.moe_aux_loss={tr.moe_aux_loss} collects the experts' balance loss as a side "
+                              "effect of the layer's forward, which a recomputed layer cannot return; set one of "
+                              "them off")
         if tr.moe_aux_loss and not m.moe_num_experts:
             raise ConfigError(f"train.moe_aux_loss={tr.moe_aux_loss} weights the experts' load-balancing loss, "
                               "but model.moe_num_experts is 0 (no experts)")

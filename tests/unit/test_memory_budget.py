@@ -38,3 +38,13 @@ def test_budget_without_teacher_whole_batch_logits_and_ema():
     line = budget_line(cfg)
     assert line.startswith("memory budget (estimate, GiB): weights 0.00") and "16 of 16 tokens" in line
 
+
+
+def test_budget_with_activation_checkpointing_keeps_layer_inputs_and_one_layer():
+    """train.activation_checkpointing: each of the 2 layers' inputs (64 floats per token) plus one
+    layer's whole set; the ternarized weights of one layer (no ternary matrix outside the layers)."""
+    cfg = tiny_config(train=dict(batch_size=2, seq_len=8, optimizer="adamw", activation_checkpointing=True))
+    b = memory_budget(cfg)
+    assert b["activations"] == 4 * 16 * (2 * 64 + ACT_FLOATS)
+    assert b["ternary_weights"] == 4 * TERNARY // 2
+    assert "checkpointed" in budget_line(cfg)
