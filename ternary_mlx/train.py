@@ -93,7 +93,6 @@ class Trainer(TrainerCommon):
             teacher.freeze()
             if t.teacher_dtype == "bfloat16":  # half the teacher's memory; its logits are cast to float32
                 teacher.set_dtype(mx.bfloat16)
-
         reports_terms = bool(extra_terms(t))  # train.z_loss, train.moe_aux_loss
         loss_fn = _loss_function(model, teacher, t, reports_terms)
         loss_and_grad = nn.value_and_grad(model, loss_fn)
