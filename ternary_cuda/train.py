@@ -23,7 +23,7 @@ from shared.train.optim_rules import step_scalars
 from shared.spec.params import parameter_specs
 from shared.spec.safetensors_stream import LazyTensor
 from shared.spec.ternary import quant_lambda
-from shared.train.host_memory import map_large_blocks
+from shared.train import host_memory
 from shared.train.trainer_common import TrainerCommon
 from ternary_cuda import checkpoint, parallel
 from ternary_cuda.evaluate import evaluate, evaluate_ttt
@@ -48,8 +48,8 @@ class Trainer(TrainerCommon):
         self.rank, self.world_size = parallel.rank(), parallel.world_size()
         self.device = parallel.device()
         self.bf16, use_compile, self.notes = parallel.settings(config.train)
-        if self.device.type == "cpu":  # tensors live in malloc's memory: free blocks go back (shared/train/host_memory.py)
-            map_large_blocks()
+        if host_memory.wanted(sum(p.numel() for p in model.parameters()), self.device.type):
+            host_memory.map_large_blocks()  # freed blocks go back to the OS (shared/train/host_memory.py)
         self.wrapped, notes = parallel.wrap(model, config.train, self.bf16)  # FSDP2: params become shards
         self.notes += notes
         self.forward = torch.compile(self.wrapped) if use_compile else self.wrapped

@@ -17,6 +17,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from shared.data.batching import inputs_and_targets
 from shared.spec.config import RunConfig, TrainConfig
+from shared.train import host_memory
 from shared.train.optim_rules import step_scalars
 from shared.spec.params import parameter_specs
 from shared.spec.safetensors_stream import LazyTensor
@@ -75,6 +76,8 @@ class Trainer(TrainerCommon):
         model.check_ids = False  # the loader validated every id once (S13); compiled code cannot read back
         model.model.checkpoint_layers = config.train.activation_checkpointing  # recompute each layer in the backward
         params = dict(tree_flatten(model.parameters()))
+        if host_memory.wanted(sum(v.size for v in params.values()), mx.default_device().type.name):
+            host_memory.map_large_blocks()  # freed blocks go back to the OS (shared/train/host_memory.py)
         self.opt = Optimizer(config.train, parameter_specs(config.model))
         if optimizer_state is not None:
             self.opt.load_numpy_state(optimizer_state)
@@ -97,7 +100,6 @@ class Trainer(TrainerCommon):
         loss_fn = _loss_function(model, teacher, t, reports_terms)
         loss_and_grad = nn.value_and_grad(model, loss_fn)
         clip = config.train.grad_clip
-
         def step_fn(xs: mx.array, ys: mx.array, scalars: dict[str, mx.array]):
             if self.dynamic_lambda:
                 model.set_quant_lambda(scalars["lam"])
@@ -124,7 +126,6 @@ class Trainer(TrainerCommon):
             new = self.opt.apply(dict(tree_flatten(model.parameters())), grads, scalars)
             model.update(tree_unflatten(list(new.items())))
             return (reported[0], gnorm, *reported[1:])
-
         self._state = [model.state, self.opt.state]
         if teacher is not None:  # an input of the compiled step, not a constant baked into it
             self._state.append(teacher.state)

@@ -39,3 +39,11 @@ def _freed_mib(mode: str) -> int:
 def test_fixed_threshold_returns_freed_blocks_and_default_does_not():
     assert _freed_mib("fixed") >= 120  # of 128 MiB
     assert _freed_mib("default") < 16
+
+
+def test_only_large_models_on_the_cpu_fix_the_threshold():
+    from shared.train.host_memory import LARGE_MODEL_BYTES, wanted
+    big = LARGE_MODEL_BYTES // 4  # parameters of float32 weights at the limit
+    assert wanted(big, "cpu") and wanted(596_000_000, "cpu")
+    assert not wanted(big - 1, "cpu")  # small models keep glibc's fast default (page faults cost there)
+    assert not wanted(596_000_000, "cuda")  # device memory is not malloc's
