@@ -1,9 +1,19 @@
 """Fixtures for every suite. (The repository root is importable through pyproject.toml's
 [tool.pytest.ini_options] pythonpath, so `import shared` and `import tests.variants` work however
 pytest is launched.)"""
+import signal
+
 import pytest
 
 from tests.backends import backend  # noqa: F401  (the mlx / torch fixture)
+
+
+# A shell that starts pytest in the background without job control (`cmd &` in a script, nohup)
+# hands it SIGINT ignored, and every process the tests start inherits that: the Ctrl-C tests'
+# children would never see their SIGINT and run to the end. The default handler here gives them
+# the disposition a terminal would.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True, scope="session")
