@@ -112,6 +112,13 @@ def _check_resume_config(cfg: RunConfig, saved: RunConfig, ckpt: Path) -> None:
                               f"start a new run with --init {ckpt} instead")
 
 
+def state_dtype_change(saved: str, now: str) -> str:
+    """The log line of a resume that changes train.optimizer_state_dtype: the checkpoint holds the
+    moments as float32 either way, and the trainer converts them to the new dtype when it loads them."""
+    how = "rounded to nearest even" if now == "bfloat16" else "exactly"
+    return f"train.optimizer_state_dtype: the checkpoint's {saved} moments are converted to {now} ({how})"
+
+
 def _absolute_paths(cfg: RunConfig) -> RunConfig:
     """Store data.source / data.tokenizer paths absolute, so the run can be read from anywhere."""
     from shared.data.tokenizers import BUILTIN_TOKENIZERS
@@ -179,6 +186,8 @@ def train(cfg: RunConfig, backend: Backend, out_dir: Path, *, resume: Path | Non
         del opt
         state = fmt.read_trainer_state(resume) or {}
         log(f"resuming from {resume} at step {state.get('step', 0)}")
+        if saved_cfg.train.optimizer_state_dtype != cfg.train.optimizer_state_dtype:
+            log(state_dtype_change(saved_cfg.train.optimizer_state_dtype, cfg.train.optimizer_state_dtype))
     elif init is not None:
         init_cfg, weights = fmt.read_checkpoint(init)
         weights = _add_subln(init_cfg, cfg, weights, init, log)
