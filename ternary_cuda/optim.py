@@ -75,6 +75,7 @@ class Optimizer:
         self.shapes = {n: s.shape for n, s in specs.items()}
         self.state: dict[str, torch.Tensor] = {}
         self.full, self.shard_like, self.from_host = full, shard_like, from_host
+        self.sharded = like is not None  # the trainer passes `like` for FSDP2 shards only
         for name, shape in self.shapes.items():
             for slot in slots_for(specs[name], t):
                 dtype = DTYPES[slot_dtype(slot, t)]
@@ -100,9 +101,14 @@ class Optimizer:
         so a caller that holds no other reference frees it there (at Qwen3-0.6B: never all gradients
         and the step's temporaries at once)."""
         cpu = next(iter(params.values())).device.type == "cpu"
+        # a lower train.optimizer_state_dtype updates from float32 copies of the moments: on CUDA too one
+        # parameter at a time (large ones in blocks, but not FSDP2's DTensor shards), else the copies of
+        # every moment would exist at once, more memory than the lower dtype saves
+        split = cpu or self.t.optimizer_state_dtype != "float32"
+        blocks = cpu or (split and not self.sharded)
         for (muon, lr_name, decay), names in self._buckets(params).items():
-            for part in ([names] if muon else self._lists(names, cpu)):
-                if cpu and not muon and len(part) == 1 and params[part[0]].numel() > ELEMENTWISE_BLOCK:
+            for part in ([names] if muon else self._lists(names, split)):
+                if blocks and not muon and len(part) == 1 and params[part[0]].numel() > ELEMENTWISE_BLOCK:
                     self._adamw_in_blocks(part[0], s[lr_name], decay, params, grads, s)
                 else:
                     self._update(part, muon, s[lr_name], decay, params, grads, s)
@@ -117,7 +123,8 @@ class Optimizer:
     @staticmethod
     def _lists(names: list[str], cpu: bool) -> list[list[str]]:
         """The foreach lists of an elementwise update: all of `names` at once (CUDA: one launch per
-        operation), or one parameter at a time on the CPU, where a foreach op is a loop over its
+        operation), or one parameter at a time on the CPU (`cpu`; apply passes it on CUDA too with a
+        lower train.optimizer_state_dtype), where a foreach op is a loop over its
         tensors: a whole list would stream every tensor through the cache once per operation, one
         parameter keeps its working set in cache (AdamW at the bench shape: 35 ms per step as one
         list, 21 ms one parameter at a time, 30 ms before, out of place)."""
