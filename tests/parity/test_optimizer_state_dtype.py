@@ -46,14 +46,16 @@ def _start(cfg):
     return weights, grads
 
 
-def _run_mlx(cfg, weights, grads):
+def _run_mlx(cfg, weights, grads, compiled: bool = False):
+    """compiled: apply inside mx.compile with the state as its input and output, as the trainer's step."""
     opt = mopt.Optimizer(cfg.train, parameter_specs(cfg.model))
     params = {k: mx.array(v) for k, v in weights.items()}
     if cfg.train.ema_decay:
         opt.init_ema(params)
+    apply = mx.compile(opt.apply, inputs=[opt.state], outputs=[opt.state]) if compiled else opt.apply
     for step, g in enumerate(grads):
         scalars = {k: mx.array(v) for k, v in step_scalars(step, cfg.train).items()}
-        params = opt.apply(params, {k: mx.array(v) for k, v in g.items()}, scalars)
+        params = apply(params, {k: mx.array(v) for k, v in g.items()}, scalars)
         mx.eval(params, opt.state)
     return {k: np.array(v) for k, v in params.items()}, opt
 
@@ -113,12 +115,14 @@ def _torch_paths(monkeypatch, path: str):
         monkeypatch.setattr(topt.Optimizer, "_lists", staticmethod(lambda names, cpu: [names] if names else []))
 
 
-def test_adamw_bf16_slots_match_numpy_bit_for_bit():
+@pytest.mark.parametrize("compiled", [False, True])
+def test_adamw_bf16_slots_match_numpy_bit_for_bit(compiled):
     """MLX's AdamW with bfloat16 slots gives the NumPy transcription's weights and slots bit for bit:
-    each slot the float32 update rounded to nearest even (not truncated), the update from float32."""
+    each slot the float32 update rounded to nearest even (not truncated), the update from float32;
+    compiled (fused) or not."""
     cfg = _cfg("adamw", ema_decay=None)
     weights, grads = _start(cfg)
-    mlx_w, mlx_opt = _run_mlx(cfg, weights, grads)
+    mlx_w, mlx_opt = _run_mlx(cfg, weights, grads, compiled)
     want_w, want_st = _numpy_adamw(cfg, weights, grads)
     got_st = mlx_opt.numpy_state()
     assert sorted(got_st) == sorted(want_st)
