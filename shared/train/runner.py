@@ -205,7 +205,7 @@ def train(cfg: RunConfig, backend: Backend, out_dir: Path, *, resume: Path | Non
         if resume is not None:
             _truncate_metrics(out_dir / "metrics.jsonl", state.get("step", 0))
     log(budget_line(cfg, None if teacher is None else teacher.config))  # before the student is built
-    if cfg.train.optimizer_state_dtype == "bfloat16" and cfg.train.beta2 > 0.99:
+    if cfg.train.optimizer_state_dtype == "bfloat16" and cfg.train.beta2 >= 0.99:
         log(f"note: train.beta2 = {cfg.train.beta2:g} with bfloat16 moments: exp_avg_sq's decay per step, "
             f"{1 - cfg.train.beta2:.2g} of itself, is near bfloat16's resolution (2^-8), so rounding keeps it high "
             "(+4.5% at 0.99, +58% at 0.999: docs/design.md); the default 0.95 holds")
