@@ -20,6 +20,8 @@ def run(args) -> int:
     if args.to != "packed" and (args.artifact != "default" or args.backend is not None or args.eval_tokens is not None
                                 or args.hadamard or args.hadamard_seed is not None):
         raise CliError("--artifact, --hadamard, --hadamard-seed, --backend and --eval-tokens apply to --to packed only")
+    if args.to != "packed" and args.threads is not None:  # the other exports have no thread setting
+        raise CliError("--threads applies to --to packed only (zstd's workers and the round trip)")
     if args.to in ("hf", "mlx-lm"):
         from convert.formats import hf_export as export_hf
         if args.compress is not None or args.floats is not None or args.dtype != "float32":

@@ -111,6 +111,9 @@ def test_convert_threads_sets_zstd_workers_not_the_bytes(tmp_path, monkeypatch, 
     assert main(["convert", str(tmp_path / "ck"), "--to", "packed", "--threads", "5",
                  "--out", str(tmp_path / "t5.tpk")]) == 2  # more than the CPUs: refused, as everywhere
     assert "--threads 5" in capsys.readouterr().err and not (tmp_path / "t5.tpk").exists()
+    assert main(["convert", str(tmp_path / "ck"), "--to", "canonical", "--threads", "2",
+                 "--out", str(tmp_path / "canon")]) == 2  # no other export uses threads: refused, not ignored
+    assert "--threads applies to --to packed only" in capsys.readouterr().err and not (tmp_path / "canon").exists()
 
 
 def test_zstd_multithreaded_bytes_do_not_depend_on_the_workers():
