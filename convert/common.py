@@ -181,7 +181,8 @@ def backend_arg(p: argparse.ArgumentParser, what: str) -> None:
                         "torch uses CUDA when available)")
 
 
-def threads_arg(p: argparse.ArgumentParser) -> None:
+def threads_arg(p: argparse.ArgumentParser, uses: str = "torch and OpenBLAS") -> None:
+    """--threads N, resolved by convert/runtime.py (prepare) into args.runtime.threads."""
     p.add_argument("--threads", type=positive_int, metavar="N",
-                   help="CPU threads for torch and OpenBLAS, at most the CPUs this process may use (default: "
+                   help=f"CPU threads for {uses}, at most the CPUs this process may use (default: "
                         "OMP_NUM_THREADS if set, else all of those CPUs)")

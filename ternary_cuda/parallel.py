@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import sys
 import types
 from dataclasses import dataclass
 
@@ -272,21 +273,31 @@ def eval_shard(model: torch.nn.Module) -> Shard | None:
                  collective_forward=sharded(dict(model.named_parameters())))
 
 
+def _loaded_dtensor():
+    """The DTensor class if torch.distributed.tensor is imported, else None: no DTensor can exist
+    before its package is imported, and importing it costs ~1 s of CPU, which every one-process
+    torch run paid for these isinstance checks."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return None if module is None else module.DTensor
+
+
 def sharded(params: dict[str, torch.Tensor]) -> bool:
     """Whether these parameters are FSDP2 shards (optimizer state then holds only this rank's rows)."""
-    from torch.distributed.tensor import DTensor
-    return any(isinstance(p, DTensor) for p in params.values())
+    dtensor = _loaded_dtensor()
+    return dtensor is not None and any(isinstance(p, dtensor) for p in params.values())
 
 
 def full(t: torch.Tensor) -> torch.Tensor:
     """The whole tensor of a sharded DTensor (a collective: every rank calls it); others unchanged."""
-    from torch.distributed.tensor import DTensor
-    return t.full_tensor() if isinstance(t, DTensor) else t
+    dtensor = _loaded_dtensor()
+    return t.full_tensor() if dtensor is not None and isinstance(t, dtensor) else t
 
 
 def shard_like(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """`t` (the whole tensor, the same on every rank) laid out as `like`: this rank's shard when
     `like` is a DTensor (no communication), else `t` on `like`'s device."""
+    if _loaded_dtensor() is None:  # no DTensor exists
+        return t.to(like.device)
     from torch.distributed.tensor import DTensor, distribute_tensor
     if isinstance(t, DTensor):
         return t  # already laid out (EMA initialised from sharded parameters)
@@ -300,9 +311,10 @@ def from_host(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     `like`. Under FSDP2 only this rank's rows are sliced out and copied to the device: the whole
     tensor is never copied, on the host or the device, and the result is no view of `a` (which
     the caller may then release). Else a float32 copy on `like`'s device."""
-    from torch.distributed.tensor import DTensor
-    if not isinstance(like, DTensor):
+    dtensor = _loaded_dtensor()
+    if dtensor is None or not isinstance(like, dtensor):
         return torch.tensor(np.asarray(a, np.float32), device=like.device)
+    from torch.distributed.tensor import DTensor
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
     if tuple(a.shape) != tuple(like.shape):
         raise ValueError(f"from_host: array of shape {tuple(a.shape)} for a tensor of shape {tuple(like.shape)}")

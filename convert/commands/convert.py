@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from convert.backends import NAMES
-from convert.common import CliError, checkpoint_dir, positive_int, sub
+from convert.common import CliError, checkpoint_dir, positive_int, sub, threads_arg
 from convert.formats.replace import FORCE_HELP
 from shared.spec.checkpoint import MODEL_FILE
 
@@ -20,6 +20,8 @@ def run(args) -> int:
     if args.to != "packed" and (args.artifact != "default" or args.backend is not None or args.eval_tokens is not None
                                 or args.hadamard or args.hadamard_seed is not None):
         raise CliError("--artifact, --hadamard, --hadamard-seed, --backend and --eval-tokens apply to --to packed only")
+    if args.to != "packed" and args.threads is not None:  # the other exports have no thread setting
+        raise CliError("--threads applies to --to packed only (zstd's workers and the round trip)")
     if args.to in ("hf", "mlx-lm"):
         from convert.formats import hf_export as export_hf
         if args.compress is not None or args.floats is not None or args.dtype != "float32":
@@ -68,10 +70,10 @@ def _convert_packed(args, src) -> int:
     trip = None
     if round_trip:  # the data and the checkpoint's own score first: a run without its data writes nothing
         from convert.commands.convert_roundtrip import RoundTrip
-        trip = RoundTrip(src, args.backend or "torch", args.eval_tokens)
+        trip = RoundTrip(src, args.backend or "torch", args.eval_tokens, args.runtime.threads)
     st = export.to_packed(src, args.out, compress=args.compress or ("lzma" if record else "auto"),
                           floats=args.floats or "fp16", force=args.force, artifact=args.artifact, hadamard=seed,
-                          progress=_progress(src))
+                          progress=_progress(src), threads=args.runtime.threads)
     if record:
         from convert.formats.packed_pgrecord import budget_lines
         print(f"wrote packed file {args.out} (--artifact pg-record): {st.bytes:,d} bytes (raw payload "
@@ -181,7 +183,7 @@ def register(subs) -> None:
             "packed: one file, a JSON header (config, tensor table) and base-3 codes (5 per byte), fp16 scales\n"
             "and the other parameters in fp16 (--floats int8: float matrices such as the embedding in per-row\n"
             "absmax int8, each element within half a row scale; norm gains stay fp16), compressed (--compress\n"
-            "auto, the default: LZMA up to 16 MiB of raw payload, zstd level 9 multi-threaded above, so that\n"
+            "auto, the default: LZMA up to 16 MiB of raw payload, zstd level 9 on --threads threads above, so that\n"
             "Qwen3-0.6B packs in well under a minute; the level used is printed) or not at all; load it with\n"
             "convert.formats.packed.load_packed or score it with `ternary eval FILE`.\n"
             "The ternary forward pass is kept up to fp16 rounding of the scales (<= 2^-11 relative); latent\n"
@@ -232,7 +234,7 @@ def register(subs) -> None:
                         "above it, so that a Qwen3-0.6B-sized model packs in seconds; lzma: xz preset 9e, the "
                         "smallest, 1-3 MB/s, minutes for a 400 MB payload; zstd: level 19 up to 16 MiB of raw "
                         "payload, about 1%% larger than lzma on the smoke model and 10-100x faster to read, level "
-                        "9 multi-threaded above it (about 100 MB/s, +0.1%% bytes); zstd-22: level 22 at any "
+                        "9 on --threads threads above it (about 100 MB/s, +0.1%% bytes); zstd-22: level 22 at any "
                         "size, as parameter-golf's int5/int6 records write: the slow maximum)")
     c.add_argument("--floats", choices=("fp16", "int8", "int6", "int5", "mixed"), default=None,
                    help="packed float parameters (default fp16; int8/int6/int5: per-row absmax codes in "
@@ -255,4 +257,6 @@ def register(subs) -> None:
                    help="--artifact pg-record: framework that scores the round trip (default: torch)")
     c.add_argument("--eval-tokens", type=positive_int, default=None, metavar="N",
                    help="--artifact pg-record: validation tokens the round trip scores (default: train.eval_tokens)")
+    threads_arg(c, "--to packed: zstd's compression of a raw payload over 16 MiB (the same bytes for any count) "
+                   "and the round trip's torch and OpenBLAS")
     c.add_argument("--force", action="store_true", help=FORCE_HELP)

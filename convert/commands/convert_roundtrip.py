@@ -10,11 +10,15 @@ class RoundTrip:
     """Loads the checkpoint and its data before anything is written (missing data is refused with
     nothing written), then scores the checkpoint and, after the write, the artifact."""
 
-    def __init__(self, src: Path, backend: str, max_tokens: int | None):
+    def __init__(self, src: Path, backend: str, max_tokens: int | None, threads: int):
+        from convert.backends import load_backend
         from convert.commands.checkpoint_args import load_model, load_tokenizer
+        from convert.runtime import apply_threads
         from shared.data.dataset import load_token_dataset
         self.backend = backend
-        model, cfg, _, (self.evaluate, _), self.weights, _ = load_model(str(src), backend, True)
+        loaded = load_backend(backend)
+        apply_threads(loaded, threads)  # convert --threads
+        model, cfg, _, (self.evaluate, _), self.weights, _ = load_model(str(src), loaded, True)
         d = cfg.data
         self.dataset = load_token_dataset(d.source, load_tokenizer(None, cfg),
                                           synthetic_train_bytes=d.synthetic_train_bytes,

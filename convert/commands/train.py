@@ -18,6 +18,9 @@ def run(args) -> int:
     opts = train_options(args)
     if opts.resume is None and opts.out is None:  # args.backend is resolved (convert/runtime.py): never "auto"
         opts.out = default_out_dir(opts, args.backend)  # what run_training would pick; said up front
+    for flag, path in (("--resume", opts.resume), ("--init", opts.init)):
+        if path is not None:  # a missing one is named before the framework loads (seconds of import)
+            existing_checkpoint(path, flag)
     backend = runtime.start(args.runtime)
     where = opts.out or existing_checkpoint(opts.resume, "--resume").parent
     print(f"ternary train: run directory {where}", flush=True)

@@ -312,9 +312,10 @@ def header_codec(compress: str, raw_payload_bytes: int) -> str:
 
 
 def _assemble(config: RunConfig, parts: dict[str, list], table: list[dict[str, Any]], compress: str, floats: str,
-              artifact: str, measure_codes: bool, hadamard: int | None = None, progress=None
-              ) -> tuple[bytes, bytes, PackedStats]:
-    """Lay the sections out in order, compress, and build the header: (MAGIC + header, payload, stats)."""
+              artifact: str, measure_codes: bool, hadamard: int | None = None, progress=None,
+              threads: int | None = None) -> tuple[bytes, bytes, PackedStats]:
+    """Lay the sections out in order, compress (zstd on `threads` workers above LARGE_PAYLOAD; None:
+    every CPU), and build the header: (MAGIC + header, payload, stats)."""
     sections = place_sections(parts)
     raw_payload = b"".join(b for sec in parts.values() for _, _, b in sec)
     for sec in parts.values():  # the joined copy is all that is needed from here: free the pieces
@@ -325,12 +326,12 @@ def _assemble(config: RunConfig, parts: dict[str, list], table: list[dict[str, A
         progress(f"compressing {len(raw_payload):,d} bytes: {how}" + (
             f" (slow: 1-3 MB/s on a 2-core machine, about {len(raw_payload) / 2e6 / 60:.0f} min; "
             "--compress zstd takes seconds)" if slow else ""))
-    payload = compress_payload(raw_payload, compress)
+    payload = compress_payload(raw_payload, compress, threads=threads)
     head = header_bytes(config, table, header_codec(compress, len(raw_payload)), floats, artifact, hadamard,
                         len(payload), len(raw_payload), hashlib.sha256(payload).hexdigest())
     codes_c = None
     if measure_codes and codec_for(compress, len(raw_payload)) != "none" and sections["codes"]:
-        codes_c = len(compress_payload(raw_payload[:sections["codes"]], compress, len(raw_payload)))
+        codes_c = len(compress_payload(raw_payload[:sections["codes"]], compress, len(raw_payload), threads))
     stats = _stats(config, table, sections, compress, floats, artifact, hadamard, len(raw_payload), len(head),
                    len(payload), codes_c)
     stats.raw_sha256 = hashlib.sha256(raw_payload).hexdigest()
@@ -363,9 +364,10 @@ def _stats(config: RunConfig, table: list[dict[str, Any]], sections: dict[str, i
 
 def to_packed(src: str | Path, out: str | Path, *, compress: str = "auto", floats: str = "fp16",
               force: bool = False, artifact: str = "default", hadamard: int | None = None,
-              progress=None) -> PackedStats:
+              progress=None, threads: int | None = None) -> PackedStats:
     """Verified read of the checkpoint `src`, packed into the single file `out` (written atomically).
-    The tensors are read one at a time (lazy_weights.py); `progress`: as for pack."""
+    The tensors are read one at a time (lazy_weights.py); `progress`: as for pack; `threads`: zstd's
+    workers above LARGE_PAYLOAD (None: every CPU; the bytes do not depend on it)."""
     out = Path(out)
     check_file_out(out, src, "packed", force, MAGIC, "ternary packed file")
     _check_options(compress, floats, artifact, hadamard)  # before the (slow) read
@@ -376,7 +378,8 @@ def to_packed(src: str | Path, out: str | Path, *, compress: str = "auto", float
     check_format(config, "packed")
     if progress:
         progress(f"packing {len(weights)} tensors ({artifact} layout, floats {floats})")
-    head, payload, stats = _pack_pieces(config, weights, compress, floats, artifact, hadamard, progress)
+    head, payload, stats = _pack_pieces(config, weights, compress, floats, artifact, hadamard, progress,
+                                        threads=threads)
     del weights  # closes the checkpoint before the read-back
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -411,7 +414,8 @@ def _verify(out: Path, stats: PackedStats) -> None:
 
 
 def _pack_pieces(config: RunConfig, weights, compress: str, floats: str, artifact: str, hadamard: int | None,
-                 progress, measure_codes: bool = True) -> tuple[bytes, bytes, PackedStats]:
+                 progress, measure_codes: bool = True, threads: int | None = None
+                 ) -> tuple[bytes, bytes, PackedStats]:
     """pack's work, returning (MAGIC + header, payload, stats) rather than their joined copy."""
     if hadamard is not None:
         check_hadamard_model(config)
@@ -421,4 +425,4 @@ def _pack_pieces(config: RunConfig, weights, compress: str, floats: str, artifac
         floats = "fp8"
     else:
         parts, table = _pack_tensors(config, weights, tern, floats, hadamard)
-    return _assemble(config, parts, table, compress, floats, artifact, measure_codes, hadamard, progress)
+    return _assemble(config, parts, table, compress, floats, artifact, measure_codes, hadamard, progress, threads)

@@ -27,8 +27,10 @@ Compression: "lzma" (xz, preset 9 | EXTREME), "zstd" (the zstandard package), "z
 level 22, as parameter-golf's int5/int6 records write: the slow maximum), "none", or "auto" (the
 default of `convert --to packed`): lzma for a raw payload of at most LARGE_PAYLOAD bytes, zstd above.
 The zstd level depends on the raw payload's size too (zstd_level): ZSTD_LEVEL (19) up to
-LARGE_PAYLOAD, ZSTD_FAST_LEVEL (9) above it, compressed multi-threaded (zstd's multi-threaded frames
-are the same bytes whatever the thread count, so the file does not depend on the machine). Why:
+LARGE_PAYLOAD, ZSTD_FAST_LEVEL (9) above it, compressed multi-threaded on `convert --threads` workers
+(zstd's multi-threaded frames are the same bytes for any number of workers >= 1, checked with
+zstandard 0.25 / libzstd 1.5.7 at 17-70 MiB, 1-8 workers; only single-threaded mode, 0 workers,
+writes other bytes: so the file does not depend on the machine or the thread count). Why:
 measured on this project's 2-core VM, lzma (any preset) and zstd 19 compress 1-3 MB/s, zstd 9
 about 115 MB/s; Qwen3-0.6B's raw payload is about 400 MB (a 311 MB fp16 embedding), which took
 minutes at those rates and takes seconds at level 9, for about 0.1% more bytes on random fp16
@@ -140,10 +142,11 @@ def describe_compression(how: str, raw_bytes: int) -> str:
     return f"zstd level {zstd_level(how, raw_bytes)}" + (", multi-threaded" if raw_bytes > LARGE_PAYLOAD else "")
 
 
-def compress_payload(raw: bytes, how: str, size_rule_bytes: int | None = None) -> bytes:
+def compress_payload(raw: bytes, how: str, size_rule_bytes: int | None = None, threads: int | None = None) -> bytes:
     """`raw` compressed as --compress `how` writes it (codec_for, zstd_level). `size_rule_bytes`: the
     raw payload size that picks codec and level, when `raw` is only a part of the payload (the codes
-    alone, an estimate's sample); default len(raw).
+    alone, an estimate's sample); default len(raw). `threads`: zstd's workers above LARGE_PAYLOAD
+    (`convert --threads`; None: every CPU); the bytes are the same for any count (module docstring).
     Measured (2-core VM, loaded): the trained 4 x 128 relu^2 model (the former smoke preset), int8
     floats, raw payload 236,096 B: lzma 9e 223,916 B in 0.4 s (decompress 39 ms); zstd 19 and 22 both
     226,475 B in 0.1 s (decompress 0.2 ms).
@@ -155,8 +158,8 @@ def compress_payload(raw: bytes, how: str, size_rule_bytes: int | None = None) -
     if codec == "lzma":
         return lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME)
     if codec in ("zstd", "zstd-22"):
-        threads = -1 if n > LARGE_PAYLOAD else 0  # -1: every CPU; 0: single-threaded, the old bytes
-        return zstd_module().ZstdCompressor(level=zstd_level(how, n), threads=threads).compress(raw)
+        workers = (threads or -1) if n > LARGE_PAYLOAD else 0  # -1: every CPU; 0: single-threaded, the old bytes
+        return zstd_module().ZstdCompressor(level=zstd_level(how, n), threads=workers).compress(raw)
     if codec == "none":
         return raw
     raise ConfigError(f"--compress {how!r}: expected one of {', '.join(WRITE_COMPRESSIONS)}")

@@ -92,3 +92,31 @@ def test_lazy_weights_match_read_checkpoint_and_refuse_nan(tmp_path):
     _, lazy = open_weights(tmp_path / "ck", verify=False)
     with pytest.raises(CheckpointError, match=f"non-finite values.*{name}"):
         lazy[name]
+
+
+def test_convert_threads_sets_zstd_workers_not_the_bytes(tmp_path, monkeypatch, capsys):
+    from convert import runtime
+    zs = packed_codecs.zstd_module()
+    _ckpt(tmp_path / "ck")
+    monkeypatch.setattr(packed_codecs, "LARGE_PAYLOAD", 1000)  # every payload is "large": zstd, multi-threaded
+    monkeypatch.setattr(runtime, "available_cpus", lambda: 4)  # --threads 3 is allowed on any machine
+    real, workers = zs.ZstdCompressor, []
+    monkeypatch.setattr(zs, "ZstdCompressor", lambda **kw: workers.append(kw["threads"]) or real(**kw))
+    for n in ("1", "3"):
+        assert main(["convert", str(tmp_path / "ck"), "--to", "packed", "--threads", n,
+                     "--out", str(tmp_path / f"t{n}.tpk")]) == 0
+    assert set(workers) == {1, 3}  # payload and codes-alone compressions, on --threads workers each
+    assert (tmp_path / "t1.tpk").read_bytes() == (tmp_path / "t3.tpk").read_bytes()
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "ck"), "--to", "packed", "--threads", "5",
+                 "--out", str(tmp_path / "t5.tpk")]) == 2  # more than the CPUs: refused, as everywhere
+    assert "--threads 5" in capsys.readouterr().err and not (tmp_path / "t5.tpk").exists()
+    assert main(["convert", str(tmp_path / "ck"), "--to", "canonical", "--threads", "2",
+                 "--out", str(tmp_path / "canon")]) == 2  # no other export uses threads: refused, not ignored
+    assert "--threads applies to --to packed only" in capsys.readouterr().err and not (tmp_path / "canon").exists()
+
+
+def test_zstd_multithreaded_bytes_do_not_depend_on_the_workers():
+    # 24 MiB: two of zstd's 16 MiB jobs at level 9 (window 4 MiB), so the workers really split the input
+    raw = (np.random.default_rng(0).integers(0, 243, 24 << 20, dtype=np.uint8) // 3).tobytes()
+    assert packed_codecs.compress_payload(raw, "zstd", threads=1) == packed_codecs.compress_payload(raw, "zstd", threads=2)
