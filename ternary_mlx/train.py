@@ -163,7 +163,9 @@ class Trainer(TrainerCommon):
         out, grads = self._gradients(xs, ys, scalars)
         mx.eval(out, grads)
         params = dict(tree_flatten(self.model.parameters()))
-        for name in list(grads):
+        # smallest first: the largest (the embedding: old and new weight and slots at once, 6 copies) comes
+        # when the other gradients are gone
+        for name in sorted(grads, key=lambda k: grads[k].size):
             p = params.pop(name)  # then the model's reference is the old weight's last one
             new, slots = self._updates[name](p, grads.pop(name), self.opt.slots_of(name), scalars, out[1])
             mx.eval(new, slots)
