@@ -16,6 +16,8 @@ script measures an older checkout's code ("before") against this one's ("after")
   python bench/qwen_memory.py --seq 512 --steps 2 --backend torch --backend mlx --chunk 128 \
       --teacher-dtype bfloat16 --threads 1 --checkpointing          # full shape, activation checkpointing
   python bench/qwen_memory.py --seq 512 --threads 1 --mlx-lm DIR    # mlx-lm's full fine-tune, the peer
+  python bench/qwen_memory.py --hidden 512 --intermediate 1536 --layers 4 --heads 4 --kv-heads 2 --seq 256 \
+      --chunk 128 --teacher-dtype bfloat16 --optimizer-state-dtype float32 --optimizer-state-dtype bfloat16
 
 Prints one JSON object: per case the backend, code, chunk, teacher dtype, peak RSS (GiB; also the
 peak before the first step, i.e. of building the models), seconds
@@ -53,6 +55,8 @@ def _config(a):
         t.loss_chunk_tokens, t.teacher_dtype = a.chunk, a.teacher_dtype
     if a.checkpointing:
         t.activation_checkpointing = True
+    if a.optimizer_state_dtype != "float32":  # a newer key: absent in an older checkout
+        t.optimizer_state_dtype = a.optimizer_state_dtype
     return cfg.validate()
 
 
@@ -128,9 +132,10 @@ def child(a) -> None:
     print("RESULT " + json.dumps(out), flush=True)
 
 
-def run_case(a, backend: str, code: Path, chunk: int, teacher_dtype: str) -> dict:
+def run_case(a, backend: str, code: Path, chunk: int, teacher_dtype: str, state_dtype: str = "float32") -> dict:
     args = [sys.executable, str(Path(__file__).resolve()), "--child", "--backend", backend, "--seq", str(a.seq),
             "--steps", str(a.steps), "--chunk", str(chunk), "--teacher-dtype", teacher_dtype,
+            "--optimizer-state-dtype", state_dtype,
             "--threads", str(a.threads)] + (["--save-only"] if a.save_only else []) + (
                 ["--checkpointing"] if a.checkpointing else [])
     for flag in ("hidden", "intermediate", "layers", "heads", "kv_heads"):
@@ -142,7 +147,7 @@ def run_case(a, backend: str, code: Path, chunk: int, teacher_dtype: str) -> dic
         env["LD_PRELOAD"] = ":".join(filter(None, [env.get("LD_PRELOAD"), str(blas)]))
     proc = subprocess.run(["/usr/bin/time", "-v", *args], cwd=code, env=env, capture_output=True, text=True)
     case = {"backend": backend, "code": str(code), "loss_chunk_tokens": chunk, "teacher_dtype": teacher_dtype,
-            "activation_checkpointing": a.checkpointing}
+            "optimizer_state_dtype": state_dtype, "activation_checkpointing": a.checkpointing}
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
     case["peak_rss_gib"] = round(int(rss.group(1)) / 2 ** 20, 3) if rss else None
     result = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -169,6 +174,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--chunk", type=int, action="append", help="train.loss_chunk_tokens (repeat for several)")
     p.add_argument("--teacher-dtype", action="append", choices=["float32", "bfloat16"])
+    p.add_argument("--optimizer-state-dtype", action="append", choices=["float32", "bfloat16"],
+                   help="train.optimizer_state_dtype (repeat for both; default float32)")
     p.add_argument("--checkpointing", action="store_true", help="train.activation_checkpointing = true")
     p.add_argument("--mlx-lm", type=Path, metavar="DIR",
                    help="also run mlx-lm's full fine-tune (bench/qwen_mlx_lm.py) of a random Qwen3-0.6B written to DIR "
@@ -179,6 +186,7 @@ def main() -> None:
     a = p.parse_args()
     if a.child:
         a.backend, a.chunk, a.teacher_dtype = a.backend[0], a.chunk[0], a.teacher_dtype[0]
+        a.optimizer_state_dtype = a.optimizer_state_dtype[0]
         return child(a)
     cases = []
     if a.mlx_lm is not None:  # first: a failure in the peer's setup shows before the long cases
@@ -193,7 +201,8 @@ def main() -> None:
             cases.append(run_case(a, backend, a.before_code.resolve(), 0, "float32"))
         for chunk in a.chunk or [1024]:
             for dtype in a.teacher_dtype or ["bfloat16"]:
-                cases.append(run_case(a, backend, HERE, chunk, dtype))
+                for state_dtype in a.optimizer_state_dtype or ["float32"]:
+                    cases.append(run_case(a, backend, HERE, chunk, dtype, state_dtype))
     shape = {k: getattr(a, k) for k in ("hidden", "intermediate", "layers", "heads", "kv_heads", "seq", "steps")}
     print(json.dumps({"preset": "qwen3-0.6b", "overrides": shape, "batch": f"1 x {a.seq}", "cases": cases},
                      indent=2))

@@ -6,6 +6,9 @@ first training steps must agree between the backends. State uses canonical names
 `<param>.exp_avg`, `<param>.exp_avg_sq` (AdamW), `<param>.momentum` (Muon), `<param>.ema`.
 Per-step scalars (learning rates, bias corrections) are computed on the host by
 `shared.train.optim_rules.step_scalars` and passed in as tensors, so a compiled step never recompiles.
+The moments are stored at train.optimizer_state_dtype (optim_rules.slot_dtype): a bfloat16 slot is
+read into a float32 copy, updated in float32 and copied back (rounded to nearest even); this step's
+update uses the float32 value (ternary_mlx's the same), so both backends give the same bits.
 """
 from __future__ import annotations
 
@@ -15,9 +18,11 @@ import numpy as np
 import torch
 
 from shared.spec.config import TrainConfig
-from shared.train.optim_rules import NS_COEFFS, lr_key, muon_scale, slots_for, uses_muon, weight_decay_of
+from shared.train.optim_rules import (NS_COEFFS, lr_key, muon_scale, slot_dtype, slots_for, uses_muon,
+                                      weight_decay_of)
 from shared.spec.params import ParamSpec
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 ELEMENTWISE_BLOCK = 1 << 22  # CPU: AdamW of a larger parameter runs over flat blocks of this many elements
 
 
@@ -70,11 +75,13 @@ class Optimizer:
         self.shapes = {n: s.shape for n, s in specs.items()}
         self.state: dict[str, torch.Tensor] = {}
         self.full, self.shard_like, self.from_host = full, shard_like, from_host
+        self.sharded = like is not None  # the trainer passes `like` for FSDP2 shards only
         for name, shape in self.shapes.items():
             for slot in slots_for(specs[name], t):
+                dtype = DTYPES[slot_dtype(slot, t)]
                 self.state[f"{name}.{slot}"] = (
-                    torch.zeros(shape, dtype=torch.float32, device=device) if like is None
-                    else torch.zeros_like(like[name].detach(), dtype=torch.float32))
+                    torch.zeros(shape, dtype=dtype, device=device) if like is None
+                    else torch.zeros_like(like[name].detach(), dtype=dtype))
 
     def init_ema(self, params: dict[str, torch.Tensor]) -> None:
         for name in self.shapes:
@@ -94,9 +101,14 @@ class Optimizer:
         so a caller that holds no other reference frees it there (at Qwen3-0.6B: never all gradients
         and the step's temporaries at once)."""
         cpu = next(iter(params.values())).device.type == "cpu"
+        # a lower train.optimizer_state_dtype updates from float32 copies of the moments: on CUDA too one
+        # parameter at a time (large ones in blocks, but not FSDP2's DTensor shards), else the copies of
+        # every moment would exist at once, more memory than the lower dtype saves
+        split = cpu or self.t.optimizer_state_dtype != "float32"
+        blocks = cpu or (split and not self.sharded)
         for (muon, lr_name, decay), names in self._buckets(params).items():
-            for part in ([names] if muon else self._lists(names, cpu)):
-                if cpu and not muon and len(part) == 1 and params[part[0]].numel() > ELEMENTWISE_BLOCK:
+            for part in ([names] if muon else self._lists(names, split)):
+                if blocks and not muon and len(part) == 1 and params[part[0]].numel() > ELEMENTWISE_BLOCK:
                     self._adamw_in_blocks(part[0], s[lr_name], decay, params, grads, s)
                 else:
                     self._update(part, muon, s[lr_name], decay, params, grads, s)
@@ -111,7 +123,8 @@ class Optimizer:
     @staticmethod
     def _lists(names: list[str], cpu: bool) -> list[list[str]]:
         """The foreach lists of an elementwise update: all of `names` at once (CUDA: one launch per
-        operation), or one parameter at a time on the CPU, where a foreach op is a loop over its
+        operation), or one parameter at a time on the CPU (`cpu`; apply passes it on CUDA too with a
+        lower train.optimizer_state_dtype), where a foreach op is a loop over its
         tensors: a whole list would stream every tensor through the cache once per operation, one
         parameter keeps its working set in cache (AdamW at the bench shape: 35 ms per step as one
         list, 21 ms one parameter at a time, 30 ms before, out of place)."""
@@ -154,14 +167,16 @@ class Optimizer:
         + eps), each product and sum rounded as written (no fused multiply-adds), as ternary_mlx's AdamW."""
         t = self.t
         g = [grads[n] for n in names]
-        m = [st[f"{n}.exp_avg"] for n in names]
-        v = [st[f"{n}.exp_avg_sq"] for n in names]
+        m_slots, v_slots = [st[f"{n}.exp_avg"] for n in names], [st[f"{n}.exp_avg_sq"] for n in names]
+        m, v = _float32(m_slots), _float32(v_slots)
         torch._foreach_mul_(m, t.beta1)
         torch._foreach_add_(m, torch._foreach_mul(g, 1 - t.beta1))
         g2 = torch._foreach_mul(g, g)
         torch._foreach_mul_(g2, 1 - t.beta2)
         torch._foreach_mul_(v, t.beta2)
         torch._foreach_add_(v, g2)
+        _store(m_slots, m)
+        _store(v_slots, v)
         denom = torch._foreach_div(v, s["bc2"])
         torch._foreach_sqrt_(denom)
         torch._foreach_add_(denom, t.adam_eps)
@@ -175,9 +190,11 @@ class Optimizer:
         out as each parameter (FSDP2: the whole matrix in, this rank's rows out)."""
         mu, st = s["momentum"], self.state
         g = [grads[n] for n in names]
-        buf = [st[f"{n}.momentum"] for n in names]
+        slots = [st[f"{n}.momentum"] for n in names]
+        buf = _float32(slots)
         torch._foreach_mul_(buf, mu)
         torch._foreach_add_(buf, torch._foreach_mul(g, s["one_minus_momentum"]))
+        _store(slots, buf)
         nesterov = torch._foreach_sub(buf, g)
         torch._foreach_mul_(nesterov, mu)
         torch._foreach_add_(nesterov, g)  # g + mu (buf - g)
@@ -201,4 +218,19 @@ class Optimizer:
         check_tensor_set({k: tuple(v.shape) for k, v in self.state.items()},
                          {k: tuple(v.shape) for k, v in arrays.items()}, "optimizer state")
         for k in self.state:  # one tensor at a time: FSDP2 never holds a whole slot beside the caller's array
-            self.state[k] = self.from_host(arrays[k], self.state[k])
+            # float32 on disk; to the slot's dtype (a bfloat16 one: rounded to nearest even)
+            self.state[k] = self.from_host(arrays[k], self.state[k]).to(self.state[k].dtype)
+
+
+def _float32(slots: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The slots as float32 tensors to update in place: a float32 slot itself, a bfloat16 one's float32 copy."""
+    return [x if x.dtype == torch.float32 else x.float() for x in slots]
+
+
+def _store(slots: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+    """Copy the updated float32 `values` (_float32's) into slots of a lower dtype, rounded to nearest
+    even; a float32 slot was updated in place already. One copy_ per tensor: DTensor (FSDP2) has no
+    _foreach_copy_."""
+    for slot, value in zip(slots, values):
+        if slot is not value:
+            slot.copy_(value)

@@ -6,6 +6,9 @@ first training steps must agree between the backends. State uses canonical names
 `<param>.exp_avg`, `<param>.exp_avg_sq` (AdamW), `<param>.momentum` (Muon), `<param>.ema`.
 Per-step scalars (learning rates, bias corrections) are computed on the host by
 `shared.train.optim_rules.step_scalars` and passed in as arrays, so a compiled step never retraces.
+The moments are stored at train.optimizer_state_dtype (optim_rules.slot_dtype): a bfloat16 slot is
+read as float32, updated in float32 and rounded to nearest even when stored; this step's update
+uses the float32 value (torch's the same), so both backends give the same bits.
 """
 from __future__ import annotations
 
@@ -13,8 +16,11 @@ import mlx.core as mx
 import numpy as np
 
 from shared.spec.config import TrainConfig
-from shared.train.optim_rules import NS_COEFFS, lr_key, muon_scale, slots_for, uses_muon, weight_decay_of
+from shared.train.optim_rules import (NS_COEFFS, lr_key, muon_scale, slot_dtype, slots_for, uses_muon,
+                                      weight_decay_of)
 from shared.spec.params import ParamSpec
+
+DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16}
 
 
 def newton_schulz(g: mx.array, steps: int = 5) -> mx.array:
@@ -45,7 +51,7 @@ class Optimizer:
         self.state: dict[str, mx.array] = {}
         for name, shape in self.shapes.items():
             for slot in slots_for(specs[name], t):
-                self.state[f"{name}.{slot}"] = mx.zeros(shape, mx.float32)
+                self.state[f"{name}.{slot}"] = mx.zeros(shape, DTYPES[slot_dtype(slot, t)])
 
     def init_ema(self, params: dict[str, mx.array]) -> None:
         for name in self.shapes:
@@ -76,13 +82,14 @@ class Optimizer:
         decay, lr = weight_decay_of(spec, t), s[lr_key(spec, t)]
         if uses_muon(spec, t):
             mu = s["momentum"]
-            buf = mu * st[f"{name}.momentum"] + s["one_minus_momentum"] * g
-            st[f"{name}.momentum"] = buf
+            buf = mu * _read(st[f"{name}.momentum"]) + s["one_minus_momentum"] * g
+            _store(st, f"{name}.momentum", buf)
             update = newton_schulz(g + mu * (buf - g), t.muon_ns_steps) * muon_scale(spec.shape)
         else:
-            m = t.beta1 * st[f"{name}.exp_avg"] + (1 - t.beta1) * g
-            v = t.beta2 * st[f"{name}.exp_avg_sq"] + (1 - t.beta2) * (g * g)
-            st[f"{name}.exp_avg"], st[f"{name}.exp_avg_sq"] = m, v
+            m = t.beta1 * _read(st[f"{name}.exp_avg"]) + (1 - t.beta1) * g
+            v = t.beta2 * _read(st[f"{name}.exp_avg_sq"]) + (1 - t.beta2) * (g * g)
+            _store(st, f"{name}.exp_avg", m)
+            _store(st, f"{name}.exp_avg_sq", v)
             update = (m / s["bc1"]) / (mx.sqrt(v / s["bc2"]) + t.adam_eps)
         if decay:
             p = p * (1 - lr * decay)
@@ -92,11 +99,23 @@ class Optimizer:
         return p, st
 
     def numpy_state(self) -> dict[str, np.ndarray]:
-        return {k: np.array(v.astype(mx.float32)) for k, v in self.state.items()}  # float32, as torch's
+        """Every slot as float32, as torch's (a bfloat16 slot widened: exact)."""
+        return {k: np.array(v.astype(mx.float32)) for k, v in self.state.items()}
 
     def load_numpy_state(self, arrays: dict[str, np.ndarray]) -> None:
         from shared.spec.checkpoint import check_tensor_set
         check_tensor_set({k: tuple(v.shape) for k, v in self.state.items()},
                          {k: tuple(v.shape) for k, v in arrays.items()}, "optimizer state")
-        for k, v in arrays.items():
-            self.state[k] = mx.array(np.asarray(v, np.float32))
+        for k, v in arrays.items():  # float32 on disk; to each slot's dtype (a bfloat16 one: to nearest even)
+            self.state[k] = mx.array(np.asarray(v, np.float32)).astype(self.state[k].dtype)
+
+
+def _read(slot: mx.array) -> mx.array:
+    """A slot as float32, the dtype every update computes in (a float32 slot as it is)."""
+    return slot if slot.dtype == mx.float32 else slot.astype(mx.float32)
+
+
+def _store(state: dict[str, mx.array], key: str, value: mx.array) -> None:
+    """The float32 `value` into the slot `key`, at the slot's dtype (bfloat16: rounded to nearest even)."""
+    dtype = state[key].dtype
+    state[key] = value if dtype == mx.float32 else value.astype(dtype)

@@ -36,6 +36,7 @@ SCHEDULES = ("constant", "cosine", "warmdown")
 PARALLEL_MODES = ("ddp", "fsdp2")  # torch under torchrun: replicated (DDP) or sharded (FSDP2)
 PRECISIONS = ("float32", "bf16")
 TEACHER_DTYPES = ("float32", "bfloat16")
+OPTIMIZER_STATE_DTYPES = ("float32", "bfloat16")  # train.optimizer_state_dtype
 FLOAT_QAT_FORMATS = ("fp8",)  # ternary.float_qat: float8 e4m3 (torch.float8_e4m3fn) rounding of the float matrices
 
 # Keys that Hugging Face writes into a Qwen3/Llama config.json and that do not change the math
@@ -124,6 +125,10 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     adam_eps: float = 1e-8
+    # "float32" or "bfloat16": the dtype AdamW's moments (exp_avg, exp_avg_sq) and Muon's momentum are
+    # stored in (half their memory); every update still computes in float32 and rounds the new slot to
+    # nearest even. The EMA stays float32; checkpoints hold the slots as float32 (exact) either way.
+    optimizer_state_dtype: str = "float32"
     weight_decay: float = 0.0  # decoupled, on the AdamW tensors whose spec decays (matrices, embedding, head)
     z_loss: float = 0.0  # coefficient of mean(logsumexp(logits)^2) added to the training loss; 0 = off
     # coefficient of the experts' load-balancing loss E * sum_e f_e P_e (model.moe_num_experts; 0 = off)
@@ -354,7 +359,8 @@ class RunConfig:
         for key in ("beta1", "beta2", "muon_momentum"):
             _require(f"train.{key}", getattr(tr, key), 0 <= getattr(tr, key) < 1, "in [0, 1)")
         for key, options in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("parallel", PARALLEL_MODES),
-                             ("precision", PRECISIONS), ("teacher_dtype", TEACHER_DTYPES)):
+                             ("precision", PRECISIONS), ("teacher_dtype", TEACHER_DTYPES),
+                             ("optimizer_state_dtype", OPTIMIZER_STATE_DTYPES)):
             if getattr(tr, key) not in options:
                 raise ConfigError(f"train.{key}: {getattr(tr, key)!r} is not one of {', '.join(options)}"
                                   f"{_suggest(getattr(tr, key), options)}")

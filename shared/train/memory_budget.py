@@ -3,7 +3,8 @@ step (both backends print the same line: shared/train/runner.py). Bytes, not mea
 also holds the framework, the data windows and allocator slack.
 
 - weights, gradients: every parameter in float32 (the latent weights and their gradients);
-- optimizer: float32 slots per parameter (shared.train.optim_rules.slots_for: AdamW 2, Muon 1, EMA +1);
+- optimizer: slots per parameter (shared.train.optim_rules.slots_for: AdamW 2, Muon 1, EMA +1), the
+  moments at train.optimizer_state_dtype (4 or 2 bytes), the EMA float32;
 - ternary weights: the effective weight of every ternary matrix, float32, kept for the backward
   (train.activation_checkpointing: those of the matrices outside the layers and of one layer, the
   one being recomputed);
@@ -97,6 +98,7 @@ def budget_line(cfg: RunConfig, teacher_cfg: RunConfig | None = None) -> str:
     b, t = memory_budget(cfg, teacher_cfg), cfg.train
     tokens, chunk = _loss_tokens(t)
     notes = {"teacher": f" ({t.teacher_dtype})" if teacher_cfg is not None else "",
+             "optimizer": f" ({t.optimizer_state_dtype} moments)" if t.optimizer_state_dtype != "float32" else "",
              "activations": f" ({tokens} tokens x {cfg.model.num_hidden_layers} layers"
                             f"{', checkpointed' if t.activation_checkpointing else ''})",
              "logits": f" ({chunk} of {tokens} tokens at once)"}

@@ -64,6 +64,15 @@ def slots_for(spec: ParamSpec, t: TrainConfig) -> tuple[str, ...]:
     return slots + (("ema",) if t.ema_decay else ())
 
 
+MOMENT_SLOTS = ("exp_avg", "exp_avg_sq", "momentum")  # stored at train.optimizer_state_dtype; the EMA stays float32
+
+
+def slot_dtype(slot: str, t: TrainConfig) -> str:
+    """The dtype a slot is stored in: train.optimizer_state_dtype for the moments, float32 for the EMA
+    (the weights evaluation uses)."""
+    return t.optimizer_state_dtype if slot in MOMENT_SLOTS else "float32"
+
+
 def muon_scale(shape: tuple[int, ...]) -> float:
     """Keep the update's RMS comparable across shapes: sqrt(max(1, rows / cols))."""
     return max(1.0, shape[0] / shape[1]) ** 0.5

@@ -249,9 +249,12 @@ class Memory:
 
 
 def optimizer_state_bytes(cfg: RunConfig) -> int:
-    """fp32 optimizer slots (shared.train.optim_rules.slots_for: Adam 2, Muon 1, EMA +1) per parameter."""
-    from shared.train.optim_rules import slots_for
-    return sum(4 * math.prod(s.shape) * len(slots_for(s, cfg.train)) for s in parameter_specs(cfg.model).values())
+    """Optimizer slots (shared.train.optim_rules.slots_for: Adam 2, Muon 1, EMA +1) per parameter, each at
+    its dtype (optim_rules.slot_dtype: the moments at train.optimizer_state_dtype, the EMA float32)."""
+    from shared.train.optim_rules import slot_dtype, slots_for
+    size = {"float32": 4, "bfloat16": 2}
+    return sum(size[slot_dtype(slot, cfg.train)] * math.prod(s.shape)
+               for s in parameter_specs(cfg.model).values() for slot in slots_for(s, cfg.train))
 
 
 def memory_per_gpu(cfg: RunConfig, micro_batch: int, seq_len: int, gpus: int, parallel: str) -> Memory:
