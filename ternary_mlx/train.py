@@ -176,7 +176,7 @@ class Trainer(TrainerCommon):
 
     def step(self, windows: np.ndarray, step: int):
         """One optimizer step on (grad_accum, batch, seq_len + 1) windows; returns lazy (loss, grad_norm,
-        *terms), the terms of shared.train.loss_terms.extra_terms."""
+        *terms), the terms of shared.train.loss_terms.extra_terms (already evaluated with update_one_by_one)."""
         xs, ys = inputs_and_targets(windows.reshape(-1, windows.shape[-1]))
         shape = windows.shape[:2] + (windows.shape[-1] - 1,)
         scalars = {k: mx.array(v) for k, v in step_scalars(step, self.config.train).items()}
