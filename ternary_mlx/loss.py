@@ -4,6 +4,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
 
 from shared.data.checks import check_token_ids
 
@@ -79,9 +80,8 @@ def _head_parameters(model) -> dict:
 
 
 def _chunk_sums(model, teacher, temperature: float):
-    """A checkpointed function (head parameters, h (n, H), y (n,), teacher h (n, H') or None) ->
-    [CE sum, KL sum, sum of logsumexp^2] over the n tokens, float32: backward recomputes the
-    chunk's logits instead of keeping them."""
+    """A function (head parameters, h (n, H), y (n,), teacher h (n, H') or None) -> [CE sum, KL sum,
+    sum of logsumexp^2] over the n tokens, float32."""
     def sums(params, h, y, th):
         model.update(params)
         logits = model.head_logits(h).astype(mx.float32)
@@ -94,23 +94,69 @@ def _chunk_sums(model, teacher, temperature: float):
             log_p_s = nn.log_softmax(logits / temperature, axis=-1)
             kl = mx.sum(mx.exp(log_p_t) * (log_p_t - log_p_s))
         return mx.stack([ce, kl, mx.sum(lse * lse)])
-    return mx.checkpoint(sums)
+    return sums
+
+
+def _one_after_another(arrays: list, previous: list) -> list:
+    """`arrays` (a chunk's slices) made to wait for `previous` (the last chunk's results; [] for the first)."""
+    return mx.depends(arrays, previous) if previous else arrays
+
+
+def _sequential_chunk_total(sums, starts: list[int], chunk: int):
+    """A custom function (head parameters, h, y, [teacher h] or []) -> the sum over chunks of
+    sums(params, h[s:s + chunk], y[s:s + chunk], th[s:s + chunk]), whose backward recomputes each
+    chunk's logits (as mx.checkpoint would). Each chunk, forward and backward, runs after the one
+    before it (mx.depends): without that, MLX's scheduler (a breadth-first tape up to 20 wide, 10
+    CPU tasks in flight) interleaves the independent chunks, and all of them hold their chunk x vocab
+    tensors at once, so chunks saved nothing (measured: the same peak at 4 chunks of 128 as at one of
+    512). The backward walks the chunks last to first and sums the head gradients in that order, the
+    order MLX's autodiff used for checkpointed chunks: the same bits."""
+    def chunk_args(h, y, th, s, previous):
+        h_c, *th_c = _one_after_another([h[s:s + chunk], *(t[s:s + chunk] for t in th)], previous)
+        return h_c, y[s:s + chunk], (th_c[0] if th_c else None)
+
+    @mx.custom_function
+    def total(params, h, y, th):
+        out, previous = mx.zeros((3,), mx.float32), []
+        for s in starts:
+            part = sums(params, *chunk_args(h, y, th, s, previous))
+            out, previous = out + part, [part]
+        return out
+
+    @total.vjp
+    def total_vjp(primals, cotangent, output):
+        params, h, y, th = primals
+        names = [k for k, _ in tree_flatten(params)]
+        grad_params, grad_h = None, {}
+        for s in reversed(starts):
+            previous = [] if grad_params is None else [*grad_params, grad_h[s + chunk]]
+            h_c, y_c, th_c = chunk_args(h, y, th, s, previous)
+
+            def chunk_sums(*arrays, y_c=y_c, th_c=th_c):
+                return sums(tree_unflatten(list(zip(names, arrays[:-1]))), arrays[-1], y_c, th_c)
+
+            _, grads = mx.vjp(chunk_sums, [v for _, v in tree_flatten(params)] + [h_c], [cotangent])
+            grad_params = grads[:-1] if grad_params is None else [a + g for a, g in zip(grad_params, grads[:-1])]
+            grad_h[s] = grads[-1]
+        return (tree_unflatten(list(zip(names, grad_params))), mx.concatenate([grad_h[s] for s in starts]),
+                mx.zeros_like(y), [mx.zeros_like(t) for t in th])
+
+    return total
 
 
 def chunked_loss(model, h: mx.array, targets: mx.array, chunk: int, teacher=None,
                  teacher_h: mx.array | None = None, alpha: float = 0.0,
                  temperature: float = 1.0) -> tuple[mx.array, mx.array]:
     """(loss, z_loss_term) from the final hidden states h (B, T, H), `chunk` tokens at a time:
-    at most chunk x vocab float32 logits exist at once, in the forward and in the backward. The
-    loss is cross_entropy, or distillation_loss with a teacher (its hidden states teacher_h);
-    z_loss_term as z_loss_term(logits). Equal to the whole-batch functions up to float rounding."""
+    at most one chunk's chunk x vocab float32 logits (and their softmax and gradient) exist at once,
+    in the forward and in the backward (_sequential_chunk_total). The loss is cross_entropy, or
+    distillation_loss with a teacher (its hidden states teacher_h); z_loss_term as z_loss_term(logits).
+    Equal to the whole-batch functions up to float rounding."""
     n = h.shape[0] * h.shape[1]
     h, y = h.reshape(n, h.shape[-1]), targets.reshape(n)
-    th = None if teacher_h is None else mx.stop_gradient(teacher_h).reshape(n, teacher_h.shape[-1])
-    sums, params = _chunk_sums(model, teacher, temperature), _head_parameters(model)
-    total = mx.zeros((3,), mx.float32)
-    for s in range(0, n, chunk):
-        total = total + sums(params, h[s:s + chunk], y[s:s + chunk], None if th is None else th[s:s + chunk])
+    th = [] if teacher_h is None else [mx.stop_gradient(teacher_h).reshape(n, teacher_h.shape[-1])]
+    total = _sequential_chunk_total(_chunk_sums(model, teacher, temperature), list(range(0, n, chunk)), chunk)
+    total = total(_head_parameters(model), h, y, th)
     ce, kl, lse2 = total[0] / n, total[1] / n, total[2] / n
     loss = ce if teacher is None else (1.0 - alpha) * ce + alpha * temperature ** 2 * kl
     return loss, lse2

@@ -62,28 +62,41 @@ class Optimizer:
         """One update; `s` holds shared.train.optim_rules.step_scalars as scalar arrays: lr_<group>
         (each parameter's rate by its spec's group; optim_rules.lr_key), momentum and one_minus_momentum
         (Muon), bc1, bc2, and with EMA ema_decay and one_minus_ema_decay (0 and 1 before train.ema_start_frac)."""
-        t, st, out = self.t, self.state, {}
+        out = {}
         for name, p in params.items():
-            g = grads[name]
-            spec = self.specs[name]
-            decay, lr = weight_decay_of(spec, t), s[lr_key(spec, t)]
-            if uses_muon(spec, t):
-                mu = s["momentum"]
-                buf = mu * _read(st[f"{name}.momentum"]) + s["one_minus_momentum"] * g
-                _store(st, f"{name}.momentum", buf)
-                update = newton_schulz(g + mu * (buf - g), t.muon_ns_steps) * muon_scale(spec.shape)
-            else:
-                m = t.beta1 * _read(st[f"{name}.exp_avg"]) + (1 - t.beta1) * g
-                v = t.beta2 * _read(st[f"{name}.exp_avg_sq"]) + (1 - t.beta2) * (g * g)
-                _store(st, f"{name}.exp_avg", m)
-                _store(st, f"{name}.exp_avg_sq", v)
-                update = (m / s["bc1"]) / (mx.sqrt(v / s["bc2"]) + t.adam_eps)
-            if decay:
-                p = p * (1 - lr * decay)
-            out[name] = p - lr * update
-            if f"{name}.ema" in st:
-                st[f"{name}.ema"] = s["ema_decay"] * st[f"{name}.ema"] + s["one_minus_ema_decay"] * out[name]
+            out[name], slots = self.update(name, p, grads[name], self.slots_of(name), s)
+            self.state.update(slots)
         return out
+
+    def slots_of(self, name: str) -> dict[str, mx.array]:
+        """The state entries of one parameter (`<name>.<slot>`)."""
+        keys = (f"{name}.{slot}" for slot in ("exp_avg", "exp_avg_sq", "momentum", "ema"))
+        return {k: self.state[k] for k in keys if k in self.state}
+
+    def update(self, name: str, p: mx.array, g: mx.array, slots: dict[str, mx.array],
+               s: dict[str, mx.array]) -> tuple[mx.array, dict[str, mx.array]]:
+        """(new parameter, its new slots) of one parameter: a pure function of its arguments, so that
+        a trainer can also update (and evaluate) the parameters one at a time (Trainer.step)."""
+        t, st = self.t, dict(slots)
+        spec = self.specs[name]
+        decay, lr = weight_decay_of(spec, t), s[lr_key(spec, t)]
+        if uses_muon(spec, t):
+            mu = s["momentum"]
+            buf = mu * _read(st[f"{name}.momentum"]) + s["one_minus_momentum"] * g
+            _store(st, f"{name}.momentum", buf)
+            update = newton_schulz(g + mu * (buf - g), t.muon_ns_steps) * muon_scale(spec.shape)
+        else:
+            m = t.beta1 * _read(st[f"{name}.exp_avg"]) + (1 - t.beta1) * g
+            v = t.beta2 * _read(st[f"{name}.exp_avg_sq"]) + (1 - t.beta2) * (g * g)
+            _store(st, f"{name}.exp_avg", m)
+            _store(st, f"{name}.exp_avg_sq", v)
+            update = (m / s["bc1"]) / (mx.sqrt(v / s["bc2"]) + t.adam_eps)
+        if decay:
+            p = p * (1 - lr * decay)
+        p = p - lr * update
+        if f"{name}.ema" in st:
+            st[f"{name}.ema"] = s["ema_decay"] * st[f"{name}.ema"] + s["one_minus_ema_decay"] * p
+        return p, st
 
     def numpy_state(self) -> dict[str, np.ndarray]:
         """Every slot as float32, as torch's (a bfloat16 slot widened: exact)."""

@@ -10,6 +10,8 @@ if __name__ == "__main__":  # `python -m ternary_mlx.train`: run from convert.cl
     from convert.cli import train_module  # below (seconds), so a Ctrl-C during them exits 130 in one line
     raise SystemExit(train_module("mlx"))
 
+from functools import partial
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
@@ -76,8 +78,10 @@ class Trainer(TrainerCommon):
         model.check_ids = False  # the loader validated every id once (S13); compiled code cannot read back
         model.model.checkpoint_layers = config.train.activation_checkpointing  # recompute each layer in the backward
         params = dict(tree_flatten(model.parameters()))
-        if host_memory.wanted(sum(v.size for v in params.values()), mx.default_device().type.name):
-            host_memory.map_large_blocks()  # freed blocks go back to the OS (shared/train/host_memory.py)
+        # a large model on the host: memory is the constraint (shared/train/host_memory.py)
+        self.update_one_by_one = host_memory.wanted(sum(v.size for v in params.values()), mx.default_device().type.name)
+        if self.update_one_by_one:
+            host_memory.map_large_blocks()  # freed blocks go back to the OS
         self.opt = Optimizer(config.train, parameter_specs(config.model))
         if optimizer_state is not None:
             self.opt.load_numpy_state(optimizer_state)
@@ -98,9 +102,15 @@ class Trainer(TrainerCommon):
                 teacher.set_dtype(mx.bfloat16)
         reports_terms = bool(extra_terms(t))  # train.z_loss, train.moe_aux_loss
         loss_fn = _loss_function(model, teacher, t, reports_terms)
-        loss_and_grad = nn.value_and_grad(model, loss_fn)
-        clip = config.train.grad_clip
-        def step_fn(xs: mx.array, ys: mx.array, scalars: dict[str, mx.array]):
+        self._compile_steps(nn.value_and_grad(model, loss_fn), reports_terms)
+
+    def _compile_steps(self, loss_and_grad, reports_terms: bool) -> None:
+        """The compiled step (gradients, clip, optimizer update in one graph) and, for
+        update_one_by_one, the gradients alone plus one compiled update per parameter."""
+        model, clip = self.model, self.config.train.grad_clip
+
+        def gradients(xs: mx.array, ys: mx.array, scalars: dict[str, mx.array]):
+            """([loss, *extra terms], grad norm, gradients): the step before the clip."""
             if self.dynamic_lambda:
                 model.set_quant_lambda(scalars["lam"])
             reported, grads = None, None  # [loss, *extra terms]
@@ -119,21 +129,54 @@ class Trainer(TrainerCommon):
                 mean = parallel.all_mean({**grads, **extra}, self.group)
                 reported = [mean.pop(f"<loss{i}>")[0] for i in range(len(reported))]
                 grads = mean
-            gnorm = mx.sqrt(sum(mx.sum(g * g) for g in grads.values()))
-            if clip:
-                scale = mx.minimum(1.0, clip / (gnorm + 1e-6))
-                grads = {k: g * scale for k, g in grads.items()}
+            return reported, mx.sqrt(sum(mx.sum(g * g) for g in grads.values())), grads
+
+        def clipped(g: mx.array, gnorm: mx.array) -> mx.array:
+            return g * mx.minimum(1.0, clip / (gnorm + 1e-6)) if clip else g
+
+        def step_fn(xs: mx.array, ys: mx.array, scalars: dict[str, mx.array]):
+            reported, gnorm, grads = gradients(xs, ys, scalars)
+            grads = {k: clipped(g, gnorm) for k, g in grads.items()}
             new = self.opt.apply(dict(tree_flatten(model.parameters())), grads, scalars)
             model.update(tree_unflatten(list(new.items())))
             return (reported[0], gnorm, *reported[1:])
+
+        def gradients_fn(xs: mx.array, ys: mx.array, scalars: dict[str, mx.array]):
+            reported, gnorm, grads = gradients(xs, ys, scalars)
+            return (reported[0], gnorm, *reported[1:]), grads
+
+        def update_fn(name: str, p: mx.array, g: mx.array, slots: dict, scalars: dict, gnorm: mx.array):
+            return self.opt.update(name, p, clipped(g, gnorm), slots, scalars)
+
         self._state = [model.state, self.opt.state]
-        if teacher is not None:  # an input of the compiled step, not a constant baked into it
-            self._state.append(teacher.state)
+        if self.teacher is not None:  # an input of the compiled step, not a constant baked into it
+            self._state.append(self.teacher.state)
         self._step = mx.compile(step_fn, inputs=self._state, outputs=self._state)
+        self._gradients = mx.compile(gradients_fn, inputs=self._state, outputs=self._state)
+        self._updates = {n: mx.compile(partial(update_fn, n)) for n in self.opt.shapes}
+
+    def _step_one_by_one(self, xs: mx.array, ys: mx.array, scalars: dict[str, mx.array]) -> tuple:
+        """update_one_by_one: the gradients first, then each parameter's update evaluated on its own,
+        its old weight and slots and its gradient dropped before the next: the compiled step would hold
+        every old and every new weight and slot at once (measured at Qwen3 width, 4 layers: all three
+        copies, 0.75 GiB over 0.25 GiB of weights). The same compiled arithmetic, so the same bits."""
+        out, grads = self._gradients(xs, ys, scalars)
+        mx.eval(out, grads)
+        params = dict(tree_flatten(self.model.parameters()))
+        # smallest first: the largest (the embedding: old and new weight and slots at once, 6 copies) comes
+        # when the other gradients are gone
+        for name in sorted(grads, key=lambda k: grads[k].size):
+            p = params.pop(name)  # then the model's reference is the old weight's last one
+            new, slots = self._updates[name](p, grads.pop(name), self.opt.slots_of(name), scalars, out[1])
+            mx.eval(new, slots)
+            self.opt.state.update(slots)
+            self.model.update(tree_unflatten([(name, new)]))
+            del p, new, slots
+        return out
 
     def step(self, windows: np.ndarray, step: int):
         """One optimizer step on (grad_accum, batch, seq_len + 1) windows; returns lazy (loss, grad_norm,
-        *terms), the terms of shared.train.loss_terms.extra_terms."""
+        *terms), the terms of shared.train.loss_terms.extra_terms (already evaluated with update_one_by_one)."""
         xs, ys = inputs_and_targets(windows.reshape(-1, windows.shape[-1]))
         shape = windows.shape[:2] + (windows.shape[-1] - 1,)
         scalars = {k: mx.array(v) for k, v in step_scalars(step, self.config.train).items()}
@@ -143,7 +186,8 @@ class Trainer(TrainerCommon):
         lam = quant_lambda(step, self.config.ternary.warmup_steps)
         if self.dynamic_lambda:
             scalars["lam"] = mx.array(lam, mx.float32)
-        out = self._step(mx.array(xs.reshape(shape)), mx.array(ys.reshape(shape)), scalars)
+        step_inputs = (mx.array(xs.reshape(shape)), mx.array(ys.reshape(shape)), scalars)
+        out = self._step_one_by_one(*step_inputs) if self.update_one_by_one else self._step(*step_inputs)
         if self.dynamic_lambda:  # no traced value left behind; evaluation sees the lambda of the steps done
             self.model.set_quant_lambda(quant_lambda(step + 1, self.config.ternary.warmup_steps))
         mx.async_eval(out, self._state)
