@@ -112,11 +112,31 @@ def _check_resume_config(cfg: RunConfig, saved: RunConfig, ckpt: Path) -> None:
                               f"start a new run with --init {ckpt} instead")
 
 
-def state_dtype_change(saved: str, now: str) -> str:
-    """The log line of a resume that changes train.optimizer_state_dtype: the checkpoint holds the
-    moments as float32 either way, and the trainer converts them to the new dtype when it loads them."""
-    how = "rounded to nearest even" if now == "bfloat16" else "exactly"
-    return f"train.optimizer_state_dtype: the checkpoint's {saved} moments are converted to {now} ({how})"
+def _read_resume(cfg: RunConfig, resume: Path) -> tuple[RunConfig, dict, dict, dict]:
+    """A --resume checkpoint's config, weights, optimizer state and trainer state, after checking
+    that `cfg` may continue it (also when called as a library, not only from the CLI)."""
+    saved_cfg, weights = fmt.read_checkpoint(resume)
+    _check_resume_config(cfg, saved_cfg, resume)
+    opt = fmt.read_optimizer(resume)
+    if opt is None:
+        raise fmt.CheckpointError(f"{resume}: no optimizer state to resume from; use --init instead")
+    return saved_cfg, weights, opt[0], fmt.read_trainer_state(resume) or {}
+
+
+def optimizer_state_notes(cfg: RunConfig, saved: RunConfig | None) -> list[str]:
+    """Log lines about train.optimizer_state_dtype: a resume that changes it (the checkpoint holds the
+    moments as float32 either way; the trainer converts them when it loads them), and bfloat16
+    moments with a beta2 whose per-step decay bfloat16 can barely resolve."""
+    t, notes = cfg.train, []
+    if saved is not None and saved.train.optimizer_state_dtype != t.optimizer_state_dtype:
+        how = "rounded to nearest even" if t.optimizer_state_dtype == "bfloat16" else "exactly"
+        notes.append(f"train.optimizer_state_dtype: the checkpoint's {saved.train.optimizer_state_dtype} moments "
+                     f"are converted to {t.optimizer_state_dtype} ({how})")
+    if t.optimizer_state_dtype == "bfloat16" and t.beta2 >= 0.99:
+        notes.append(f"note: train.beta2 = {t.beta2:g} with bfloat16 moments: exp_avg_sq's decay per step, "
+                     f"{1 - t.beta2:.2g} of itself, is near bfloat16's resolution (2^-8), so rounding keeps it high "
+                     "(+4.5% at 0.99, +58% at 0.999: docs/design.md); the default 0.95 holds")
+    return notes
 
 
 def _absolute_paths(cfg: RunConfig) -> RunConfig:
@@ -176,18 +196,10 @@ def train(cfg: RunConfig, backend: Backend, out_dir: Path, *, resume: Path | Non
                                  synthetic_val_bytes=cfg.data.synthetic_val_bytes, seed=cfg.data.seed)
     log(f"data: {dataset.description}")
     state, weights, opt_state = {}, None, None
+    saved_cfg = None
     if resume is not None:
-        saved_cfg, weights = fmt.read_checkpoint(resume)
-        _check_resume_config(cfg, saved_cfg, resume)  # also when called as a library, not only from the CLI
-        opt = fmt.read_optimizer(resume)
-        if opt is None:
-            raise fmt.CheckpointError(f"{resume}: no optimizer state to resume from; use --init instead")
-        opt_state = opt[0]
-        del opt
-        state = fmt.read_trainer_state(resume) or {}
+        saved_cfg, weights, opt_state, state = _read_resume(cfg, resume)
         log(f"resuming from {resume} at step {state.get('step', 0)}")
-        if saved_cfg.train.optimizer_state_dtype != cfg.train.optimizer_state_dtype:
-            log(state_dtype_change(saved_cfg.train.optimizer_state_dtype, cfg.train.optimizer_state_dtype))
     elif init is not None:
         init_cfg, weights = fmt.read_checkpoint(init)
         weights = _add_subln(init_cfg, cfg, weights, init, log)
@@ -205,10 +217,8 @@ def train(cfg: RunConfig, backend: Backend, out_dir: Path, *, resume: Path | Non
         if resume is not None:
             _truncate_metrics(out_dir / "metrics.jsonl", state.get("step", 0))
     log(budget_line(cfg, None if teacher is None else teacher.config))  # before the student is built
-    if cfg.train.optimizer_state_dtype == "bfloat16" and cfg.train.beta2 >= 0.99:
-        log(f"note: train.beta2 = {cfg.train.beta2:g} with bfloat16 moments: exp_avg_sq's decay per step, "
-            f"{1 - cfg.train.beta2:.2g} of itself, is near bfloat16's resolution (2^-8), so rounding keeps it high "
-            "(+4.5% at 0.99, +58% at 0.999: docs/design.md); the default 0.95 holds")
+    for line in optimizer_state_notes(cfg, saved_cfg):
+        log(line)
     model = backend.Model(cfg, weights, seed=cfg.train.seed)
     trainer = backend.Trainer(cfg, model, opt_state, teacher=teacher)
     del weights, opt_state  # the model and optimizer hold their own copies (FSDP2: only this rank's rows)
