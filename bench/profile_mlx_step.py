@@ -1,0 +1,268 @@
+#!/usr/bin/env python
+"""Where an MLX training step's time goes: ours (ternary, float) and mlx-lm, piece by piece.
+
+MLX has no CPU op profiler, so each piece of the step is timed as its own mx.compile'd function,
+mx.eval'd after every call (median of --reps calls after --warmup untimed ones), on the model and
+batch of bench/train_step.py (same flags for the shape):
+
+  step            the whole training step (ours: Trainer.step; peer: the bench's compiled step)
+  fwd_loss        forward + mean cross-entropy only
+  fwd_bwd         value_and_grad of the loss (no clip, no update)
+  embedding       the token lookup (ours: through the ternary quantizer when the embedding is ternary)
+  attention_l0    one block's attention on its normed input, forward + backward (input and weights)
+  mlp_l0          one block's MLP, likewise
+  head_loss       final hidden state -> logits -> mean CE, forward + backward
+  quantizer       every ternary weight's effective weight (absmean per group + STE), fwd + bwd
+  grad_clip       global grad norm + scale on the model's gradient shapes
+  optimizer       one AdamW (or Muon) update of every parameter
+  sdpa            mx.fast.scaled_dot_product_attention (causal) alone, forward + backward
+  matmul_floor    every GEMM of one forward + backward (projections, head, attention scores and
+                  values) as plain matmuls of the model's shapes: the BLAS work any implementation
+                  must do
+
+Per-layer pieces are one layer's; `blocks_estimate` = layers x (attention + MLP). Backward of a
+piece is the vjp of sum(out * r) for a fixed random r (one extra multiply-add over the output).
+
+    OMP_NUM_THREADS=1 python bench/profile_mlx_step.py [--rows ours_ternary,ours_float,peer] [--json-out F]
+
+Re-executes itself once with Debian's OpenBLAS LD_PRELOADed (as bench/train_step.py's MLX worker
+does) unless --mlx-preload '' or it is already mapped. Prints one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.train_step import OPENBLAS_PRELOAD, blas_libraries, make_windows, run_config  # noqa: E402
+
+ROWS = ("ours_ternary", "ours_float", "peer")
+
+
+def time_ms(fn, args, warmup: int, reps: int) -> float:
+    import mlx.core as mx
+    for _ in range(warmup):
+        mx.eval(fn(*args))
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        mx.eval(fn(*args))
+        ts.append(time.perf_counter() - t)
+    return {"median": round(1e3 * statistics.median(ts), 2), "min": round(1e3 * min(ts), 2)}
+
+
+def piece_fwd_bwd(module, call):
+    """compiled (x, r) -> (sum(call(module, x) * r), d/dparams, d/dx): the module's weights are
+    explicit inputs (restored after the trace), so the compiled graph recomputes the quantizer."""
+    import mlx.core as mx
+
+    def loss(params, x, r):
+        module.update(params)
+        return mx.sum(call(module, x) * r)
+
+    grad = mx.compile(mx.value_and_grad(loss, argnums=(0, 1)))
+    params = module.trainable_parameters()
+
+    def run(x, r):
+        try:
+            return grad(params, x, r)
+        finally:
+            module.update(params)
+    return run
+
+
+def rand(shape, seed):
+    import mlx.core as mx
+    return mx.random.normal(shape, key=mx.random.key(seed))
+
+
+def matmul_floor(cfg) -> dict:
+    """(compiled fn, args): every GEMM of forward + backward at the model's shapes."""
+    import mlx.core as mx
+    m, t = cfg.model, cfg.train
+    n, H, I, V = t.batch_size * t.seq_len, m.hidden_size, m.intermediate_size, m.vocab_size
+    qd, kd = m.num_attention_heads * m.head_dim, m.num_key_value_heads * m.head_dim
+    shapes = [(H, qd), (H, kd), (H, kd), (qd, H), (H, I), (H, I), (I, H)] * m.num_hidden_layers + [(H, V)]
+    xs = {d: rand((n, d), 1 + d) for d in {s[0] for s in shapes} | {s[1] for s in shapes}}
+    ws = [rand((o, i), 100 + k) for k, (i, o) in enumerate(shapes)]
+    B, T, nh, D = t.batch_size, t.seq_len, m.num_attention_heads, m.head_dim
+    q, kk = rand((B, nh, T, D), 7), rand((B, nh, T, D), 8)
+    p = rand((B, nh, T, T), 9)
+
+    def gemms(xs, ws, q, kk, p):
+        outs = []
+        for (i, o), w in zip(shapes, ws):
+            x, dy = xs[i], xs[o]
+            outs += [mx.sum(x @ w.T), mx.sum(dy @ w), mx.sum(dy.T @ x)]  # forward, dX, dW
+        for _ in range(m.num_hidden_layers):  # scores, P @ V; backward: dP, dV, dQ, dK
+            outs += [mx.sum(q @ kk.swapaxes(-1, -2)), mx.sum(p @ kk), mx.sum(q @ kk.swapaxes(-1, -2)),
+                     mx.sum(p.swapaxes(-1, -2) @ q), mx.sum(p @ kk), mx.sum(p.swapaxes(-1, -2) @ q)]
+        return mx.stack(outs)
+    return mx.compile(gemms), (xs, ws, q, kk, p)
+
+
+def profile_ours(cfg, windows, a) -> dict:
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+
+    from shared.train.optim_rules import step_scalars
+    from ternary_mlx.layers import ternary_weight
+    from ternary_mlx.loss import cross_entropy
+    from ternary_mlx.model import Model
+    from ternary_mlx.train import Trainer
+    model = Model(cfg, seed=0)
+    tr = Trainer(cfg, model)
+    w = windows.reshape(-1, windows.shape[-1])
+    x, y = mx.array(w[:, :-1]), mx.array(w[:, 1:])
+    m, t = cfg.model, cfg.train
+    B, T, H = t.batch_size, t.seq_len, m.hidden_size
+    out = {}
+    step_no = [0]
+
+    def step():
+        h = tr.step(windows, step_no[0])
+        step_no[0] += 1
+        return [*h, tr._state]
+    out["step"] = time_ms(step, (), a.warmup, a.reps)
+
+    fwd = mx.compile(lambda x, y: cross_entropy(model(x), y), inputs=[model.state])
+    out["fwd_loss"] = time_ms(fwd, (x, y), a.warmup, a.reps)
+    vg = nn.value_and_grad(model, lambda x, y: cross_entropy(model(x), y))
+    vgc = mx.compile(vg, inputs=[model.state], outputs=[model.state])  # value_and_grad leaves tracers
+    out["fwd_bwd"] = time_ms(vgc, (x, y), a.warmup, a.reps)
+
+    emb = mx.compile(lambda ids: model.model.embed_tokens(ids), inputs=[model.state])
+    out["embedding"] = time_ms(emb, (x,), a.warmup, a.reps)
+    layer = model.model.layers[0]
+    hx, rx = rand((B, T, H), 3), rand((B, T, H), 4)
+    out["attention_l0"] = time_ms(piece_fwd_bwd(layer.self_attn, lambda mod, v: mod(v)), (hx, rx), a.warmup, a.reps)
+    out["mlp_l0"] = time_ms(piece_fwd_bwd(layer.mlp, lambda mod, v: mod(v)), (hx, rx), a.warmup, a.reps)
+    out["head_loss"] = time_ms(piece_fwd_bwd(model, lambda mod, v: cross_entropy(mod.head_logits(v), y)),
+                               (hx, mx.array(1.0)), a.warmup, a.reps)
+    tern = [mod.weight for mod in model.ternary_modules().values()]
+    if tern:
+        G, eps = cfg.ternary.group_size, cfg.ternary.eps
+
+        def quant(ws, rs):
+            return sum(mx.sum(ternary_weight(w, G, eps) * r) for w, r in zip(ws, rs))
+        rs = [rand(w.shape, 50 + k) for k, w in enumerate(tern)]
+        out["quantizer"] = time_ms(mx.compile(mx.value_and_grad(quant)), (tern, rs), a.warmup, a.reps)
+    grads = {k: rand(v.shape, 60) for k, v in tree_flatten(model.parameters())}
+    out["grad_clip"] = time_ms(mx.compile(_clip), (grads,), a.warmup, a.reps)
+    scalars = {k: mx.array(v) for k, v in step_scalars(3, t).items()}
+    params = dict(tree_flatten(model.parameters()))
+    out["optimizer"] = time_ms(mx.compile(lambda p, g, s: tr.opt.apply(p, g, s), inputs=[tr.opt.state], outputs=[tr.opt.state]),
+                               (params, grads, scalars), a.warmup, a.reps)
+    out.update(_sdpa_and_floor(cfg, a))
+    out["blocks_estimate"] = _blocks(out, m.num_hidden_layers)
+    return out
+
+
+def _blocks(out: dict, layers: int) -> dict:
+    return {k: round(layers * (out["attention_l0"][k] + out["mlp_l0"][k]), 2) for k in ("median", "min")}
+
+
+def _clip(grads):
+    import mlx.core as mx
+    gnorm = mx.sqrt(sum(mx.sum(g * g) for g in grads.values()))
+    scale = mx.minimum(1.0, 1.0 / (gnorm + 1e-6))
+    return gnorm, {k: g * scale for k, g in grads.items()}
+
+
+def _sdpa_and_floor(cfg, a) -> dict:
+    import mlx.core as mx
+    m, t = cfg.model, cfg.train
+    B, T = t.batch_size, t.seq_len
+    q = rand((B, m.num_attention_heads, T, m.head_dim), 11)
+    k, v = (rand((B, m.num_key_value_heads, T, m.head_dim), s) for s in (12, 13))
+    r = rand(q.shape, 14)
+
+    def att(q, k, v, r):
+        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=m.head_dim ** -0.5, mask="causal")
+        return mx.sum(o * r)
+    sd = mx.compile(mx.value_and_grad(att, argnums=(0, 1, 2)))
+    fn, args = matmul_floor(cfg)
+    return {"sdpa": time_ms(sd, (q, k, v, r), a.warmup, a.reps), "matmul_floor": time_ms(fn, args, a.warmup, a.reps)}
+
+
+def profile_peer(cfg, windows, a) -> dict:
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    from bench.train_step import PeerMLXLM
+    row = PeerMLXLM("peer_mlx_lm", a, windows)
+    row.setup()
+    m, t = cfg.model, cfg.train
+    B, T, H = t.batch_size, t.seq_len, m.hidden_size
+    w = windows.reshape(-1, windows.shape[-1])
+    x, y = mx.array(w[:, :-1]), mx.array(w[:, 1:])
+    out = {"step": time_ms(lambda: row.step(0), (), a.warmup, a.reps)}
+    lm = row.model
+
+    def ce(mod, x, y):
+        return nn.losses.cross_entropy(mod(x), y, reduction="mean")
+    out["fwd_loss"] = time_ms(mx.compile(lambda x, y: ce(lm, x, y), inputs=[lm.state]), (x, y), a.warmup, a.reps)
+    vg = mx.compile(nn.value_and_grad(lm, lambda x, y: ce(lm, x, y)), inputs=[lm.state], outputs=[lm.state])
+    out["fwd_bwd"] = time_ms(vg, (x, y), a.warmup, a.reps)
+    out["embedding"] = time_ms(mx.compile(lambda ids: lm.model.embed_tokens(ids), inputs=[lm.state]), (x,),
+                               a.warmup, a.reps)
+    layer = lm.model.layers[0]
+    hx, rx = rand((B, T, H), 3), rand((B, T, H), 4)
+    out["attention_l0"] = time_ms(piece_fwd_bwd(layer.self_attn, lambda mod, v: mod(v, mask="causal")), (hx, rx),
+                                  a.warmup, a.reps)
+    out["mlp_l0"] = time_ms(piece_fwd_bwd(layer.mlp, lambda mod, v: mod(v)), (hx, rx), a.warmup, a.reps)
+    out["head_loss"] = time_ms(piece_fwd_bwd(lm, lambda mod, v: nn.losses.cross_entropy(
+        mod.model.embed_tokens.as_linear(v), y, reduction="mean")), (hx, mx.array(1.0)), a.warmup, a.reps)
+    out.update(_sdpa_and_floor(cfg, a))
+    out["blocks_estimate"] = _blocks(out, m.num_hidden_layers)
+    return out
+
+
+def main(argv=None) -> int:
+    from bench.train_step import parse_args as bench_args
+    p = argparse.ArgumentParser(prog="python bench/profile_mlx_step.py", allow_abbrev=False)
+    p.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset of " + ", ".join(ROWS))
+    p.add_argument("--optimizer", default="adamw", choices=("adamw", "muon"), help="ours' optimizer")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--json-out", type=Path, default=None)
+    a, rest = p.parse_known_args(argv)
+    shape = bench_args(rest + ["--warmup", "2"])  # the bench's shape flags (--batch, --seq, --hidden, ...)
+    a.warmup = 2
+    for k in ("vocab", "hidden", "intermediate", "layers", "heads", "kv_heads", "head_dim", "seq", "batch",
+              "group", "clip", "peer_clip", "seed", "mlx_preload"):
+        setattr(a, k, getattr(shape, k))
+    if a.mlx_preload and os.path.exists(a.mlx_preload) and a.mlx_preload not in os.environ.get("LD_PRELOAD", ""):
+        env = dict(os.environ, LD_PRELOAD=a.mlx_preload)
+        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *(argv or sys.argv[1:])], env)
+    import mlx.core as mx
+    rows = [r for r in a.rows.split(",") if r]
+    windows = make_windows(a)
+    res = {"benchmark": "profile_mlx_step", "command": " ".join(["python", "bench/profile_mlx_step.py",
+                                                                 *(argv or sys.argv[1:])]),
+           "mlx_version": mx.__version__, "openblas_libraries_mapped": blas_libraries(),
+           "threads": os.environ.get("OMP_NUM_THREADS"), "unit": "ms per call: median and min of --reps calls", "rows": {}}
+    for r in rows:
+        t0 = time.perf_counter()
+        if r == "peer":
+            res["rows"][r] = profile_peer(run_config(a, False, "adamw"), windows, a)
+        else:
+            res["rows"][r] = profile_ours(run_config(a, r == "ours_ternary", a.optimizer), windows, a)
+        print(f"[{r}] {time.perf_counter() - t0:.1f}s: {res['rows'][r]}", file=sys.stderr, flush=True)
+    text = json.dumps(res, indent=2)
+    if a.json_out:
+        a.json_out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
