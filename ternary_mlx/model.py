@@ -23,6 +23,7 @@ from shared.spec.config import RunConfig
 from shared.data.checks import check_token_ids
 from shared.spec.init import init_weights
 from shared.spec.params import float_qat_parameters, parameter_shapes, ternary_parameters
+from ternary_mlx import cpu_math
 from ternary_mlx.blocks import BlockHooks
 from ternary_mlx.experts import MixtureMLP
 from ternary_mlx.layers import (RMSNorm, SubLN, TernaryEmbedding, TernaryLinear, fused_linear, mark_float_qat,
@@ -138,7 +139,10 @@ class Attention(nn.Module):
         if self.has_q_gain:
             q = q * self.q_gain[:, None, None]  # one gain per query head
         mask = "causal" if kv is None or T > 1 else None  # one new token sees every cached position
-        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.head_dim ** -0.5, mask=mask)
+        if kv is None and cpu_math.use_cpu_math():  # MLX's CPU sdpa: slow exp, the whole masked square
+            o = cpu_math.causal_attention(q, k, v, self.head_dim ** -0.5)
+        else:
+            o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.head_dim ** -0.5, mask=mask)
         if self.xsa:
             o = exclusive_attention(o, v_now)
         if self.gated_attention:  # one gate per head and token, from the attention's input
@@ -173,7 +177,8 @@ class MLP(nn.Module):
         if self.act == "silu":
             parts = [self.gate_proj, self.up_proj]
             gate, up = fused_linear(x, parts) if self.fused_gate_up else [p(x) for p in parts]
-            return self._down(nn.silu(gate) * up)
+            silu = cpu_math.silu if cpu_math.use_cpu_math() else nn.silu
+            return self._down(silu(gate) * up)
         u = self.up_proj(x)
         if self.act in ("relu", "relu2"):
             u = nn.relu(u)
