@@ -1,0 +1,73 @@
+"""ternary_mlx/cpu_math.py against MLX's own functions: values, gradients, edge cases."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+mx = pytest.importorskip("mlx.core")
+nn = pytest.importorskip("mlx.nn")
+cpu_math = pytest.importorskip("ternary_mlx.cpu_math")
+
+
+def _rand(shape, seed, scale=1.0):
+    return mx.array(np.random.default_rng(seed).normal(size=shape).astype(np.float32) * scale)
+
+
+def test_exp_matches_within_a_few_ulp_over_the_float32_range():
+    x = mx.array(np.linspace(-87.0, 88.0, 200_001, dtype=np.float32))
+    ours, ref = np.array(cpu_math.exp(x)), np.exp(np.array(x).astype(np.float64))
+    assert np.max(np.abs(ours - ref) / ref) < 1e-6
+
+
+def test_exp_edge_values():
+    x = mx.array([-np.inf, -200.0, -88.0, 0.0, 89.0, np.inf, np.nan], mx.float32)
+    out = np.array(cpu_math.exp(x))
+    assert out[0] == 0.0 and out[1] == 0.0 and out[2] == 0.0  # below float32's range: exactly 0
+    assert out[3] == 1.0
+    assert np.isinf(out[4]) and np.isinf(out[5])
+    assert np.isnan(out[6])
+
+
+def _close(a, b, tol):
+    np.testing.assert_allclose(np.array(a), np.array(b), rtol=tol, atol=tol)
+
+
+def test_softmax_and_its_gradient():
+    x, r = _rand((6, 37), 0, 4.0), _rand((6, 37), 1)
+    _close(cpu_math.softmax(x), mx.softmax(x, axis=-1, precise=True), 1e-6)
+    g_ref = mx.grad(lambda v: mx.sum(mx.softmax(v, axis=-1) * r))(x)
+    _close(mx.grad(lambda v: mx.sum(cpu_math.softmax(v) * r))(x), g_ref, 1e-6)
+
+
+def test_token_cross_entropy_and_its_gradient():
+    logits, y = _rand((40, 97), 2, 3.0), mx.array(np.random.default_rng(3).integers(0, 97, 40).astype(np.int32))
+    w = _rand((40,), 4)  # a cotangent that differs per row
+    ref = nn.losses.cross_entropy(logits, y, reduction="none")
+    _close(cpu_math.token_cross_entropy(logits, y), ref, 1e-5)
+    g_ref = mx.grad(lambda v: mx.sum(nn.losses.cross_entropy(v, y, reduction="none") * w))(logits)
+    _close(mx.grad(lambda v: mx.sum(cpu_math.token_cross_entropy(v, y) * w))(logits), g_ref, 1e-6)
+
+
+def test_silu_and_its_gradient():
+    x, r = _rand((5, 64), 5, 4.0), _rand((5, 64), 6)
+    _close(cpu_math.silu(x), nn.silu(x), 1e-6)
+    g_ref = mx.grad(lambda v: mx.sum(nn.silu(v) * r * v))(x)
+    _close(mx.grad(lambda v: mx.sum(cpu_math.silu(v) * r * v))(x), g_ref, 1e-5)
+
+
+@pytest.mark.parametrize("T,blocks", [(1, 4), (7, 4), (16, 1), (16, 3), (33, 4)])
+def test_causal_attention_matches_sdpa_with_gradients(T, blocks):
+    B, H, Hk, D = 2, 4, 2, 8
+    q, k, v, r = _rand((B, H, T, D), 7), _rand((B, Hk, T, D), 8), _rand((B, Hk, T, D), 9), _rand((B, H, T, D), 10)
+
+    def ref(q, k, v):
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=D ** -0.5, mask="causal")
+
+    def ours(q, k, v):
+        return cpu_math.causal_attention(q, k, v, D ** -0.5, blocks)
+
+    _close(ours(q, k, v), ref(q, k, v), 1e-5)
+    g_ref = mx.grad(lambda *a: mx.sum(ref(*a) * r), argnums=(0, 1, 2))(q, k, v)
+    g_ours = mx.grad(lambda *a: mx.sum(ours(*a) * r), argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(g_ours, g_ref):
+        _close(a, b, 1e-5)
