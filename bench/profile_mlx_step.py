@@ -16,12 +16,15 @@ batch of bench/train_step.py (same flags for the shape):
   grad_clip       global grad norm + scale on the model's gradient shapes
   optimizer       one AdamW (or Muon) update of every parameter
   sdpa            mx.fast.scaled_dot_product_attention (causal) alone, forward + backward
+  exp / exp_poly  mx.exp and ternary_mlx.cpu_math.exp over the attention scores' size (B H T T)
   matmul_floor    every GEMM of one forward + backward (projections, head, attention scores and
                   values) as plain matmuls of the model's shapes: the BLAS work any implementation
                   must do
 
+Rows: ours_ternary, ours_float, peer (mlx-lm), ours_float_mlx_kernels (ours with MLX's own exp,
+softmax, sdpa, SiLU and cross-entropy instead of ternary_mlx/cpu_math.py: what that module buys).
 Per-layer pieces are one layer's; `blocks_estimate` = layers x (attention + MLP). Backward of a
-piece is the vjp of sum(out * r) for a fixed random r (one extra multiply-add over the output).
+piece is mx.vjp with a fixed random cotangent r (head_loss: the scalar loss, cotangent 1).
 
     OMP_NUM_THREADS=1 python bench/profile_mlx_step.py [--rows ours_ternary,ours_float,peer] [--json-out F]
 
@@ -44,7 +47,8 @@ if str(ROOT) not in sys.path:
 
 from bench.train_step import OPENBLAS_PRELOAD, blas_libraries, make_windows, run_config  # noqa: E402
 
-ROWS = ("ours_ternary", "ours_float", "peer")
+_USE_CPU_MATH = None  # ternary_mlx.cpu_math.use_cpu_math, kept while a row switches it off
+ROWS = ("ours_ternary", "ours_float", "peer", "ours_float_mlx_kernels")
 
 
 def time_ms(fn, args, warmup: int, reps: int) -> float:
@@ -60,20 +64,25 @@ def time_ms(fn, args, warmup: int, reps: int) -> float:
 
 
 def piece_fwd_bwd(module, call):
-    """compiled (x, r) -> (sum(call(module, x) * r), d/dparams, d/dx): the module's weights are
-    explicit inputs (restored after the trace), so the compiled graph recomputes the quantizer."""
+    """compiled (x, r) -> (out, d/dparams, d/dx) for out = call(module, x) and cotangent r (mx.vjp:
+    not the gradient of sum(out * r), whose broadcast cotangent MLX's CPU multiplies slowly). The
+    module's weights are explicit inputs (restored after the trace), so the graph recomputes the
+    quantizer."""
     import mlx.core as mx
+    from mlx.utils import tree_flatten, tree_unflatten
+    names, leaves = zip(*tree_flatten(module.trainable_parameters()))
+    n = len(leaves)
 
-    def loss(params, x, r):
-        module.update(params)
-        return mx.sum(call(module, x) * r)
+    def forward(*arrays):
+        module.update(tree_unflatten(list(zip(names, arrays[:n]))))
+        return call(module, arrays[n])
 
-    grad = mx.compile(mx.value_and_grad(loss, argnums=(0, 1)))
+    vjp = mx.compile(lambda leaves, x, r: mx.vjp(forward, [*leaves, x], [r]))
     params = module.trainable_parameters()
 
     def run(x, r):
         try:
-            return grad(params, x, r)
+            return vjp(list(leaves), x, r)
         finally:
             module.update(params)
     return run
@@ -147,7 +156,7 @@ def profile_ours(cfg, windows, a) -> dict:
     out["attention_l0"] = time_ms(piece_fwd_bwd(layer.self_attn, lambda mod, v: mod(v)), (hx, rx), a.warmup, a.reps)
     out["mlp_l0"] = time_ms(piece_fwd_bwd(layer.mlp, lambda mod, v: mod(v)), (hx, rx), a.warmup, a.reps)
     out["head_loss"] = time_ms(piece_fwd_bwd(model, lambda mod, v: cross_entropy(mod.head_logits(v), y)),
-                               (hx, mx.array(1.0)), a.warmup, a.reps)
+                               (hx, mx.array(1.0, mx.float32)), a.warmup, a.reps)
     tern = [mod.weight for mod in model.ternary_modules().values()]
     if tern:
         G, eps = cfg.ternary.group_size, cfg.ternary.eps
@@ -191,7 +200,11 @@ def _sdpa_and_floor(cfg, a) -> dict:
         return mx.sum(o * r)
     sd = mx.compile(mx.value_and_grad(att, argnums=(0, 1, 2)))
     fn, args = matmul_floor(cfg)
-    return {"sdpa": time_ms(sd, (q, k, v, r), a.warmup, a.reps), "matmul_floor": time_ms(fn, args, a.warmup, a.reps)}
+    from ternary_mlx import cpu_math
+    scores = rand((B, m.num_attention_heads, T, T), 15)
+    return {"sdpa": time_ms(sd, (q, k, v, r), a.warmup, a.reps), "matmul_floor": time_ms(fn, args, a.warmup, a.reps),
+            "exp": time_ms(mx.exp, (scores,), a.warmup, a.reps),
+            "exp_poly": time_ms(mx.compile(cpu_math.exp), (scores,), a.warmup, a.reps)}
 
 
 def profile_peer(cfg, windows, a) -> dict:
@@ -221,7 +234,7 @@ def profile_peer(cfg, windows, a) -> dict:
                                   a.warmup, a.reps)
     out["mlp_l0"] = time_ms(piece_fwd_bwd(layer.mlp, lambda mod, v: mod(v)), (hx, rx), a.warmup, a.reps)
     out["head_loss"] = time_ms(piece_fwd_bwd(lm, lambda mod, v: nn.losses.cross_entropy(
-        mod.model.embed_tokens.as_linear(v), y, reduction="mean")), (hx, mx.array(1.0)), a.warmup, a.reps)
+        mod.model.embed_tokens.as_linear(v), y, reduction="mean")), (hx, mx.array(1.0, mx.float32)), a.warmup, a.reps)
     out.update(_sdpa_and_floor(cfg, a))
     out["blocks_estimate"] = _blocks(out, m.num_hidden_layers)
     return out
@@ -244,6 +257,10 @@ def main(argv=None) -> int:
         env = dict(os.environ, LD_PRELOAD=a.mlx_preload)
         os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *(argv or sys.argv[1:])], env)
     import mlx.core as mx
+
+    from ternary_mlx import cpu_math
+    global _USE_CPU_MATH
+    _USE_CPU_MATH = cpu_math.use_cpu_math
     rows = [r for r in a.rows.split(",") if r]
     windows = make_windows(a)
     res = {"benchmark": "profile_mlx_step", "command": " ".join(["python", "bench/profile_mlx_step.py",
@@ -254,7 +271,9 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         if r == "peer":
             res["rows"][r] = profile_peer(run_config(a, False, "adamw"), windows, a)
-        else:
+        else:  # ours_float_mlx_kernels: MLX's own exp, softmax, sdpa, silu and CE (no ternary_mlx/cpu_math.py)
+            from ternary_mlx import cpu_math
+            cpu_math.use_cpu_math = (lambda: False) if r.endswith("mlx_kernels") else _USE_CPU_MATH
             res["rows"][r] = profile_ours(run_config(a, r == "ours_ternary", a.optimizer), windows, a)
         print(f"[{r}] {time.perf_counter() - t0:.1f}s: {res['rows'][r]}", file=sys.stderr, flush=True)
     text = json.dumps(res, indent=2)

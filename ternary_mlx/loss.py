@@ -13,7 +13,7 @@ def cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
     """Mean cross-entropy in nats, float32; logits (B, T, V), targets (B, T) aligned per position."""
     if cpu_math.use_cpu_math():  # one exp pass over the logits instead of two (ternary_mlx/cpu_math.py)
         V = logits.shape[-1]
-        return mx.mean(cpu_math.token_cross_entropy(logits.astype(mx.float32).reshape(-1, V), targets.reshape(-1)))
+        return cpu_math.mean_cross_entropy(logits.astype(mx.float32).reshape(-1, V), targets.reshape(-1))
     return nn.losses.cross_entropy(logits.astype(mx.float32), targets, reduction="mean")
 
 

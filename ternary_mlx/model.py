@@ -177,8 +177,9 @@ class MLP(nn.Module):
         if self.act == "silu":
             parts = [self.gate_proj, self.up_proj]
             gate, up = fused_linear(x, parts) if self.fused_gate_up else [p(x) for p in parts]
-            silu = cpu_math.silu if cpu_math.use_cpu_math() else nn.silu
-            return self._down(silu(gate) * up)
+            if cpu_math.use_cpu_math():  # MLX's CPU sigmoid: a slow exp (ternary_mlx/cpu_math.py)
+                return self._down(cpu_math.swiglu(gate, up))
+            return self._down(nn.silu(gate) * up)
         u = self.up_proj(x)
         if self.act in ("relu", "relu2"):
             u = nn.relu(u)
