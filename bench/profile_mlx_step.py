@@ -2,7 +2,8 @@
 """Where an MLX training step's time goes: ours (ternary, float) and mlx-lm, piece by piece.
 
 MLX has no CPU op profiler, so each piece of the step is timed as its own mx.compile'd function,
-mx.eval'd after every call (median of --reps calls after --warmup untimed ones), on the model and
+mx.eval'd after every call (median and min of --reps calls after 2 untimed ones; the rows' calls
+interleaved, so that a shared machine's load drift hits them alike), on the model and
 batch of bench/train_step.py (same flags for the shape):
 
   step            the whole training step (ours: Trainer.step; peer: the bench's compiled step)
@@ -51,16 +52,36 @@ _USE_CPU_MATH = None  # ternary_mlx.cpu_math.use_cpu_math, kept while a row swit
 ROWS = ("ours_ternary", "ours_float", "peer", "ours_float_mlx_kernels")
 
 
-def time_ms(fn, args, warmup: int, reps: int) -> float:
+def case(fn, args):
+    """One piece to time: (fn, args); `measure` runs them all, interleaved."""
+    return fn, args
+
+
+def warm_up(pieces: dict[str, tuple], warmup: int) -> None:
+    """Call every piece `warmup` times: mx.compile traces here (with the row's settings)."""
     import mlx.core as mx
-    for _ in range(warmup):
-        mx.eval(fn(*args))
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        mx.eval(fn(*args))
-        ts.append(time.perf_counter() - t)
-    return {"median": round(1e3 * statistics.median(ts), 2), "min": round(1e3 * min(ts), 2)}
+    for fn, args in pieces.values():
+        for _ in range(warmup):
+            mx.eval(fn(*args))
+
+
+def measure(cases: dict[str, dict[str, tuple]], reps: int) -> dict[str, dict[str, dict]]:
+    """{row: {piece: {median, min}}} in ms per call, each call mx.eval'd. The rows' pieces are called
+    round-robin (piece by piece, rows in alternating order) so load drift on a shared machine hits
+    every row alike; compare rows within one run."""
+    import mlx.core as mx
+    times = {r: {k: [] for k in pieces} for r, pieces in cases.items()}
+    names = list(dict.fromkeys(k for pieces in cases.values() for k in pieces))
+    for i in range(reps):
+        for k in names:
+            for r in (list(cases) if i % 2 == 0 else list(cases)[::-1]):
+                if k in cases[r]:
+                    fn, args = cases[r][k]
+                    t = time.perf_counter()
+                    mx.eval(fn(*args))
+                    times[r][k].append(time.perf_counter() - t)
+    return {r: {k: {"median": round(1e3 * statistics.median(ts), 2), "min": round(1e3 * min(ts), 2)}
+                for k, ts in row.items()} for r, row in times.items()}
 
 
 def piece_fwd_bwd(module, call):
@@ -141,22 +162,22 @@ def profile_ours(cfg, windows, a) -> dict:
         h = tr.step(windows, step_no[0])
         step_no[0] += 1
         return [*h, tr._state]
-    out["step"] = time_ms(step, (), a.warmup, a.reps)
+    out["step"] = case(step, ())
 
     fwd = mx.compile(lambda x, y: cross_entropy(model(x), y), inputs=[model.state])
-    out["fwd_loss"] = time_ms(fwd, (x, y), a.warmup, a.reps)
+    out["fwd_loss"] = case(fwd, (x, y))
     vg = nn.value_and_grad(model, lambda x, y: cross_entropy(model(x), y))
     vgc = mx.compile(vg, inputs=[model.state], outputs=[model.state])  # value_and_grad leaves tracers
-    out["fwd_bwd"] = time_ms(vgc, (x, y), a.warmup, a.reps)
+    out["fwd_bwd"] = case(vgc, (x, y))
 
     emb = mx.compile(lambda ids: model.model.embed_tokens(ids), inputs=[model.state])
-    out["embedding"] = time_ms(emb, (x,), a.warmup, a.reps)
+    out["embedding"] = case(emb, (x,))
     layer = model.model.layers[0]
     hx, rx = rand((B, T, H), 3), rand((B, T, H), 4)
-    out["attention_l0"] = time_ms(piece_fwd_bwd(layer.self_attn, lambda mod, v: mod(v)), (hx, rx), a.warmup, a.reps)
-    out["mlp_l0"] = time_ms(piece_fwd_bwd(layer.mlp, lambda mod, v: mod(v)), (hx, rx), a.warmup, a.reps)
-    out["head_loss"] = time_ms(piece_fwd_bwd(model, lambda mod, v: cross_entropy(mod.head_logits(v), y)),
-                               (hx, mx.array(1.0, mx.float32)), a.warmup, a.reps)
+    out["attention_l0"] = case(piece_fwd_bwd(layer.self_attn, lambda mod, v: mod(v)), (hx, rx))
+    out["mlp_l0"] = case(piece_fwd_bwd(layer.mlp, lambda mod, v: mod(v)), (hx, rx))
+    out["head_loss"] = case(piece_fwd_bwd(model, lambda mod, v: cross_entropy(mod.head_logits(v), y)),
+                               (hx, mx.array(1.0, mx.float32)))
     tern = [mod.weight for mod in model.ternary_modules().values()]
     if tern:
         G, eps = cfg.ternary.group_size, cfg.ternary.eps
@@ -164,15 +185,13 @@ def profile_ours(cfg, windows, a) -> dict:
         def quant(ws, rs):
             return sum(mx.sum(ternary_weight(w, G, eps) * r) for w, r in zip(ws, rs))
         rs = [rand(w.shape, 50 + k) for k, w in enumerate(tern)]
-        out["quantizer"] = time_ms(mx.compile(mx.value_and_grad(quant)), (tern, rs), a.warmup, a.reps)
+        out["quantizer"] = case(mx.compile(mx.value_and_grad(quant)), (tern, rs))
     grads = {k: rand(v.shape, 60) for k, v in tree_flatten(model.parameters())}
-    out["grad_clip"] = time_ms(mx.compile(_clip), (grads,), a.warmup, a.reps)
+    out["grad_clip"] = case(mx.compile(_clip), (grads,))
     scalars = {k: mx.array(v) for k, v in step_scalars(3, t).items()}
     params = dict(tree_flatten(model.parameters()))
-    out["optimizer"] = time_ms(mx.compile(lambda p, g, s: tr.opt.apply(p, g, s), inputs=[tr.opt.state], outputs=[tr.opt.state]),
-                               (params, grads, scalars), a.warmup, a.reps)
-    out.update(_sdpa_and_floor(cfg, a))
-    out["blocks_estimate"] = _blocks(out, m.num_hidden_layers)
+    out["optimizer"] = case(mx.compile(lambda p, g, s: tr.opt.apply(p, g, s), inputs=[tr.opt.state], outputs=[tr.opt.state]),
+                               (params, grads, scalars))
     return out
 
 
@@ -189,6 +208,8 @@ def _clip(grads):
 
 def _sdpa_and_floor(cfg, a) -> dict:
     import mlx.core as mx
+
+    from ternary_mlx import cpu_math
     m, t = cfg.model, cfg.train
     B, T = t.batch_size, t.seq_len
     q = rand((B, m.num_attention_heads, T, m.head_dim), 11)
@@ -200,11 +221,10 @@ def _sdpa_and_floor(cfg, a) -> dict:
         return mx.sum(o * r)
     sd = mx.compile(mx.value_and_grad(att, argnums=(0, 1, 2)))
     fn, args = matmul_floor(cfg)
-    from ternary_mlx import cpu_math
     scores = rand((B, m.num_attention_heads, T, T), 15)
-    return {"sdpa": time_ms(sd, (q, k, v, r), a.warmup, a.reps), "matmul_floor": time_ms(fn, args, a.warmup, a.reps),
-            "exp": time_ms(mx.exp, (scores,), a.warmup, a.reps),
-            "exp_poly": time_ms(mx.compile(cpu_math.exp), (scores,), a.warmup, a.reps)}
+    return {"sdpa": case(sd, (q, k, v, r)), "matmul_floor": case(fn, args),
+            "exp": case(mx.exp, (scores,)),
+            "exp_poly": case(mx.compile(cpu_math.exp), (scores,))}
 
 
 def profile_peer(cfg, windows, a) -> dict:
@@ -218,25 +238,23 @@ def profile_peer(cfg, windows, a) -> dict:
     B, T, H = t.batch_size, t.seq_len, m.hidden_size
     w = windows.reshape(-1, windows.shape[-1])
     x, y = mx.array(w[:, :-1]), mx.array(w[:, 1:])
-    out = {"step": time_ms(lambda: row.step(0), (), a.warmup, a.reps)}
+    out = {"step": case(lambda: row.step(0), ())}
     lm = row.model
 
     def ce(mod, x, y):
         return nn.losses.cross_entropy(mod(x), y, reduction="mean")
-    out["fwd_loss"] = time_ms(mx.compile(lambda x, y: ce(lm, x, y), inputs=[lm.state]), (x, y), a.warmup, a.reps)
+    out["fwd_loss"] = case(mx.compile(lambda x, y: ce(lm, x, y), inputs=[lm.state]), (x, y))
     vg = mx.compile(nn.value_and_grad(lm, lambda x, y: ce(lm, x, y)), inputs=[lm.state], outputs=[lm.state])
-    out["fwd_bwd"] = time_ms(vg, (x, y), a.warmup, a.reps)
-    out["embedding"] = time_ms(mx.compile(lambda ids: lm.model.embed_tokens(ids), inputs=[lm.state]), (x,),
+    out["fwd_bwd"] = case(vg, (x, y))
+    out["embedding"] = case(mx.compile(lambda ids: lm.model.embed_tokens(ids), inputs=[lm.state]), (x,),
                                a.warmup, a.reps)
     layer = lm.model.layers[0]
     hx, rx = rand((B, T, H), 3), rand((B, T, H), 4)
-    out["attention_l0"] = time_ms(piece_fwd_bwd(layer.self_attn, lambda mod, v: mod(v, mask="causal")), (hx, rx),
+    out["attention_l0"] = case(piece_fwd_bwd(layer.self_attn, lambda mod, v: mod(v, mask="causal")), (hx, rx),
                                   a.warmup, a.reps)
-    out["mlp_l0"] = time_ms(piece_fwd_bwd(layer.mlp, lambda mod, v: mod(v)), (hx, rx), a.warmup, a.reps)
-    out["head_loss"] = time_ms(piece_fwd_bwd(lm, lambda mod, v: nn.losses.cross_entropy(
-        mod.model.embed_tokens.as_linear(v), y, reduction="mean")), (hx, mx.array(1.0, mx.float32)), a.warmup, a.reps)
-    out.update(_sdpa_and_floor(cfg, a))
-    out["blocks_estimate"] = _blocks(out, m.num_hidden_layers)
+    out["mlp_l0"] = case(piece_fwd_bwd(layer.mlp, lambda mod, v: mod(v)), (hx, rx))
+    out["head_loss"] = case(piece_fwd_bwd(lm, lambda mod, v: nn.losses.cross_entropy(
+        mod.model.embed_tokens.as_linear(v), y, reduction="mean")), (hx, mx.array(1.0, mx.float32)))
     return out
 
 
@@ -263,19 +281,26 @@ def main(argv=None) -> int:
     _USE_CPU_MATH = cpu_math.use_cpu_math
     rows = [r for r in a.rows.split(",") if r]
     windows = make_windows(a)
+    cases = {}
     res = {"benchmark": "profile_mlx_step", "command": " ".join(["python", "bench/profile_mlx_step.py",
                                                                  *(argv or sys.argv[1:])]),
            "mlx_version": mx.__version__, "openblas_libraries_mapped": blas_libraries(),
-           "threads": os.environ.get("OMP_NUM_THREADS"), "unit": "ms per call: median and min of --reps calls", "rows": {}}
-    for r in rows:
+           "threads": os.environ.get("OMP_NUM_THREADS"), "unit": "ms per call: median and min of --reps calls, the rows' calls interleaved"}
+    for r in rows + ["common"]:
         t0 = time.perf_counter()
-        if r == "peer":
-            res["rows"][r] = profile_peer(run_config(a, False, "adamw"), windows, a)
+        if r == "common":  # the same work for every row
+            cases[r] = _sdpa_and_floor(run_config(a, False, "adamw"), a)
+        elif r == "peer":
+            cases[r] = profile_peer(run_config(a, False, "adamw"), windows, a)
         else:  # ours_float_mlx_kernels: MLX's own exp, softmax, sdpa, silu and CE (no ternary_mlx/cpu_math.py)
-            from ternary_mlx import cpu_math
             cpu_math.use_cpu_math = (lambda: False) if r.endswith("mlx_kernels") else _USE_CPU_MATH
-            res["rows"][r] = profile_ours(run_config(a, r == "ours_ternary", a.optimizer), windows, a)
-        print(f"[{r}] {time.perf_counter() - t0:.1f}s: {res['rows'][r]}", file=sys.stderr, flush=True)
+            cases[r] = profile_ours(run_config(a, r == "ours_ternary", a.optimizer), windows, a)
+        warm_up(cases[r], a.warmup)
+        cpu_math.use_cpu_math = _USE_CPU_MATH
+        print(f"[{r}] built and warmed up in {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
+    res["rows"] = measure(cases, a.reps)
+    for r in rows:
+        res["rows"][r]["blocks_estimate"] = _blocks(res["rows"][r], a.layers)
     text = json.dumps(res, indent=2)
     if a.json_out:
         a.json_out.write_text(text + "\n")
