@@ -246,12 +246,10 @@ def profile_peer(cfg, windows, a) -> dict:
     out["fwd_loss"] = case(mx.compile(lambda x, y: ce(lm, x, y), inputs=[lm.state]), (x, y))
     vg = mx.compile(nn.value_and_grad(lm, lambda x, y: ce(lm, x, y)), inputs=[lm.state], outputs=[lm.state])
     out["fwd_bwd"] = case(vg, (x, y))
-    out["embedding"] = case(mx.compile(lambda ids: lm.model.embed_tokens(ids), inputs=[lm.state]), (x,),
-                               a.warmup, a.reps)
+    out["embedding"] = case(mx.compile(lambda ids: lm.model.embed_tokens(ids), inputs=[lm.state]), (x,))
     layer = lm.model.layers[0]
     hx, rx = rand((B, T, H), 3), rand((B, T, H), 4)
-    out["attention_l0"] = case(piece_fwd_bwd(layer.self_attn, lambda mod, v: mod(v, mask="causal")), (hx, rx),
-                                  a.warmup, a.reps)
+    out["attention_l0"] = case(piece_fwd_bwd(layer.self_attn, lambda mod, v: mod(v, mask="causal")), (hx, rx))
     out["mlp_l0"] = case(piece_fwd_bwd(layer.mlp, lambda mod, v: mod(v)), (hx, rx))
     out["head_loss"] = case(piece_fwd_bwd(lm, lambda mod, v: nn.losses.cross_entropy(
         mod.model.embed_tokens.as_linear(v), y, reduction="mean")), (hx, mx.array(1.0, mx.float32)))
