@@ -55,52 +55,54 @@ def _softmax_vjp(primals, cotangent, output):
     return output * (cotangent - mx.sum(cotangent * output, axis=-1, keepdims=True))
 
 
+# The cross-entropy and SwiGLU below follow torch's CPU formulas operation for operation
+# (log_softmax + nll_loss and their backward; silu = x / (1 + exp(-x))): rounding then matches the
+# torch backend closely enough for tests/parity/test_training.py's five ternary steps at rtol 1e-4,
+# which MLX-style forms (x * sigmoid(x), softmax as e / sum e) missed through one flipped code.
 @mx.custom_function
-def _cross_entropy_and_probs(logits: mx.array, targets: mx.array) -> tuple[mx.array, mx.array]:
-    """(mean over rows of lse(logits) - logits[target], softmax(logits)): the probabilities are an
-    output so that the backward reads them instead of running exp over the logits a second time."""
+def _cross_entropy_and_lse(logits: mx.array, targets: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+    """(mean over rows of log(sum exp(logits - m)) - (logits[target] - m), m, log sum): the row max
+    m and the log-sum are outputs so that the backward needs one exp pass, not two."""
     m = mx.max(logits, axis=-1, keepdims=True)
-    e = exp(logits - m)
-    total = mx.sum(e, axis=-1, keepdims=True)
-    loss = mx.mean(mx.log(total) + m - mx.take_along_axis(logits, targets[:, None], axis=-1))
-    return loss, e / total
+    log_total = mx.log(mx.sum(exp(logits - m), axis=-1, keepdims=True))
+    picked = mx.take_along_axis(logits, targets[:, None], axis=-1)
+    return mx.mean(log_total - (picked - m)), m, log_total
 
 
-@_cross_entropy_and_probs.vjp
-def _cross_entropy_and_probs_vjp(primals, cotangents, outputs):
+@_cross_entropy_and_lse.vjp
+def _cross_entropy_and_lse_vjp(primals, cotangents, outputs):
     logits, targets = primals
-    onehot = mx.arange(logits.shape[-1])[None, :] == targets[:, None]
+    _, m, log_total = outputs
     scale = cotangents[0] / logits.shape[0]  # a scalar: no broadcast (n,) cotangent to multiply by
-    return (outputs[1] - onehot) * scale, mx.zeros_like(targets)
+    p = exp((logits - m) - log_total)
+    onehot = mx.arange(logits.shape[-1])[None, :] == targets[:, None]
+    return p * scale - mx.where(onehot, scale, 0.0), mx.zeros_like(targets)
 
 
 def mean_cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
     """Mean over rows of lse(logits) - logits[target], float32; logits (n, V), targets (n,)."""
-    return _cross_entropy_and_probs(logits, targets)[0]
-
-
-def _sigmoid(x: mx.array) -> mx.array:
-    return 1.0 / (1.0 + exp(-x))
+    return _cross_entropy_and_lse(logits, targets)[0]
 
 
 @mx.custom_function
-def _swiglu_and_sigmoid(gate: mx.array, up: mx.array) -> tuple[mx.array, mx.array]:
-    """(silu(gate) * up, sigmoid(gate)): the sigmoid is an output so that the backward reads it
-    instead of running exp over the gate a second time."""
-    s = _sigmoid(gate)
-    return gate * s * up, s
+def _swiglu_and_denominator(gate: mx.array, up: mx.array) -> tuple[mx.array, mx.array]:
+    """(silu(gate) * up, 1 + exp(-gate)): the denominator is an output so that the backward reads
+    it instead of running exp over the gate a second time."""
+    d = 1.0 + exp(-gate)
+    return gate / d * up, d
 
 
-@_swiglu_and_sigmoid.vjp
-def _swiglu_and_sigmoid_vjp(primals, cotangents, outputs):
+@_swiglu_and_denominator.vjp
+def _swiglu_and_denominator_vjp(primals, cotangents, outputs):
     gate, up = primals
-    c, s = cotangents[0], outputs[1]
-    return c * up * (s + gate * s * (1.0 - s)), c * gate * s
+    c, d = cotangents[0], outputs[1]
+    s = 1.0 / d  # sigmoid(gate)
+    return c * up * s * (1.0 + gate * (1.0 - s)), c * (gate / d)
 
 
 def swiglu(gate: mx.array, up: mx.array) -> mx.array:
     """silu(gate) * up, silu(x) = x * sigmoid(x)."""
-    return _swiglu_and_sigmoid(gate, up)[0]
+    return _swiglu_and_denominator(gate, up)[0]
 
 
 def causal_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, blocks: int | None = None) -> mx.array:
