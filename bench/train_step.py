@@ -257,7 +257,7 @@ class PeerMLXLM(Row):
             opt.update(model, grads)
             return loss, gnorm
 
-        self.state, self._step = state, step
+        self.model, self.state, self._step = model, state, step  # model: bench/profile_mlx_step.py
 
     def step(self, i):
         mx = self.mx

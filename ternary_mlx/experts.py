@@ -14,6 +14,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from shared.spec.config import RunConfig
+from ternary_mlx import cpu_math
 
 
 def chosen_experts(logits: mx.array, k: int) -> mx.array:
@@ -35,6 +36,17 @@ def balance_loss(probs: mx.array, chosen: mx.array, k: int) -> mx.array:
     return E * mx.sum(f * p)
 
 
+def _router_logits_float64(x: mx.array, weight: mx.array) -> mx.array:
+    """x @ weight.T summed in float64, rounded once to float32. The softmax over these logits scales
+    each expert's whole output, so their float32 rounding reaches the logits directly: with logits
+    of ~20 (tests/parity/test_reference.py's moe3-top2 row) a float32 matmul errs by up to 8e-6,
+    the probabilities by 2.7e-6, and the model's logits by up to 1.5e-5 (its bound: 1e-5); in
+    float64 the row is at most 4.9e-6 with OpenBLAS on 1 or 2 threads and with MLX's own BLAS. The
+    router is (E, hidden) with E a handful: the float64 matmul costs nothing next to the experts.
+    On the CPU only (a GPU has no float64)."""
+    return (x.astype(mx.float64) @ weight.astype(mx.float64).T).astype(mx.float32)
+
+
 class MixtureMLP(nn.Module):
     """mlp.router.weight (E, hidden), float; mlp.experts.{e}: MLPs of the layer's kind (`make_expert`)."""
 
@@ -47,7 +59,10 @@ class MixtureMLP(nn.Module):
 
     def __call__(self, x: mx.array, aux: list | None = None) -> mx.array:
         """x (B, T, hidden), the normed block input; appends this layer's balance loss to `aux`."""
-        logits = self.router(x).astype(mx.float32)
+        if cpu_math.use_cpu_math():  # the router's E columns in float64 (see _router_logits_float64)
+            logits = _router_logits_float64(x, self.router.weight)
+        else:
+            logits = self.router(x).astype(mx.float32)
         probs = mx.softmax(logits, axis=-1)
         chosen = chosen_experts(logits, self.top_k)
         gates = (probs * chosen).astype(x.dtype)

@@ -7,10 +7,14 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from shared.data.checks import check_token_ids
+from ternary_mlx import cpu_math
 
 
 def cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
     """Mean cross-entropy in nats, float32; logits (B, T, V), targets (B, T) aligned per position."""
+    if cpu_math.use_cpu_math():  # one exp pass over the logits instead of two (ternary_mlx/cpu_math.py)
+        V = logits.shape[-1]
+        return cpu_math.mean_cross_entropy(logits.astype(mx.float32).reshape(-1, V), targets.reshape(-1))
     return nn.losses.cross_entropy(logits.astype(mx.float32), targets, reduction="mean")
 
 

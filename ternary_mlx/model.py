@@ -23,6 +23,7 @@ from shared.spec.config import RunConfig
 from shared.data.checks import check_token_ids
 from shared.spec.init import init_weights
 from shared.spec.params import float_qat_parameters, parameter_shapes, ternary_parameters
+from ternary_mlx import cpu_math
 from ternary_mlx.blocks import BlockHooks
 from ternary_mlx.experts import MixtureMLP
 from ternary_mlx.layers import (RMSNorm, SubLN, TernaryEmbedding, TernaryLinear, fused_linear, mark_float_qat,
@@ -44,10 +45,28 @@ def rope(x: mx.array, theta: float, ramp_factor: float | None = None, rotary_dim
     if rotary_dims is not None and rotary_dims < x.shape[-1]:
         return mx.concatenate([rope(x[..., :rotary_dims], theta, ramp_factor, offset=offset), x[..., rotary_dims:]],
                               axis=-1)
+    if cpu_math.use_cpu_math():  # MLX's CPU rope: ~16 ulp off (see _rope_tables)
+        cos, sin = (t.astype(x.dtype) for t in _rope_tables(x.shape[-2], x.shape[-1], theta, ramp_factor, offset))
+        x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
+        return mx.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     if ramp_factor is None:
         return mx.fast.rope(x, x.shape[-1], traditional=False, base=theta, scale=1.0, offset=offset)
     periods = 1.0 / rope_inv_freq(x.shape[-1], theta, ramp_factor)  # mx.fast.rope takes 1 / inv_freq
     return mx.fast.rope(x, x.shape[-1], traditional=False, base=None, scale=1.0, offset=offset, freqs=periods)
+
+
+def _rope_tables(T: int, D: int, theta: float, ramp_factor: float | None, offset: int) -> tuple[mx.array, mx.array]:
+    """(cos, sin), (T, D/2), of positions offset .. offset + T - 1, computed in float64 and rounded
+    once to float32. MLX's CPU mx.fast.rope is off by up to ~16 ulp (measured at T = 64, |x| <= 7.4:
+    3.1e-6; these tables: 5.7e-7), and tests/parity/test_reference.py's moe3-top2 row, whose logits
+    amplify such errors, sat at its 1e-5 bound. The tables are constants of a compiled step (T and
+    offset are static shapes and ints)."""
+    two_i = np.arange(0, D, 2, dtype=np.float64)
+    inv_freq = theta ** (-two_i / D)
+    if ramp_factor is not None:
+        inv_freq = inv_freq / (1.0 + np.clip((two_i / D - 0.25) / 0.75, 0.0, 1.0) * (ramp_factor - 1.0))
+    angle = np.arange(offset, offset + T, dtype=np.float64)[:, None] * inv_freq[None, :]
+    return mx.array(np.cos(angle).astype(np.float32)), mx.array(np.sin(angle).astype(np.float32))
 
 
 def rope_inv_freq(D: int, theta: float, ramp_factor: float | None) -> mx.array:
@@ -138,7 +157,10 @@ class Attention(nn.Module):
         if self.has_q_gain:
             q = q * self.q_gain[:, None, None]  # one gain per query head
         mask = "causal" if kv is None or T > 1 else None  # one new token sees every cached position
-        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.head_dim ** -0.5, mask=mask)
+        if kv is None and cpu_math.use_cpu_math():  # MLX's CPU sdpa: slow exp, the whole masked square
+            o = cpu_math.causal_attention(q, k, v, self.head_dim ** -0.5)
+        else:
+            o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.head_dim ** -0.5, mask=mask)
         if self.xsa:
             o = exclusive_attention(o, v_now)
         if self.gated_attention:  # one gate per head and token, from the attention's input
@@ -173,6 +195,8 @@ class MLP(nn.Module):
         if self.act == "silu":
             parts = [self.gate_proj, self.up_proj]
             gate, up = fused_linear(x, parts) if self.fused_gate_up else [p(x) for p in parts]
+            if cpu_math.use_cpu_math():  # MLX's CPU sigmoid: a slow exp (ternary_mlx/cpu_math.py)
+                return self._down(cpu_math.swiglu(gate, up))
             return self._down(nn.silu(gate) * up)
         u = self.up_proj(x)
         if self.act in ("relu", "relu2"):

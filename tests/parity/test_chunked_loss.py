@@ -98,9 +98,9 @@ def test_chunked_agrees_across_backends(row):
     _assert_close(mlx_loss_and_grads(cfg, CHUNK), torch_loss_and_grads(cfg, CHUNK), 1e-4)
 
 
-def _step(trainer_cls, model_cls, cfg, teacher_cfg=None):
+def _step(trainer_cls, model_cls, cfg, teacher_cfg=None, seed=1):
     teacher = None if teacher_cfg is None else model_cls(teacher_cfg, seed=9)
-    trainer = trainer_cls(cfg, model_cls(cfg, seed=1), teacher=teacher)
+    trainer = trainer_cls(cfg, model_cls(cfg, seed=seed), teacher=teacher)
     windows = np.random.default_rng(4).integers(0, cfg.model.vocab_size, (2, 2, 17)).astype(np.int32)
     losses = trainer.fetch([trainer.step(windows, i) for i in range(2)])
     return np.array(losses), trainer.numpy_weights()
@@ -113,11 +113,19 @@ TRAINERS = {"mlx": (MLXTrainer, MLXModel), "torch": (TorchTrainer, TorchModel)}
 def test_training_steps_with_chunks_equal_without(backend):
     """Two steps of 2 micro-batches x 2 x 16 tokens, with a teacher, the z-loss and experts' balance
     loss: chunks of 5 reach the same losses and weights; chunks of 32 (the whole micro-batch) are
-    the whole-batch path, bit for bit."""
+    the whole-batch path, bit for bit.
+
+    Model seed 3, not 1: seed 1 gives one latent weight (layer 1, expert 0's gate_proj [107, 29]) a
+    first gradient of about 1.2e-8, AdamW's eps, where the update lr * g / (|g| + eps) follows g's own
+    float32 noise instead of lr * sign(g): its first update was 0.55 lr whole and 0.54 lr in chunks
+    (every other weight of the tensor: 1.00 lr), 1.7e-4 relative apart after two steps with OpenBLAS
+    on 2 threads against rtol 1e-4 (no code flip: the nearest |w| / scale sat 2.6e-6 from 0.5 and
+    both paths agreed there). Seed 3's worst weight uses 0.21 (MLX's BLAS) and 0.10 (OpenBLAS, 2
+    threads) of the tolerance."""
     row = "moe3-top1-silu-G64"
     train = dict(seq_len=16, batch_size=2, grad_accum=2, z_loss=1e-2, moe_aux_loss=1e-2, optimizer="adamw")
     runs = {c: _step(*TRAINERS[backend], variant_config(row, train={**train, "loss_chunk_tokens": c}),
-                     variant_config(row)) for c in (0, 5, 32)}
+                     variant_config(row), seed=3) for c in (0, 5, 32)}
     (l0, w0), (l5, w5), (l32, w32) = runs[0], runs[5], runs[32]
     np.testing.assert_allclose(l5, l0, rtol=1e-5)
     for k in w0:

@@ -39,6 +39,15 @@ STEPS = {
                               weight_decay=0.05, z_loss=1e-2), dict(float_qat="fp8")),
 }
 
+# The model seed is 1 except where it put a latent ternary weight on a rounding boundary. The backends'
+# weights differ by float32 noise after a step (AdamW's first updates are ~lr * sign(g), and g differs
+# by ulps); a weight whose |w| / scale sits within that noise of 0.5 takes a different code in each
+# backend, one code moves the next loss by ~1e-4, and the row fails or passes by the BLAS's thread
+# count. subln + adamw at seed 1: before step 5 one weight sat 6e-8 (1 ulp) from 0.5 and flipped
+# with 2 OpenBLAS threads (loss 1.8e-4 off). Seeds 2-8 put the nearest weight 2e-6 to 7e-5 away;
+# seed 8's nearest is 3.9e-6 (65 ulp), at least 176x its backends' difference, with 1 and 2 threads.
+MODEL_SEED = {("subln-gqa-silu-G64", "adamw"): 8}
+
 
 def batches(n, accum=1, seed=0, vocab=256):
     rng = np.random.default_rng(seed)
@@ -57,7 +66,7 @@ def test_first_five_losses_agree(variant, steps):
     data = batches(1, cfg.train.grad_accum, vocab=cfg.model.vocab_size) * 5  # one batch, five times: the loss must fall
     out = {}
     for name, (Model, Trainer, _) in BACKENDS.items():
-        out[name] = run(Trainer(cfg, Model(cfg, seed=1)), data)
+        out[name] = run(Trainer(cfg, Model(cfg, seed=MODEL_SEED.get((variant, steps), 1))), data)
     mlx_loss, torch_loss = out["mlx"][:, 0], out["torch"][:, 0]
     record("train", f"{variant}/{steps}", max_rel_loss=np.max(np.abs(mlx_loss - torch_loss) / np.abs(torch_loss)),
            **({"max_rel_z": np.max(np.abs(out["mlx"][:, 2] - out["torch"][:, 2]) / out["torch"][:, 2])}
