@@ -314,7 +314,6 @@ def from_host(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     dtensor = _loaded_dtensor()
     if dtensor is None or not isinstance(like, dtensor):
         return torch.tensor(np.asarray(a, np.float32), device=like.device)
-    from torch.distributed.tensor import DTensor
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
     if tuple(a.shape) != tuple(like.shape):
         raise ValueError(f"from_host: array of shape {tuple(a.shape)} for a tensor of shape {tuple(like.shape)}")
@@ -324,7 +323,7 @@ def from_host(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     if local.shape != like.to_local().shape:
         raise RuntimeError(f"from_host: this rank's shard of {tuple(like.shape)} is {tuple(like.to_local().shape)}, "
                            f"but {like.placements} gave rows of shape {tuple(local.shape)}")
-    return DTensor.from_local(local, like.device_mesh, like.placements, run_check=False,
+    return dtensor.from_local(local, like.device_mesh, like.placements, run_check=False,
                               shape=like.shape, stride=like.stride())
 
 

@@ -70,8 +70,7 @@ class Optimizer:
 
     def slots_of(self, name: str) -> dict[str, mx.array]:
         """The state entries of one parameter (`<name>.<slot>`)."""
-        keys = (f"{name}.{slot}" for slot in ("exp_avg", "exp_avg_sq", "momentum", "ema"))
-        return {k: self.state[k] for k in keys if k in self.state}
+        return {f"{name}.{slot}": self.state[f"{name}.{slot}"] for slot in slots_for(self.specs[name], self.t)}
 
     def update(self, name: str, p: mx.array, g: mx.array, slots: dict[str, mx.array],
                s: dict[str, mx.array]) -> tuple[mx.array, dict[str, mx.array]]:

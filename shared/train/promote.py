@@ -251,9 +251,9 @@ class Memory:
 def optimizer_state_bytes(cfg: RunConfig) -> int:
     """Optimizer slots (shared.train.optim_rules.slots_for: Adam 2, Muon 1, EMA +1) per parameter, each at
     its dtype (optim_rules.slot_dtype: the moments at train.optimizer_state_dtype, the EMA float32)."""
+    from shared.train.memory_budget import DTYPE_BYTES  # here: memory_budget imports this module
     from shared.train.optim_rules import slot_dtype, slots_for
-    size = {"float32": 4, "bfloat16": 2}
-    return sum(size[slot_dtype(slot, cfg.train)] * math.prod(s.shape)
+    return sum(DTYPE_BYTES[slot_dtype(slot, cfg.train)] * math.prod(s.shape)
                for s in parameter_specs(cfg.model).values() for slot in slots_for(s, cfg.train))
 
 
